@@ -1,0 +1,95 @@
+"""Shared fixtures: the real PostgreSQL the machine runs, one fresh database per test.
+
+The schema is migrated once into a template database (pytest-postgresql's
+noproc fixtures: the server is already running and cannot be started as
+root); each test gets its own copy, so tests cannot see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from pytest_postgresql import factories
+
+from toolkit.config import Settings, load_settings
+from toolkit.db import Database, migrate
+
+PG_HOST = os.environ.get("TOOLKIT_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TOOLKIT_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TOOLKIT_TEST_PG_USER", "postgres")
+# One name per test process, so parallel tox environments never collide.
+TEST_DB = f"toolkit_test_{os.getpid()}"
+
+
+def server_url(dbname: str = "postgres") -> str:
+    """A libpq URL for ``dbname`` on the test server."""
+    return make_conninfo(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname)
+
+
+def _require_postgres() -> None:
+    try:
+        with psycopg.connect(server_url(), connect_timeout=3):
+            return
+    except psycopg.Error as exc:
+        pytest.exit(
+            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} ({exc}); "
+            "start it: pg_ctlcluster --skip-systemctl-redirect 15 main start",
+            returncode=3,
+        )
+
+
+def _load_schema(**params: Any) -> None:
+    keys = ("host", "port", "user", "password", "dbname")
+    migrate(make_conninfo(**{k: params[k] for k in keys if params.get(k) not in (None, "")}))
+
+
+pg_server = factories.postgresql_noproc(
+    host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=TEST_DB, load=[_load_schema]
+)
+pg_client = factories.postgresql("pg_server")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_is_up(request: pytest.FixtureRequest) -> None:
+    needs_postgres = any("pg_client" in item.fixturenames for item in request.session.items)
+    if needs_postgres:
+        _require_postgres()
+
+
+@pytest.fixture
+def database_url(pg_client: psycopg.Connection[Any]) -> str:
+    """The URL of this test's own freshly migrated database."""
+    info = pg_client.info
+    return make_conninfo(host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return load_settings(
+        database_url=database_url, pool_min_size=0, pool_max_size=4, pool_timeout=2.0
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Database]:
+    database = Database(settings)
+    with database:
+        yield database
+
+
+@pytest.fixture
+def conn(db: Database) -> Iterator[psycopg.Connection[Any]]:
+    with db.connection() as connection:
+        yield connection
+
+
+@pytest.fixture
+def superuser(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A separate autocommit connection for inspecting and tampering."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection

@@ -1,0 +1,1 @@
+"""SQL-first persistence and infrastructure toolkit for AI-agent platforms."""

@@ -1,0 +1,147 @@
+"""The ``toolkit`` console script.
+
+Commands: ``migrate``, ``rollback``, ``queries`` (``queries show NAME``),
+``verify`` and ``demo``. Settings come from the ``TOOLKIT_*`` environment;
+``--database-url`` overrides the database for one run. Exit codes: 0 on
+success, 1 when ``verify`` finds problems, 2 on any toolkit error (the
+message is printed on one line, without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import psycopg
+
+from toolkit.config import Settings, load_settings
+from toolkit.errors import ToolkitError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    return load_settings(**overrides)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from toolkit.db.migrations import migrate
+
+    settings = _settings(args)
+    result = migrate(args.database_url or settings.effective_migration_url)
+    if result.database_created:
+        print("created the database")
+    for migration_id in result.applied:
+        print(f"applied {migration_id}")
+    if not result.applied:
+        print("nothing to apply: the schema is up to date")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from toolkit.db.migrations import rollback
+
+    settings = _settings(args)
+    result = rollback(args.database_url or settings.effective_migration_url, args.count)
+    for migration_id in result.rolled_back:
+        print(f"rolled back {migration_id}")
+    if not result.rolled_back:
+        print("nothing to roll back")
+    return 0
+
+
+def _cmd_queries(args: argparse.Namespace) -> int:
+    from toolkit.db.bind import registry
+
+    queries = registry()
+    if args.action == "show":
+        if not args.name:
+            raise ToolkitError(
+                "queries show needs a query name, e.g. 'toolkit queries show agents.get'"
+            )
+        query = queries[args.name]
+        print(f"-- {query.location}\n-- name: {query.name} :{query.kind.value}\n-- {query.doc}")
+        print(query.source)
+        return 0
+    width = max(len(q.name) for q in queries)
+    for query in queries:
+        print(f"{query.name:<{width}}  :{query.kind.value:<9}  {query.doc}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from toolkit.db.database import raise_translated
+    from toolkit.db.verify import load_bindings, verify
+
+    settings = _settings(args)
+    bindings = load_bindings()
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
+            problems = verify(conn, bindings)
+    except psycopg.Error as exc:
+        raise_translated(exc, "verify")
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in {len(bindings)} queries", file=sys.stderr)
+        return 1
+    print(f"verify: {len(bindings)} queries agree with the schema and their records")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from toolkit.demo import run_demo
+
+    return run_demo(_settings(args), embedded=args.embedded)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``toolkit`` command."""
+    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("--database-url", help="override TOOLKIT_DATABASE_URL for this run")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("migrate", _cmd_migrate, "create the database if missing and apply pending migrations")
+    rollback = command("rollback", _cmd_rollback, "revert applied migrations (all by default)")
+    rollback.add_argument("--count", type=int, help="revert only the newest N migrations")
+    queries = command("queries", _cmd_queries, "list the named queries, or show one's SQL")
+    queries.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    queries.add_argument("name", nargs="?", help="the query to show, e.g. agents.get")
+    command("verify", _cmd_verify, "check every query against the schema and its record")
+    demo = command("demo", _cmd_demo, "migrate and walk one story through the toolkit")
+    demo.add_argument(
+        "--embedded",
+        action="store_true",
+        help="run on an embedded PostgreSQL (needs the toolkit[embedded] extra)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``toolkit`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.handler(args)
+    except ToolkitError as exc:
+        print(f"toolkit {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Settings from the environment, in one place.
+
+Every setting is read from a ``TOOLKIT_``-prefixed environment variable, e.g.
+``TOOLKIT_DATABASE_URL``. Defaults reach the services of a local development
+machine. :func:`load_settings` turns a bad value into a
+:class:`~toolkit.errors.ConfigurationError` that names the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from toolkit.errors import ConfigurationError
+
+ENV_PREFIX = "TOOLKIT_"
+
+
+class Settings(BaseSettings):
+    """The toolkit's settings; construct with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # PostgreSQL
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/toolkit"
+    """Where the application connects: a libpq URL or ``key=value`` string."""
+    migration_database_url: str | None = None
+    """Where migrations run (an owner role); defaults to ``database_url``."""
+    pool_min_size: int = Field(default=1, ge=0, le=1000)
+    pool_max_size: int = Field(default=10, ge=1, le=1000)
+    pool_timeout: float = Field(default=5.0, gt=0, le=600)
+    """Seconds to wait for a free connection before raising Unavailable."""
+    connect_timeout: float = Field(default=5.0, gt=0, le=600)
+    statement_timeout_ms: int = Field(default=30_000, ge=0, le=86_400_000)
+    """Server-side bound on one statement; 0 disables it."""
+    application_name: str = Field(default="toolkit", min_length=1, max_length=63)
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_namespace: str = Field(default="toolkit", min_length=1, max_length=64)
+    redis_connect_timeout: float = Field(default=0.05, gt=0, le=60)
+    redis_socket_timeout: float = Field(default=0.05, gt=0, le=60)
+
+    # RabbitMQ
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    queue_prefix: str = Field(default="", max_length=64)
+
+    # Storage
+    storage_url: str = "file://./toolkit-files"
+
+    @field_validator("database_url", "migration_database_url")
+    @classmethod
+    def _postgres_conninfo(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a URL must start with postgresql:// or postgres://")
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not a libpq URL or conninfo string: {exc}") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @property
+    def effective_migration_url(self) -> str:
+        """The URL migrations run against."""
+        return self.migration_database_url or self.database_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment, with keyword overrides.
+
+    Raises :class:`ConfigurationError` naming the environment variable of the
+    first bad value.
+    """
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    if settings.pool_min_size > settings.pool_max_size:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}POOL_MIN_SIZE ({settings.pool_min_size}) exceeds "
+            f"{ENV_PREFIX}POOL_MAX_SIZE ({settings.pool_max_size})"
+        )
+    return settings
+
+
+@lru_cache(maxsize=1)
+def default_settings() -> Settings:
+    """The settings from the environment, read once per process."""
+    return load_settings()

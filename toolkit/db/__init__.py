@@ -1,0 +1,6 @@
+"""PostgreSQL: the pool, the query registry, migrations and verification."""
+
+from toolkit.db.database import Connection, Database, translate_error
+from toolkit.db.migrations import migrate, rollback
+
+__all__ = ["Connection", "Database", "migrate", "rollback", "translate_error"]

@@ -1,0 +1,259 @@
+"""Bindings: a named query tied to the record it returns and the parameters it takes.
+
+Repository modules bind their queries at import time::
+
+    _get = bind.one("agents.get", Agent, params=("id",))
+    agent = _get(conn, id=agent_id)
+
+Binding checks that the query exists, has the expected result kind and uses
+exactly the declared parameters, so a mismatch fails when the module is
+imported, naming the SQL file and line. Every binding is kept in
+:data:`BINDINGS` for ``toolkit verify``, which checks the query's result
+columns against the record's fields on the real schema. Because verify
+proves names, order and types agree, rows become records without
+re-validation (see :func:`record_factory`).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache, lru_cache
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import RowMaker
+from pydantic import BaseModel, TypeAdapter
+
+from toolkit.db.database import Connection, raise_translated
+from toolkit.db.registry import (
+    CURSOR_PARAMS,
+    Kind,
+    NamedQuery,
+    QueryRegistry,
+    check_params,
+    package_directory,
+)
+from toolkit.errors import NotFound, QueryDefinitionError
+
+R = TypeVar("R", bound=BaseModel)
+T = TypeVar("T")
+
+
+@lru_cache(maxsize=1)
+def registry() -> QueryRegistry:
+    """The registry of the toolkit's own ``sql/`` folder, loaded once."""
+    return QueryRegistry.from_directory(package_directory("sql"))
+
+
+class Binding:
+    """A named query with the parameters its caller passes."""
+
+    kind: Kind
+
+    def __init__(self, name: str, params: Sequence[str], record: type[BaseModel] | None) -> None:
+        self.query: NamedQuery = registry()[name]
+        if self.query.kind is not self.kind:
+            raise QueryDefinitionError(
+                f"{self.query.location}: {name} is :{self.query.kind.value}, "
+                f"but is bound as :{self.kind.value}"
+            )
+        if self.query.sortable:
+            params = (*params, *CURSOR_PARAMS)
+        check_params(self.query, params)
+        self.name = name
+        self.params = tuple(params)
+        self.record = record
+        self._statement: sql.Composed | None = (
+            None if self.query.sortable else self.query.statement()
+        )
+        BINDINGS.append(self)
+
+    def _execute(
+        self,
+        conn: Connection,
+        values: Mapping[str, Any],
+        row_factory: Any = None,
+        sort: str | None = None,
+        descending: bool = False,
+    ) -> psycopg.Cursor[Any]:
+        statement = self._statement or self.query.statement(sort, descending)
+        try:
+            cursor = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+            # Queries with optional filters are planned with their actual values
+            # (prepare=False): a generic plan cannot drop the unused filters.
+            return cursor.execute(statement, values, prepare=False if self.query.sortable else None)
+        except psycopg.Error as exc:
+            raise_translated(exc, self.name)
+
+
+BINDINGS: list[Binding] = []
+"""Every binding made so far, in import order (for ``toolkit verify``)."""
+
+
+def _needs_validation(annotation: Any) -> bool:
+    """Whether values of this annotation must be converted from what psycopg returns."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple, typing.Annotated):
+        return any(_needs_validation(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+@cache
+def _record_plan(
+    record: type[BaseModel],
+) -> tuple[tuple[str, ...], dict[str, Callable[[Any], Any]]]:
+    names = tuple(record.model_fields)
+    converters: dict[str, Callable[[Any], Any]] = {}
+    for field_name, info in record.model_fields.items():
+        if _needs_validation(info.annotation):
+            converters[field_name] = TypeAdapter(info.annotation).validate_python
+    return names, converters
+
+
+def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
+    """A psycopg row factory that builds ``record`` instances without re-validation.
+
+    The columns must carry the record's field names in order (``toolkit
+    verify`` proves it for every binding; a mismatch here raises at once).
+    Only fields holding nested models (typed jsonb) are converted.
+    """
+    names, converters = _record_plan(record)
+    fields_set = frozenset(names)
+    new = object.__new__
+    setattr_ = object.__setattr__
+
+    def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[R]:
+        description = cursor.description
+        if description is None:
+            return lambda values: None  # type: ignore[return-value]
+        columns = tuple(column.name for column in description)
+        if columns != names:
+            raise QueryDefinitionError(
+                f"columns {columns} do not match {record.__name__} fields {names}"
+            )
+
+        def make(values: Sequence[Any]) -> R:
+            data = dict(zip(names, values, strict=True))
+            for field_name, convert in converters.items():
+                if data[field_name] is not None:
+                    data[field_name] = convert(data[field_name])
+            instance = new(record)
+            setattr_(instance, "__dict__", data)
+            setattr_(instance, "__pydantic_fields_set__", set(fields_set))
+            setattr_(instance, "__pydantic_extra__", None)
+            setattr_(instance, "__pydantic_private__", None)
+            return instance
+
+        return make
+
+    return factory
+
+
+class One(Binding, Generic[R]):
+    """A ``:one`` query: exactly one record, or NotFound."""
+
+    kind = Kind.ONE
+
+    def __init__(self, name: str, record: type[R], params: Sequence[str], entity: str) -> None:
+        super().__init__(name, params, record)
+        self.entity = entity
+        self._factory = record_factory(record)
+
+    def __call__(self, conn: Connection, key: Any = None, /, **values: Any) -> R:
+        row: R | None = self._execute(conn, values, self._factory).fetchone()
+        if row is None:
+            raise NotFound(self.entity, key if key is not None else values)
+        return row
+
+
+class OneOrNone(Binding, Generic[R]):
+    """An ``:optional`` query: one record or None."""
+
+    kind = Kind.OPTIONAL
+
+    def __init__(self, name: str, record: type[R], params: Sequence[str]) -> None:
+        super().__init__(name, params, record)
+        self._factory = record_factory(record)
+
+    def __call__(self, conn: Connection, /, **values: Any) -> R | None:
+        row: R | None = self._execute(conn, values, self._factory).fetchone()
+        return row
+
+
+class Returning(OneOrNone[R]):
+    """A ``:returning`` write: the row it changed, or None when its guard failed."""
+
+    kind = Kind.RETURNING
+
+
+class Many(Binding, Generic[R]):
+    """A ``:many`` query: a list of records, optionally sorted from a whitelist."""
+
+    kind = Kind.MANY
+
+    def __init__(self, name: str, record: type[R], params: Sequence[str]) -> None:
+        super().__init__(name, params, record)
+        self._factory = record_factory(record)
+
+    def __call__(
+        self,
+        conn: Connection,
+        /,
+        *,
+        sort: str | None = None,
+        descending: bool = False,
+        **values: Any,
+    ) -> list[R]:
+        rows: list[R] = self._execute(conn, values, self._factory, sort, descending).fetchall()
+        return rows
+
+
+class Scalar(Binding, Generic[T]):
+    """A ``:scalar`` query: the first column of the first row (None without rows)."""
+
+    kind = Kind.SCALAR
+
+    def __init__(self, name: str, result: type[T], params: Sequence[str]) -> None:
+        super().__init__(name, params, None)
+        self.result = result
+
+    def __call__(self, conn: Connection, /, **values: Any) -> T | None:
+        row = self._execute(conn, values).fetchone()
+        return None if row is None else typing.cast(T, row[0])
+
+
+class Exec(Binding):
+    """An ``:exec`` statement: the number of rows it affected."""
+
+    kind = Kind.EXEC
+
+    def __init__(self, name: str, params: Sequence[str]) -> None:
+        super().__init__(name, params, None)
+
+    def __call__(self, conn: Connection, /, **values: Any) -> int:
+        return self._execute(conn, values).rowcount
+
+
+class Copy(Binding):
+    """A ``:copy`` statement (``COPY ... FROM STDIN``) fed rows in bulk."""
+
+    kind = Kind.COPY
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, (), None)
+
+    def __call__(self, conn: Connection, rows: Iterable[Sequence[Any]], /) -> int:
+        count = 0
+        try:
+            with conn.cursor() as cursor, cursor.copy(self.query.statement()) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+        except psycopg.Error as exc:
+            raise_translated(exc, self.name)
+        return count

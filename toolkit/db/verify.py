@@ -1,0 +1,268 @@
+"""``toolkit verify``: every bound query checked against the live schema.
+
+Each query is prepared on the server and described (psycopg's
+``PGconn.prepare`` / ``describe_prepared``). Then, per binding:
+
+* the result columns, in order, are the record's fields;
+* each column's type fits the field's annotation (``timestamptz`` is a
+  ``datetime``, ``jsonb`` a dict or a model, ...; a naive ``timestamp`` fits
+  nothing);
+* a column read straight from a nullable table column is Optional in the
+  record;
+* the query's parameters are the ones its repository function passes;
+* every query in ``sql/`` is bound by some repository function.
+
+Nothing is executed: preparing a statement has no effect on data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import importlib
+import re
+import types
+import typing
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.pq import ExecStatus
+from pydantic import BaseModel
+
+from toolkit.db.bind import BINDINGS, Binding, Scalar, registry
+from toolkit.db.registry import Kind, QueryRegistry
+
+BINDING_MODULES = ("toolkit.repositories",)
+"""Modules whose import binds every query the toolkit runs."""
+
+_TYPE_FITS: dict[str, tuple[type, ...]] = {
+    "uuid": (uuid.UUID,),
+    "text": (str,),
+    "varchar": (str,),
+    "bpchar": (str,),
+    "name": (str,),
+    "int2": (int,),
+    "int4": (int,),
+    "int8": (int,),
+    "bool": (bool,),
+    "timestamptz": (dt.datetime,),
+    "date": (dt.date,),
+    "interval": (dt.timedelta,),
+    "jsonb": (dict, list, BaseModel),
+    "json": (dict, list, BaseModel),
+    "float4": (float,),
+    "float8": (float,),
+    "numeric": (decimal.Decimal, float),
+    "bytea": (bytes,),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One disagreement between a query and its binding."""
+
+    location: str
+    query: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.query}: {self.message}"
+
+
+def _flatten(annotation: Any) -> tuple[list[Any], bool]:
+    """The concrete types an annotation admits, and whether it admits None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _flatten(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        found: list[Any] = []
+        nullable = False
+        for arg in typing.get_args(annotation):
+            inner, inner_null = _flatten(arg)
+            found.extend(inner)
+            nullable = nullable or inner_null
+        return found, nullable
+    if annotation is type(None) or annotation is None:
+        return [], True
+    if origin is typing.Literal:
+        return [type(value) for value in typing.get_args(annotation)], False
+    if origin is not None:
+        return [origin], False
+    return [annotation], annotation is Any
+
+
+def _fits(pg_type: str, annotation: Any) -> bool:
+    concrete, _ = _flatten(annotation)
+    if any(item is Any for item in concrete):
+        return True
+    allowed = _TYPE_FITS.get(pg_type)
+    if allowed is None:
+        return False
+    for item in concrete:
+        if not isinstance(item, type):
+            return False
+        if issubclass(item, enum.Enum) and not issubclass(item, str):
+            return False
+        # bool is an int in Python; keep the two apart.
+        if item is bool and bool not in allowed:
+            return False
+        if not issubclass(item, allowed):
+            return False
+    return True
+
+
+def _native(statement: str) -> tuple[str, list[str]]:
+    """psycopg's ``%(name)s`` style turned into PostgreSQL's ``$n``."""
+    order: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        name = match.group(1)
+        if name not in order:
+            order.append(name)
+        return f"${order.index(name) + 1}"
+
+    return re.sub(r"%\((\w+)\)s|%%", replace, statement), order
+
+
+class _Catalog:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self._types: dict[int, str] = {}
+        self._not_null: dict[tuple[int, int], bool] = {}
+
+    def type_name(self, oid: int) -> str:
+        if oid not in self._types:
+            row = self.conn.execute("SELECT typname FROM pg_type WHERE oid = %s", [oid]).fetchone()
+            self._types[oid] = row[0] if row else f"oid {oid}"
+        return self._types[oid]
+
+    def not_null(self, table: int, column: int) -> bool | None:
+        if table == 0 or column <= 0:
+            return None  # an expression: nullability unknown
+        key = (table, column)
+        if key not in self._not_null:
+            row = self.conn.execute(
+                "SELECT attnotnull FROM pg_attribute WHERE attrelid = %s AND attnum = %s",
+                [table, column],
+            ).fetchone()
+            self._not_null[key] = bool(row and row[0])
+        return self._not_null[key]
+
+
+def _check_binding(binding: Binding, catalog: _Catalog) -> list[Problem]:
+    query = binding.query
+    problems: list[Problem] = []
+
+    def problem(message: str) -> None:
+        problems.append(Problem(query.location, query.name, message))
+
+    if query.kind is Kind.COPY:
+        return problems
+    variants: list[str | None] = [c.column for c in query.sort_columns] or [None]
+    pgconn = catalog.conn.pgconn
+    for sort in variants:
+        text = query.statement(sort).as_string(catalog.conn)
+        native, order = _native(text)
+        if sorted(order) != sorted(binding.params):
+            problem(f"parameters {sorted(order)} differ from those passed {sorted(binding.params)}")
+        prepared = pgconn.prepare(b"", native.encode())
+        described = (
+            pgconn.describe_prepared(b"") if prepared.status == ExecStatus.COMMAND_OK else prepared
+        )
+        if described.status != ExecStatus.COMMAND_OK:
+            message = (described.error_message or b"").decode(errors="replace").strip()
+            problem(f"does not prepare against the schema: {message}")
+            return problems
+        columns = [
+            (
+                (described.fname(i) or b"").decode(),
+                catalog.type_name(described.ftype(i)),
+                catalog.not_null(described.ftable(i), described.ftablecol(i)),
+            )
+            for i in range(described.nfields)
+        ]
+        if sort is None or sort == variants[0]:
+            problems.extend(_check_columns(binding, columns, query.location))
+    return problems
+
+
+def _check_columns(
+    binding: Binding, columns: list[tuple[str, str, bool | None]], location: str
+) -> list[Problem]:
+    query = binding.query
+    found: list[Problem] = []
+
+    def problem(message: str) -> None:
+        found.append(Problem(location, query.name, message))
+
+    if query.kind is Kind.EXEC:
+        if columns:
+            problem(f":exec returns columns {[c[0] for c in columns]}; use :returning")
+        return found
+    if isinstance(binding, Scalar):
+        if len(columns) != 1:
+            problem(f":scalar must return one column, returns {[c[0] for c in columns]}")
+        elif not _fits(columns[0][1], binding.result):
+            problem(
+                f"column {columns[0][0]} is {columns[0][1]}, "
+                f"which does not fit {binding.result.__name__}"
+            )
+        return found
+    record = binding.record
+    assert record is not None
+    fields = list(record.model_fields.items())
+    names = [c[0] for c in columns]
+    if names != [name for name, _ in fields]:
+        problem(
+            f"columns {names} do not match {record.__name__} fields "
+            f"{[name for name, _ in fields]} (names and order must agree)"
+        )
+        return found
+    for (name, pg_type, not_null), (_, info) in zip(columns, fields, strict=True):
+        if not _fits(pg_type, info.annotation):
+            problem(
+                f"column {name} is {pg_type}, which does not fit "
+                f"{record.__name__}.{name}: {_show(info.annotation)}"
+            )
+        _, nullable = _flatten(info.annotation)
+        if not_null is False and not nullable:
+            problem(
+                f"column {name} can be NULL, but {record.__name__}.{name} "
+                f"is {_show(info.annotation)} (make it Optional)"
+            )
+    return found
+
+
+def _show(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def load_bindings() -> list[Binding]:
+    """Import every binding module and return the bindings they made."""
+    for module in BINDING_MODULES:
+        importlib.import_module(module)
+    return list(BINDINGS)
+
+
+def verify(
+    conn: psycopg.Connection[Any],
+    bindings: Iterable[Binding] | None = None,
+    queries: QueryRegistry | None = None,
+) -> list[Problem]:
+    """Check ``bindings`` (all by default) against the schema ``conn`` sees."""
+    chosen = list(bindings) if bindings is not None else load_bindings()
+    catalog = _Catalog(conn)
+    problems: list[Problem] = []
+    for binding in chosen:
+        problems.extend(_check_binding(binding, catalog))
+    bound = {binding.name for binding in chosen}
+    for query in queries if queries is not None else registry():
+        if query.name not in bound:
+            problems.append(Problem(query.location, query.name, "no repository function runs it"))
+    return problems

@@ -1,0 +1,29 @@
+"""Typed repository functions, one module per entity.
+
+Each function takes a connection (or a transaction) first and never commits
+on its own: ``agents.get(conn, agent_id)``.
+"""
+
+from toolkit.repositories import (
+    agents,
+    audit_events,
+    checkpoints,
+    executions,
+    sessions,
+    users,
+    workflows,
+)
+from toolkit.repositories._common import UNSET, Audit, Unset
+
+__all__ = [
+    "UNSET",
+    "Audit",
+    "Unset",
+    "agents",
+    "audit_events",
+    "checkpoints",
+    "executions",
+    "sessions",
+    "users",
+    "workflows",
+]

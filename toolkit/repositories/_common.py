@@ -1,0 +1,323 @@
+"""What every repository module shares: input checks, paging, patches, audit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import Annotated, Any, Final, TypeVar
+from uuid import UUID
+
+from psycopg.pq import TransactionStatus
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from toolkit.db.bind import Many, One, Returning, Scalar
+from toolkit.db.database import Connection
+from toolkit.errors import IllegalTransition, InvalidInput, NotFound
+from toolkit.records import AuditEvent, AuditEventCreate, Page
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 1000
+MAX_SEARCH_TEXT: Final = 200
+
+
+class Unset:
+    """The type of :data:`UNSET`: "leave this field as it is" in an update."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = Unset()
+"""Default of every update argument: the field is not changed. ``None`` sets NULL."""
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Who made a change, for the audit event a repository write records with it."""
+
+    actor_id: UUID | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate(model: type[M], data: Mapping[str, Any] | M | None) -> M:
+    """``data`` as ``model``; a validation failure becomes InvalidInput naming the field."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or model.__name__
+        raise InvalidInput(
+            f"{model.__name__}: {where}: {first['msg']} (got {_short(first.get('input'))})",
+            field=where,
+            value=first.get("input"),
+        ) from None
+
+
+@cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = model.model_fields[name]
+    if not info.metadata:
+        return TypeAdapter(info.annotation)
+    return TypeAdapter(Annotated[info.annotation, *info.metadata])
+
+
+def validate_patch(model: type[BaseModel], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate each given field of an update like ``model`` (its create input) would."""
+    checked = {}
+    for name, value in changes.items():
+        try:
+            checked[name] = _field_adapter(model, name).validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidInput(
+                f"{name}: {first['msg']} (got {_short(value)})", field=name, value=value
+            ) from None
+    return checked
+
+
+def parse_id(value: Any, name: str = "id") -> UUID:
+    """``value`` as a UUID; anything else is InvalidInput."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidInput(f"{name} must be a UUID, got {_short(value)}", field=name, value=value)
+
+
+def check_limit(limit: Any) -> int:
+    """A page size between 1 and MAX_LIMIT."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(
+            f"limit must be an integer from 1 to {MAX_LIMIT}, got {_short(limit)}",
+            field="limit",
+            value=limit,
+        )
+    return limit
+
+
+def check_search_text(text: Any) -> str:
+    """Search text: 1 to MAX_SEARCH_TEXT characters of storable text."""
+    if not isinstance(text, str) or not 1 <= len(text) <= MAX_SEARCH_TEXT:
+        raise InvalidInput(
+            f"search text must be 1 to {MAX_SEARCH_TEXT} characters, got {_short(text)}",
+            field="text",
+            value=text,
+        )
+    if "\x00" in text:
+        raise InvalidInput("search text must not contain NUL", field="text", value=text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("search text must be valid Unicode", field="text", value=text) from None
+    return text
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """A parameter for a jsonb column: models dumped as JSON, None kept as NULL."""
+    if value is None:
+        return None
+    if isinstance(value, BaseModel):
+        return Jsonb(value.model_dump(mode="json"))
+    return Jsonb(value)
+
+
+# Keyset cursors: an opaque, URL-safe token holding the sort, direction,
+# and the last row's sort value and id.
+
+
+def encode_cursor(sort: str, descending: bool, value: Any, row_id: UUID) -> str:
+    """The token that resumes a list after the row with ``value`` and ``row_id``."""
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    payload = json.dumps([sort, descending, text, str(row_id)], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: str, descending: bool) -> tuple[str, UUID]:
+    """The (sort value, id) of ``cursor``; InvalidInput if malformed or for another sort."""
+    bad = InvalidInput(f"malformed cursor {_short(cursor)}", field="cursor", value=cursor)
+    if not isinstance(cursor, str) or len(cursor) > 2048:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise bad from None
+    if not (
+        isinstance(payload, list)
+        and len(payload) == 4
+        and isinstance(payload[0], str)
+        and isinstance(payload[1], bool)
+        and isinstance(payload[2], str)
+        and isinstance(payload[3], str)
+    ):
+        raise bad
+    if payload[0] != sort or payload[1] != descending:
+        raise InvalidInput(
+            f"cursor belongs to sort {payload[0]!r} (descending={payload[1]}), "
+            f"not {sort!r} (descending={descending})",
+            field="cursor",
+            value=cursor,
+        )
+    if "\x00" in payload[2]:
+        raise bad
+    try:
+        return payload[2], UUID(payload[3])
+    except ValueError:
+        raise bad from None
+
+
+def list_page(
+    query: Many[R],
+    conn: Connection,
+    filters: Mapping[str, Any],
+    *,
+    sort: str,
+    descending: bool,
+    limit: int,
+    cursor: str | None,
+) -> Page[R]:
+    """One keyset page of ``query``: fetch one row more than asked to know if more follow."""
+    column = query.query.sort_column(sort).column
+    limit = check_limit(limit)
+    after_value: str | None = None
+    after_id: UUID | None = None
+    if cursor is not None:
+        after_value, after_id = decode_cursor(cursor, column, descending)
+    rows = query(
+        conn,
+        sort=column,
+        descending=descending,
+        limit=limit + 1,
+        after_value=after_value,
+        after_id=after_id,
+        **filters,
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(column, descending, getattr(last, column), last.id)  # type: ignore[attr-defined]
+    return Page[R](items=rows, next_cursor=next_cursor)
+
+
+def patch_params(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``name``/``set_name`` pairs for an update: set_name is False for UNSET fields."""
+    params: dict[str, Any] = {}
+    for name, value in changes.items():
+        given = value is not UNSET
+        params[f"set_{name}"] = given
+        params[name] = value if given else None
+    return params
+
+
+def changed_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``changes`` that are not UNSET."""
+    return {name: value for name, value in changes.items() if value is not UNSET}
+
+
+@contextmanager
+def atomic(conn: Connection) -> Iterator[Connection]:
+    """Make a change and its audit event one unit.
+
+    Inside the caller's transaction nothing more is needed; on a bare
+    autocommit connection the two statements get a transaction of their own.
+    """
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    with conn.transaction() if idle else nullcontext():
+        yield conn
+
+
+def transition(
+    conn: Connection,
+    change: Returning[R],
+    current_status: Scalar[str],
+    *,
+    entity: str,
+    key: UUID,
+    target: str,
+    audit: Audit | None,
+    params: Mapping[str, Any] | None = None,
+) -> R:
+    """Run a guarded status change; IllegalTransition or NotFound when it matches nothing."""
+    with atomic(conn):
+        changed = change(conn, id=key, **(params or {}))
+        if changed is None:
+            current = current_status(conn, id=key)
+            if current is None:
+                raise NotFound(entity, key)
+            raise IllegalTransition(entity, key, current, target)
+        record_audit(conn, audit, f"{entity}.{target}", key)
+    return changed
+
+
+_record_event = One(
+    "audit_events.record",
+    AuditEvent,
+    ("actor_id", "action", "entity", "entity_id", "details"),
+    entity="audit event",
+)
+
+
+def insert_audit_event(conn: Connection, event: AuditEventCreate) -> AuditEvent:
+    """Append one validated audit event (the trigger links it into the chain)."""
+    return _record_event(
+        conn,
+        actor_id=event.actor_id,
+        action=event.action,
+        entity=event.entity,
+        entity_id=event.entity_id,
+        details=jsonb(event.details),
+    )
+
+
+def record_audit(
+    conn: Connection,
+    audit: Audit | None,
+    action: str,
+    entity_id: UUID | None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent | None:
+    """Append the audit event of a change, when the caller asked for one."""
+    if audit is None:
+        return None
+    event = validate(
+        AuditEventCreate,
+        {
+            "actor_id": audit.actor_id,
+            "action": action,
+            "entity": action.split(".", 1)[0],
+            "entity_id": entity_id,
+            "details": {**(details or {}), **audit.details},
+        },
+    )
+    return insert_audit_event(conn, event)

@@ -1,0 +1,124 @@
+"""Checkpoints (queries in ``sql/checkpoints.sql``).
+
+Checkpoints are immutable snapshots appended per execution with a monotonic
+sequence. Appending is idempotent on (execution, sequence): the same
+checkpoint written twice (a retried step) is stored once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
+from toolkit.db.database import Connection
+from toolkit.errors import Conflict, InvalidInput
+from toolkit.records import Checkpoint, CheckpointCreate
+from toolkit.repositories._common import (
+    DEFAULT_LIMIT,
+    check_limit,
+    jsonb,
+    parse_id,
+    validate,
+)
+
+ENTITY = "checkpoint"
+
+_append = Returning(
+    "checkpoints.append",
+    Checkpoint,
+    ("execution_id", "sequence", "parent_id", "state", "metadata"),
+)
+_get = One("checkpoints.get", Checkpoint, ("id",), entity=ENTITY)
+_get_at = OneOrNone("checkpoints.get_at", Checkpoint, ("execution_id", "sequence"))
+_latest = OneOrNone("checkpoints.latest", Checkpoint, ("execution_id",))
+_history = Many("checkpoints.history", Checkpoint, ("execution_id", "after_sequence", "limit"))
+_count = Scalar("checkpoints.count", int, ("execution_id",))
+_prune = Exec("checkpoints.prune", ("execution_id", "keep"))
+
+
+def append(conn: Connection, data: CheckpointCreate | Mapping[str, Any]) -> Checkpoint:
+    """Append a checkpoint, or return the one already at (execution, sequence).
+
+    Writing the same sequence again with a different state raises Conflict:
+    checkpoints never change once written.
+    """
+    checkpoint = validate(CheckpointCreate, data)
+    created = _append(
+        conn,
+        execution_id=checkpoint.execution_id,
+        sequence=checkpoint.sequence,
+        parent_id=checkpoint.parent_id,
+        state=jsonb(checkpoint.state),
+        metadata=jsonb(checkpoint.metadata),
+    )
+    if created is not None:
+        return created
+    existing = _get_at(conn, execution_id=checkpoint.execution_id, sequence=checkpoint.sequence)
+    if existing is None:  # deleted between the two statements
+        raise Conflict(
+            f"checkpoint {checkpoint.sequence} of {checkpoint.execution_id} changed concurrently"
+        )
+    if existing.state != checkpoint.state or existing.metadata != checkpoint.metadata:
+        raise Conflict(
+            f"checkpoint {checkpoint.sequence} of execution {checkpoint.execution_id} "
+            "already exists with a different state"
+        )
+    return existing
+
+
+def get(conn: Connection, checkpoint_id: UUID | str) -> Checkpoint:
+    """The checkpoint with this id; NotFound otherwise."""
+    key = parse_id(checkpoint_id)
+    return _get(conn, key, id=key)
+
+
+def get_at(conn: Connection, execution_id: UUID | str, sequence: int) -> Checkpoint | None:
+    """The checkpoint of an execution at ``sequence``, or None."""
+    return _get_at(
+        conn, execution_id=parse_id(execution_id, "execution_id"), sequence=_sequence(sequence)
+    )
+
+
+def latest(conn: Connection, execution_id: UUID | str) -> Checkpoint | None:
+    """The newest checkpoint of an execution, or None if it has none."""
+    return _latest(conn, execution_id=parse_id(execution_id, "execution_id"))
+
+
+def history(
+    conn: Connection,
+    execution_id: UUID | str,
+    *,
+    after_sequence: int = -1,
+    limit: int = DEFAULT_LIMIT,
+) -> list[Checkpoint]:
+    """Checkpoints after ``after_sequence``, oldest first (pass the last one's sequence on)."""
+    if after_sequence != -1:
+        _sequence(after_sequence)
+    return _history(
+        conn,
+        execution_id=parse_id(execution_id, "execution_id"),
+        after_sequence=after_sequence,
+        limit=check_limit(limit),
+    )
+
+
+def count(conn: Connection, execution_id: UUID | str) -> int:
+    """How many checkpoints an execution has."""
+    return _count(conn, execution_id=parse_id(execution_id, "execution_id")) or 0
+
+
+def prune(conn: Connection, execution_id: UUID | str, *, keep: int) -> int:
+    """Delete all but the newest ``keep`` checkpoints; returns how many went."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1_000_000:
+        raise InvalidInput(f"keep must be an integer from 1 to 1000000, got {keep!r}", field="keep")
+    return _prune(conn, execution_id=parse_id(execution_id, "execution_id"), keep=keep)
+
+
+def _sequence(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise InvalidInput(
+            f"sequence must be an integer from 0 to 2^31-1, got {value!r}", field="sequence"
+        )
+    return value

@@ -1,0 +1,192 @@
+"""Sessions (queries in ``sql/sessions.sql``).
+
+A session is a user's conversation with an agent: jsonb state and an expiry
+that :func:`touch` extends. An ended or expired session refuses changes.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
+from toolkit.db.database import Connection
+from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion
+from toolkit.records import Page, Session, SessionCreate, SessionFilter, SessionState
+from toolkit.repositories._common import (
+    DEFAULT_LIMIT,
+    UNSET,
+    Audit,
+    Unset,
+    atomic,
+    changed_fields,
+    check_limit,
+    check_search_text,
+    jsonb,
+    list_page,
+    parse_id,
+    patch_params,
+    record_audit,
+    validate,
+    validate_patch,
+)
+
+ENTITY = "session"
+_FILTERS = ("user_id", "agent_id")
+_PATCHABLE = ("title", "state")
+
+_create = One(
+    "sessions.create",
+    Session,
+    ("user_id", "agent_id", "title", "state", "ttl_seconds"),
+    entity=ENTITY,
+)
+_get = One("sessions.get", Session, ("id",), entity=ENTITY)
+_list = Many("sessions.list", Session, (*_FILTERS, "limit"))
+_count = Scalar("sessions.count", int, _FILTERS)
+_search = Many("sessions.search", Session, ("text", "limit"))
+_update = Returning(
+    "sessions.update",
+    Session,
+    ("id", "expected_version", *_PATCHABLE, *(f"set_{name}" for name in _PATCHABLE)),
+)
+_touch = Returning("sessions.touch", Session, ("id", "ttl_seconds"))
+_end = Returning("sessions.end", Session, ("id",))
+_current_state = OneOrNone("sessions.current_state", SessionState, ("id",))
+_purge_expired = Exec("sessions.purge_expired", ("limit",))
+_delete = Exec("sessions.delete", ("id",))
+
+
+def create(
+    conn: Connection, data: SessionCreate | Mapping[str, Any], *, audit: Audit | None = None
+) -> Session:
+    """Open a session expiring ``ttl_seconds`` from now (a day by default)."""
+    session = validate(SessionCreate, data)
+    with atomic(conn):
+        created = _create(
+            conn,
+            user_id=session.user_id,
+            agent_id=session.agent_id,
+            title=session.title,
+            state=jsonb(session.state),
+            ttl_seconds=session.ttl_seconds,
+        )
+        record_audit(conn, audit, "session.created", created.id)
+    return created
+
+
+def get(conn: Connection, session_id: UUID | str) -> Session:
+    """The session with this id; NotFound otherwise."""
+    key = parse_id(session_id)
+    return _get(conn, key, id=key)
+
+
+def list(
+    conn: Connection,
+    filters: SessionFilter | Mapping[str, Any] | None = None,
+    *,
+    sort: str = "created_at",
+    descending: bool = False,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[Session]:
+    """A keyset page of sessions; filter by ``user_id`` and ``agent_id``."""
+    where = validate(SessionFilter, filters)
+    return list_page(
+        _list,
+        conn,
+        where.model_dump(),
+        sort=sort,
+        descending=descending,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+def count(conn: Connection, filters: SessionFilter | Mapping[str, Any] | None = None) -> int:
+    """How many sessions match the filters."""
+    return _count(conn, **validate(SessionFilter, filters).model_dump()) or 0
+
+
+def search(conn: Connection, text: str, *, limit: int = DEFAULT_LIMIT) -> builtins.list[Session]:
+    """Sessions whose title contains ``text``, case-insensitively."""
+    return _search(conn, text=check_search_text(text), limit=check_limit(limit))
+
+
+def update(
+    conn: Connection,
+    session_id: UUID | str,
+    *,
+    expected_version: int,
+    title: str | Unset | None = UNSET,
+    state: Mapping[str, Any] | Unset = UNSET,
+    audit: Audit | None = None,
+) -> Session:
+    """Change the title or state; StaleVersion or NotFound when the guard fails."""
+    key = parse_id(session_id)
+    changes = changed_fields({"title": title, "state": state})
+    values = validate_patch(SessionCreate, changes)
+    if "state" in values:
+        values["state"] = jsonb(values["state"])
+    params = patch_params({field: values.get(field, UNSET) for field in _PATCHABLE})
+    with atomic(conn):
+        updated = _update(conn, id=key, expected_version=expected_version, **params)
+        if updated is None:
+            current = _current_state(conn, id=key)
+            if current is None:
+                raise NotFound(ENTITY, key)
+            raise StaleVersion(ENTITY, key, expected_version, current.version)
+        record_audit(conn, audit, "session.updated", key, {"fields": sorted(changes)})
+    return updated
+
+
+def touch(conn: Connection, session_id: UUID | str, *, ttl_seconds: int = 86400) -> Session:
+    """Extend a live session to expire ``ttl_seconds`` from now.
+
+    IllegalTransition if it has ended or already expired.
+    """
+    key = parse_id(session_id)
+    ttl = validate_patch(SessionCreate, {"ttl_seconds": ttl_seconds})["ttl_seconds"]
+    touched = _touch(conn, id=key, ttl_seconds=ttl)
+    if touched is None:
+        _refuse(conn, key, "active")
+    assert touched is not None
+    return touched
+
+
+def end(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None) -> Session:
+    """End a session; IllegalTransition if it has already ended."""
+    key = parse_id(session_id)
+    with atomic(conn):
+        ended = _end(conn, id=key)
+        if ended is None:
+            _refuse(conn, key, "ended")
+        assert ended is not None
+        record_audit(conn, audit, "session.ended", key)
+    return ended
+
+
+def purge_expired(conn: Connection, *, limit: int = 1000) -> int:
+    """Delete up to ``limit`` expired sessions; returns how many went."""
+    return _purge_expired(conn, limit=check_limit(limit))
+
+
+def delete(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None) -> None:
+    """Delete a session; NotFound if no such session."""
+    key = parse_id(session_id)
+    with atomic(conn):
+        if _delete(conn, id=key) == 0:
+            raise NotFound(ENTITY, key)
+        record_audit(conn, audit, "session.deleted", key)
+
+
+def _refuse(conn: Connection, key: UUID, target: str) -> None:
+    current = _current_state(conn, id=key)
+    if current is None:
+        raise NotFound(ENTITY, key)
+    status = "ended" if current.ended_at is not None else "expired" if current.expired else "active"
+    if status == target == "active":
+        raise InvalidInput(f"session {key} changed concurrently; retry")
+    raise IllegalTransition(ENTITY, key, status, target)
