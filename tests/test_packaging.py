@@ -1,5 +1,7 @@
 """The wheel carries sql/ and migrations/: installed in a fresh virtualenv, with
-no checkout around, ``toolkit migrate``, ``verify`` and ``demo`` work."""
+no checkout around, ``toolkit migrate``, ``verify`` and ``demo`` work, and the
+demo falls back to an embedded PostgreSQL (the ``embedded`` extra) where no
+server answers."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def test_installed_wheel_migrates_verifies_and_runs_the_demo(wheel: Path, tmp_pa
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", wheel, cwd=tmp_path)
+    run(python, "-m", "pip", "install", "-q", f"{wheel}[embedded]", cwd=tmp_path)
     toolkit = env_dir / "bin" / "toolkit"
     dbname = f"toolkit_wheel_{uuid.uuid4().hex[:8]}"
     url = server_url(dbname)
@@ -60,6 +62,10 @@ def test_installed_wheel_migrates_verifies_and_runs_the_demo(wheel: Path, tmp_pa
         assert "applied 0001.core-schema" in migrated.stdout
         assert "queries agree" in run(toolkit, "verify", "--database-url", url, cwd=away).stdout
         assert "demo complete" in run(toolkit, "demo", "--database-url", url, cwd=away).stdout
+        # No server at the URL: the demo falls back to the embedded PostgreSQL.
+        nowhere = "postgresql://postgres@127.0.0.1:1/none"
+        embedded = run(toolkit, "demo", "--database-url", nowhere, cwd=away).stdout
+        assert "using an embedded one" in embedded and "demo complete" in embedded
         where = run(
             python,
             "-c",

@@ -10,7 +10,7 @@ import pytest
 from tests.core.factories import make_agent, make_user
 from toolkit.config import load_settings
 from toolkit.db import Database
-from toolkit.errors import Conflict, Unavailable
+from toolkit.errors import Conflict, DatabaseError, Unavailable
 from toolkit.repositories import agents, users
 
 
@@ -105,3 +105,39 @@ def test_a_connection_cut_mid_use_raises_unavailable(db, superuser) -> None:
             users.count(conn)
     with db.connection() as conn:
         assert users.count(conn) == 1
+
+
+def test_a_transaction_whose_statement_failed_is_not_reported_committed(db) -> None:
+    with db.connection() as conn:
+        owner = make_user(conn)
+    with pytest.raises(DatabaseError, match="rolled back, not committed"), db.transaction() as tx:
+        make_agent(tx, owner, name="lost with the transaction")
+        with pytest.raises(Conflict):
+            make_user(tx, email=owner.email)
+        # The caller swallowed the error and carries on: COMMIT would be a silent ROLLBACK.
+    with db.connection() as conn:
+        assert agents.count(conn) == 0
+
+
+def test_connection_lost_inside_commit_reports_the_real_outcome(db, superuser) -> None:
+    # A deferred trigger kills its own backend while COMMIT runs: the
+    # transaction aborts, and the caller hears Unavailable with nothing written.
+    superuser.execute(
+        """
+        CREATE FUNCTION die_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON agents
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.name = 'doomed')
+        EXECUTE FUNCTION die_at_commit();
+        """
+    )
+    with db.connection() as conn:
+        owner = make_user(conn)
+    with pytest.raises(Unavailable, match="is aborted, nothing was written"), db.transaction() as tx:
+        make_agent(tx, owner, name="doomed")
+    with db.connection() as conn:
+        assert agents.count(conn) == 0
+    with db.transaction() as tx:
+        make_agent(tx, owner, name="fine")
+    with db.connection() as conn:
+        assert agents.count(conn) == 1

@@ -12,7 +12,16 @@ import pytest
 
 from tests.conftest import server_url
 from toolkit.db.migrations import migrate, rollback, status
+from toolkit.db.registry import package_directory
 from toolkit.errors import InvalidInput
+
+ALL = tuple(
+    sorted(
+        p.name[: -len(".sql")]
+        for p in package_directory("migrations").glob("*.sql")
+        if not p.name.endswith(".rollback.sql")
+    )
+)
 
 
 @pytest.fixture
@@ -47,13 +56,13 @@ def objects(url: str) -> set[str]:
 def test_apply_rollback_all_and_apply_again(scratch_url) -> None:
     first = migrate(scratch_url)
     assert first.database_created
-    assert first.applied == ("0001.core-schema", "0002.name-search-trigram")
+    assert first.applied == ALL
     schema = objects(scratch_url)
     assert {"table users", "table audit_events", "function audit_event_hash"} <= schema
     assert "index agents_name_trgm_idx" in schema
     assert migrate(scratch_url).applied == ()
     undone = rollback(scratch_url)
-    assert undone.rolled_back == ("0002.name-search-trigram", "0001.core-schema")
+    assert undone.rolled_back == tuple(reversed(ALL))
     assert objects(scratch_url) == set()
     assert migrate(scratch_url).applied == first.applied
     assert objects(scratch_url) == schema
@@ -61,8 +70,8 @@ def test_apply_rollback_all_and_apply_again(scratch_url) -> None:
 
 def test_rollback_only_the_newest(scratch_url) -> None:
     migrate(scratch_url)
-    assert rollback(scratch_url, 1).rolled_back == ("0002.name-search-trigram",)
-    assert status(scratch_url) == [("0001.core-schema", True), ("0002.name-search-trigram", False)]
+    assert rollback(scratch_url, 1).rolled_back == (ALL[-1],)
+    assert status(scratch_url) == [(m, m != ALL[-1]) for m in ALL]
     with pytest.raises(InvalidInput):
         rollback(scratch_url, 0)
 
@@ -71,7 +80,7 @@ def test_concurrent_migrate_runs_apply_once_without_error(scratch_url) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda _: migrate(scratch_url), range(8)))
     applied = [r.applied for r in results if r.applied]
-    assert applied == [("0001.core-schema", "0002.name-search-trigram")]
+    assert applied == [ALL]
     assert sum(r.database_created for r in results) <= 1
 
 
@@ -91,5 +100,5 @@ def test_cli_migrate_and_rollback_are_non_interactive(scratch_url) -> None:
     assert "applied 0001.core-schema" in applied.stdout
     assert "nothing to apply" in run("migrate").stdout
     undone = run("rollback", "--count", "1")
-    assert undone.returncode == 0 and "rolled back 0002.name-search-trigram" in undone.stdout
+    assert undone.returncode == 0 and f"rolled back {ALL[-1]}" in undone.stdout
     assert "rolled back 0001.core-schema" in run("rollback").stdout

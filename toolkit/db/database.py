@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import select
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -70,6 +71,16 @@ def translate_error(exc: BaseException, context: str) -> ToolkitError:
 def raise_translated(exc: BaseException, context: str) -> NoReturn:
     """Raise the toolkit exception for ``exc``, chained to it."""
     raise translate_error(exc, context) from exc
+
+
+def _rollback_quietly(conn: Connection) -> None:
+    """Roll back if the connection still can; a broken one is discarded by the pool."""
+    if conn.closed:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()
 
 
 def check_idle_connection(conn: Connection) -> None:
@@ -163,14 +174,70 @@ class Database:
         """A connection inside BEGIN ... COMMIT; an exception rolls it back.
 
         Driver errors raised inside, or by the COMMIT itself, come out as
-        toolkit exceptions.
+        toolkit exceptions. When the connection is lost during COMMIT, the
+        outcome is looked up by transaction id on a fresh connection: the
+        call returns normally if the transaction committed, and raises
+        Unavailable only if it did not, so "raised" always means "not
+        written".
         """
         with self.connection() as conn:
             try:
-                with conn.transaction():
-                    yield conn
+                conn.execute("BEGIN")
             except psycopg.Error as exc:
+                raise_translated(exc, "BEGIN")
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                _rollback_quietly(conn)
                 raise_translated(exc, "transaction")
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+            self._commit(conn)
+
+    def _commit(self, conn: Connection) -> None:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            _rollback_quietly(conn)
+            raise DatabaseError(
+                "transaction: a statement failed inside it, so it was rolled back, not committed"
+            )
+        try:
+            row = conn.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
+        except psycopg.Error as exc:
+            _rollback_quietly(conn)
+            raise_translated(exc, "transaction (before COMMIT; nothing was written)")
+        xid = row[0] if row else None
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            if xid is None or not isinstance(exc, psycopg.OperationalError):
+                raise_translated(exc, "COMMIT")
+            outcome = self._outcome_of(xid)
+            if outcome == "committed":
+                log.warning("connection lost during COMMIT; transaction %s did commit", xid)
+                return
+            raise Unavailable(
+                f"COMMIT: connection lost; transaction {xid} is {outcome}, nothing was written"
+            ) from exc
+
+    def _outcome_of(self, xid: str) -> str:
+        """``committed`` or ``aborted`` for a transaction whose COMMIT went unanswered."""
+        deadline = time.monotonic() + self.settings.pool_timeout
+        while True:
+            try:
+                with psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=max(1, round(self.settings.connect_timeout)),
+                ) as probe:
+                    row = probe.execute("SELECT pg_xact_status(%s::xid8)", [xid]).fetchone()
+                status = str(row[0]) if row and row[0] else "unknown"
+            except psycopg.Error:
+                status = "unknown (the database is unreachable)"
+            # "in progress": the old backend has not finished its COMMIT yet.
+            if status in ("committed", "aborted") or time.monotonic() > deadline:
+                return status
+            time.sleep(0.05)
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (size, available, waiting, ...)."""
