@@ -83,19 +83,24 @@ def _rollback_quietly(conn: Connection) -> None:
         conn.close()
 
 
-def check_idle_connection(conn: Connection) -> None:
-    """Reject a pooled connection that died while idle, without a round trip.
+def is_alive(conn: Connection) -> bool:
+    """Whether a pooled connection survived its idle time, mostly without a round trip.
 
     An idle autocommit connection has nothing to read: if its socket is
     readable the server has spoken first (a termination notice after a
-    restart, or end of file), so only then is a real query spent to decide.
+    restart, or end of file), and only then is a real query spent to decide.
     """
     pgconn = conn.pgconn
-    if pgconn.status != ConnStatus.OK:
-        raise psycopg.OperationalError("connection is broken")
+    if conn.closed or pgconn.status != ConnStatus.OK:
+        return False
     readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    if readable:
+    if not readable:
+        return True
+    try:
         conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
 
 
 class Database:
@@ -124,7 +129,6 @@ class Database:
                 "connect_timeout": max(1, round(self.settings.connect_timeout)),
                 "options": " ".join(options),
             },
-            check=check_idle_connection,
             reconnect_timeout=max(self.settings.pool_timeout, 5.0),
             name=self.settings.application_name,
             open=False,
@@ -154,10 +158,7 @@ class Database:
     def connection(self) -> Iterator[Connection]:
         """A pooled autocommit connection for reads or single statements."""
         self.open()
-        try:
-            conn = self._pool.getconn()
-        except (PoolTimeout, psycopg.Error) as exc:
-            raise_translated(exc, "getting a connection")
+        conn = self._checked_out()
         try:
             yield conn
         finally:
@@ -167,6 +168,24 @@ class Database:
                     conn.rollback()
                 except psycopg.Error:
                     conn.close()
+            self._pool.putconn(conn)
+
+    def _checked_out(self) -> Connection:
+        """A live connection from the pool, within ``pool_timeout``.
+
+        Dead ones (closed by a server restart or a network cut while idle)
+        are discarded and the next one taken at once; psycopg_pool's own
+        check would sleep a second or more between attempts.
+        """
+        deadline = time.monotonic() + self.settings.pool_timeout
+        while True:
+            try:
+                conn = self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            except (PoolTimeout, psycopg.Error) as exc:
+                raise_translated(exc, "getting a connection")
+            if is_alive(conn):
+                return conn
+            conn.close()
             self._pool.putconn(conn)
 
     @contextmanager
