@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,9 +17,9 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from toolkit.db.bind import Many, One, Returning, Scalar
+from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import IllegalTransition, InvalidInput, NotFound
+from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion
 from toolkit.records import AuditEvent, AuditEventCreate, Page
 
 M = TypeVar("M", bound=BaseModel)
@@ -278,6 +278,45 @@ def transition(
             raise IllegalTransition(entity, key, current, target)
         record_audit(conn, audit, f"{entity}.{target}", key)
     return changed
+
+
+def guarded_update(
+    conn: Connection,
+    update: Returning[R],
+    current_version: Callable[[Connection, UUID], int | None],
+    *,
+    entity: str,
+    key: UUID,
+    expected_version: int,
+    changes: Mapping[str, Any],
+    columns: tuple[str, ...],
+    audit: Audit | None,
+) -> R:
+    """Run an optimistic partial update of ``columns`` from already-validated ``changes``.
+
+    Columns missing from ``changes`` keep their value. StaleVersion when the
+    row moved on, NotFound when it is gone.
+    """
+    params = patch_params({column: changes.get(column, UNSET) for column in columns})
+    with atomic(conn):
+        updated = update(conn, id=key, expected_version=expected_version, **params)
+        if updated is None:
+            current = current_version(conn, key)
+            if current is None:
+                raise NotFound(entity, key)
+            raise StaleVersion(entity, key, expected_version, current)
+        record_audit(conn, audit, f"{entity}.updated", key, {"fields": sorted(changes)})
+    return updated
+
+
+def delete_row(
+    conn: Connection, delete: Exec, *, entity: str, key: UUID, audit: Audit | None
+) -> None:
+    """Delete one row by id (NotFound if there is none) with its audit event."""
+    with atomic(conn):
+        if delete(conn, id=key) == 0:
+            raise NotFound(entity, key)
+        record_audit(conn, audit, f"{entity}.deleted", key)
 
 
 _record_event = One(

@@ -9,7 +9,6 @@ from uuid import UUID
 
 from toolkit.db.bind import Copy, Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import NotFound, StaleVersion
 from toolkit.records import Agent, AgentConfig, AgentCreate, AgentFilter, Page
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -20,10 +19,11 @@ from toolkit.repositories._common import (
     changed_fields,
     check_limit,
     check_search_text,
+    delete_row,
+    guarded_update,
     jsonb,
     list_page,
     parse_id,
-    patch_params,
     record_audit,
     validate,
     validate_patch,
@@ -175,22 +175,19 @@ def update(
     values = validate_patch(AgentCreate, changes)
     if "config" in values:
         values["config"] = jsonb(values["config"])
-    params = patch_params({field: values.get(field, UNSET) for field in _PATCHABLE})
-    with atomic(conn):
-        updated = _update(conn, id=key, expected_version=expected_version, **params)
-        if updated is None:
-            current = _current_version(conn, id=key)
-            if current is None:
-                raise NotFound(ENTITY, key)
-            raise StaleVersion(ENTITY, key, expected_version, current)
-        record_audit(conn, audit, "agent.updated", key, {"fields": sorted(changes)})
-    return updated
+    return guarded_update(
+        conn,
+        _update,
+        lambda c, k: _current_version(c, id=k),
+        entity=ENTITY,
+        key=key,
+        expected_version=expected_version,
+        changes=values,
+        columns=_PATCHABLE,
+        audit=audit,
+    )
 
 
 def delete(conn: Connection, agent_id: UUID | str, *, audit: Audit | None = None) -> None:
     """Delete an agent; NotFound if it does not exist."""
-    key = parse_id(agent_id)
-    with atomic(conn):
-        if _delete(conn, id=key) == 0:
-            raise NotFound(ENTITY, key)
-        record_audit(conn, audit, "agent.deleted", key)
+    delete_row(conn, _delete, entity=ENTITY, key=parse_id(agent_id), audit=audit)

@@ -18,13 +18,13 @@ from pydantic import Field, StringConstraints
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import NotFound
 from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject, Page
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
     Audit,
     atomic,
     check_limit,
+    delete_row,
     jsonb,
     list_page,
     parse_id,
@@ -223,8 +223,4 @@ def requeue_expired(conn: Connection, *, limit: int = 100) -> builtins.list[Exec
 
 def delete(conn: Connection, execution_id: UUID | str, *, audit: Audit | None = None) -> None:
     """Delete an execution and its checkpoints; NotFound if no such execution."""
-    key = parse_id(execution_id)
-    with atomic(conn):
-        if _delete(conn, id=key) == 0:
-            raise NotFound(ENTITY, key)
-        record_audit(conn, audit, "execution.deleted", key)
+    delete_row(conn, _delete, entity=ENTITY, key=parse_id(execution_id), audit=audit)

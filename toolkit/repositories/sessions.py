@@ -13,7 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion
+from toolkit.errors import IllegalTransition, InvalidInput, NotFound
 from toolkit.records import Page, Session, SessionCreate, SessionFilter, SessionState
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -24,10 +24,11 @@ from toolkit.repositories._common import (
     changed_fields,
     check_limit,
     check_search_text,
+    delete_row,
+    guarded_update,
     jsonb,
     list_page,
     parse_id,
-    patch_params,
     record_audit,
     validate,
     validate_patch,
@@ -130,16 +131,17 @@ def update(
     values = validate_patch(SessionCreate, changes)
     if "state" in values:
         values["state"] = jsonb(values["state"])
-    params = patch_params({field: values.get(field, UNSET) for field in _PATCHABLE})
-    with atomic(conn):
-        updated = _update(conn, id=key, expected_version=expected_version, **params)
-        if updated is None:
-            current = _current_state(conn, id=key)
-            if current is None:
-                raise NotFound(ENTITY, key)
-            raise StaleVersion(ENTITY, key, expected_version, current.version)
-        record_audit(conn, audit, "session.updated", key, {"fields": sorted(changes)})
-    return updated
+    return guarded_update(
+        conn,
+        _update,
+        _current_version,
+        entity=ENTITY,
+        key=key,
+        expected_version=expected_version,
+        changes=values,
+        columns=_PATCHABLE,
+        audit=audit,
+    )
 
 
 def touch(conn: Connection, session_id: UUID | str, *, ttl_seconds: int = 86400) -> Session:
@@ -175,11 +177,12 @@ def purge_expired(conn: Connection, *, limit: int = 1000) -> int:
 
 def delete(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None) -> None:
     """Delete a session; NotFound if no such session."""
-    key = parse_id(session_id)
-    with atomic(conn):
-        if _delete(conn, id=key) == 0:
-            raise NotFound(ENTITY, key)
-        record_audit(conn, audit, "session.deleted", key)
+    delete_row(conn, _delete, entity=ENTITY, key=parse_id(session_id), audit=audit)
+
+
+def _current_version(conn: Connection, key: UUID) -> int | None:
+    current = _current_state(conn, id=key)
+    return None if current is None else current.version
 
 
 def _refuse(conn: Connection, key: UUID, target: str) -> None:

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import NotFound, StaleVersion
+from toolkit.errors import NotFound
 from toolkit.records import Page, User, UserCreate, UserCredentials, UserFilter
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -24,9 +24,10 @@ from toolkit.repositories._common import (
     changed_fields,
     check_limit,
     check_search_text,
+    delete_row,
+    guarded_update,
     list_page,
     parse_id,
-    patch_params,
     record_audit,
     validate,
     validate_patch,
@@ -144,23 +145,19 @@ def update(
     changes = changed_fields(
         {"email": email, "display_name": display_name, "role": role, "is_active": is_active}
     )
-    values = validate_patch(UserCreate, changes)
-    params = patch_params({field: values.get(field, UNSET) for field in _PATCHABLE})
-    with atomic(conn):
-        updated = _update(conn, id=key, expected_version=expected_version, **params)
-        if updated is None:
-            current = _current_version(conn, id=key)
-            if current is None:
-                raise NotFound(ENTITY, key)
-            raise StaleVersion(ENTITY, key, expected_version, current)
-        record_audit(conn, audit, "user.updated", key, {"fields": sorted(changes)})
-    return updated
+    return guarded_update(
+        conn,
+        _update,
+        lambda c, k: _current_version(c, id=k),
+        entity=ENTITY,
+        key=key,
+        expected_version=expected_version,
+        changes=validate_patch(UserCreate, changes),
+        columns=_PATCHABLE,
+        audit=audit,
+    )
 
 
 def delete(conn: Connection, user_id: UUID | str, *, audit: Audit | None = None) -> None:
     """Delete a user and what they own; NotFound if no such user."""
-    key = parse_id(user_id)
-    with atomic(conn):
-        if _delete(conn, id=key) == 0:
-            raise NotFound(ENTITY, key)
-        record_audit(conn, audit, "user.deleted", key)
+    delete_row(conn, _delete, entity=ENTITY, key=parse_id(user_id), audit=audit)

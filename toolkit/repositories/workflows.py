@@ -14,7 +14,6 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import NotFound, StaleVersion
 from toolkit.records import Page, Workflow, WorkflowCreate, WorkflowDefinition, WorkflowFilter
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -25,10 +24,11 @@ from toolkit.repositories._common import (
     changed_fields,
     check_limit,
     check_search_text,
+    delete_row,
+    guarded_update,
     jsonb,
     list_page,
     parse_id,
-    patch_params,
     record_audit,
     transition,
     validate,
@@ -139,16 +139,17 @@ def update(
     values = validate_patch(WorkflowCreate, changes)
     if "definition" in values:
         values["definition"] = jsonb(values["definition"])
-    params = patch_params({field: values.get(field, UNSET) for field in _PATCHABLE})
-    with atomic(conn):
-        updated = _update(conn, id=key, expected_version=expected_version, **params)
-        if updated is None:
-            current = _current_version(conn, id=key)
-            if current is None:
-                raise NotFound(ENTITY, key)
-            raise StaleVersion(ENTITY, key, expected_version, current)
-        record_audit(conn, audit, "workflow.updated", key, {"fields": sorted(changes)})
-    return updated
+    return guarded_update(
+        conn,
+        _update,
+        lambda c, k: _current_version(c, id=k),
+        entity=ENTITY,
+        key=key,
+        expected_version=expected_version,
+        changes=values,
+        columns=_PATCHABLE,
+        audit=audit,
+    )
 
 
 def publish(conn: Connection, workflow_id: UUID | str, *, audit: Audit | None = None) -> Workflow:
@@ -169,8 +170,4 @@ def archive(conn: Connection, workflow_id: UUID | str, *, audit: Audit | None = 
 
 def delete(conn: Connection, workflow_id: UUID | str, *, audit: Audit | None = None) -> None:
     """Delete a workflow and its executions; NotFound if no such workflow."""
-    key = parse_id(workflow_id)
-    with atomic(conn):
-        if _delete(conn, id=key) == 0:
-            raise NotFound(ENTITY, key)
-        record_audit(conn, audit, "workflow.deleted", key)
+    delete_row(conn, _delete, entity=ENTITY, key=parse_id(workflow_id), audit=audit)
