@@ -1,7 +1,7 @@
 """The ``toolkit`` console script.
 
 Commands: ``migrate``, ``rollback``, ``queries`` (``queries show NAME``),
-``verify`` and ``demo``. Settings come from the ``TOOLKIT_*`` environment;
+``verify``, ``demo`` and ``storage sweep``. Settings come from the ``TOOLKIT_*`` environment;
 ``--database-url`` overrides the database for one run. Exit codes: 0 on
 success, 1 when ``verify`` finds problems, 2 on any toolkit error (the
 message is printed on one line, without a traceback).
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run on an embedded PostgreSQL (needs the toolkit[embedded] extra)",
     )
+    from toolkit.storage.cli import add_storage_commands
+
+    add_storage_commands(commands)
     return parser
 
 

@@ -1,7 +1,8 @@
 """``toolkit demo``: one story walked through the toolkit, step by step.
 
 A user signs up, creates an agent and a workflow, starts an execution,
-writes checkpoints, completes it, and the audit chain verifies. It runs
+writes checkpoints, completes it, stores its generated report (read back
+with its checksum checked), and the audit chain verifies. It runs
 against the configured database; where none answers, it says so in one line
 with the fix, or runs on an embedded PostgreSQL when the ``toolkit[embedded]``
 extra is installed.
@@ -31,6 +32,7 @@ from toolkit.repositories import (
     users,
     workflows,
 )
+from toolkit.storage.demo import store_demo_report
 
 
 def _safe_url(url: str) -> str:
@@ -134,10 +136,12 @@ def walk_story(database: Database) -> dict[str, Any]:
             conn, execution.id, {"summary": "Machines can compute what is computable."}, audit=actor
         )
         _step(7, f"execution {execution.status}: {execution.output}")
+    _step(8, store_demo_report(database, database.settings, execution.id))
+    with database.connection() as conn:
         report = audit_events.verify_chain(conn)
         trail = audit_events.count(conn, {"actor_id": user.id})
     verdict = "intact" if report.ok else f"BROKEN at #{report.first_broken_seq}: {report.reason}"
-    _step(8, f"audit chain verified: {report.checked} events checked, {verdict}; {trail} by Ada")
+    _step(9, f"audit chain verified: {report.checked} events checked, {verdict}; {trail} by Ada")
     return {
         "user": user,
         "agent": agent,

@@ -133,7 +133,10 @@ def test_connection_lost_inside_commit_reports_the_real_outcome(db, superuser) -
     )
     with db.connection() as conn:
         owner = make_user(conn)
-    with pytest.raises(Unavailable, match="is aborted, nothing was written"), db.transaction() as tx:
+    with (
+        pytest.raises(Unavailable, match="is aborted, nothing was written"),
+        db.transaction() as tx,
+    ):
         make_agent(tx, owner, name="doomed")
     with db.connection() as conn:
         assert agents.count(conn) == 0

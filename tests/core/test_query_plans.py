@@ -45,6 +45,15 @@ SELECT owner_id, id, now() + interval '1 day' FROM agents WHERE name LIKE 'Agent
 INSERT INTO audit_events (actor_id, action, entity, entity_id, prev_hash, hash)
 SELECT owner_id, 'agent.created', (ARRAY['agent', 'user', 'workflow'])[1 + n % 3], id, '', ''
 FROM (SELECT owner_id, id, row_number() OVER () AS n FROM agents LIMIT 5000) AS a;
+
+INSERT INTO files (owner_id, purpose, key, size, content_type, sha256, execution_id, session_id)
+SELECT u.ids[1 + g % 2000], (ARRAY['attachment', 'generated'])[1 + g % 2], 'k' || g, g,
+    'text/plain', repeat('a', 64),
+    CASE WHEN g % 4 = 0 THEN e.ids[1 + g % 40000] END,
+    CASE WHEN g % 4 = 1 THEN s.ids[1 + g % 4000] END
+FROM generate_series(1, 20000) AS g, (SELECT array_agg(id) AS ids FROM users) AS u,
+    (SELECT array_agg(id) AS ids FROM executions) AS e,
+    (SELECT array_agg(id) AS ids FROM sessions) AS s;
 """
 
 
@@ -88,6 +97,9 @@ def sample_filter_values(conn) -> dict[str, Any]:
         "entity": "agent",
         "entity_id": row[1],
         "actor_id": row[0],
+        "purpose": "attachment",
+        "execution_id": conn.execute("SELECT id FROM executions LIMIT 1").fetchone()[0],
+        "session_id": conn.execute("SELECT id FROM sessions LIMIT 1").fetchone()[0],
     }
 
 

@@ -54,6 +54,8 @@ def test_the_application_role_reads_and_writes(app_url, superuser) -> None:
     ],
 )
 def test_the_application_role_cannot_change_the_schema(app_url, statement) -> None:
-    with psycopg.connect(app_url, autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(statement)
+    with (
+        psycopg.connect(app_url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement)

@@ -36,7 +36,10 @@ from pydantic import BaseModel
 from toolkit.db.bind import BINDINGS, Binding, Scalar, registry
 from toolkit.db.registry import Kind, QueryRegistry
 
-BINDING_MODULES = ("toolkit.repositories",)
+BINDING_MODULES = (
+    "toolkit.repositories",
+    "toolkit.storage.repository",
+)
 """Modules whose import binds every query the toolkit runs."""
 
 _TYPE_FITS: dict[str, tuple[type, ...]] = {

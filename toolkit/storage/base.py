@@ -1,0 +1,494 @@
+"""The :class:`Storage` interface and the one upload pipeline every back end shares.
+
+A back end implements a handful of primitives (write a stream of chunks
+atomically, open for reading, stat, list, delete, move, URL); the pipeline
+around them is the same everywhere:
+
+* the source (bytes or any object with ``read(n)``) is read in chunks of
+  :attr:`Storage.chunk_size` (128 KiB), never whole;
+* the first bytes are sniffed (:mod:`toolkit.storage.sniff`) and checked
+  against the allow-list *before* anything is written; the client's claimed
+  type is recorded, not trusted;
+* SHA-256 and size are computed while streaming;
+* the byte limit is enforced while streaming: the chunk that would cross it
+  is never handed to the back end, and the back end discards what it wrote
+  (a temporary file, a multipart upload), so nothing is left behind;
+* writes are create-only by default: :class:`~toolkit.errors.Conflict` if the
+  key exists, and when two writers race exactly one wins.
+
+Every driver error (OSError, fsspec, botocore) comes out as a toolkit error:
+NotFound, Conflict, InvalidInput, IntegrityError or Unavailable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any, Final, Protocol
+
+from toolkit.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    ToolkitError,
+    Unavailable,
+)
+from toolkit.storage.keys import (
+    STAGING_PREFIX,
+    check_internal_or_key,
+    check_key,
+    check_prefix,
+    clean_filename,
+)
+from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES, SNIFF_BYTES, normalise_type, sniff
+
+CHUNK_SIZE: Final = 128 << 10
+"""Bytes read from the source per step (128 KiB: a chunk stays in the CPU cache while it is
+hashed and written, which measured faster than 1 MiB chunks)."""
+
+
+class Readable(Protocol):
+    """Anything with ``read(n)`` returning bytes: a file, a socket file, a request body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+Source = bytes | bytearray | memoryview | Readable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a back end knows about a stored object."""
+
+    key: str
+    size: int
+    modified: datetime | None
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What the pipeline measured while storing an object."""
+
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    """Sniffed from the first bytes."""
+    claimed_type: str | None
+    """What the client said, normalised; recorded, never trusted."""
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@contextmanager
+def translating(action: str, key: str) -> Iterator[None]:
+    """Turn any driver error raised inside into a toolkit error naming ``action`` and ``key``."""
+    writing = action.startswith(("writing", "moving to"))
+    try:
+        yield
+    except ToolkitError:
+        raise
+    except FileNotFoundError:
+        raise NotFound("object", key) from None
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as exc:
+        # Writing: the key exists, or collides with a folder or an object on its path.
+        # Reading: a key that names a folder or runs through an object is simply absent.
+        if not writing:
+            raise NotFound("object", key) from None
+        if isinstance(exc, FileExistsError):
+            raise Conflict(f"{action}: object {key!r} already exists") from None
+        raise Conflict(f"{action}: {key!r} collides with an existing object") from None
+    except PermissionError as exc:
+        raise Unavailable(f"{action} {key!r}: permission denied ({exc})") from exc
+    except Exception as exc:  # botocore, aiohttp, fsspec: nothing raw escapes
+        raise Unavailable(f"{action} {key!r}: {type(exc).__name__}: {exc}") from exc
+
+
+class UploadPipeline:
+    """Chunks of an upload, with its type sniffed up front and size, hash and limit on the way.
+
+    :meth:`prepare` reads the first bytes, sniffs and checks the type; then
+    iterating yields every chunk (the first bytes included), updating
+    :attr:`size` and :attr:`sha256`, and raises InvalidInput as soon as a
+    chunk would cross ``max_bytes`` — that chunk is never yielded.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        max_bytes: int | None,
+        allowed_types: Collection[str] | None,
+        claimed_type: str | None,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
+        ):
+            raise InvalidInput(
+                f"max_bytes must be a non-negative integer, got {_short(max_bytes)}",
+                field="max_bytes",
+                value=max_bytes,
+            )
+        if isinstance(source, bytes | bytearray | memoryview):
+            self._reader: Readable = io.BytesIO(source)
+        elif callable(getattr(source, "read", None)):
+            self._reader = source
+        else:
+            raise InvalidInput(
+                f"data must be bytes or a readable binary stream, got {type(source).__name__}",
+                field="data",
+                value=type(source).__name__,
+            )
+        self.max_bytes = max_bytes
+        self.allowed_types = allowed_types
+        self.claimed_type = normalise_type(claimed_type)
+        self.chunk_size = chunk_size
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._head = b""
+        self._eof = False
+        self.content_type = ""
+
+    def _read(self, size: int) -> bytes:
+        with translating("reading the upload", "<source>"):
+            chunk = self._reader.read(size)
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise InvalidInput(
+                f"the upload stream returned {type(chunk).__name__}, not bytes", field="data"
+            )
+        return bytes(chunk) if not isinstance(chunk, bytes) else chunk
+
+    def _check_limit(self, more: int) -> None:
+        if self.max_bytes is not None and self.size + more > self.max_bytes:
+            raise InvalidInput(
+                f"upload is larger than the limit of {self.max_bytes} bytes",
+                field="size",
+                value=self.size + more,
+            )
+
+    def prepare(self) -> str:
+        """Read up to :data:`SNIFF_BYTES`, sniff the type, check it; returns the type."""
+        parts: list[bytes] = []
+        have = 0
+        while have < SNIFF_BYTES:
+            chunk = self._read(SNIFF_BYTES - have)
+            if not chunk:
+                self._eof = True
+                break
+            parts.append(chunk)
+            have += len(chunk)
+            if self.max_bytes is not None and have > self.max_bytes:
+                break
+        self._head = b"".join(parts)
+        self._check_limit(len(self._head))
+        self.content_type = sniff(self._head, complete=self._eof)
+        if self.allowed_types is not None and self.content_type not in self.allowed_types:
+            raise InvalidInput(
+                f"content type {self.content_type} (sniffed from the first bytes; "
+                f"claimed {self.claimed_type or 'nothing'}) is not allowed",
+                field="content_type",
+                value=self.content_type,
+            )
+        return self.content_type
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._head:
+            self.size += len(self._head)
+            self._hash.update(self._head)
+            yield self._head
+            self._head = b""
+        while not self._eof:
+            chunk = self._read(self.chunk_size)
+            if not chunk:
+                self._eof = True
+                break
+            self._check_limit(len(chunk))
+            self.size += len(chunk)
+            self._hash.update(chunk)
+            yield chunk
+
+    @property
+    def sha256(self) -> str:
+        """The hex SHA-256 of what was yielded so far."""
+        return self._hash.hexdigest()
+
+
+class VerifyingReader(io.RawIOBase):
+    """A read stream that translates driver errors and, optionally, checks SHA-256 at the end.
+
+    With ``sha256`` given, reading to the end raises
+    :class:`~toolkit.errors.IntegrityError` if the bytes do not hash to it
+    (a partial read checks nothing).
+    """
+
+    def __init__(self, raw: IO[bytes], key: str, sha256: str | None = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self._key = key
+        self._expected = sha256
+        self._hash = hashlib.sha256() if sha256 else None
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = -1 if size is None or size < 0 else size
+        whole = wanted < 0
+        with translating("reading", self._key):
+            data = self._raw.read(wanted)
+        if self._hash is not None:
+            if data:
+                self._hash.update(data)
+            if (whole or not data) and not self._checked:
+                self._check()
+        return bytes(data)
+
+    def _check(self) -> None:
+        assert self._hash is not None
+        self._checked = True
+        if self._hash.hexdigest() != self._expected:
+            raise IntegrityError(
+                f"object {self._key!r}: SHA-256 {self._hash.hexdigest()} does not match "
+                f"the recorded {self._expected}"
+            )
+
+    def readall(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            chunk = self.read(CHUNK_SIZE)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            with translating("closing", self._key):
+                self._raw.close()
+        finally:
+            super().close()
+
+
+def content_disposition(filename: str | None) -> str:
+    """``attachment`` with an ASCII fallback name and the RFC 5987 UTF-8 name."""
+    name = clean_filename(filename)
+    if not name:
+        return "attachment"
+    fallback = "".join(ch if ch.isascii() and ch not in '"\\;' else "_" for ch in name)
+    quoted = urllib.parse.quote(name, safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quoted}"
+
+
+def download_headers(
+    filename: str | None, content_type: str | None, size: int | None = None
+) -> dict[str, str]:
+    """The headers a download of a stored file must carry (attachment, nosniff, the type)."""
+    headers = {
+        "Content-Type": normalise_type(content_type) or "application/octet-stream",
+        "Content-Disposition": content_disposition(filename),
+        "X-Content-Type-Options": "nosniff",
+    }
+    if size is not None:
+        headers["Content-Length"] = str(size)
+    return headers
+
+
+class Storage(ABC):
+    """Objects under keys: put, open, get, exists, delete, list, info, url, move.
+
+    Keys from outside follow :func:`toolkit.storage.keys.check_key`; writes
+    are create-only and atomic (no partial object is ever visible at the
+    key). Subclasses implement the underscored primitives.
+    """
+
+    url_scheme: str = ""
+    chunk_size: int = CHUNK_SIZE
+
+    # -- primitives ----------------------------------------------------------------
+
+    @abstractmethod
+    def _write(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
+        """Store every chunk at ``key``, create-only and atomic.
+
+        On any exception (including the pipeline's limit error) nothing may
+        remain at ``key`` nor in a temporary place; FileExistsError (or
+        Conflict) if ``key`` exists.
+        """
+
+    @abstractmethod
+    def _open(self, key: str) -> IO[bytes]: ...
+
+    @abstractmethod
+    def _info(self, key: str) -> ObjectInfo: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+
+    @abstractmethod
+    def _move(self, source: str, target: str) -> None:
+        """Move ``source`` to ``target``; FileExistsError if ``target`` exists."""
+
+    def _url(self, key: str, expires: int, filename: str | None, content_type: str | None) -> str:
+        return f"{self.url_scheme}{key}"
+
+    def _list_stale_uploads(self, older_than: datetime) -> list[str]:
+        """Remove unfinished writes (temp files, multipart uploads) older than a time."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional for back ends that hold nothing
+        """Release what the back end holds (connections; a memory root's objects)."""
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the public interface -------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        data: Source,
+        *,
+        max_bytes: int | None = None,
+        allowed_types: Collection[str] | None = DEFAULT_ALLOWED_TYPES,
+        claimed_type: str | None = None,
+    ) -> PutResult:
+        """Store ``data`` (bytes or a stream) at ``key``, through the safe pipeline.
+
+        Raises InvalidInput for a bad key, a type outside ``allowed_types``
+        (``None`` allows any) or more than ``max_bytes``; Conflict if the key
+        exists; Unavailable if the back end fails. Nothing is left behind on
+        failure.
+        """
+        return self._put(check_key(key), data, max_bytes, allowed_types, claimed_type)
+
+    def _put(
+        self,
+        key: str,
+        data: Source,
+        max_bytes: int | None,
+        allowed_types: Collection[str] | None,
+        claimed_type: str | None,
+    ) -> PutResult:
+        pipeline = UploadPipeline(
+            data,
+            max_bytes=max_bytes,
+            allowed_types=allowed_types,
+            claimed_type=claimed_type,
+            chunk_size=self.chunk_size,
+        )
+        content_type = pipeline.prepare()
+        with translating("writing", key):
+            self._write(key, iter(pipeline), content_type)
+        return PutResult(
+            key=key,
+            size=pipeline.size,
+            sha256=pipeline.sha256,
+            content_type=content_type,
+            claimed_type=pipeline.claimed_type,
+        )
+
+    def open(self, key: str, *, sha256: str | None = None) -> io.RawIOBase:
+        """A streaming read of ``key`` (use it as a context manager); NotFound if absent.
+
+        With ``sha256``, reading to the end raises IntegrityError on a mismatch.
+        """
+        key = check_internal_or_key(key)
+        with translating("opening", key):
+            raw = self._open(key)
+        return VerifyingReader(raw, key, sha256)
+
+    def get(self, key: str, *, sha256: str | None = None) -> bytes:
+        """All bytes of ``key``; with ``sha256``, IntegrityError unless they hash to it."""
+        with self.open(key, sha256=sha256) as stream:
+            return stream.readall()
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+        key = check_internal_or_key(key)
+        try:
+            self.info(key)
+        except NotFound:
+            return False
+        return True
+
+    def info(self, key: str) -> ObjectInfo:
+        """Size and modification time of ``key``; NotFound if absent."""
+        key = check_internal_or_key(key)
+        with translating("inspecting", key):
+            return self._info(key)
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; returns whether it existed."""
+        key = check_internal_or_key(key)
+        try:
+            with translating("deleting", key):
+                return self._delete(key)
+        except NotFound:
+            return False
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key.
+
+        ``""`` lists everything, the toolkit's ``_staging/`` objects included.
+        """
+        prefix = prefix if prefix == STAGING_PREFIX else check_prefix(prefix)
+        with translating("listing", prefix or "<root>"):
+            return sorted(self._list(prefix), key=lambda info: info.key)
+
+    def move(self, source: str, target: str) -> None:
+        """Move an object to a new key, create-only: Conflict if ``target`` exists."""
+        source = check_internal_or_key(source, "source")
+        target = check_internal_or_key(target, "target")
+        with translating("moving", source):
+            if not self._exists_fast(source):
+                raise NotFound("object", source)
+        with translating("moving to", target):
+            self._move(source, target)
+
+    def _exists_fast(self, key: str) -> bool:
+        try:
+            self._info(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def url(
+        self,
+        key: str,
+        *,
+        expires: int = 3600,
+        filename: str | None = None,
+        content_type: str | None = None,
+    ) -> str:
+        """A URL for ``key``: presigned on S3 (with attachment disposition), else a locator."""
+        key = check_key(key)
+        if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= 604800:
+            raise InvalidInput(
+                f"expires must be 1 to 604800 seconds, got {_short(expires)}",
+                field="expires",
+                value=expires,
+            )
+        with translating("signing a URL for", key):
+            return self._url(key, expires, filename, content_type)

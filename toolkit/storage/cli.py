@@ -1,0 +1,55 @@
+"""``toolkit storage sweep``: remove staged or orphaned objects older than a grace period.
+
+Wired into the ``toolkit`` command by :func:`add_storage_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from toolkit.config import load_settings
+
+DEFAULT_GRACE_SECONDS = 3600.0
+"""Kept equal to toolkit.storage.filestore.DEFAULT_GRACE_SECONDS (not imported: fast --help)."""
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """Run one sweep against the configured database and storage; prints what it did."""
+    from toolkit.db.database import Database  # noqa: PLC0415 - fast --help
+    from toolkit.storage.backends import open_storage  # noqa: PLC0415
+    from toolkit.storage.filestore import FileStore  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "storage_url", None):
+        overrides["storage_url"] = args.storage_url
+    settings = load_settings(**overrides)
+    with open_storage(settings.storage_url) as storage, Database(settings) as database:
+        store = FileStore(storage)
+        with database.connection() as conn:
+            report = store.sweep(conn, grace_seconds=args.grace_seconds)
+    print(f"sweep: {report.summary()}")
+    return 0
+
+
+def add_storage_commands(commands: Any) -> argparse.ArgumentParser:
+    """Add ``storage sweep`` to the ``toolkit`` command's subparsers; returns the parser."""
+    storage = commands.add_parser(
+        "storage", help="file storage maintenance", description="file storage maintenance"
+    )
+    actions = storage.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
+    text = "remove staged or orphaned objects older than a grace period; finish promotions"
+    sweep = actions.add_parser("sweep", help=text, description=text)
+    sweep.add_argument("--database-url", help="override TOOLKIT_DATABASE_URL for this run")
+    sweep.add_argument("--storage-url", help="override TOOLKIT_STORAGE_URL for this run")
+    sweep.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=DEFAULT_GRACE_SECONDS,
+        help=f"only touch objects older than this (default {DEFAULT_GRACE_SECONDS:.0f})",
+    )
+    sweep.set_defaults(handler=sweep_command)
+    parser: argparse.ArgumentParser = storage
+    return parser

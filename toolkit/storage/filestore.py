@@ -1,0 +1,398 @@
+"""Files whose bytes and row stay consistent: stage, record, promote, sweep.
+
+The protocol (every step may crash; none leaves a row pointing at missing bytes):
+
+1. :meth:`FileStore.stage` streams the bytes through the safe pipeline
+   (limit, SHA-256, sniffed type) to ``_staging/<file id>``, create-only.
+   The final key ``<owner>/<purpose>/<file id>`` is chosen now. A crash
+   here leaves at most a temporary file or an unfinished multipart upload,
+   never an object at the final key.
+2. :meth:`FileStore.record` inserts the row (status ``staged``) in the
+   caller's transaction. If the transaction rolls back, the staged object
+   has no row: :meth:`discard` removes it at once, or the sweep does later.
+3. After the commit, :meth:`FileStore.promote` moves the bytes from the
+   staging key to the final key (a ``link``/``unlink`` on local disk, a
+   server-side copy and delete on S3), then marks the row ``stored``.
+
+Between 2 and the end of 3 the row is ``staged`` and its bytes are at the
+staging key, at the final key, or (on S3, between copy and delete) at
+both: reads of a staged row look at the final key and fall back to the
+staging key, so a committed row always finds its bytes.
+
+``toolkit storage sweep`` (:meth:`FileStore.sweep`) reconciles what a crash
+left behind, touching only things older than a grace period (which must
+exceed the longest transaction between stage and commit):
+
+* unfinished writes (``.tmp-*`` files, multipart uploads) are removed;
+* staged rows are promoted; one whose bytes are nowhere is deleted and
+  reported as lost (it cannot happen unless someone removed the bytes);
+* staged objects without a row (the transaction rolled back) are deleted,
+  and those whose row is already stored are deleted as leftovers;
+* objects at a file key (``<uuid>/<purpose>/<uuid>``) without a row (the
+  row was deleted, the bytes not yet) are deleted. Other keys, written
+  with :meth:`Storage.put` directly, are never touched.
+
+Reads verify the SHA-256 recorded in the row by default
+(:class:`~toolkit.errors.IntegrityError` on a mismatch).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from uuid import UUID
+
+from toolkit.db.database import Connection, Database
+from toolkit.errors import Conflict, InvalidInput, NotFound
+from toolkit.repositories._common import Audit, parse_id
+from toolkit.storage import repository as files
+from toolkit.storage.base import Source, Storage, download_headers
+from toolkit.storage.keys import (
+    STAGING_PREFIX,
+    check_purpose,
+    clean_filename,
+    file_key,
+    staging_key,
+)
+from toolkit.storage.records import File
+from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
+
+DEFAULT_MAX_BYTES: Final = 100 << 20
+"""The upload limit unless the FileStore or the call says otherwise (100 MiB)."""
+
+DEFAULT_GRACE_SECONDS: Final = 3600.0
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_FILE_KEY = re.compile(rf"^{_UUID}/(attachment|generated)/{_UUID}$")
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """Bytes waiting at their staging key for their row to be committed."""
+
+    id: UUID
+    owner_id: UUID
+    purpose: str
+    key: str
+    staging_key: str
+    original_name: str | None
+    size: int
+    sha256: str
+    content_type: str
+    claimed_type: str | None
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did, by kind, with the keys it touched."""
+
+    partial_uploads: list[str] = field(default_factory=list)
+    promoted: list[UUID] = field(default_factory=list)
+    lost_rows: list[UUID] = field(default_factory=list)
+    staged_without_row: list[str] = field(default_factory=list)
+    staged_leftovers: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line of counts."""
+        return (
+            f"{len(self.partial_uploads)} unfinished upload(s) removed, "
+            f"{len(self.promoted)} staged file(s) promoted, "
+            f"{len(self.staged_without_row)} staged object(s) without a row removed, "
+            f"{len(self.staged_leftovers)} staging leftover(s) removed, "
+            f"{len(self.orphans)} orphaned object(s) removed, "
+            f"{len(self.lost_rows)} row(s) without bytes deleted"
+        )
+
+
+class FileStore:
+    """A Storage and the files table, kept consistent (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        allowed_types: Collection[str] | None = DEFAULT_ALLOWED_TYPES,
+    ) -> None:
+        self.storage = storage
+        self.max_bytes = max_bytes
+        self.allowed_types = allowed_types
+
+    # -- writing ------------------------------------------------------------------------
+
+    def stage(
+        self,
+        data: Source,
+        *,
+        owner_id: UUID | str,
+        purpose: str,
+        original_name: str | None = None,
+        claimed_type: str | None = None,
+        max_bytes: int | None = None,
+        allowed_types: Collection[str] | bool | None = True,
+    ) -> StagedFile:
+        """Stream ``data`` to a staging key through the safe pipeline (step 1).
+
+        ``allowed_types=True`` uses the store's allow-list, ``None`` allows any.
+        """
+        owner = parse_id(owner_id, "owner_id")
+        purpose = check_purpose(purpose)
+        file_id = uuid.uuid4()
+        staging = staging_key(file_id)
+        result = self.storage._put(  # the staging prefix is the store's own
+            staging,
+            data,
+            self.max_bytes if max_bytes is None else max_bytes,
+            self.allowed_types if allowed_types is True else allowed_types,  # type: ignore[arg-type]
+            claimed_type,
+        )
+        return StagedFile(
+            id=file_id,
+            owner_id=owner,
+            purpose=purpose,
+            key=file_key(owner, purpose, file_id),
+            staging_key=staging,
+            original_name=clean_filename(original_name),
+            size=result.size,
+            sha256=result.sha256,
+            content_type=result.content_type,
+            claimed_type=result.claimed_type,
+        )
+
+    def record(
+        self,
+        conn: Connection,
+        staged: StagedFile,
+        *,
+        execution_id: UUID | str | None = None,
+        session_id: UUID | str | None = None,
+        audit: Audit | None = None,
+    ) -> File:
+        """Insert the row of ``staged`` in the caller's transaction (step 2)."""
+        return files.create(
+            conn,
+            {
+                "id": staged.id,
+                "owner_id": staged.owner_id,
+                "purpose": staged.purpose,
+                "key": staged.key,
+                "original_name": staged.original_name,
+                "size": staged.size,
+                "content_type": staged.content_type,
+                "claimed_type": staged.claimed_type,
+                "sha256": staged.sha256,
+                "execution_id": None
+                if execution_id is None
+                else parse_id(execution_id, "execution_id"),
+                "session_id": None if session_id is None else parse_id(session_id, "session_id"),
+            },
+            audit=audit,
+        )
+
+    def promote(self, conn: Connection, file: StagedFile | File) -> File:
+        """Move committed bytes to their final key and mark the row stored (step 3).
+
+        NotFound (and the staged bytes discarded) if the row was never
+        committed. Safe to repeat, and safe to race with the sweep.
+        """
+        try:
+            row = files.get(conn, file.id)
+        except NotFound:
+            self.storage.delete(staging_key(file.id))
+            raise
+        if row.status == "stored":
+            return row
+        return self._promote_row(conn, row)
+
+    def _promote_row(self, conn: Connection, row: File) -> File:
+        staging = staging_key(row.id)
+        try:
+            self.storage.move(staging, row.key)
+        except NotFound:
+            if not self.storage.exists(row.key):
+                raise
+        except Conflict:
+            # Copied before a crash, not yet deleted (S3): the final bytes are there.
+            self.storage.delete(staging)
+        stored = files.mark_stored(conn, row.id)
+        return stored if stored is not None else files.get(conn, row.id)
+
+    def discard(self, staged: StagedFile) -> None:
+        """Remove staged bytes whose transaction rolled back (the sweep would, later)."""
+        self.storage.delete(staged.staging_key)
+
+    def store(
+        self,
+        database: Database,
+        data: Source,
+        *,
+        owner_id: UUID | str,
+        purpose: str,
+        original_name: str | None = None,
+        claimed_type: str | None = None,
+        execution_id: UUID | str | None = None,
+        session_id: UUID | str | None = None,
+        max_bytes: int | None = None,
+        audit: Audit | None = None,
+    ) -> File:
+        """Stage, record in a transaction of its own, and promote: the whole protocol."""
+        staged = self.stage(
+            data,
+            owner_id=owner_id,
+            purpose=purpose,
+            original_name=original_name,
+            claimed_type=claimed_type,
+            max_bytes=max_bytes,
+        )
+        try:
+            with database.transaction() as tx:
+                self.record(
+                    tx, staged, execution_id=execution_id, session_id=session_id, audit=audit
+                )
+        except BaseException:
+            self.discard(staged)
+            raise
+        with database.connection() as conn:
+            return self.promote(conn, staged)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _location(self, file: File) -> str:
+        if file.status == "stored" or self.storage.exists(file.key):
+            return file.key
+        staging = staging_key(file.id)
+        if self.storage.exists(staging):
+            return staging
+        return file.key
+
+    def open(self, file: File, *, verify: bool = True) -> io.RawIOBase:
+        """A streaming read of a file's bytes; reading to the end checks the SHA-256."""
+        return self.storage.open(self._location(file), sha256=file.sha256 if verify else None)
+
+    def read(self, file: File, *, verify: bool = True) -> bytes:
+        """All bytes of a file; IntegrityError if they do not hash to the recorded SHA-256."""
+        return self.storage.get(self._location(file), sha256=file.sha256 if verify else None)
+
+    def url(self, file: File, *, expires: int = 3600) -> str:
+        """A URL for the file (presigned on S3, with attachment disposition and its type)."""
+        if file.status != "stored":
+            raise InvalidInput(
+                f"file {file.id} is not promoted yet (status {file.status})", field="status"
+            )
+        return self.storage.url(
+            file.key, expires=expires, filename=file.original_name, content_type=file.content_type
+        )
+
+    @staticmethod
+    def headers(file: File) -> dict[str, str]:
+        """The headers to serve a file with: attachment, nosniff, the sniffed type, its size."""
+        return download_headers(file.original_name, file.content_type, file.size)
+
+    # -- deleting and sweeping ----------------------------------------------------------
+
+    def delete(
+        self, database: Database, file_id: UUID | str, *, audit: Audit | None = None
+    ) -> File:
+        """Delete the row, then the bytes (a crash in between leaves an orphan for the sweep)."""
+        with database.transaction() as tx:
+            row = files.delete(tx, file_id, audit=audit)
+        if row is None:
+            raise NotFound("file", file_id)
+        self.storage.delete(row.key)
+        self.storage.delete(staging_key(row.id))
+        return row
+
+    def sweep(
+        self,
+        conn: Connection,
+        *,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        now: datetime | None = None,
+    ) -> SweepReport:
+        """Reconcile storage and rows, touching only what is older than ``grace_seconds``."""
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int | float):
+            raise InvalidInput("grace_seconds must be a number", field="grace_seconds")
+        if grace_seconds < 0:
+            raise InvalidInput("grace_seconds must be >= 0", field="grace_seconds")
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=grace_seconds)
+        report = SweepReport()
+        report.partial_uploads = self.storage._list_stale_uploads(cutoff)
+        self._sweep_staged_rows(conn, grace_seconds, report)
+        self._sweep_staged_objects(conn, cutoff, report)
+        self._sweep_orphans(conn, cutoff, report)
+        return report
+
+    def _sweep_staged_rows(self, conn: Connection, grace: float, report: SweepReport) -> None:
+        while True:
+            rows = files.staged_before(conn, grace, limit=_BATCH)
+            for row in rows:
+                try:
+                    self._promote_row(conn, row)
+                    report.promoted.append(row.id)
+                except NotFound:
+                    files.delete(conn, row.id)
+                    report.lost_rows.append(row.id)
+            if len(rows) < _BATCH:
+                return
+
+    def _sweep_staged_objects(
+        self, conn: Connection, cutoff: datetime, report: SweepReport
+    ) -> None:
+        staged = [
+            info.key
+            for info in self.storage.list(STAGING_PREFIX)
+            if info.modified is None or info.modified < cutoff
+        ]
+        for start in range(0, len(staged), _BATCH):
+            ids: dict[UUID, str] = {}
+            for key in staged[start : start + _BATCH]:
+                try:
+                    ids[UUID(key[len(STAGING_PREFIX) :])] = key
+                except ValueError:
+                    self.storage.delete(key)
+                    report.staged_without_row.append(key)
+            rows_by_id = {row.id: row for row in files.get_many(conn, list(ids))}
+            for file_id, key in ids.items():
+                row = rows_by_id.get(file_id)
+                if row is None:
+                    self.storage.delete(key)
+                    report.staged_without_row.append(key)
+                elif row.status == "staged":
+                    self._promote_row(conn, row)
+                    report.promoted.append(row.id)
+                elif self.storage.exists(row.key):
+                    self.storage.delete(key)
+                    report.staged_leftovers.append(key)
+
+    def _sweep_orphans(self, conn: Connection, cutoff: datetime, report: SweepReport) -> None:
+        candidates = [
+            info.key
+            for info in self.storage.list("")
+            if _FILE_KEY.match(info.key) and (info.modified is None or info.modified < cutoff)
+        ]
+        for start in range(0, len(candidates), _BATCH):
+            batch = candidates[start : start + _BATCH]
+            known = {row.key for row in files.with_keys(conn, batch)}
+            for key in batch:
+                if key not in known:
+                    self.storage.delete(key)
+                    report.orphans.append(key)
+
+
+def describe(file: File) -> dict[str, Any]:
+    """A short, printable view of a file row."""
+    return {
+        "id": str(file.id),
+        "key": file.key,
+        "size": file.size,
+        "content_type": file.content_type,
+        "sha256": file.sha256,
+        "status": file.status,
+    }

@@ -1,0 +1,125 @@
+"""Files: the metadata rows of stored objects (queries in ``sql/files.sql``).
+
+Thin typed functions; the protocol that keeps rows and bytes consistent is
+in :mod:`toolkit.storage.filestore`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from toolkit.db.bind import Many, One, Returning
+from toolkit.db.database import Connection
+from toolkit.records import Page
+from toolkit.repositories._common import (
+    DEFAULT_LIMIT,
+    Audit,
+    atomic,
+    check_limit,
+    list_page,
+    parse_id,
+    record_audit,
+    validate,
+)
+from toolkit.storage.records import File, FileFilter
+
+ENTITY = "file"
+_COLUMNS = (
+    "id",
+    "owner_id",
+    "purpose",
+    "key",
+    "original_name",
+    "size",
+    "content_type",
+    "claimed_type",
+    "sha256",
+    "execution_id",
+    "session_id",
+)
+_FILTERS = ("owner_id", "purpose", "execution_id", "session_id")
+
+_create = One("files.create", File, _COLUMNS, entity=ENTITY)
+_get = One("files.get", File, ("id",), entity=ENTITY)
+_get_many = Many("files.get_many", File, ("ids",))
+_existing_keys = Many("files.existing_keys", File, ("keys",))
+_list = Many("files.list", File, (*_FILTERS, "limit"))
+_mark_stored = Returning("files.mark_stored", File, ("id",))
+_staged_before = Many("files.staged_before", File, ("grace_seconds", "limit"))
+_delete = Returning("files.delete", File, ("id",))
+
+
+def create(conn: Connection, values: Mapping[str, Any], *, audit: Audit | None = None) -> File:
+    """Insert a file row (status 'staged'); the values were checked by the FileStore."""
+    with atomic(conn):
+        created = _create(conn, **{name: values.get(name) for name in _COLUMNS})
+        record_audit(
+            conn,
+            audit,
+            "file.created",
+            created.id,
+            {"purpose": created.purpose, "size": created.size, "sha256": created.sha256},
+        )
+    return created
+
+
+def get(conn: Connection, file_id: UUID | str) -> File:
+    """The file with this id; NotFound otherwise."""
+    key = parse_id(file_id)
+    return _get(conn, key, id=key)
+
+
+def get_many(conn: Connection, file_ids: Sequence[UUID]) -> builtins.list[File]:
+    """The files among ``file_ids`` (missing ones are simply absent)."""
+    return _get_many(conn, ids=builtins.list(file_ids))
+
+
+def with_keys(conn: Connection, keys: Sequence[str]) -> builtins.list[File]:
+    """The files whose key is among ``keys``."""
+    return _existing_keys(conn, keys=builtins.list(keys))
+
+
+def list(
+    conn: Connection,
+    filters: FileFilter | Mapping[str, Any] | None = None,
+    *,
+    descending: bool = False,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[File]:
+    """A keyset page of files by creation time; filter by owner, purpose, execution, session."""
+    where = validate(FileFilter, filters)
+    return list_page(
+        _list,
+        conn,
+        where.model_dump(),
+        sort="created_at",
+        descending=descending,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+def mark_stored(conn: Connection, file_id: UUID) -> File | None:
+    """Mark a staged file stored; None if it is not staged (already stored, or gone)."""
+    return _mark_stored(conn, id=file_id)
+
+
+def staged_before(
+    conn: Connection, grace_seconds: float, *, limit: int = DEFAULT_LIMIT
+) -> builtins.list[File]:
+    """Staged files older than ``grace_seconds``, oldest first."""
+    return _staged_before(conn, grace_seconds=float(grace_seconds), limit=check_limit(limit))
+
+
+def delete(conn: Connection, file_id: UUID | str, *, audit: Audit | None = None) -> File | None:
+    """Delete a file's row and return it (None if it did not exist)."""
+    key = parse_id(file_id)
+    with atomic(conn):
+        deleted = _delete(conn, id=key)
+        if deleted is not None:
+            record_audit(conn, audit, "file.deleted", key, {"key": deleted.key})
+    return deleted
