@@ -1,10 +1,11 @@
 """The ``toolkit`` console script.
 
 Commands: ``migrate``, ``rollback``, ``queries`` (``queries show NAME``),
-``verify``, ``demo`` and ``storage sweep``. Settings come from the ``TOOLKIT_*`` environment;
-``--database-url`` overrides the database for one run. Exit codes: 0 on
-success, 1 when ``verify`` finds problems, 2 on any toolkit error (the
-message is printed on one line, without a traceback).
+``verify``, ``demo``, ``relay``, ``worker`` and ``storage sweep``. Settings
+come from the ``TOOLKIT_*`` environment; ``--database-url`` overrides the
+database for one run. Exit codes: 0 on success, 1 when ``verify`` finds
+problems, 2 on any toolkit error (the message is printed on one line,
+without a traceback).
 """
 
 from __future__ import annotations
@@ -92,6 +93,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_relay(args: argparse.Namespace) -> int:
+    from toolkit.messaging.cli import relay_command
+
+    return relay_command(args)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from toolkit.messaging.cli import worker_command
+
+    return worker_command(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from toolkit.demo import run_demo
 
@@ -125,7 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run on an embedded PostgreSQL (needs the toolkit[embedded] extra)",
     )
+    from toolkit.messaging.cli import add_relay_arguments, add_worker_arguments
     from toolkit.storage.cli import add_storage_commands
+
+    add_relay_arguments(
+        command("relay", _cmd_relay, "publish committed outbox messages to RabbitMQ until SIGTERM")
+    )
+    add_worker_arguments(
+        command(
+            "worker",
+            _cmd_worker,
+            "consume workflow.execute, notification.send and audit.log until SIGTERM",
+        )
+    )
 
     add_storage_commands(commands)
     return parser

@@ -2,7 +2,9 @@
 
 A user signs up, creates an agent and a workflow, starts an execution,
 writes checkpoints, completes it, stores its generated report (read back
-with its checksum checked), and the audit chain verifies. It runs
+with its checksum checked), and the audit chain verifies; then the workflow
+runs once more through the outbox, RabbitMQ and a worker, which prints the
+notification it produced. It runs
 against the configured database; where none answers, it says so in one line
 with the fix, or runs on an embedded PostgreSQL when the ``toolkit[embedded]``
 extra is installed.
@@ -23,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from toolkit.config import Settings
 from toolkit.db.database import Database
 from toolkit.db.migrations import migrate
+from toolkit.messaging.demo import run_demo_messaging
 from toolkit.repositories import (
     Audit,
     agents,
@@ -177,6 +180,14 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
         database = stack.enter_context(
             Database(settings.model_copy(update={"database_url": url}), url=url)
         )
-        walk_story(database)
+        story = walk_story(database)
+        _step(10, "the workflow once more, through the outbox, RabbitMQ and a worker:")
+        run_demo_messaging(
+            database,
+            settings.model_copy(update={"database_url": url}),
+            story["workflow"].id,
+            input={"paper": "On Computable Numbers"},
+            echo=lambda line: print(f"    {line}"),
+        )
     print("demo complete")
     return 0

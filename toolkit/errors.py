@@ -8,6 +8,8 @@ the narrower classes tell the caller what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -95,3 +97,67 @@ class DatabaseError(ToolkitError):
 
 class IntegrityError(ToolkitError):
     """Stored data failed an integrity check (a broken audit chain, a bad checksum)."""
+
+
+# Messaging
+
+
+@dataclass(frozen=True)
+class ArgumentDrift:
+    """One argument whose value on the broker differs from the declared one."""
+
+    name: str
+    declared: str
+    current: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: declared {self.declared}, broker has {self.current}"
+
+
+class TopologyDrift(ConfigurationError):
+    """An exchange or queue exists on the broker with other arguments than declared.
+
+    ``kind`` is ``"queue"`` or ``"exchange"``, ``name`` the full name, and
+    ``differences`` every argument that differs (broker value and ours).
+    Nothing was changed on the broker.
+    """
+
+    def __init__(self, kind: str, name: str, differences: Sequence[ArgumentDrift]) -> None:
+        listed = "; ".join(str(d) for d in differences) or "unknown argument"
+        super().__init__(
+            f"{kind} {name!r} exists on the broker with different arguments ({listed}); "
+            f"delete it (after moving its messages) or change the declaration to match"
+        )
+        self.kind = kind
+        self.name = name
+        self.differences = tuple(differences)
+
+
+class Unroutable(ToolkitError):
+    """The broker returned a mandatory message: no queue is bound for its routing key."""
+
+    def __init__(self, exchange: str, routing_key: str, reply: str) -> None:
+        super().__init__(
+            f"message to exchange {exchange!r} with routing key {routing_key!r} was "
+            f"unroutable ({reply}): declare the topology first"
+        )
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+
+class MessageTooLarge(InvalidInput):
+    """A message body is larger than the limit; nothing was sent or stored."""
+
+    def __init__(self, size: int, limit: int, queue: str) -> None:
+        super().__init__(
+            f"message for {queue!r} is {size} bytes, over the {limit}-byte limit: "
+            "store large payloads in storage and send their key",
+            field="body",
+            value=size,
+        )
+        self.size = size
+        self.limit = limit
+
+
+class Rejected(ToolkitError):
+    """The broker refused a message (a negative confirm), e.g. its queue is full."""

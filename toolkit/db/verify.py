@@ -39,6 +39,7 @@ from toolkit.db.registry import Kind, QueryRegistry
 BINDING_MODULES = (
     "toolkit.repositories",
     "toolkit.storage.repository",
+    "toolkit.messaging",
 )
 """Modules whose import binds every query the toolkit runs."""
 

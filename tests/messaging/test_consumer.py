@@ -1,0 +1,259 @@
+"""The worker: acks, inbox, retry ladder, parking, reconnects, graceful stop, heartbeats."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pika
+import pytest
+
+from toolkit.db import Connection, Database
+from toolkit.messaging import AuditLog, Delivery, Publisher, Topology, Worker, inbox
+from toolkit.messaging.connection import ConnectionOptions
+
+from ..support.tcp_proxy import TcpProxy
+from . import _procs
+from .conftest import AMQP_URL, amqp_url_for, depth, get_all, wait_for
+
+EVENT = AuditLog(action="user.created", entity="user")
+
+
+def effect_count(db: Database, message_id: Any = None) -> int:
+    with db.connection() as conn:
+        if message_id is None:
+            row = conn.execute("SELECT count(*) FROM test_effects WHERE queue = 'audit.log'")
+        else:
+            row = conn.execute(
+                "SELECT count(*) FROM test_effects WHERE message_id = %s AND queue = 'audit.log'",
+                (message_id,),
+            )
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+def raw_publish(
+    broker: pika.BlockingConnection, topology: Topology, body: bytes, message_id: str | None
+) -> None:
+    channel = broker.channel()
+    channel.confirm_delivery()
+    channel.basic_publish(
+        topology.exchange,
+        "audit.log",
+        body,
+        pika.BasicProperties(delivery_mode=2, message_id=message_id),
+        mandatory=True,
+    )
+    channel.close()
+
+
+def test_handled_once_even_when_delivered_twice(
+    effects: Database, topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    handler = inbox.transactional(effects, "test-consumer", _procs.record_effect)
+    worker = Worker(AMQP_URL, topology, {"audit.log": handler}, prefetch=5)
+    run_worker(worker)
+    message_id = str(uuid.uuid4())
+    with Publisher(AMQP_URL, topology) as publisher:
+        publisher.publish(EVENT, message_id=message_id)
+        publisher.publish(EVENT, message_id=message_id)  # a duplicate, same id
+    wait_for(lambda: worker.stats.handled == 2)
+    assert worker.stats.duplicates == 1
+    assert effect_count(effects, message_id) == 1
+    with effects.connection() as conn:
+        assert inbox.seen(conn, "test-consumer", message_id)
+    wait_for(lambda: depth(broker, topology.queue_name("audit.log")) == 0)
+
+
+def test_poison_message_goes_down_the_ladder_then_is_parked(
+    topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    calls: list[tuple[float, int]] = []
+
+    def always_fails(delivery: Delivery) -> None:
+        calls.append((time.monotonic(), delivery.retry_count))
+        raise ValueError("the model refused the prompt")
+
+    worker = Worker(AMQP_URL, topology, {"audit.log": always_fails})
+    run_worker(worker)
+    with Publisher(AMQP_URL, topology) as publisher:
+        message_id = publisher.publish(EVENT)
+    parked = get_all(broker, topology.parking_queue("audit.log"), expect=1, timeout=10)
+    assert len(parked) == 1
+    props, body = parked[0]
+    assert props.message_id == message_id
+    assert props.headers["x-parked-reason"] == "retries-exhausted"
+    assert "ValueError: the model refused the prompt" in props.headers["x-error"]
+    assert props.headers["x-retry-count"] == len(topology.retry_delays)
+    assert json.loads(body)["action"] == "user.created"
+    # one try per step, each after its delay: no hot redelivery loop
+    assert [count for _, count in calls] == [0, 1, 2]
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(calls)]
+    for gap, delay in zip(gaps, topology.retry_delays, strict=True):
+        assert gap >= delay * 0.9
+    time.sleep(0.5)
+    assert len(calls) == 3
+    assert worker.stats.retried == 2 and worker.stats.parked == 1
+
+
+def test_a_handler_that_recovers_on_retry_is_applied_once(
+    effects: Database, topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    apply = inbox.transactional(effects, "test-consumer", _procs.record_effect)
+    seen: list[int] = []
+
+    def flaky(delivery: Delivery) -> None:
+        seen.append(delivery.retry_count)
+        if delivery.retry_count == 0:
+            raise ConnectionError("upstream timed out")
+        apply(delivery)
+
+    worker = Worker(AMQP_URL, topology, {"audit.log": flaky})
+    run_worker(worker)
+    with Publisher(AMQP_URL, topology) as publisher:
+        message_id = publisher.publish(EVENT)
+    wait_for(lambda: effect_count(effects, message_id) == 1)
+    assert seen == [0, 1]
+    assert depth(broker, topology.parking_queue("audit.log")) == 0
+
+
+UNDECODABLE = [
+    (b"{not json", True, "invalid-json", "not JSON"),
+    (b"[1, 2]", True, "invalid-json", "not an object"),
+    (
+        b'{"schema_version": 1, "action": "NOPE", "entity": "user"}',
+        True,
+        "invalid-message",
+        "action",
+    ),
+    (
+        b'{"schema_version": 9, "action": "a.b", "entity": "user"}',
+        True,
+        "invalid-message",
+        "schema",
+    ),
+    (b'{"schema_version": 1, "action": "a.b", "entity": "user"}', False, "invalid-message", "UUID"),
+]
+
+
+def test_undecodable_messages_are_parked_at_once(
+    topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    calls: list[Delivery] = []
+    worker = Worker(AMQP_URL, topology, {"audit.log": calls.append})
+    run_worker(worker)
+    for body, with_id, _, _ in UNDECODABLE:
+        raw_publish(broker, topology, body, str(uuid.uuid4()) if with_id else None)
+    parked = get_all(broker, topology.parking_queue("audit.log"), expect=len(UNDECODABLE))
+    assert len(parked) == len(UNDECODABLE)
+    by_body = {body: props.headers for props, body in parked}
+    for body, _, reason, words in UNDECODABLE:
+        assert by_body[body]["x-parked-reason"] == reason
+        assert words in by_body[body]["x-error"]
+    assert not calls and worker.stats.retried == 0 and worker.stats.parked == len(UNDECODABLE)
+
+
+def test_consumer_killed_between_effect_and_ack_the_inbox_absorbs_the_redelivery(
+    effects: Database, topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    with Publisher(AMQP_URL, topology) as publisher:
+        message_id = publisher.publish(EVENT)
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(
+        target=_procs.worker_dies_after_effect, args=(effects.url, AMQP_URL, topology.prefix)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 23
+    assert effect_count(effects, message_id) == 1  # the effect committed, no ack was sent
+    handler = inbox.transactional(effects, "test-consumer", _procs.record_effect)
+    worker = Worker(AMQP_URL, topology, {"audit.log": handler})
+    run_worker(worker)
+    wait_for(lambda: worker.stats.handled == 1)
+    assert worker.stats.duplicates == 1
+    assert effect_count(effects, message_id) == 1
+    wait_for(lambda: depth(broker, topology.queue_name("audit.log")) == 0)
+
+
+def test_sigterm_finishes_the_current_message_then_exits(
+    effects: Database, topology: Topology, broker: pika.BlockingConnection
+) -> None:
+    with Publisher(AMQP_URL, topology) as publisher:
+        first = publisher.publish(EVENT)
+        publisher.publish(EVENT)
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(
+        target=_procs.slow_worker, args=(effects.url, AMQP_URL, topology.prefix, 0.8)
+    )
+    child.start()
+
+    def started() -> bool:
+        with effects.connection() as conn:
+            return bool(conn.execute("SELECT count(*) FROM test_effects").fetchone()[0])  # type: ignore[index]
+
+    wait_for(started, timeout=20)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGTERM)
+    child.join(20)
+    assert child.exitcode == 0
+    assert effect_count(effects, first) == 1  # finished, committed and acked
+    # the second message was never started: it waits in the queue, not lost
+    wait_for(lambda: depth(broker, topology.queue_name("audit.log")) == 1)
+    assert effect_count(effects) == 1
+
+
+def test_heartbeats_keep_flowing_during_long_work(
+    topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    done: list[str] = []
+
+    def long_work(delivery: Delivery) -> None:
+        time.sleep(2.6)  # more than two heartbeat intervals
+        done.append(str(delivery.message_id))
+
+    worker = Worker(
+        AMQP_URL,
+        topology,
+        {"audit.log": long_work},
+        options=ConnectionOptions(heartbeat=1, name="test-heartbeat"),
+    )
+    run_worker(worker)
+    with Publisher(AMQP_URL, topology) as publisher:
+        publisher.publish(EVENT)
+    wait_for(lambda: worker.stats.handled == 1, timeout=10)
+    time.sleep(0.3)
+    assert worker.stats.reconnects == 0  # the connection survived the long handler
+    assert depth(broker, topology.queue_name("audit.log")) == 0
+
+
+def test_worker_reconnects_after_the_connection_is_cut(
+    effects: Database,
+    topology: Topology,
+    broker: pika.BlockingConnection,
+    rabbit_proxy: TcpProxy,
+    run_worker: Any,
+) -> None:
+    handler = inbox.transactional(effects, "test-consumer", _procs.record_effect)
+    worker = Worker(amqp_url_for(rabbit_proxy.port), topology, {"audit.log": handler})
+    run_worker(worker)
+    with Publisher(AMQP_URL, topology) as publisher:
+        publisher.publish(EVENT)
+        wait_for(lambda: effect_count(effects) == 1)
+        rabbit_proxy.cut_all()
+        publisher.publish(EVENT)
+    wait_for(lambda: effect_count(effects) == 2, timeout=15)
+    assert worker.stats.reconnects >= 1
+
+
+def test_unknown_queue_handler_is_refused(topology: Topology) -> None:
+    with pytest.raises(Exception, match="unknown queue"):
+        Worker(AMQP_URL, topology, {"workflow.execute": lambda d: None})
+
+
+def _unused(_: Connection) -> None:
+    pass

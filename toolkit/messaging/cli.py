@@ -1,0 +1,161 @@
+"""``toolkit relay`` and ``toolkit worker``: the functions ``toolkit/cli.py`` wires in.
+
+Both read the ``TOOLKIT_*`` settings (``amqp_url``, ``queue_prefix``,
+``database_url``), declare the topology, and run until SIGTERM or SIGINT,
+then stop gracefully. Exit code 0 after a clean stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+from datetime import timedelta
+from types import FrameType
+
+from toolkit.config import Settings, load_settings
+from toolkit.db.database import Database
+from toolkit.messaging import inbox
+from toolkit.messaging.consumer import Periodic, Worker, run_worker
+from toolkit.messaging.handlers import default_handlers, echo_work, load_callable
+from toolkit.messaging.outbox import Relay
+from toolkit.messaging.service import sweep_expired
+from toolkit.messaging.topology import WORK_QUEUES, Topology
+
+log = logging.getLogger(__name__)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    return load_settings(**overrides)
+
+
+def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``toolkit relay``."""
+    parser.add_argument("--batch-size", type=int, default=500, help="rows per claim (500)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, help="seconds between polls without NOTIFY"
+    )
+    parser.add_argument("--no-listen", action="store_true", help="poll only, no LISTEN/NOTIFY")
+    parser.add_argument(
+        "--retention-days", type=float, default=7.0, help="prune sent rows after this many days"
+    )
+    parser.add_argument("--once", action="store_true", help="publish what is due now, then exit")
+
+
+def relay_command(args: argparse.Namespace) -> int:
+    """Run the outbox relay until SIGTERM/SIGINT (or, with ``--once``, until drained)."""
+    settings = _settings(args)
+    topology = Topology(prefix=settings.queue_prefix)
+    with Database(settings) as db:
+        relay = Relay(
+            db,
+            settings.amqp_url,
+            topology,
+            batch_size=args.batch_size,
+            poll_interval=args.poll_interval,
+            listen=not args.no_listen,
+            retention=timedelta(days=args.retention_days),
+        )
+        with relay:
+            if args.once:
+                count = relay.drain()
+                print(f"relay: published {count} message(s)")
+                return 0
+            stop = threading.Event()
+
+            def on_signal(signum: int, _frame: FrameType | None) -> None:
+                log.info("relay: signal %s, stopping after the current batch", signum)
+                stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+            relay.run(stop)
+            print(
+                f"relay: stopped after publishing {relay.stats.published} message(s) "
+                f"({relay.stats.broker_outages} broker outage(s))"
+            )
+    return 0
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``toolkit worker``."""
+    parser.add_argument(
+        "--queue",
+        dest="queues",
+        action="append",
+        choices=WORK_QUEUES,
+        help="a queue to consume (repeatable; default: all)",
+    )
+    parser.add_argument("--prefetch", type=int, default=10, help="unacked messages per queue")
+    parser.add_argument("--concurrency", type=int, default=4, help="handler threads")
+    parser.add_argument(
+        "--lease-seconds", type=float, default=60.0, help="execution lease, renewed every third"
+    )
+    parser.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=30.0,
+        help="seconds between sweeps for executions whose lease expired (0: never)",
+    )
+    parser.add_argument(
+        "--grace-period", type=float, default=30.0, help="seconds to finish work on SIGTERM"
+    )
+    parser.add_argument("--work", help="the workflow work function, as module:function")
+    parser.add_argument(
+        "--handler",
+        action="append",
+        default=[],
+        metavar="QUEUE=MODULE:FUNCTION",
+        help="replace a queue's handler (repeatable)",
+    )
+
+
+INBOX_RETENTION = timedelta(days=14)
+"""How long the inbox remembers a message: far longer than any redelivery takes."""
+
+
+def _prune_inbox(db: Database) -> None:
+    with db.connection() as conn:
+        inbox.prune(conn, INBOX_RETENTION)
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """Run a worker until SIGTERM/SIGINT, with the lease sweeper alongside."""
+    settings = _settings(args)
+    topology = Topology(prefix=settings.queue_prefix)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    with Database(settings) as db:
+        work = load_callable(args.work) if args.work else echo_work
+        handlers = default_handlers(
+            db, worker_id=worker_id, work=work, lease_seconds=args.lease_seconds
+        )
+        for spec in args.handler:
+            queue, _, target = spec.partition("=")
+            topology.check(queue)
+            handlers[queue] = load_callable(target)
+        queues = args.queues or list(WORK_QUEUES)
+        worker = Worker(
+            settings.amqp_url,
+            topology,
+            {queue: handlers[queue] for queue in queues},
+            prefetch=args.prefetch,
+            concurrency=args.concurrency,
+            grace_period=args.grace_period,
+        )
+        periodic = [Periodic("inbox pruning", 3600.0, lambda: _prune_inbox(db))]
+        if args.sweep_interval > 0:
+            periodic.append(
+                Periodic("lease sweeper", args.sweep_interval, lambda: sweep_expired(db))
+            )
+        run_worker(worker, periodic=periodic)
+        print(
+            f"worker {worker_id}: stopped after {worker.stats.handled} message(s), "
+            f"{worker.stats.retried} retried, {worker.stats.parked} parked"
+        )
+    return 0

@@ -1,0 +1,463 @@
+"""The consumer (``toolkit worker``): manual acks, bounded prefetch, a broker-held retry ladder.
+
+One :class:`Worker` holds one connection and one channel with a consumer per
+queue it handles. Deliveries are handed to a thread pool, so a long handler
+never stops the connection's thread from answering heartbeats; acks travel
+back through ``add_callback_threadsafe``. For each delivery:
+
+* a body that is not JSON, fails its model or lacks a UUID ``message_id`` is
+  parked at once, with the reason in its headers;
+* a handler that returns is acked (after its transaction committed, so the
+  effect is never lost; a crash before the ack redelivers the message and
+  the inbox absorbs it);
+* a handler that raises sends the message down the retry ladder: it is
+  republished (confirmed) to the next delay queue with ``x-retry-count``
+  and ``x-last-error`` headers, then acked; the delay queue's TTL
+  dead-letters it back to the work queue. After the last step it is parked
+  with the error. No message is ever requeued straight back, so a poison
+  message cannot spin in a hot loop; the quorum queue's delivery limit
+  parks a message that crashes workers outright.
+
+:meth:`Worker.run` reconnects after a lost connection. On SIGTERM (or
+:meth:`Worker.stop`) it cancels its consumers, lets the handlers in progress
+finish (up to ``grace_period``), acks them, and closes: prefetched messages
+not yet started go back to the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from types import FrameType
+from typing import Any
+from uuid import UUID
+
+import pika
+import pika.exceptions as pex
+
+from toolkit.errors import ToolkitError, Unavailable
+from toolkit.messaging.connection import (
+    ConnectionOptions,
+    close_quietly,
+    connect,
+    translate,
+)
+from toolkit.messaging.models import MODELS, InvalidMessage, Message, decode
+from toolkit.messaging.publisher import Outgoing, Publisher
+from toolkit.messaging.topology import Topology, declare
+
+log = logging.getLogger(__name__)
+
+RETRY_HEADER = "x-retry-count"
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange")
+_MAX_ERROR = 1000
+
+
+@dataclass
+class Delivery:
+    """One message as a handler sees it."""
+
+    queue: str
+    """The logical queue, e.g. ``workflow.execute``."""
+    message: Message
+    message_id: UUID
+    retry_count: int
+    """How many times it went down the retry ladder before this delivery."""
+    redelivered: bool
+    headers: dict[str, Any]
+    duplicate: bool = False
+    """Set by :func:`~toolkit.messaging.inbox.transactional` when the inbox had it."""
+    _ack: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def ack_now(self) -> None:
+        """Acknowledge before the handler returns (long work that holds a lease instead).
+
+        After this, a failure of the handler no longer goes down the ladder.
+        """
+        self._ack()
+
+
+Handler = Callable[[Delivery], None]
+"""Handles one delivery; returning acks it, raising sends it down the retry ladder."""
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker since it started."""
+
+    handled: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    parked: int = 0
+    errors: int = 0
+    reconnects: int = 0
+
+
+class _Acker:
+    """Acks or nacks one delivery exactly once, from any thread."""
+
+    def __init__(self, connection: pika.BlockingConnection, channel: Any, tag: int) -> None:
+        self._connection = connection
+        self._channel = channel
+        self._tag = tag
+        self._lock = threading.Lock()
+        self.done = False
+
+    def ack(self) -> None:
+        self._send(partial(self._channel.basic_ack, self._tag))
+
+    def nack(self, requeue: bool) -> None:
+        self._send(partial(self._channel.basic_nack, self._tag, requeue=requeue))
+
+    def _send(self, action: Callable[[], None]) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.done = True
+        channel = self._channel
+
+        def on_loop() -> None:
+            if channel.is_open:
+                action()
+            else:
+                log.info("channel closed before ack of tag %s: it will be redelivered", self._tag)
+
+        try:
+            self._connection.add_callback_threadsafe(on_loop)
+        except (pex.ConnectionWrongStateError, pex.StreamLostError, AttributeError) as exc:
+            log.info("connection gone before ack (%s): the message will be redelivered", exc)
+
+
+@dataclass
+class _Incoming:
+    """A delivery as it arrived, with the means to ack it."""
+
+    acker: _Acker
+    queue: str
+    redelivered: bool
+    properties: pika.BasicProperties
+    body: bytes
+
+
+def _text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+class Worker:
+    """Consumes the handled queues until stopped; see the module docstring.
+
+    ``handlers`` maps logical queue names to handlers. ``prefetch`` bounds
+    the unacked deliveries per queue, ``concurrency`` the handler threads.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        handlers: Mapping[str, Handler],
+        *,
+        prefetch: int = 10,
+        concurrency: int = 4,
+        grace_period: float = 30.0,
+        options: ConnectionOptions | None = None,
+        models: Mapping[str, type[Message]] | None = None,
+        max_reconnect_delay: float = 10.0,
+    ) -> None:
+        for queue in handlers:
+            topology.check(queue)
+        self.url = url
+        self.topology = topology
+        self.handlers = dict(handlers)
+        self.prefetch = prefetch
+        self.concurrency = concurrency
+        self.grace_period = grace_period
+        self.options = options or ConnectionOptions(name="toolkit-worker")
+        self.models = dict(models or MODELS)
+        self.max_reconnect_delay = max_reconnect_delay
+        self.stats = WorkerStats()
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        """Set while consumers are registered on an open connection."""
+        self._publisher = Publisher(
+            url, topology, options=ConnectionOptions(name="toolkit-worker-retry")
+        )
+        self._publish_lock = threading.Lock()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- control -----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish the handlers in progress and return."""
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT (main thread only)."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("worker: signal %s, finishing the messages in progress", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    @property
+    def in_flight(self) -> int:
+        """How many deliveries are being handled now."""
+        return self._in_flight
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`; reconnects (with backoff) after a lost connection."""
+        delay = 0.1
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="toolkit-handler")
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._consume()
+                    delay = 0.1
+                except Exception as exc:  # reconnect after anything; unacked messages return
+                    self.ready.clear()
+                    if self.stop_event.is_set():
+                        break
+                    self.stats.reconnects += 1
+                    reason = translate(exc, "consuming")
+                    log.warning("worker: %s; reconnecting in %.1fs", reason, delay)
+                    self.stop_event.wait(delay)
+                    delay = min(self.max_reconnect_delay, delay * 2)
+        finally:
+            self.ready.clear()
+            self._executor.shutdown(wait=True)
+            self._publisher.close()
+
+    # -- the connection's thread ---------------------------------------------
+
+    def _consume(self) -> None:
+        connection = connect(self.url, self.options)
+        try:
+            declare(connection, self.topology)
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=self.prefetch)
+            tags = [
+                channel.basic_consume(
+                    self.topology.queue_name(queue),
+                    self._on_message(connection, queue),
+                    auto_ack=False,
+                )
+                for queue in self.handlers
+            ]
+            self.ready.set()
+            while not self.stop_event.is_set():
+                connection.process_data_events(time_limit=0.2)
+            self.ready.clear()
+            for tag in tags:
+                channel.basic_cancel(tag)
+            deadline = time.monotonic() + self.grace_period
+            while self._in_flight and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.05)
+            # Let the last acks out before closing.
+            connection.process_data_events(time_limit=0)
+            if self._in_flight:
+                log.warning(
+                    "worker: %d handler(s) still running after %.0fs; their messages "
+                    "go back to the queue",
+                    self._in_flight,
+                    self.grace_period,
+                )
+        finally:
+            self.ready.clear()
+            close_quietly(connection)
+
+    def _on_message(
+        self, connection: pika.BlockingConnection, queue: str
+    ) -> Callable[[Any, Any, pika.BasicProperties, bytes], None]:
+        def on_message(
+            channel: Any, method: Any, properties: pika.BasicProperties, body: bytes
+        ) -> None:
+            if self.stop_event.is_set():
+                return  # not started: it goes back to the queue when the channel closes
+            acker = _Acker(connection, channel, method.delivery_tag)
+            incoming = _Incoming(acker, queue, bool(method.redelivered), properties, body)
+            with self._in_flight_lock:
+                self._in_flight += 1
+            assert self._executor is not None
+            self._executor.submit(self._process, incoming)
+
+        return on_message
+
+    # -- handler threads -----------------------------------------------------
+
+    def _process(self, incoming: _Incoming) -> None:
+        try:
+            if self.stop_event.is_set():
+                return  # prefetched, not started: back to the queue when the channel closes
+            self._handle(incoming)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("worker: unexpected error handling a %s message", incoming.queue)
+            if not incoming.acker.done:
+                time.sleep(1.0)  # no hot loop; the delivery limit parks a repeat offender
+                incoming.acker.nack(requeue=True)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _handle(self, incoming: _Incoming) -> None:
+        acker, queue, properties = incoming.acker, incoming.queue, incoming.properties
+        headers = dict(properties.headers or {})
+        try:
+            retry_count = int(headers.get(RETRY_HEADER, 0))
+        except (TypeError, ValueError):
+            retry_count = 0
+        try:
+            message_id = UUID(str(properties.message_id))
+        except ValueError:
+            self._park(incoming, "invalid-message", "message_id is not a UUID")
+            return
+        try:
+            message = decode(queue, incoming.body, self.models)
+        except InvalidMessage as exc:
+            self._park(incoming, exc.reason, exc.detail)
+            return
+        delivery = Delivery(
+            queue=queue,
+            message=message,
+            message_id=message_id,
+            retry_count=retry_count,
+            redelivered=incoming.redelivered,
+            headers=headers,
+            _ack=acker.ack,
+        )
+        try:
+            self.handlers[queue](delivery)
+        except Exception as exc:
+            if acker.done:
+                self.stats.errors += 1
+                log.exception("worker: %s handler failed after acking %s", queue, message_id)
+                return
+            log.warning("worker: %s handler failed on %s: %s", queue, message_id, exc)
+            self._retry_or_park(incoming, retry_count, exc)
+            return
+        if delivery.duplicate:
+            self.stats.duplicates += 1
+        self.stats.handled += 1
+        acker.ack()
+
+    def _republish(
+        self, incoming: _Incoming, exchange: str, routing_key: str, headers: Mapping[str, Any]
+    ) -> bool:
+        acker, properties = incoming.acker, incoming.properties
+        kept = {
+            k: v
+            for k, v in (properties.headers or {}).items()
+            if k not in _BROKER_HEADERS and not k.startswith("x-first-death")
+        }
+        out = Outgoing(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=incoming.body,
+            message_id=str(properties.message_id or ""),
+            message_type=str(properties.type or ""),
+            timestamp=int(properties.timestamp or time.time()),
+            headers={**kept, **headers},
+        )
+        try:
+            with self._publish_lock:
+                self._publisher.send(out)
+        except ToolkitError as exc:
+            log.error("worker: could not republish to %s (%s); requeueing", routing_key, exc)
+            time.sleep(1.0)
+            acker.nack(requeue=True)
+            return False
+        acker.ack()
+        return True
+
+    def _retry_or_park(self, incoming: _Incoming, retry_count: int, exc: BaseException) -> None:
+        error = _text(exc)
+        queue = incoming.queue
+        if retry_count >= len(self.topology.retry_delays):
+            self._park(incoming, "retries-exhausted", error, retry_count)
+            return
+        if self._republish(
+            incoming,
+            self.topology.retry_exchange,
+            self.topology.retry_routing_key(queue, retry_count),
+            {RETRY_HEADER: retry_count + 1, "x-last-error": error},
+        ):
+            self.stats.retried += 1
+
+    def _park(self, incoming: _Incoming, reason: str, error: str, retry_count: int = 0) -> None:
+        queue = incoming.queue
+        log.error("worker: parking a %s message (%s): %s", queue, reason, error)
+        if self._republish(
+            incoming,
+            self.topology.dead_letter_exchange,
+            queue,
+            {
+                "x-parked-reason": reason,
+                "x-error": error[:_MAX_ERROR],
+                RETRY_HEADER: retry_count,
+                "x-parked-at": datetime.now(UTC).isoformat(),
+                "x-original-queue": self.topology.queue_name(queue),
+            },
+        ):
+            self.stats.parked += 1
+
+
+class Periodic:
+    """Runs ``fn`` every ``interval`` seconds on a daemon thread until stopped."""
+
+    def __init__(self, name: str, interval: float, fn: Callable[[], object]) -> None:
+        self.name = name
+        self.interval = interval
+        self.fn = fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.fn()
+            except Exception:
+                log.exception("%s failed; trying again in %.0fs", self.name, self.interval)
+
+
+def run_worker(worker: Worker, *, periodic: list[Periodic] | None = None) -> None:
+    """Run ``worker`` in this (main) thread with signal handlers and periodic jobs."""
+    worker.install_signal_handlers()
+    jobs = [job.start() for job in periodic or []]
+    try:
+        worker.run()
+    finally:
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                job.stop()
+
+
+__all__ = [
+    "Delivery",
+    "Handler",
+    "Periodic",
+    "Unavailable",
+    "Worker",
+    "WorkerStats",
+    "run_worker",
+]
