@@ -1,0 +1,541 @@
+"""A fail-open Redis cache client.
+
+:class:`CacheClient` wraps one redis-py client (with the hiredis parser when
+it is installed) and puts every call behind a :class:`CircuitBreaker`:
+
+* connect and socket timeouts are short (50 ms by default) and redis-py's own
+  retries are switched off, so a dead or stalled Redis costs one bounded
+  timeout per call, never a retry storm;
+* after a few consecutive connection errors or timeouts the breaker opens,
+  and from then on a read is a miss and a write is dropped at once, without
+  touching the network, until a probe finds Redis back;
+* no exception from Redis ever reaches the caller. Only bad arguments raise,
+  as :class:`~toolkit.errors.InvalidInput`, and they are checked before any
+  I/O, so they raise the same way whether Redis is up or down.
+
+Keys live under a namespace (``<namespace>:<key>``). Writes are one atomic
+``SET key value EX ttl``. Clearing a namespace uses ``SCAN`` + ``UNLINK``;
+the client never sends ``FLUSHDB`` or ``FLUSHALL``.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+import redis
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.utils import HIREDIS_AVAILABLE
+
+from toolkit.cache.breaker import CircuitBreaker
+from toolkit.cache.stats import BypassReason, CacheStats, StatsRecorder
+from toolkit.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from toolkit.config import Settings
+
+__all__ = ["HIREDIS_AVAILABLE", "CacheClient", "validate_namespace"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TTL: Final = 3600.0
+"""Seconds a value set without an explicit TTL lives."""
+
+# A colon would let namespace "a" clear namespace "a:b"; glob characters would
+# widen the SCAN pattern. Both are refused.
+_NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_MAX_KEY_LENGTH: Final = 1024
+_SCAN_BATCH: Final = 500
+
+# Connection trouble: these trip the breaker. Other RedisErrors (WRONGTYPE,
+# OOM, NOSCRIPT) mean the server answered, so they are errors but not outages.
+_CONNECTIVITY_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class Outcome(enum.Enum):
+    """Why :meth:`CacheClient.execute` returned no result."""
+
+    BYPASSED = "bypassed"
+    """The breaker is open; Redis was not called."""
+    FAILED = "failed"
+    """Redis was called and the call failed."""
+
+
+def validate_namespace(namespace: object) -> str:
+    """Return ``namespace`` if it is 1-64 of ``[A-Za-z0-9_.-]``, else raise InvalidInput."""
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidInput(
+            "namespace must be 1-64 characters from A-Z a-z 0-9 _ . - (no ':' or glob characters)",
+            field="namespace",
+            value=repr(namespace)[:80],
+        )
+    return namespace
+
+
+def ttl_seconds(ttl: object, default: float, field: str = "ttl") -> int:
+    """Turn a TTL argument into whole seconds for ``EX`` (rounded up, at least 1)."""
+    if ttl is None:
+        ttl = default
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise InvalidInput("ttl must be a number of seconds", field=field, value=repr(ttl)[:80])
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise InvalidInput("ttl must be positive and finite", field=field, value=ttl)
+    return max(1, math.ceil(ttl))
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise InvalidInput(
+        "cache values must be bytes or str (use set_json for other values)",
+        field="value",
+        value=type(value).__name__,
+    )
+
+
+def _dumps_json(value: object) -> bytes:
+    try:
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(
+            f"value is not JSON-serialisable: {exc}", field="value", value=type(value).__name__
+        ) from None
+
+
+def _pool_wants_command() -> bool:
+    """Whether this redis-py's ConnectionPool.get_connection requires a command name.
+
+    redis-py before 5.3 requires it; later versions deprecate passing it.
+    """
+    try:
+        parameter = inspect.signature(redis.ConnectionPool.get_connection).parameters.get(
+            "command_name"
+        )
+    except (TypeError, ValueError):  # pragma: no cover - an unusual build
+        return False
+    return parameter is not None and parameter.default is inspect.Parameter.empty
+
+
+_POOL_WANTS_COMMAND: Final = _pool_wants_command()
+
+
+def command(r: Redis, *args: str | bytes | int) -> Any:
+    """Send one command on a pooled connection and return the raw reply.
+
+    Used for the read hot path (GET, MGET): it goes to redis-py's connection
+    directly, skipping the client's per-command machinery (retry loop,
+    observability hooks, option parsing), which costs more than the command's
+    own client-side work and adds nothing here: retries are off, and these
+    commands have no reply callbacks. Error handling is redis-py's own: the
+    connection disconnects itself on any error while sending or reading, and
+    goes back to the pool either way. Server errors raise ResponseError.
+    """
+    pool = r.connection_pool
+    connection = pool.get_connection(args[0]) if _POOL_WANTS_COMMAND else pool.get_connection()
+    try:
+        send: Callable[..., None] = connection.send_command  # untyped in redis-py
+        send(*args)
+        return connection.read_response()
+    finally:
+        pool.release(connection)
+
+
+def build_redis(
+    url: str,
+    *,
+    connect_timeout: float,
+    socket_timeout: float,
+    max_connections: int = 64,
+) -> Redis:
+    """A redis-py client tuned to fail fast.
+
+    redis-py 6+ retries connection errors ten times with exponential backoff
+    by default; a cache must not, so the retry policy is zero retries with no
+    backoff. There is no health-check PING before commands either.
+    """
+    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise InvalidInput(f"{name} must be a positive number of seconds", field=name)
+    try:
+        pool = redis.ConnectionPool.from_url(
+            url,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            max_connections=max_connections,
+        )
+    except ValueError as exc:
+        raise InvalidInput(f"bad Redis URL: {exc}", field="redis_url") from None
+    return Redis(connection_pool=pool)
+
+
+class CacheClient:
+    """Namespaced get/set/delete over Redis that fails open.
+
+    Build one with :meth:`from_settings` or :meth:`from_url`; the constructor
+    takes an existing ``Redis``, whose timeouts and retry policy are
+    then the caller's responsibility. One client is safe to share between
+    threads (redis-py pools connections); after ``fork`` redis-py opens new
+    connections in the child.
+    """
+
+    def __init__(
+        self,
+        redis_client: Redis,
+        *,
+        namespace: str = "toolkit",
+        default_ttl: float = DEFAULT_TTL,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self._redis = redis_client
+        self._namespace = validate_namespace(namespace)
+        self._prefix = namespace + ":"
+        self._default_ttl = float(ttl_seconds(default_ttl, DEFAULT_TTL, "default_ttl"))
+        self._breaker = breaker if breaker is not None else CircuitBreaker()
+        self._stats = StatsRecorder()
+
+    # -- construction ----------------------------------------------------
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "toolkit",
+        connect_timeout: float = 0.05,
+        socket_timeout: float = 0.05,
+        default_ttl: float = DEFAULT_TTL,
+        breaker: CircuitBreaker | None = None,
+        max_connections: int = 64,
+    ) -> CacheClient:
+        """A client for the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+        validate_namespace(namespace)
+        client = build_redis(
+            url,
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            max_connections=max_connections,
+        )
+        return cls(client, namespace=namespace, default_ttl=default_ttl, breaker=breaker)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        namespace: str | None = None,
+        *,
+        default_ttl: float = DEFAULT_TTL,
+        breaker: CircuitBreaker | None = None,
+    ) -> CacheClient:
+        """A client from ``TOOLKIT_REDIS_URL`` and the other ``TOOLKIT_`` Redis settings.
+
+        ``namespace`` overrides ``TOOLKIT_CACHE_NAMESPACE``.
+        """
+        if settings is None:
+            # Imported here: the settings module pulls in the database driver,
+            # and the cache must work (and import) without it.
+            from toolkit.config import default_settings  # noqa: PLC0415
+
+            settings = default_settings()
+        return cls.from_url(
+            settings.redis_url,
+            namespace=namespace if namespace is not None else settings.cache_namespace,
+            connect_timeout=settings.redis_connect_timeout,
+            socket_timeout=settings.redis_socket_timeout,
+            default_ttl=default_ttl,
+            breaker=breaker,
+        )
+
+    # -- properties --------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        """The prefix (without the trailing colon) of every key this client touches."""
+        return self._namespace
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker guarding every call."""
+        return self._breaker
+
+    @property
+    def redis(self) -> Redis:
+        """The underlying redis-py client (calls on it bypass the breaker)."""
+        return self._redis
+
+    @property
+    def default_ttl(self) -> float:
+        """Seconds a value set without a TTL lives."""
+        return self._default_ttl
+
+    @property
+    def recorder(self) -> StatsRecorder:
+        """The live counters, for layers built on this client (e.g. LLMCache)."""
+        return self._stats
+
+    def key(self, name: str) -> str:
+        """The full Redis key for ``name``: ``<namespace>:<name>``."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(
+                "a cache key must be a non-empty str", field="key", value=repr(name)[:80]
+            )
+        if len(name) > _MAX_KEY_LENGTH:
+            raise InvalidInput(
+                f"a cache key is limited to {_MAX_KEY_LENGTH} characters", field="key"
+            )
+        return self._prefix + name
+
+    # -- the guarded call ------------------------------------------------------
+
+    def execute(self, op: Callable[[Redis], T]) -> T | Outcome:
+        """Run ``op(redis)`` behind the breaker.
+
+        Returns what ``op`` returned, :attr:`Outcome.BYPASSED` when the open
+        breaker skipped the call, or :attr:`Outcome.FAILED` when the call
+        raised. Never raises: every failure is counted in ``errors``,
+        connection errors and timeouts also feed the breaker.
+        """
+        breaker = self._breaker
+        if not breaker.allow():
+            self._stats.bypass(BypassReason.BREAKER_OPEN)
+            return Outcome.BYPASSED
+        try:
+            result = op(self._redis)
+        except Exception as exc:  # fail open, always: nothing reaches the caller
+            return self._failed(exc)
+        breaker.record_success()
+        return result
+
+    def fetch(self, *full_keys: str) -> list[bytes | None] | Outcome:
+        """``MGET`` of full (already namespaced) keys behind the breaker.
+
+        :meth:`execute` specialised for the LLM cache's hit path: the same
+        outcomes and counting, without building a closure per call.
+        """
+        breaker = self._breaker
+        if not breaker.allow():
+            self._stats.bypass(BypassReason.BREAKER_OPEN)
+            return Outcome.BYPASSED
+        try:
+            result: list[bytes | None] = command(self._redis, "MGET", *full_keys)
+        except Exception as exc:  # fail open, always
+            return self._failed(exc)
+        breaker.record_success()
+        return result
+
+    def _failed(self, exc: Exception) -> Outcome:
+        """Count a failed call, tell the breaker whether Redis is at fault."""
+        self._stats.error()
+        if isinstance(exc, _CONNECTIVITY_ERRORS):
+            self._breaker.record_failure()
+            _log.debug("redis call failed (%s): %s", type(exc).__name__, exc)
+        elif isinstance(exc, redis.RedisError):
+            self._breaker.record_success()  # the server answered
+            _log.debug("redis refused a command (%s): %s", type(exc).__name__, exc)
+        else:  # a driver bug, say: count it against Redis, to be safe
+            self._breaker.record_failure()
+            _log.debug("unexpected error in a redis call", exc_info=True)
+        return Outcome.FAILED
+
+    def call(self, op: Callable[[Redis], T], fallback: T) -> T:
+        """Like :meth:`execute`, but return ``fallback`` when the call did not succeed."""
+        result = self.execute(op)
+        return fallback if isinstance(result, Outcome) else result
+
+    # -- bytes --------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        """The bytes stored at ``key``, or None on a miss (or while Redis is down)."""
+        full = self.key(key)
+        result = self.execute(lambda r: cast("bytes | None", command(r, "GET", full)))
+        return self._count_read(result)
+
+    def set(self, key: str, value: bytes | str, ttl: float | None = None) -> bool:
+        """Store ``value`` at ``key`` for ``ttl`` seconds (default: ``default_ttl``).
+
+        One atomic ``SET key value EX ttl``. Returns False when the write was
+        dropped because Redis is down; the caller need not care.
+        """
+        full = self.key(key)
+        data = _as_bytes(value)
+        seconds = ttl_seconds(ttl, self._default_ttl)
+        return self._count_write(self.execute(lambda r: r.set(full, data, ex=seconds)))
+
+    def delete(self, *keys: str) -> int:
+        """Delete ``keys``; returns how many existed (0 while Redis is down)."""
+        if not keys:
+            return 0
+        full = [self.key(k) for k in keys]
+        result = self.execute(lambda r: r.unlink(*full))
+        return 0 if isinstance(result, Outcome) else int(result)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """Look ``keys`` up with one ``MGET``; returns the ones found.
+
+        Every key counts as a hit or a miss (or, while the breaker is open,
+        the whole batch as one bypass).
+        """
+        names = list(dict.fromkeys(keys))  # dedupe, keep order
+        if not names:
+            return {}
+        full = [self.key(k) for k in names]
+        result = self.execute(lambda r: cast("list[bytes | None]", command(r, "MGET", *full)))
+        if result is Outcome.BYPASSED:
+            return {}
+        found: dict[str, bytes] = {}
+        if result is Outcome.FAILED:
+            for _ in names:
+                self._stats.miss()
+            return found
+        assert not isinstance(result, Outcome)
+        for name, value in zip(names, result, strict=True):
+            if value is None:
+                self._stats.miss()
+            else:
+                self._stats.hit()
+                found[name] = value
+        return found
+
+    def set_many(self, items: Mapping[str, bytes | str], ttl: float | None = None) -> bool:
+        """Store several values in one round trip (a pipeline of ``SET ... EX``).
+
+        Each SET is atomic on its own; the batch is not a transaction.
+        """
+        if not items:
+            return True
+        seconds = ttl_seconds(ttl, self._default_ttl)
+        pairs = [(self.key(k), _as_bytes(v)) for k, v in items.items()]
+
+        def op(r: Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=False)
+            for full, data in pairs:
+                pipe.set(full, data, ex=seconds)
+            return pipe.execute()
+
+        return self._count_write(self.execute(op))
+
+    # -- JSON -----------------------------------------------------------------
+
+    def get_json(self, key: str, default: Any = None) -> Any:
+        """The JSON value at ``key``, or ``default`` on a miss.
+
+        A stored value that is not valid JSON is counted as corrupt, deleted,
+        and reported as a miss.
+        """
+        full = self.key(key)
+        result = self.execute(lambda r: cast("bytes | None", command(r, "GET", full)))
+        if isinstance(result, Outcome) or result is None:
+            self._count_read(result)
+            return default
+        try:
+            value = json.loads(result)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+            self.discard_corrupt(full)
+            return default
+        self._stats.hit()
+        return value
+
+    def set_json(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` as compact JSON; InvalidInput if it is not serialisable."""
+        full = self.key(key)
+        data = _dumps_json(value)
+        seconds = ttl_seconds(ttl, self._default_ttl)
+        return self._count_write(self.execute(lambda r: r.set(full, data, ex=seconds)))
+
+    # -- namespace -----------------------------------------------------------
+
+    def clear(self) -> int:
+        """Delete every key of this namespace with SCAN + UNLINK (never FLUSHDB).
+
+        Returns how many keys were unlinked (so far, if Redis failed midway).
+        Other namespaces and keys written concurrently under a new name may
+        or may not survive; this is a maintenance operation, not a barrier.
+        """
+        pattern = self._prefix + "*"
+        deleted = [0]
+
+        def op(r: Redis) -> int:
+            batch: list[bytes] = []
+            for name in r.scan_iter(match=pattern, count=_SCAN_BATCH):
+                batch.append(name)
+                if len(batch) >= _SCAN_BATCH:
+                    deleted[0] += r.unlink(*batch)
+                    batch.clear()
+            if batch:
+                deleted[0] += r.unlink(*batch)
+            return deleted[0]
+
+        self.execute(op)
+        return deleted[0]
+
+    def ping(self) -> bool:
+        """Whether Redis answers (False while the breaker is open)."""
+        return self.call(lambda r: bool(r.ping()), False)
+
+    # -- stats and lifecycle -------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters and the breaker state."""
+        return self._stats.snapshot(self._breaker.state.value, self._breaker.opens)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (the breaker keeps its state)."""
+        self._stats.reset()
+
+    def close(self) -> None:
+        """Close the connections; the client must not be used afterwards."""
+        try:
+            self._redis.close()
+            self._redis.connection_pool.disconnect()
+        except Exception:  # closing a half-dead connection must not raise
+            _log.debug("error while closing the redis client", exc_info=True)
+
+    def __enter__(self) -> CacheClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CacheClient(namespace={self._namespace!r}, breaker={self._breaker.state.value})"
+
+    # -- helpers shared with LLMCache -----------------------------------------
+
+    def discard_corrupt(self, full_key: str) -> None:
+        """Count a value that failed to decode as corrupt and a miss, and delete it."""
+        self._stats.corrupt_entry()
+        self._stats.miss()
+        self.execute(lambda r: r.unlink(full_key))
+
+    def _count_read(self, result: bytes | Outcome | None) -> bytes | None:
+        if result is Outcome.BYPASSED:
+            return None
+        if result is None or result is Outcome.FAILED:
+            self._stats.miss()
+            return None
+        self._stats.hit()
+        return result
+
+    def _count_write(self, result: object) -> bool:
+        if isinstance(result, Outcome):
+            self._stats.dropped_write()
+            return False
+        self._stats.write()
+        return True

@@ -1,0 +1,282 @@
+"""The byte format of an LLM cache entry.
+
+An entry is one marker byte followed by the payload::
+
+    0x01 <payload>            plain
+    0x02 zlib(<payload>)      compressed
+
+    payload = <namespace generation: 16 bytes> <model generation: 16 bytes>
+              <body type: 1 byte> <metadata JSON, UTF-8> \\n <body>
+
+The generations come first, at fixed offsets, so that a reader can tell an
+invalidated entry from a live one by comparing 32 bytes, before any parsing.
+The metadata is compact JSON (JSON never holds a raw newline): the model
+(``m``), the creation time (``c``, Unix seconds) and the token usage (``u``,
+left out when it is the response's own ``usage``). By body type:
+
+``s``
+    the response is a string, stored as raw UTF-8 after the newline: a hit
+    needs no JSON parse of it;
+``j``
+    any other JSON value, stored in the metadata (``r``): one parse reads
+    both, and the body is empty;
+``p``
+    a JSON value holding long strings (a large chat completion): the
+    metadata holds the value with ``""`` in their places (``r``, the
+    *skeleton*) and each string's path and byte length (``p``); the body is
+    the strings as raw UTF-8, one after the other. Parsing a long string as
+    JSON costs several times more than decoding it as UTF-8.
+
+Anything else (an unknown marker, bad zlib data, a missing newline,
+metadata that does not parse, a body that does not decode or fit) is
+corrupt: the reader treats it as a miss and deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import json.scanner
+import zlib
+from typing import Any, Final, NamedTuple, TypeAlias, cast
+
+__all__ = [
+    "GENERATION_BYTES",
+    "SPLIT_MIN_CHARS",
+    "Body",
+    "CorruptEntryError",
+    "Meta",
+    "decode",
+    "encode_body",
+    "encode_entry",
+    "loads",
+]
+
+MARK_PLAIN: Final = 0x01
+MARK_ZLIB: Final = 0x02
+GENERATION_BYTES: Final = 16
+"""Length of a generation value (16 hex digits: 64 random bits)."""
+BODY_TEXT: Final = ord("s")
+BODY_JSON: Final = ord("j")
+BODY_PARTS: Final = ord("p")
+SPLIT_MIN_CHARS: Final = 4096
+"""Strings at least this long are stored outside the JSON (shorter ones parse
+as fast as they decode, measured)."""
+_META_START: Final = 2 * GENERATION_BYTES + 1
+_SEPARATORS: Final = (",", ":")
+# Keep a compressed payload only if it saves at least this fraction.
+_MIN_SAVING: Final = 0.1
+_encode_json = json.JSONEncoder(separators=_SEPARATORS, ensure_ascii=False, allow_nan=False).encode
+# The C scanner json.loads itself ends in, shared the same way json.loads
+# shares its decoder. Called directly it skips json.loads' Python layers
+# (two frames and two whitespace regexes), which on a hit right after a
+# network wait cost more than the parse.
+_scan_once = json.scanner.make_scanner(cast("Any", json.JSONDecoder()))
+
+
+def loads(text: str) -> Any:
+    """Parse one JSON value that fills ``text`` exactly (no surrounding space)."""
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:  # the scanner's way to say "no value here"
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
+class CorruptEntryError(ValueError):
+    """A stored entry could not be decoded."""
+
+
+class _KeepWhole(Exception):
+    """Store this response as plain JSON: its long strings cannot be cut out."""
+
+
+Meta: TypeAlias = tuple[str, float, "dict[str, Any] | None", Any]
+"""A decoded entry: model, created_at, usage, response (a plain tuple: cheap)."""
+
+
+class Body(NamedTuple):
+    """An encoded response, ready for :func:`encode_entry`."""
+
+    kind: int
+    data: bytes
+    """What follows the metadata line: the text, or the cut-out strings."""
+    json: str = ""
+    """For ``j`` and ``p``: the JSON text of the value or its skeleton."""
+    parts: list[list[Any]] | None = None
+    """For ``p``: ``[path, byte length]`` of each cut-out string."""
+    own_usage: Any = None
+    """The response's own ``usage`` (a dict response's), if any."""
+
+
+def encode_body(response: Any) -> Body:
+    """Encode ``response``; TypeError/ValueError if it is not JSON."""
+    if isinstance(response, str):
+        return Body(BODY_TEXT, response.encode("utf-8", "surrogatepass"))
+    own_usage = response.get("usage") if isinstance(response, dict) else None
+    cut: list[tuple[list[Any], str]] = []
+    skeleton = response
+    if isinstance(response, dict | list):
+        try:
+            skeleton = _cut_long_strings(response, [], cut)
+        except _KeepWhole:
+            skeleton = response
+            cut.clear()
+    text = _encode_json(skeleton)
+    if not cut:
+        return Body(BODY_JSON, b"", text, None, own_usage)
+    chunks: list[bytes] = []
+    parts: list[list[Any]] = []
+    for path, value in cut:
+        chunk = value.encode("utf-8", "surrogatepass")
+        chunks.append(chunk)
+        parts.append([path, len(chunk)])
+    return Body(BODY_PARTS, b"".join(chunks), text, parts, own_usage)
+
+
+def _cut_long_strings(value: Any, path: list[Any], cut: list[tuple[list[Any], str]]) -> Any:
+    """A copy of ``value`` with long strings replaced by "" and listed in ``cut``."""
+    if isinstance(value, str):
+        if len(value) >= SPLIT_MIN_CHARS:
+            cut.append((list(path), value))
+            return ""
+        return value
+    if isinstance(value, dict):
+        copy = {}
+        for key, item in value.items():
+            if not isinstance(key, str):  # JSON turns it into a str: paths would break
+                raise _KeepWhole
+            path.append(key)
+            copy[key] = _cut_long_strings(item, path, cut)
+            path.pop()
+        return copy
+    if isinstance(value, list | tuple):
+        items = []
+        for index, item in enumerate(value):
+            path.append(index)
+            items.append(_cut_long_strings(item, path, cut))
+            path.pop()
+        return items
+    return value
+
+
+def encode_entry(
+    body: Body,
+    *,
+    generations: tuple[bytes, bytes],
+    model: str,
+    created_at: float,
+    usage: dict[str, Any] | None,
+    compress_threshold: int | None,
+    compress_level: int = 6,
+) -> bytes:
+    """Frame a body from :func:`encode_body` into an entry, compressing it if large.
+
+    Raises TypeError/ValueError if ``usage`` is not JSON, ValueError if a
+    generation is not :data:`GENERATION_BYTES` long.
+    """
+    ns_gen, model_gen = generations
+    if len(ns_gen) != GENERATION_BYTES or len(model_gen) != GENERATION_BYTES:
+        raise ValueError("a generation must be 16 bytes")
+    fields: dict[str, Any] = {"m": model, "c": created_at}
+    if usage is None or usage != body.own_usage:
+        fields["u"] = usage
+    meta = _encode_json(fields)
+    if body.kind != BODY_TEXT:
+        # Splice the value's JSON in rather than encode it a second time.
+        extra = f',"r":{body.json}'
+        if body.parts is not None:
+            extra += ',"p":' + _encode_json(body.parts)
+        meta = meta[:-1] + extra + "}"
+    payload = b"".join(
+        (
+            ns_gen,
+            model_gen,
+            bytes((body.kind,)),
+            meta.encode("utf-8", "surrogatepass"),
+            b"\n",
+            body.data,
+        )
+    )
+    if compress_threshold is not None and len(payload) >= compress_threshold:
+        packed = zlib.compress(payload, compress_level)
+        if len(packed) <= len(payload) * (1 - _MIN_SAVING):
+            return bytes((MARK_ZLIB,)) + packed
+    return bytes((MARK_PLAIN,)) + payload
+
+
+def decode(data: bytes, ns_gen: bytes | None, model_gen: bytes | None) -> Meta | None:
+    """Decode an entry; None if it was written under other generations (stale).
+
+    Raises :class:`CorruptEntryError` if the entry cannot be decoded.
+    """
+    payload, start = _payload(data)
+    if len(payload) - start <= _META_START:
+        raise CorruptEntryError("entry too short")
+    middle = start + GENERATION_BYTES
+    if payload[start:middle] != ns_gen or payload[middle : middle + GENERATION_BYTES] != model_gen:
+        return None
+    meta_start = start + _META_START
+    newline = payload.find(b"\n", meta_start)
+    if newline < 0:
+        raise CorruptEntryError("no metadata")
+    # memoryview: no copy of a large body before decoding it.
+    body = memoryview(payload)[newline + 1 :]
+    kind = payload[meta_start - 1]
+    try:
+        meta = loads(str(payload[meta_start:newline], "utf-8", "surrogatepass"))
+        model, created_at = meta["m"], meta["c"]
+        if kind == BODY_TEXT:
+            response: Any = str(body, "utf-8", "surrogatepass")
+        elif kind == BODY_JSON and not body:
+            response = meta["r"]
+        elif kind == BODY_PARTS:
+            response = _join_parts(body, meta["r"], meta["p"])
+        else:
+            raise ValueError(f"unknown body type {kind:#04x} or a stray body")
+        usage = meta["u"] if "u" in meta else _own_usage(response)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise CorruptEntryError(f"bad entry: {exc}") from None
+    return (model, created_at, usage, response)
+
+
+def _own_usage(response: Any) -> dict[str, Any] | None:
+    """A copy of a dict response's ``usage``: the usage left out of the metadata."""
+    usage = response.get("usage") if isinstance(response, dict) else None
+    if not isinstance(usage, dict):
+        raise ValueError("usage left out, but the response has none")
+    return dict(usage)
+
+
+def _payload(data: bytes) -> tuple[bytes, int]:
+    """The payload of an entry and where it starts, decompressed if need be."""
+    if not data:
+        raise CorruptEntryError("empty entry")
+    mark = data[0]
+    if mark == MARK_PLAIN:
+        return data, 1
+    if mark == MARK_ZLIB:
+        try:
+            return zlib.decompress(memoryview(data)[1:]), 0
+        except zlib.error as exc:
+            raise CorruptEntryError(f"bad zlib data: {exc}") from None
+    raise CorruptEntryError(f"unknown marker byte {mark:#04x}")
+
+
+def _join_parts(body: memoryview, value: Any, parts: list[list[Any]]) -> Any:
+    """Rebuild a ``p`` value: put the strings back in the skeleton's places."""
+    position = 0
+    for path, size in parts:
+        end = position + size
+        text = str(body[position:end], "utf-8", "surrogatepass")
+        position = end
+        target = value
+        for step in path[:-1]:
+            target = target[step]
+        if target[path[-1]] != "":
+            raise ValueError("a part does not match its place in the skeleton")
+        target[path[-1]] = text
+    if position != len(body):
+        raise ValueError("the body is longer than its parts")
+    return value

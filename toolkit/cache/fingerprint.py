@@ -1,0 +1,375 @@
+"""Canonical fingerprints of LLM requests.
+
+Two requests share a cache entry only if everything that can change the
+model's answer is equal: the model (and provider / base URL when given),
+every message with its role and content (the system prompt included), tools
+and tool choice, the response format and every sampling parameter. Fields
+the fingerprinter does not know are kept, so a new API parameter gives a
+safe miss, never a wrong hit.
+
+The canonical form is JSON with sorted keys and compact separators, after
+
+* dropping toolkit-only fields (``sensitive``) and fields that never change
+  the answer: request ids and timestamps at the top level, message ids and
+  timestamps inside messages;
+* normalising numbers, so ``1`` and ``1.0`` (and ``-0.0`` and ``0``) agree;
+  booleans stay booleans (``true`` is not ``1``);
+* removing a trailing ``/`` from ``base_url`` / ``api_base``.
+
+The fingerprint is the full SHA-256 hex digest of that JSON. It is the only
+part of the request that reaches a Redis key: the prompt never does.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any, Final, NamedTuple
+
+from toolkit.errors import InvalidInput
+
+__all__ = [
+    "DEFAULT_IGNORED_FIELDS",
+    "DEFAULT_IGNORED_MESSAGE_FIELDS",
+    "KEY_VERSION",
+    "TOOLKIT_FIELDS",
+    "Canonical",
+    "KeyExplanation",
+    "RequestFingerprinter",
+]
+
+KEY_VERSION: Final = "v1"
+"""Bumped whenever the canonical form changes, so old entries are never misread."""
+
+TOOLKIT_FIELDS: Final = frozenset({"sensitive"})
+"""Request fields that instruct the toolkit and are never sent to a model."""
+
+DEFAULT_IGNORED_FIELDS: Final = frozenset(
+    {"request_id", "idempotency_key", "timestamp", "created", "created_at", "metadata"}
+)
+"""Top-level request fields that do not change the answer."""
+
+DEFAULT_IGNORED_MESSAGE_FIELDS: Final = frozenset(
+    {"id", "message_id", "timestamp", "created", "created_at"}
+)
+"""Fields of a message that do not change the answer."""
+
+_URL_FIELDS: Final = frozenset({"base_url", "api_base"})
+
+
+def _refuse(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encode() -> Callable[[Any], str]:
+    """Canonical JSON: sorted keys, compact, ASCII, no NaN, no cycle check.
+
+    JSONEncoder.encode builds a new C encoder (and a closure) on every call;
+    this builds the same C encoder once. Without the cycle check a cycle
+    ends in RecursionError, which becomes InvalidInput like any unencodable
+    request.
+    """
+    # Not in the type stubs, hence getattr; it is json.encoder's own import of _json.
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator: same output, slower
+        return json.JSONEncoder(
+            sort_keys=True, separators=(",", ":"), check_circular=False, allow_nan=False
+        ).encode
+    encoder = make(
+        None, _refuse, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, False
+    )
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return encode
+
+
+_encode = _make_encode()
+# Copying a ready SHA-256 context is several times cheaper than making one.
+_SHA256: Final = sha256()
+
+
+_DIGEST_MEMO_CHARS: Final = 2_000_000
+_DIGEST_MEMO_MAX_TEXT: Final = 16_384
+_digests: dict[str, str] = {}
+_digest_chars = 0
+
+
+def digest(text: str) -> str:
+    """Full SHA-256 hex digest of an ASCII text.
+
+    Digests of texts up to 16 KiB are remembered (2 M characters in all,
+    then the memory starts afresh): a cache hit is a request seen before, and
+    a dict lookup costs a fraction of a SHA-256 that starts cold after the
+    previous call's network wait. The digest of a text never changes.
+    """
+    found = _digests.get(text)
+    if found is not None:
+        return found
+    hasher = _SHA256.copy()
+    hasher.update(text.encode("ascii"))
+    result = hasher.hexdigest()
+    if len(text) <= _DIGEST_MEMO_MAX_TEXT:
+        _remember_digest(text, result)
+    return result
+
+
+def _remember_digest(text: str, result: str) -> None:
+    global _digests, _digest_chars  # noqa: PLW0603 - a module-wide memo
+    if _digest_chars + len(text) > _DIGEST_MEMO_CHARS:
+        _digests = {}  # start afresh rather than grow; a race only loses entries
+        _digest_chars = 0
+    _digests[text] = result
+    _digest_chars += len(text)
+
+
+class Canonical(NamedTuple):
+    """A request reduced to what identifies it."""
+
+    model: str
+    fingerprint: str
+    """Full SHA-256 hex digest of :attr:`canonical_json`."""
+    canonical_json: str
+    strings: list[str] | None
+    """Every string value kept in the key, when the slow path collected them."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyExplanation:
+    """What went into a request's cache key, from :meth:`LLMCache.explain_key`."""
+
+    key: str
+    fingerprint: str
+    version: str
+    fields: tuple[str, ...]
+    """Top-level request fields that went into the key, sorted."""
+    dropped: tuple[str, ...]
+    """Paths of the fields left out, e.g. ``messages[0].id`` or ``sensitive``."""
+    canonical_json: str
+    """The exact bytes that were hashed (it contains the prompt: do not log it)."""
+
+
+def _bad(message: str, field: str, value: object = None) -> InvalidInput:
+    return InvalidInput(message, field=field, value=None if value is None else repr(value)[:80])
+
+
+class _Unfit(Exception):
+    """A value JSON cannot carry; the caller adds where it was."""
+
+    def __init__(self, message: str, value: object) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+# One flat type dispatch is the fastest walk in CPython, hence the many branches.
+# Paths are not tracked on the way down (building them costs more than the
+# walk); the field is named when an error is turned into InvalidInput.
+def _norm(value: Any, strings: list[str]) -> Any:
+    """A JSON-ready copy of ``value`` with numbers normalised and strings collected."""
+    kind = type(value)
+    # Exact type checks first: they are the hot path and the common case.
+    if kind is str:
+        strings.append(value)
+        return value
+    if kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        # NaN and infinity are not integers and stay floats; the encoder rejects them.
+        return int(value) if value.is_integer() else value
+    if kind is dict:
+        # Keys are left to the encoder, which writes them the JSON way.
+        return {key: _norm(item, strings) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [_norm(item, strings) for item in value]
+    # Subclasses: str and int enums, OrderedDict, and so on.
+    if isinstance(value, str):
+        return _norm(str.__str__(value), strings)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _norm(float(value), strings)
+    if isinstance(value, Mapping):
+        return _norm(dict(value), strings)
+    raise _Unfit(f"{type(value).__name__} is not JSON-serialisable", type(value).__name__)
+
+
+class RequestFingerprinter:
+    """Turns a request dict into its canonical JSON and fingerprint.
+
+    ``ignored_fields`` and ``ignored_message_fields`` replace the defaults
+    (:data:`DEFAULT_IGNORED_FIELDS`, :data:`DEFAULT_IGNORED_MESSAGE_FIELDS`);
+    :data:`TOOLKIT_FIELDS` are always left out.
+    """
+
+    def __init__(
+        self,
+        *,
+        ignored_fields: Iterable[str] = DEFAULT_IGNORED_FIELDS,
+        ignored_message_fields: Iterable[str] = DEFAULT_IGNORED_MESSAGE_FIELDS,
+    ) -> None:
+        self.ignored_fields = frozenset(ignored_fields) | TOOLKIT_FIELDS
+        self.ignored_message_fields = frozenset(ignored_message_fields)
+
+    def canonical(self, request: object, dropped: list[str] | None = None) -> Canonical:
+        """Validate and canonicalise ``request``.
+
+        Raises :class:`InvalidInput` for a request that is not a dict with a
+        non-empty ``model`` string, or that holds anything JSON cannot carry
+        (sets, bytes, objects, NaN, keys that are not str/int/float/bool/None,
+        a cycle). Object keys follow JSON: ``50256`` and ``"50256"`` are the
+        same key. Paths of dropped fields are appended to ``dropped`` when it
+        is given.
+        """
+        if not isinstance(request, Mapping):
+            raise _bad("a request must be a dict", "request", type(request).__name__)
+        model = request.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise _bad("a request needs a non-empty 'model' string", "model", model)
+        if dropped is None and type(request) is dict:
+            text = self._fast(request)
+            if text is not None:
+                return Canonical(model, digest(text), text, None)
+        strings: list[str] = []
+        where = ["request"]  # the field being walked, for error messages
+        try:
+            clean = self._fields(request, strings, dropped, where)
+        except _Unfit as exc:
+            raise _bad(str(exc), where[0], exc.value) from None
+        except RecursionError:
+            raise _bad("the request is nested too deeply", where[0]) from None
+        try:
+            text = _encode(clean)
+        except (TypeError, ValueError) as exc:  # odd keys, mixed key types, NaN
+            raise _bad(f"not valid JSON: {exc}", "request") from None
+        except RecursionError:
+            raise _bad("the request is nested too deeply", "request") from None
+        return Canonical(model, digest(text), text, strings)
+
+    def _fast(self, request: dict[Any, Any]) -> str | None:
+        """The canonical JSON straight from the encoder, when nothing needs rewriting.
+
+        That is: no field to drop, no base URL to trim, and no integral float
+        (the encoder writes ``1.0`` where the key needs ``1``; an integral
+        float always prints with ``.0`` or ``e+``, so a text without either
+        holds none). Anything else, including every error, is left to the
+        copying walk, which gives the same text or the right InvalidInput.
+        """
+        if not self.ignored_fields.isdisjoint(request):
+            return None
+        for name in _URL_FIELDS:
+            url = request.get(name)
+            if type(url) is str and url.endswith("/"):
+                return None
+        if "messages" in request:
+            messages = request["messages"]
+            if type(messages) is not list and type(messages) is not tuple:
+                return None
+            ignored = self.ignored_message_fields
+            for message in messages:
+                if type(message) is not dict or not ignored.isdisjoint(message):
+                    return None
+        try:
+            text = _encode(request)
+        except (TypeError, ValueError, RecursionError):
+            return None
+        if ".0" in text or "e+" in text:
+            return None
+        return text
+
+    def strings(self, request: Mapping[str, Any]) -> list[str]:
+        """Every string value that goes into ``request``'s key (for the secret detector)."""
+        canonical = self.canonical(request, [])
+        assert canonical.strings is not None  # the walk always collects them
+        return canonical.strings
+
+    def _fields(
+        self,
+        request: Mapping[Any, Any],
+        strings: list[str],
+        dropped: list[str] | None,
+        where: list[str],
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        ignored = self.ignored_fields
+        for name, value in request.items():
+            if name in ignored:
+                if dropped is not None:
+                    dropped.append(name)
+                continue
+            where[0] = name
+            kind = type(value)
+            if name == "messages":
+                out[name] = self._messages(value, strings, dropped)
+            # Scalars inline: most request fields are, and a call costs more.
+            elif kind is str:
+                if name in _URL_FIELDS:
+                    value = value.rstrip("/")  # noqa: PLW2901 - the normalised value
+                strings.append(value)
+                out[name] = value
+            elif kind is int or value is None or kind is bool:
+                out[name] = value
+            else:
+                out[name] = _norm(value, strings)
+        return out
+
+    def _messages(self, messages: object, strings: list[str], dropped: list[str] | None) -> Any:
+        if type(messages) is not list and type(messages) is not tuple:
+            raise _bad("'messages' must be a list", "messages", type(messages).__name__)
+        ignored = self.ignored_message_fields
+        result = []
+        for original in messages:
+            if type(original) is dict:
+                message = original
+            elif isinstance(original, Mapping):
+                message = dict(original)
+            else:
+                raise _bad("each message must be a dict", _at(messages, original), original)
+            clean = {}
+            for name, value in message.items():
+                if name in ignored:
+                    if dropped is not None:
+                        dropped.append(f"{_at(messages, original)}.{name}")
+                    continue
+                if type(value) is str:  # role and content, nearly always
+                    strings.append(value)
+                    clean[name] = value
+                    continue
+                try:
+                    clean[name] = _norm(value, strings)
+                except _Unfit as exc:
+                    raise _bad(str(exc), f"{_at(messages, original)}.{name}", exc.value) from None
+            result.append(clean)
+        return result
+
+    def explain(self, request: object, key: str) -> KeyExplanation:
+        """The fields that went into ``request``'s key (``key`` is passed through)."""
+        dropped: list[str] = []
+        canonical = self.canonical(request, dropped)
+        fields = tuple(sorted(json.loads(canonical.canonical_json)))
+        return KeyExplanation(
+            key=key,
+            fingerprint=canonical.fingerprint,
+            version=KEY_VERSION,
+            fields=fields,
+            dropped=tuple(dropped),
+            canonical_json=canonical.canonical_json,
+        )
+
+
+def _at(messages: Any, message: object) -> str:
+    """``messages[i]`` for an error message (found by identity, off the hot path)."""
+    for index, item in enumerate(messages):
+        if item is message:
+            return f"messages[{index}]"
+    return "messages[?]"
+
+
+def model_scope(model: str) -> str:
+    """A short, key-safe digest of a model name (for its generation counter)."""
+    return sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -1,0 +1,216 @@
+"""Detect secrets in text, so that requests and responses holding one are not cached.
+
+The default patterns catch common secret *shapes*; they are a safety net,
+not a data-loss-prevention system. A caller that knows a request is
+sensitive should mark it ``sensitive: True`` instead of relying on them.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from toolkit.errors import InvalidInput
+
+__all__ = ["DEFAULT_SECRET_PATTERNS", "SecretDetector", "SecretPattern"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretPattern:
+    """One secret shape: a regular expression and the hints that gate it.
+
+    ``hints`` are literal substrings at least one of which every match
+    contains. A text holding none of them is not searched with ``regex`` at
+    all: substring tests are far cheaper than a regex scan, and most texts
+    hold no hint. Hints are compared without regard to case (so a hint can
+    only widen what is searched, never hide a match). Without hints the
+    regex always runs.
+    """
+
+    name: str
+    regex: str | re.Pattern[str]
+    hints: tuple[str, ...] = ()
+
+
+DEFAULT_SECRET_PATTERNS: Final[tuple[SecretPattern, ...]] = (
+    # OpenAI / Anthropic style keys: sk-..., sk-proj-..., sk-ant-...
+    SecretPattern("api_key_sk", r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{20,}", ("sk-",)),
+    SecretPattern(
+        "aws_access_key_id",
+        r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![A-Z0-9])",
+        ("AKIA", "ASIA", "ABIA", "ACCA"),
+    ),
+    SecretPattern(
+        "aws_secret_access_key",
+        r"(?i)aws_?secret_?access_?key[\"'\s]*[:=][\"'\s]*[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+        ("aws",),
+    ),
+    SecretPattern("bearer_token", r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{16,}=*", ("bearer",)),
+    SecretPattern(
+        "private_key_block",
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+        ("PRIVATE KEY",),
+    ),
+    SecretPattern(
+        "github_token",
+        r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    ),
+    SecretPattern("slack_token", r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}", ("xox",)),
+    SecretPattern("google_api_key", r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{35}", ("AIza",)),
+    SecretPattern(
+        "jwt",
+        r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+        ("eyJ",),
+    ),
+)
+"""The secret shapes the default detector finds."""
+
+
+class SecretDetector:
+    """Finds secret-shaped strings with a set of :class:`SecretPattern`.
+
+    ``patterns`` replaces the defaults (:data:`DEFAULT_SECRET_PATTERNS`);
+    ``extra_patterns`` adds to them. A plain ``{name: regex}`` mapping is
+    accepted too (its patterns have no hints, so they always run).
+    ``memo_chars`` bounds the memory of strings already found clean (see
+    :meth:`scan_strings`); 0 switches it off. A detector is thread-safe.
+    """
+
+    def __init__(
+        self,
+        patterns: Iterable[SecretPattern] | Mapping[str, str | re.Pattern[str]] | None = None,
+        *,
+        extra_patterns: Iterable[SecretPattern] | Mapping[str, str | re.Pattern[str]] = (),
+        memo_chars: int = 4_000_000,
+    ) -> None:
+        chosen = [
+            *_as_patterns(DEFAULT_SECRET_PATTERNS if patterns is None else patterns),
+            *_as_patterns(extra_patterns),
+        ]
+        self._patterns: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = []
+        for pattern in chosen:
+            try:
+                compiled = (
+                    pattern.regex
+                    if isinstance(pattern.regex, re.Pattern)
+                    else re.compile(pattern.regex)
+                )
+            except re.error as exc:
+                raise InvalidInput(
+                    f"bad secret pattern {pattern.name!r}: {exc}", field="patterns"
+                ) from None
+            hints = tuple(hint.lower() for hint in pattern.hints)
+            self._patterns.append((pattern.name, compiled, hints))
+        if isinstance(memo_chars, bool) or not isinstance(memo_chars, int) or memo_chars < 0:
+            raise InvalidInput("memo_chars must be an int >= 0", field="memo_chars")
+        self._memo_chars = memo_chars
+        self._clean: set[str] = set()
+        self._clean_chars = 0
+        self._memo_lock = threading.Lock()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the patterns in use."""
+        return tuple(name for name, _, _ in self._patterns)
+
+    def find(self, text: str) -> str | None:
+        """The name of the first pattern that matches ``text``, or None."""
+        lowered: str | None = None
+        for name, compiled, hints in self._patterns:
+            if hints:
+                if lowered is None:
+                    lowered = text.lower()
+                for hint in hints:
+                    if hint in lowered:
+                        break
+                else:
+                    continue  # no hint: this pattern cannot match
+            if compiled.search(text):
+                return name
+        return None
+
+    def could_match(self, text: str) -> bool:
+        """Whether any pattern might match ``text``: a cheap, conservative pre-check.
+
+        False means no pattern matches ``text`` nor any substring of it, so a
+        text made of other texts (JSON holding them, say) can be cleared
+        whole. It holds a hint test only, no regex scan.
+        """
+        lowered: str | None = None
+        for _, _, hints in self._patterns:
+            if not hints:
+                return True
+            if lowered is None:
+                lowered = text.lower()
+            for hint in hints:
+                if hint in lowered:
+                    return True
+        return False
+
+    def contains_secret(self, text: str) -> bool:
+        """Whether ``text`` holds something shaped like a secret."""
+        return self.find(text) is not None
+
+    def scan_strings(self, strings: Iterable[str]) -> bool:
+        """Whether any of ``strings`` holds a secret.
+
+        Strings found clean are remembered (up to ``memo_chars`` characters
+        in all, then the memory starts afresh): system prompts and other
+        repeated text are scanned once, not on every lookup. The answer for
+        a string never changes, since the patterns are fixed. Strings that
+        hold a secret are not remembered, so no secret is kept alive.
+        """
+        clean = self._clean
+        for text in strings:
+            if text in clean:
+                continue
+            if self.find(text) is not None:
+                return True
+            self._remember(text)
+        return False
+
+    def _remember(self, text: str) -> None:
+        size = len(text)
+        if size > self._memo_chars // 8:  # one huge string must not evict everything
+            return
+        with self._memo_lock:
+            if self._clean_chars + size > self._memo_chars:
+                self._clean = set()
+                self._clean_chars = 0
+            self._clean.add(text)
+            self._clean_chars += size
+
+    def scan_value(self, value: Any) -> bool:
+        """Whether any string inside a JSON-like ``value`` (keys included) holds a secret."""
+        strings: list[str] = []
+        _collect(value, strings)
+        return self.scan_strings(strings)
+
+
+def _as_patterns(
+    patterns: Iterable[SecretPattern] | Mapping[str, str | re.Pattern[str]],
+) -> list[SecretPattern]:
+    if isinstance(patterns, Mapping):
+        return [SecretPattern(name, regex) for name, regex in patterns.items()]
+    result = list(patterns)
+    for pattern in result:
+        if not isinstance(pattern, SecretPattern):
+            raise InvalidInput("patterns must be SecretPattern objects", field="patterns")
+    return result
+
+
+def _collect(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str):
+                out.append(key)
+            _collect(item, out)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect(item, out)
