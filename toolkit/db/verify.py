@@ -40,6 +40,7 @@ BINDING_MODULES = (
     "toolkit.repositories",
     "toolkit.storage.repository",
     "toolkit.messaging",
+    "toolkit.integrations.checkpoint_store",
 )
 """Modules whose import binds every query the toolkit runs."""
 

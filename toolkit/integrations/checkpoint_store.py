@@ -1,0 +1,434 @@
+"""Storage of LangGraph checkpoints in ``lg_*`` tables (queries in ``sql/langgraph.sql``).
+
+This module holds what does not need LangGraph itself, so ``toolkit
+verify`` can check its queries on an install without the ``langgraph``
+extra: the records the queries return, their bindings, the delta encoding
+of lists that grow by appending, and a small driver that runs one
+operation's statements on a sync connection or on an async one.
+
+Operations are generators: they yield :class:`Call` (a bound query and its
+parameters) and receive each call's result (a list of records, or the row
+count of an ``:exec``). :func:`run` drives one on a
+:class:`~toolkit.db.Database`, :func:`arun` on a psycopg
+``AsyncConnectionPool``; the SQL text is the registry's in both cases. A
+failing statement is thrown into the generator, which may catch it (a put
+whose delta base vanished retries with the whole value) or let it out as
+a toolkit exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, TypeVar, cast
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from toolkit.db.bind import Binding, Exec, Many, Scalar, record_factory
+from toolkit.db.database import Database, raise_translated
+from toolkit.db.registry import Kind
+from toolkit.records import Record
+
+T = TypeVar("T")
+
+__all__ = [
+    "Call",
+    "InsertedChannel",
+    "LgRow",
+    "Op",
+    "Tail",
+    "TailCache",
+    "ThreadCount",
+    "ThreadId",
+    "array_header",
+    "arun",
+    "run",
+    "split_array",
+]
+
+
+# -- records -------------------------------------------------------------------
+
+
+class LgRow(Record):
+    """One row of a checkpoint read (``langgraph.get`` / ``langgraph.list``).
+
+    ``kind`` is ``c`` for a checkpoint (``checkpoint_id``, parent, checkpoint,
+    metadata), ``b`` for one segment of a channel value (``channel``,
+    ``version`` the value's version, ``depth`` in its delta chain,
+    ``item_count``, ``type``, ``data``) and ``w`` for a pending write
+    (``checkpoint_id``, ``channel``, ``type``, ``task_id``, ``task_path``,
+    ``idx``, ``data``).
+    """
+
+    kind: str
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str | None
+    parent_checkpoint_id: str | None
+    channel: str | None
+    version: str | None
+    depth: int | None
+    item_count: int | None
+    type: str | None
+    task_id: str | None
+    task_path: str | None
+    idx: int | None
+    data: bytes | None
+    checkpoint: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+
+
+class InsertedChannel(Record):
+    """A channel whose value row a put wrote (not already there)."""
+
+    channel: str
+
+
+class ThreadId(Record):
+    """A thread id."""
+
+    thread_id: str
+
+
+class ThreadCount(Record):
+    """A thread and how many of its checkpoints an operation deleted."""
+
+    thread_id: str
+    checkpoints: int
+
+
+# -- bindings ------------------------------------------------------------------
+
+_BLOB_ARRAYS = ("channels", "versions", "types", "base_versions", "item_counts", "blobs")
+_WRITE_ARRAYS = ("idxs", "channels", "types", "blobs")
+_WRITE_KEYS = ("thread_id", "checkpoint_ns", "checkpoint_id", "task_id", "task_path")
+
+PUT = Many(
+    "langgraph.put",
+    InsertedChannel,
+    (
+        "thread_id",
+        "checkpoint_ns",
+        "checkpoint_id",
+        "parent_checkpoint_id",
+        "checkpoint",
+        "metadata",
+        *_BLOB_ARRAYS,
+    ),
+)
+PUT_WRITES = Exec("langgraph.put_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS))
+UPSERT_WRITES = Exec("langgraph.upsert_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS))
+GET = Many("langgraph.get", LgRow, ("thread_id", "checkpoint_ns", "upper"))
+LIST = Many(
+    "langgraph.list",
+    LgRow,
+    ("thread_id", "checkpoint_ns", "checkpoint_id", "before", "filter", "limit"),
+)
+DELETE_THREADS = Exec("langgraph.delete_threads", ("thread_ids",))
+DELETE_RUNS = Many("langgraph.delete_runs", ThreadCount, ("run_ids",))
+KEEP_LAST = Many("langgraph.keep_last", ThreadCount, ("thread_ids", "keep", "skip"))
+DELTA_THREADS = Many("langgraph.delta_threads", ThreadId, ("thread_ids",))
+DELETE_IDLE_THREADS = Many("langgraph.delete_idle_threads", ThreadCount, ("idle_for",))
+COLLECT_BLOBS = Exec("langgraph.collect_blobs", ("thread_ids",))
+COPY_THREAD = Exec("langgraph.copy_thread", ("source", "target"))
+TABLES_READY = Scalar("langgraph.tables_ready", bool, ())
+
+
+# -- running operations --------------------------------------------------------
+
+
+class Call(NamedTuple):
+    """One statement of an operation: a binding and its parameters."""
+
+    binding: Binding
+    params: dict[str, Any]
+    prepare: bool | None = None
+    """True for the hot path (prepared on first use, as the plan never changes);
+    False for queries with optional filters (planned with their actual values)."""
+
+
+Op = Generator[Call, Any, T]
+"""An operation: yields calls, receives each one's result, returns its own."""
+
+_statements: dict[str, sql.Composed] = {}
+
+
+def _statement(binding: Binding) -> sql.Composed:
+    found = _statements.get(binding.name)
+    if found is None:
+        found = _statements[binding.name] = binding.query.statement()
+    return found
+
+
+def _row_factory(binding: Binding) -> Any:
+    return record_factory(binding.record) if binding.record is not None else None
+
+
+def _execute(conn: psycopg.Connection[Any], call: Call) -> Any:
+    binding = call.binding
+    factory = _row_factory(binding)
+    cursor = conn.cursor(row_factory=factory) if factory else conn.cursor()
+    cursor.execute(_statement(binding), call.params, prepare=call.prepare, binary=True)
+    if binding.kind is Kind.EXEC:
+        return cursor.rowcount
+    if binding.kind is Kind.SCALAR:
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+    return cursor.fetchall()
+
+
+async def _aexecute(conn: psycopg.AsyncConnection[Any], call: Call) -> Any:
+    binding = call.binding
+    factory = _row_factory(binding)
+    cursor = conn.cursor(row_factory=factory) if factory else conn.cursor()
+    await cursor.execute(_statement(binding), call.params, prepare=call.prepare, binary=True)
+    if binding.kind is Kind.EXEC:
+        return cursor.rowcount
+    if binding.kind is Kind.SCALAR:
+        row = await cursor.fetchone()
+        return None if row is None else row[0]
+    return await cursor.fetchall()
+
+
+def _step(op: Op[T], result: Any, error: psycopg.Error | None, name: str) -> Call:
+    """The operation's next call; StopIteration carries its return value."""
+    try:
+        return op.throw(error) if error is not None else op.send(result)
+    except psycopg.Error as exc:
+        raise_translated(exc, name)
+
+
+def run(db: Database, op: Op[T], *, transaction: bool = False) -> T:
+    """Run ``op`` on a pooled connection (inside one transaction if asked)."""
+    context = db.transaction() if transaction else db.connection()
+    with context as conn:
+        result: Any = None
+        error: psycopg.Error | None = None
+        name = "langgraph"
+        while True:
+            try:
+                call = _step(op, result, error, name)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            name, error = call.binding.name, None
+            try:
+                result = _execute(conn, call)
+            except psycopg.Error as exc:
+                error = exc
+
+
+async def arun(pool: AsyncConnectionPool[Any], op: Op[T], *, transaction: bool = False) -> T:
+    """Run ``op`` on a connection of an async pool (inside one transaction if asked)."""
+    try:
+        await pool.open()
+        async with pool.connection() as conn:
+            if transaction:
+                async with conn.transaction():
+                    return await _adrive(conn, op)
+            return await _adrive(conn, op)
+    except (PoolTimeout, psycopg.Error) as exc:
+        raise_translated(exc, "langgraph")
+
+
+async def _adrive(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
+    result: Any = None
+    error: psycopg.Error | None = None
+    name = "langgraph"
+    while True:
+        try:
+            call = _step(op, result, error, name)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        name, error = call.binding.name, None
+        try:
+            result = await _aexecute(conn, call)
+        except psycopg.Error as exc:
+            error = exc
+
+
+# -- append-only lists as deltas -------------------------------------------------
+
+_FIXARRAY: Final = 0x90
+_ARRAY16: Final = 0xDC
+_ARRAY32: Final = 0xDD
+
+
+def split_array(data: bytes) -> tuple[int, int] | None:
+    """(item count, header length) of a msgpack array, or None if ``data`` is not one."""
+    if not data:
+        return None
+    first = data[0]
+    if _FIXARRAY <= first <= _FIXARRAY + 15:
+        return first - _FIXARRAY, 1
+    if first == _ARRAY16 and len(data) >= 3:
+        return int.from_bytes(data[1:3], "big"), 3
+    if first == _ARRAY32 and len(data) >= 5:
+        return int.from_bytes(data[1:5], "big"), 5
+    return None
+
+
+def array_header(count: int) -> bytes:
+    """The msgpack header of an array of ``count`` items."""
+    if count < 16:
+        return bytes((_FIXARRAY + count,))
+    if count < 1 << 16:
+        return bytes((_ARRAY16,)) + count.to_bytes(2, "big")
+    return bytes((_ARRAY32,)) + count.to_bytes(4, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One version in a delta chain: its run position and the length of its items."""
+
+    run: int
+    version: str
+    body_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """The newest version this process wrote of one list channel.
+
+    ``digest`` covers the serialized items (the msgpack body after the
+    array header); ``chain`` is the version's skip-delta chain, oldest
+    first, starting at the whole value (run 0) and ending with itself.
+    """
+
+    version: str
+    item_count: int
+    digest: bytes
+    chain: tuple[Link, ...]
+
+    @property
+    def run(self) -> int:
+        return self.chain[-1].run
+
+    @property
+    def body_len(self) -> int:
+        return self.chain[-1].body_len
+
+
+class Segment(NamedTuple):
+    """How one list value is stored: whole, or as the items after a base version."""
+
+    base_version: str | None
+    item_count: int | None
+    data: bytes
+    tail: Tail | None
+    """What to remember once the row is written (None: forget the channel)."""
+
+
+MIN_DELTA_BYTES: Final = 1024
+"""A list whose earlier version is smaller than this is stored whole."""
+
+
+def plan_list(
+    data: bytes,
+    version: str,
+    previous: Tail | None,
+) -> Segment:
+    """Store ``data`` (a msgpack array) whole, or as a delta on ``previous``'s chain.
+
+    A delta is used when the items of ``previous`` are, byte for byte, the
+    first items of ``data`` (checked by digest) and the list grew. Deltas
+    follow the skip-delta scheme: the value at run position ``n`` extends the
+    one at ``n & (n - 1)``, so reading any version takes at most
+    ``popcount(n) + 1`` rows (9 for 255 appends) while storage stays within
+    a factor ``log2(n)`` of the items themselves.
+    """
+    shape = split_array(data)
+    if shape is None:
+        return Segment(None, None, data, None)
+    count, header = shape
+    body = memoryview(data)[header:]
+    hasher = hashlib.blake2b(digest_size=16)
+    if (
+        previous is not None
+        and previous.body_len >= MIN_DELTA_BYTES
+        and count > previous.item_count
+        and len(body) > previous.body_len
+    ):
+        hasher.update(body[: previous.body_len])
+        if hasher.copy().digest() == previous.digest:
+            hasher.update(body[previous.body_len :])
+            run_index = previous.run + 1
+            base_run = run_index & (run_index - 1)
+            kept = tuple(link for link in previous.chain if link.run <= base_run)
+            base = kept[-1]
+            chain = (*kept, Link(run_index, version, len(body)))
+            tail = Tail(version, count, hasher.digest(), chain)
+            return Segment(base.version, count, bytes(body[base.body_len :]), tail)
+        hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(body)
+    tail = Tail(version, count, hasher.digest(), (Link(0, version, len(body)),))
+    return Segment(None, None, data, tail)
+
+
+def join_segments(segments: list[tuple[int, int | None, bytes]]) -> bytes:
+    """Rebuild a msgpack array from its chain: (depth, item_count, data), any order.
+
+    The deepest segment holds a whole array; each shallower one the items
+    appended after it; the shallowest (depth 0) gives the item count.
+    """
+    ordered = sorted(segments, key=lambda segment: -segment[0])
+    root = ordered[0][2]
+    shape = split_array(root)
+    if shape is None:
+        raise ValueError("the root of a delta chain is not a msgpack array")
+    count = ordered[-1][1]
+    if count is None:
+        raise ValueError("the top of a delta chain has no item count")
+    parts: list[bytes | memoryview] = [array_header(count), memoryview(root)[shape[1] :]]
+    parts.extend(memoryview(segment[2]) for segment in ordered[1:])
+    return b"".join(parts)
+
+
+class TailCache:
+    """The newest written version of each list channel, per (thread, namespace, channel).
+
+    Bounded (least recently used entries go first) and safe to share
+    between threads. A miss only costs storage: the next value is written
+    whole and starts a new chain.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._entries: OrderedDict[tuple[str, str, str], Tail] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> Tail | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, str, str], tail: Tail) -> None:
+        with self._lock:
+            self._entries[key] = tail
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def discard(self, key: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def forget_threads(self, thread_ids: list[str] | None) -> None:
+        """Drop the entries of these threads (of every thread when None)."""
+        with self._lock:
+            if thread_ids is None:
+                self._entries.clear()
+                return
+            wanted = set(thread_ids)
+            for key in [key for key in self._entries if key[0] in wanted]:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

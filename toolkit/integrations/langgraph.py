@@ -1,0 +1,778 @@
+"""A LangGraph checkpointer on the toolkit's PostgreSQL (``pip install toolkit[langgraph]``).
+
+:class:`ToolkitCheckpointSaver` is a ``BaseCheckpointSaver`` over the
+``lg_checkpoints``, ``lg_blobs`` and ``lg_writes`` tables of migration
+0006, with sync methods on the toolkit's pooled :class:`~toolkit.db.Database`
+and async ones on a psycopg ``AsyncConnectionPool`` to the same database.
+Its SQL is in ``sql/langgraph.sql``; the tables come from ``toolkit
+migrate`` like every other table: ``setup()`` only checks that they are
+there, so two processes starting at once cannot race to create them.
+
+How values are stored
+---------------------
+A checkpoint row holds the checkpoint without its channel values. Each
+channel value is a row of ``lg_blobs`` keyed by (thread, namespace,
+channel, version) and written only when LangGraph reports a new version,
+so a channel that does not change is never stored again.
+
+A list that grows by appending (LangGraph's ``messages``) would still be
+stored in full at every version, which makes a thread's storage grow with
+the square of its turns. When a list's serialized items start, byte for
+byte, with the items of the version this process wrote before (checked by
+a BLAKE2b digest, never assumed), only the items after a *base* version are
+stored, with a link to it. Bases follow the skip-delta scheme: the n-th
+version of an append run extends version ``n & (n - 1)``. The trade-off:
+
+* reading a version takes ``popcount(n) + 1`` rows of its chain (at most 9
+  for the first 255 appends, 12 for 2047), fetched by one recursive query
+  in the same round trip as the checkpoint; the bytes read are the value's
+  own, whatever the depth;
+* storage is at most ``log2(n) + 1`` times the items themselves, against
+  ``n / 2`` times for storing every version whole (200 turns: ~4x against
+  ~100x);
+* writing hashes the list's serialized bytes once, which costs less than
+  serializing it (and PostgresSaver serializes it too).
+
+The process remembers the newest version of each list channel (an LRU of
+4096 by default). After a restart, or when another process wrote the
+previous version, the next value is stored whole and starts a new chain.
+A foreign key keeps a delta from outliving its base: if retention deleted
+the base meanwhile, the put retries with the whole value.
+
+Retention
+---------
+``prune`` (LangGraph's API: ``keep_latest`` or ``delete``) and
+:meth:`ToolkitCheckpointSaver.retain`, which keeps the newest N checkpoints
+of each thread namespace and drops threads idle longer than a given age,
+in one transaction. Values no kept checkpoint reads (directly or as the
+base of a delta) go with them. Threads whose graphs use LangGraph's beta
+``DeltaChannel`` rebuild that channel from the writes of earlier
+checkpoints: ``retain`` leaves them whole (and reports them) and
+``prune("keep_latest")`` refuses them, as PostgresSaver does.
+
+Why not the ``checkpoints`` table of migration 0001: it holds an
+execution's snapshots, keyed by execution (a foreign key) and sequence;
+LangGraph's threads are free text ids that need not be executions, with
+namespaces, parent links and per-channel values, so they get tables of
+their own (prefix ``lg_``) and the execution table keeps its constraints.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import random
+import re
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Final, cast
+
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from toolkit.config import Settings, default_settings
+from toolkit.db.database import Database
+from toolkit.errors import ConfigurationError, InvalidInput
+from toolkit.integrations.checkpoint_store import (
+    COLLECT_BLOBS,
+    COPY_THREAD,
+    DELETE_IDLE_THREADS,
+    DELETE_RUNS,
+    DELETE_THREADS,
+    DELTA_THREADS,
+    GET,
+    KEEP_LAST,
+    LIST,
+    PUT,
+    PUT_WRITES,
+    TABLES_READY,
+    UPSERT_WRITES,
+    Call,
+    InsertedChannel,
+    LgRow,
+    Op,
+    Segment,
+    TailCache,
+    ThreadCount,
+    ThreadId,
+    arun,
+    join_segments,
+    plan_list,
+    run,
+)
+
+try:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import (
+        WRITES_IDX_MAP,
+        BaseCheckpointSaver,
+        ChannelVersions,
+        Checkpoint,
+        CheckpointMetadata,
+        CheckpointTuple,
+        get_checkpoint_id,
+        get_serializable_checkpoint_metadata,
+    )
+    from langgraph.checkpoint.serde.base import SerializerProtocol
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "toolkit.integrations.langgraph needs LangGraph: pip install 'toolkit[langgraph]'"
+    ) from exc
+
+__all__ = ["PRUNE_STRATEGIES", "RetentionReport", "ToolkitCheckpointSaver"]
+
+PRUNE_STRATEGIES: Final = ("keep_latest", "delete")
+_LATEST: Final = "\U0010ffff"
+"""Sorts after every checkpoint id (ids compare bytewise)."""
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    """What :meth:`ToolkitCheckpointSaver.retain` deleted."""
+
+    threads_dropped: tuple[str, ...]
+    """Threads deleted whole because they were idle."""
+    checkpoints_deleted: int
+    """Checkpoints deleted, idle threads' included."""
+    values_deleted: int
+    """Value rows no kept checkpoint read any more (idle threads' not counted)."""
+    threads_skipped: tuple[str, ...] = ()
+    """Threads ``keep_last`` left whole because their graphs use LangGraph's DeltaChannel."""
+
+
+@dataclass
+class _Row:
+    """A value row being written by a put."""
+
+    channel: str
+    version: str
+    type: str
+    data: bytes
+    segment: Segment | None
+    """Set for lists (msgpack arrays): how the value is stored."""
+
+
+class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
+    """LangGraph checkpoints in the toolkit's PostgreSQL (see the module docstring).
+
+    ``database``
+        The toolkit :class:`~toolkit.db.Database` the sync methods use.
+    ``async_pool``
+        A psycopg ``AsyncConnectionPool`` (autocommit connections) for the
+        async methods; by default one is made to ``database.url``, opened on
+        the first async call and closed by :meth:`aclose`.
+    ``serde``
+        LangGraph's serializer (``JsonPlusSerializer`` by default). Appended
+        lists are stored as deltas only with its ``msgpack`` encoding; an
+        encrypting serializer simply stores every version whole.
+    ``tail_cache_size``
+        How many list channels the process remembers for deltas.
+
+    Use :meth:`from_settings` to build one from the toolkit's settings, and
+    ``with`` / ``async with`` (or :meth:`close` / :meth:`aclose`) to release
+    what it opened. Migrate first (``toolkit migrate``): it never creates
+    tables itself.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        async_pool: AsyncConnectionPool[Any] | None = None,
+        serde: SerializerProtocol | None = None,
+        tail_cache_size: int = 4096,
+    ) -> None:
+        super().__init__(serde=serde)
+        if not isinstance(database, Database):
+            raise InvalidInput("database must be a toolkit Database", field="database")
+        self.database = database
+        self._owns_database = False
+        self._owns_pool = async_pool is None
+        settings = database.settings
+        self.async_pool: AsyncConnectionPool[Any] = async_pool or AsyncConnectionPool(
+            database.url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.pool_timeout,
+            kwargs={"autocommit": True, "application_name": settings.application_name},
+            open=False,
+        )
+        self._tails = TailCache(tail_cache_size)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings | None = None, *, serde: SerializerProtocol | None = None
+    ) -> ToolkitCheckpointSaver:
+        """A saver with its own pools, to ``settings.database_url`` (TOOLKIT_* by default)."""
+        saver = cls(Database(settings or default_settings()), serde=serde)
+        saver._owns_database = True
+        return saver
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database pool if this saver made it (the async pool: :meth:`aclose`)."""
+        if self._owns_database:
+            self.database.close()
+
+    async def aclose(self) -> None:
+        """Close the pools this saver made."""
+        if self._owns_pool:
+            await self.async_pool.close()
+        self.close()
+
+    def __enter__(self) -> ToolkitCheckpointSaver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> ToolkitCheckpointSaver:
+        await self.async_pool.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def setup(self) -> None:
+        """Check that the tables exist; they come from ``toolkit migrate``, never from here.
+
+        LangGraph's own savers create their tables in ``setup()``, where two
+        processes starting at once can race. This one only checks, and raises
+        ConfigurationError when migration 0006 has not run.
+        """
+        run(self.database, _tables_ready())
+
+    async def asetup(self) -> None:
+        """Async :meth:`setup`."""
+        await arun(self.async_pool, _tables_ready())
+
+    # -- LangGraph API: sync ---------------------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (or the thread namespace's newest), or None."""
+        return run(self.database, self._get(config))
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        """Checkpoints matching the filters, newest first."""
+        yield from run(self.database, self._list(config, filter, before, limit))
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Store a checkpoint and the channel values of ``new_versions``; one round trip."""
+        return run(self.database, self._put(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Store a task's pending writes for the checkpoint ``config`` names."""
+        call = self._writes_call(config, writes, task_id, task_path)
+        if call is not None:
+            run(self.database, _single(call))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint, value and write of a thread."""
+        self._tails.forget_threads([str(thread_id)])
+        run(self.database, _single(_delete_threads_call([str(thread_id)])))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints (with their writes and unread values) of these runs."""
+        if run_ids:
+            run(self.database, self._delete_runs(run_ids), transaction=True)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint, value and write of a thread to another thread id."""
+        run(self.database, _single(_copy_call(source_thread_id, target_thread_id)))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Keep only the newest checkpoint per namespace (``keep_latest``) or ``delete`` all."""
+        op = self._prune(thread_ids, strategy)
+        if op is not None:
+            run(self.database, op, transaction=True)
+
+    def retain(
+        self,
+        *,
+        keep_last: int | None = None,
+        idle_for: timedelta | None = None,
+        thread_ids: Sequence[str] | None = None,
+    ) -> RetentionReport:
+        """Apply a retention policy in one transaction.
+
+        ``keep_last``: keep the newest N checkpoints of each namespace of each
+        thread (of ``thread_ids``, or every thread), except threads whose
+        graphs use LangGraph's DeltaChannel (reported as skipped: that
+        channel is rebuilt from earlier checkpoints' writes). ``idle_for``:
+        delete every thread whose newest checkpoint is older than that, of
+        any thread. Values no kept checkpoint reads any more go with them.
+        """
+        return run(self.database, self._retain(keep_last, idle_for, thread_ids), transaction=True)
+
+    # -- LangGraph API: async --------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """Async :meth:`get_tuple`."""
+        return await arun(self.async_pool, self._get(config))
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """Async :meth:`list`."""
+        for item in await arun(self.async_pool, self._list(config, filter, before, limit)):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        """Async :meth:`put`."""
+        return await arun(self.async_pool, self._put(config, checkpoint, metadata, new_versions))
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Async :meth:`put_writes`."""
+        call = self._writes_call(config, writes, task_id, task_path)
+        if call is not None:
+            await arun(self.async_pool, _single(call))
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        """Async :meth:`delete_thread`."""
+        self._tails.forget_threads([str(thread_id)])
+        await arun(self.async_pool, _single(_delete_threads_call([str(thread_id)])))
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Async :meth:`delete_for_runs`."""
+        if run_ids:
+            await arun(self.async_pool, self._delete_runs(run_ids), transaction=True)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Async :meth:`copy_thread`."""
+        await arun(self.async_pool, _single(_copy_call(source_thread_id, target_thread_id)))
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """Async :meth:`prune`."""
+        op = self._prune(thread_ids, strategy)
+        if op is not None:
+            await arun(self.async_pool, op, transaction=True)
+
+    async def aretain(
+        self,
+        *,
+        keep_last: int | None = None,
+        idle_for: timedelta | None = None,
+        thread_ids: Sequence[str] | None = None,
+    ) -> RetentionReport:
+        """Async :meth:`retain`."""
+        return await arun(
+            self.async_pool, self._retain(keep_last, idle_for, thread_ids), transaction=True
+        )
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """The next version of a channel: a zero-padded counter and a random fraction.
+
+        The fraction tells apart the versions two forks of one checkpoint
+        give the same channel, so that neither overwrites the other's value.
+        """
+        if current is None:
+            number = 0
+        elif isinstance(current, int):
+            number = current
+        else:
+            number = int(str(current).split(".")[0])
+        # Not security-relevant: it only separates forks.
+        return f"{number + 1:032}.{random.random():016}"  # noqa: S311
+
+    # -- operations (run sync or async) -----------------------------------------------
+
+    def _get(self, config: RunnableConfig) -> Op[CheckpointTuple | None]:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = str(configurable.get("checkpoint_ns") or "")
+        wanted = get_checkpoint_id(config)
+        rows: builtins.list[LgRow] = yield Call(
+            GET,
+            {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint_ns,
+                "upper": str(wanted) if wanted else _LATEST,
+            },
+            prepare=True,
+        )
+        tuples = self._tuples(rows)
+        if not tuples:
+            return None
+        found = tuples[0]
+        if wanted and found.config["configurable"]["checkpoint_id"] != str(wanted):
+            return None
+        return found
+
+    def _list(
+        self,
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        limit: int | None,
+    ) -> Op[builtins.list[CheckpointTuple]]:
+        configurable = (config or {}).get("configurable") or {}
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise InvalidInput("limit must be an integer or None", field="limit", value=limit)
+        thread_id = configurable.get("thread_id")
+        checkpoint_ns = configurable.get("checkpoint_ns")
+        checkpoint_id = configurable.get("checkpoint_id")
+        before_id = get_checkpoint_id(before) if before else None
+        rows: builtins.list[LgRow] = yield Call(
+            LIST,
+            {
+                "thread_id": None if thread_id is None else str(thread_id),
+                "checkpoint_ns": None if checkpoint_ns is None else str(checkpoint_ns),
+                "checkpoint_id": checkpoint_id or None,
+                "before": before_id or None,
+                "filter": _jsonb(filter or {}, "filter"),
+                "limit": None if limit is None else max(0, limit),
+            },
+            prepare=False,
+        )
+        return self._tuples(rows)
+
+    def _put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Op[RunnableConfig]:
+        configurable = config["configurable"]
+        thread_id = str(configurable["thread_id"])
+        checkpoint_ns = str(configurable.get("checkpoint_ns") or "")
+        parent_id = configurable.get("checkpoint_id")
+        values = checkpoint["channel_values"]
+        rows: builtins.list[_Row] = []
+        for channel, raw_version in new_versions.items():
+            if channel not in values:
+                continue
+            value = values[channel]
+            version = str(raw_version)
+            type_, data = self.serde.dumps_typed(value)
+            segment = None
+            key = (thread_id, checkpoint_ns, channel)
+            if type_ == "msgpack" and isinstance(value, list):
+                segment = plan_list(data, version, self._tails.get(key))
+            else:
+                self._tails.discard(key)
+            rows.append(_Row(channel, version, type_, data, segment))
+        stored = {name: item for name, item in checkpoint.items() if name != "channel_values"}
+        params: dict[str, Any] = {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": str(checkpoint["id"]),
+            "parent_checkpoint_id": None if parent_id is None else str(parent_id),
+            "checkpoint": _jsonb(stored, "checkpoint"),
+            "metadata": _jsonb(
+                dict(get_serializable_checkpoint_metadata(config, metadata)), "metadata"
+            ),
+        }
+        try:
+            inserted: builtins.list[InsertedChannel] = yield Call(
+                PUT, {**params, **_blob_arrays(rows)}, prepare=True
+            )
+        except pg_errors.ForeignKeyViolation:
+            # A delta's base was deleted meanwhile (retention): store values whole.
+            for row in rows:
+                if row.segment is not None:
+                    row.segment = plan_list(row.data, row.version, None)
+            inserted = yield Call(PUT, {**params, **_blob_arrays(rows)}, prepare=True)
+        written = {item.channel for item in inserted}
+        for row in rows:
+            if row.segment is None:
+                continue
+            key = (thread_id, checkpoint_ns, row.channel)
+            tail = row.segment.tail
+            if row.channel in written and tail is not None:
+                self._tails.put(key, tail)
+            else:
+                self._tails.discard(key)
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": checkpoint_ns,
+                "checkpoint_id": str(checkpoint["id"]),
+            }
+        }
+
+    def _writes_call(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> Call | None:
+        if not writes:
+            return None
+        configurable = config["configurable"]
+        idxs, channels, types, blobs = [], [], [], []
+        for idx, (channel, value) in enumerate(writes):
+            type_, data = self.serde.dumps_typed(value)
+            idxs.append(WRITES_IDX_MAP.get(channel, idx))
+            channels.append(channel)
+            types.append(type_)
+            blobs.append(data)
+        special = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        return Call(
+            UPSERT_WRITES if special else PUT_WRITES,
+            {
+                "thread_id": str(configurable["thread_id"]),
+                "checkpoint_ns": str(configurable.get("checkpoint_ns") or ""),
+                "checkpoint_id": str(configurable["checkpoint_id"]),
+                "task_id": str(task_id),
+                "task_path": str(task_path or ""),
+                "idxs": idxs,
+                "channels": channels,
+                "types": types,
+                "blobs": blobs,
+            },
+            prepare=True,
+        )
+
+    def _delete_runs(self, run_ids: Sequence[str]) -> Op[None]:
+        touched: builtins.list[ThreadCount] = yield Call(
+            DELETE_RUNS, {"run_ids": [str(r) for r in run_ids]}
+        )
+        threads = [row.thread_id for row in touched]
+        if threads:
+            yield Call(COLLECT_BLOBS, {"thread_ids": threads})
+            self._tails.forget_threads(threads)
+
+    def _prune(self, thread_ids: Sequence[str], strategy: str) -> Op[Any] | None:
+        if strategy not in PRUNE_STRATEGIES:
+            raise InvalidInput(
+                f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}",
+                field="strategy",
+                value=strategy,
+            )
+        ids = [str(thread_id) for thread_id in thread_ids]
+        if not ids:
+            return None
+        if strategy == "delete":
+            self._tails.forget_threads(ids)
+            return _single(_delete_threads_call(ids))
+        return self._retain(1, None, ids, refuse_delta=True)
+
+    def _retain(
+        self,
+        keep_last: int | None,
+        idle_for: timedelta | None,
+        thread_ids: Sequence[str] | None,
+        *,
+        refuse_delta: bool = False,
+    ) -> Op[RetentionReport]:
+        if keep_last is not None and (
+            isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1
+        ):
+            raise InvalidInput(
+                f"keep_last must be a positive integer, got {keep_last!r}", field="keep_last"
+            )
+        if idle_for is not None and (
+            not isinstance(idle_for, timedelta) or idle_for <= timedelta(0)
+        ):
+            raise InvalidInput(
+                f"idle_for must be a positive timedelta, got {idle_for!r}", field="idle_for"
+            )
+        ids = None if thread_ids is None else [str(thread_id) for thread_id in thread_ids]
+        dropped: builtins.list[ThreadCount] = []
+        trimmed: builtins.list[ThreadCount] = []
+        values = 0
+        if idle_for is not None:
+            dropped = yield Call(DELETE_IDLE_THREADS, {"idle_for": idle_for})
+        skipped: builtins.list[str] = []
+        if keep_last is not None and ids != []:
+            # A DeltaChannel rebuilds its value from the writes of earlier checkpoints:
+            # trimming them would silently empty it, so such threads are left whole.
+            delta: builtins.list[ThreadId] = yield Call(
+                DELTA_THREADS, {"thread_ids": ids}, prepare=False
+            )
+            skipped = sorted(row.thread_id for row in delta)
+            if skipped and refuse_delta:
+                raise NotImplementedError(
+                    "keep_latest cannot prune threads whose graphs use a DeltaChannel: "
+                    + ", ".join(skipped)
+                )
+            trimmed = yield Call(
+                KEEP_LAST, {"thread_ids": ids, "keep": keep_last, "skip": skipped}, prepare=False
+            )
+            touched = [row.thread_id for row in trimmed]
+            if touched:
+                values = yield Call(COLLECT_BLOBS, {"thread_ids": touched})
+        self._tails.forget_threads([row.thread_id for row in (*dropped, *trimmed)])
+        return RetentionReport(
+            threads_dropped=tuple(sorted(row.thread_id for row in dropped)),
+            checkpoints_deleted=sum(row.checkpoints for row in (*dropped, *trimmed)),
+            values_deleted=values,
+            threads_skipped=tuple(skipped),
+        )
+
+    # -- rows to tuples ---------------------------------------------------------
+
+    def _tuples(self, rows: builtins.list[LgRow]) -> builtins.list[CheckpointTuple]:
+        """Checkpoint tuples from a read's row stream, newest first."""
+        heads: builtins.list[LgRow] = []
+        segments: dict[tuple[str, str, str, str], builtins.list[LgRow]] = {}
+        writes: dict[tuple[str, str, str], builtins.list[LgRow]] = {}
+        for row in rows:
+            if row.kind == "c":
+                heads.append(row)
+            elif row.kind == "b":
+                key = (row.thread_id, row.checkpoint_ns, cast(str, row.channel), row.version or "")
+                segments.setdefault(key, []).append(row)
+            else:
+                owner = (row.thread_id, row.checkpoint_ns, cast(str, row.checkpoint_id))
+                writes.setdefault(owner, []).append(row)
+        heads.sort(key=lambda head: cast(str, head.checkpoint_id), reverse=True)
+        decoded: dict[tuple[str, str, str, str], Any] = {}
+        result = []
+        for head in heads:
+            stored = dict(head.checkpoint or {})
+            values: dict[str, Any] = {}
+            for channel, version in (stored.get("channel_versions") or {}).items():
+                key = (head.thread_id, head.checkpoint_ns, channel, str(version))
+                if key not in segments:
+                    continue
+                if key not in decoded:
+                    decoded[key] = self._value(segments[key])
+                values[channel] = decoded[key]
+            stored["channel_values"] = values
+            checkpoint_id = cast(str, head.checkpoint_id)
+            pending = sorted(
+                writes.get((head.thread_id, head.checkpoint_ns, checkpoint_id), ()),
+                key=lambda w: (w.task_path or "", w.task_id or "", w.idx or 0),
+            )
+            result.append(
+                CheckpointTuple(
+                    config=_config(head.thread_id, head.checkpoint_ns, checkpoint_id),
+                    checkpoint=cast(Checkpoint, stored),
+                    metadata=cast(CheckpointMetadata, head.metadata or {}),
+                    parent_config=(
+                        _config(head.thread_id, head.checkpoint_ns, head.parent_checkpoint_id)
+                        if head.parent_checkpoint_id
+                        else None
+                    ),
+                    pending_writes=[
+                        (
+                            cast(str, w.task_id),
+                            cast(str, w.channel),
+                            self.serde.loads_typed((cast(str, w.type), w.data or b"")),
+                        )
+                        for w in pending
+                    ],
+                )
+            )
+        return result
+
+    def _value(self, chain: builtins.list[LgRow]) -> Any:
+        if len(chain) == 1:
+            row = chain[0]
+            return self.serde.loads_typed((cast(str, row.type), row.data or b""))
+        joined = join_segments([(row.depth or 0, row.item_count, row.data or b"") for row in chain])
+        return self.serde.loads_typed(("msgpack", joined))
+
+
+def _single(call: Call) -> Op[Any]:
+    result = yield call
+    return result
+
+
+def _tables_ready() -> Op[None]:
+    ready = yield Call(TABLES_READY, {})
+    if not ready:
+        raise ConfigurationError(
+            "the LangGraph checkpoint tables are missing: run `toolkit migrate` "
+            "(migration 0006.langgraph-checkpoints) on this database"
+        )
+
+
+def _delete_threads_call(thread_ids: list[str]) -> Call:
+    return Call(DELETE_THREADS, {"thread_ids": thread_ids})
+
+
+def _copy_call(source: str, target: str) -> Call:
+    return Call(COPY_THREAD, {"source": str(source), "target": str(target)})
+
+
+def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
+    return {
+        "configurable": {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            "checkpoint_id": checkpoint_id,
+        }
+    }
+
+
+def _blob_arrays(rows: list[_Row]) -> dict[str, list[Any]]:
+    arrays: dict[str, list[Any]] = {
+        "channels": [],
+        "versions": [],
+        "types": [],
+        "base_versions": [],
+        "item_counts": [],
+        "blobs": [],
+    }
+    for row in rows:
+        segment = row.segment
+        arrays["channels"].append(row.channel)
+        arrays["versions"].append(row.version)
+        arrays["types"].append(row.type)
+        arrays["base_versions"].append(segment.base_version if segment else None)
+        arrays["item_counts"].append(segment.item_count if segment else None)
+        arrays["blobs"].append(segment.data if segment else row.data)
+    return arrays
+
+
+_NUL_ESCAPE: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _jsonb(value: dict[str, Any], field: str) -> Jsonb:
+    """``value`` as jsonb (serialized once); InvalidInput naming ``field`` if it cannot be."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{field} is not JSON: {exc}", field=field) from None
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise InvalidInput(f"{field} holds a NUL character, which jsonb cannot store", field=field)
+    return Jsonb(value, dumps=lambda _: text)
