@@ -1,7 +1,9 @@
 """``toolkit demo``: one story walked through the toolkit, step by step.
 
 A user signs up, creates an agent and a workflow, starts an execution,
-writes checkpoints, completes it, stores its generated report (read back
+calls its model through the LLM cache twice (the second call is a hit;
+without Redis both are computed and the demo goes on), writes checkpoints,
+completes it, stores its generated report (read back
 with its checksum checked), and the audit chain verifies; then the workflow
 runs once more through the outbox, RabbitMQ and a worker, which prints the
 notification it produced. It runs
@@ -22,10 +24,12 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings
 from toolkit.db.database import Database
 from toolkit.db.migrations import migrate
 from toolkit.messaging.demo import run_demo_messaging
+from toolkit.records import Agent
 from toolkit.repositories import (
     Audit,
     agents,
@@ -68,6 +72,44 @@ def _embedded_server() -> Iterator[str]:
 
 def _step(number: int, text: str) -> None:
     print(f"{number:>2}. {text}")
+
+
+def fake_model(request: dict[str, Any]) -> str:
+    """A deterministic stand-in for an LLM: the same request, the same answer."""
+    question = request["messages"][-1]["content"]
+    return f"Summary of {question!r}: machines can compute what is computable."
+
+
+def cached_llm_calls(settings: Settings, agent: Agent) -> tuple[str, str]:
+    """The agent's LLM call, twice, through the cache; returns the answer and a summary line.
+
+    The second identical call is a hit. Without Redis both are computed
+    (the cache fails open) and the demo goes on.
+    """
+    request: dict[str, Any] = {
+        "model": agent.config.model,
+        "temperature": agent.config.temperature,
+        "messages": [
+            {"role": "system", "content": f"You are {agent.name}."},
+            {"role": "user", "content": "On Computable Numbers"},
+        ],
+    }
+    with CacheClient.from_settings(settings, namespace="toolkit-demo") as client:
+        llm = LLMCache(client)
+        llm.invalidate(request)  # a fresh start on every run
+        first = llm.get_or_compute(request, lambda: fake_model(request))
+        second = llm.get_or_compute(request, lambda: fake_model(request))
+        stats = llm.stats()
+    how = ["a cache hit" if answer.from_cache else "computed" for answer in (first, second)]
+    if stats.breaker_state != "closed":
+        how.append(f"Redis unreachable at {settings.redis_url}: the cache failed open")
+    line = (
+        f"LLM call through the cache: first {how[0]}, second identical call {how[1]}"
+        + (f" ({how[2]})" if len(how) > 2 else "")
+        + f"; hits={stats.hits} misses={stats.misses} errors={stats.errors} "
+        f"bypasses={stats.bypasses} breaker={stats.breaker_state}"
+    )
+    return str(second.response), line
 
 
 def walk_story(database: Database) -> dict[str, Any]:
@@ -127,6 +169,8 @@ def walk_story(database: Database) -> dict[str, Any]:
         )
         execution = executions.start(conn, execution.id, worker_id="demo-worker", audit=actor)
         _step(5, f"execution {execution.id} started (attempt {execution.attempt})")
+        summary, cache_line = cached_llm_calls(database.settings, agent)
+        _step(6, cache_line)
         state: dict[str, Any] = {"done": []}
         for sequence, step in enumerate(workflow.definition.steps):
             state = {"done": [*state["done"], step.name]}
@@ -134,17 +178,15 @@ def walk_story(database: Database) -> dict[str, Any]:
                 conn,
                 {"execution_id": execution.id, "sequence": sequence, "state": state},
             )
-            _step(6, f"checkpoint {checkpoint.sequence} written after step {step.name!r}")
-        execution = executions.succeed(
-            conn, execution.id, {"summary": "Machines can compute what is computable."}, audit=actor
-        )
-        _step(7, f"execution {execution.status}: {execution.output}")
-    _step(8, store_demo_report(database, database.settings, execution.id))
+            _step(7, f"checkpoint {checkpoint.sequence} written after step {step.name!r}")
+        execution = executions.succeed(conn, execution.id, {"summary": summary}, audit=actor)
+        _step(8, f"execution {execution.status}: {execution.output}")
+    _step(9, store_demo_report(database, database.settings, execution.id))
     with database.connection() as conn:
         report = audit_events.verify_chain(conn)
         trail = audit_events.count(conn, {"actor_id": user.id})
     verdict = "intact" if report.ok else f"BROKEN at #{report.first_broken_seq}: {report.reason}"
-    _step(9, f"audit chain verified: {report.checked} events checked, {verdict}; {trail} by Ada")
+    _step(10, f"audit chain verified: {report.checked} events checked, {verdict}; {trail} by Ada")
     return {
         "user": user,
         "agent": agent,
@@ -181,7 +223,7 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
             Database(settings.model_copy(update={"database_url": url}), url=url)
         )
         story = walk_story(database)
-        _step(10, "the workflow once more, through the outbox, RabbitMQ and a worker:")
+        _step(11, "the workflow once more, through the outbox, RabbitMQ and a worker:")
         run_demo_messaging(
             database,
             settings.model_copy(update={"database_url": url}),

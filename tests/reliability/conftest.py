@@ -58,3 +58,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if target:
         with open(target, "w", encoding="utf-8") as out:
             out.write(table + "\n")
+
+
+# The messaging fixtures (own queue prefix, relay and worker threads, an
+# effects table without uniqueness so a duplicate would show).
+from tests.messaging.conftest import (  # noqa: E402
+    effects,
+    prefix,
+    rabbit_proxy,
+    run_relay,
+    run_worker,
+    topology,
+)
+
+__all__ = ["effects", "prefix", "rabbit_proxy", "report", "run_relay", "run_worker", "topology"]
