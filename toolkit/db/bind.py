@@ -16,14 +16,16 @@ re-validation (see :func:`record_factory`).
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import psycopg
-from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from psycopg.rows import RowMaker
 from pydantic import BaseModel, TypeAdapter
 
@@ -66,10 +68,18 @@ class Binding:
         self.name = name
         self.params = tuple(params)
         self.record = record
-        self._statement: sql.Composed | None = (
-            None if self.query.sortable else self.query.statement()
-        )
+        # Rendered once per (sort, direction): composing costs more than the round trip.
+        self._rendered: dict[tuple[str | None, bool], str] = {}
         BINDINGS.append(self)
+
+    def statement_text(self, sort: str | None = None, descending: bool = False) -> str:
+        """The statement as sent, for a sort column from the whitelist (cached)."""
+        key = (sort, descending)
+        text = self._rendered.get(key)
+        if text is None:
+            text = self.query.statement(sort, descending).as_string(None)
+            self._rendered[key] = text
+        return text
 
     def _execute(
         self,
@@ -79,14 +89,27 @@ class Binding:
         sort: str | None = None,
         descending: bool = False,
     ) -> psycopg.Cursor[Any]:
-        statement = self._statement or self.query.statement(sort, descending)
+        statement = self.statement_text(sort, descending)
         try:
-            cursor = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+            if row_factory is None:
+                cursor = conn.cursor()
+            else:
+                cursor = conn.cursor(row_factory=row_factory)
+                # The record factory parses json itself, straight into the field's type.
+                cursor.adapters.register_loader("jsonb", _JsonBytes)
+                cursor.adapters.register_loader("json", _JsonBytes)
             # Queries with optional filters are planned with their actual values
             # (prepare=False): a generic plan cannot drop the unused filters.
             return cursor.execute(statement, values, prepare=False if self.query.sortable else None)
         except psycopg.Error as exc:
             raise_translated(exc, self.name)
+
+
+class _JsonBytes(Loader):
+    """json/jsonb as the bytes the server sent, for the record factory to parse."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
 
 
 BINDINGS: list[Binding] = []
@@ -103,45 +126,64 @@ def _needs_validation(annotation: Any) -> bool:
     return False
 
 
-@cache
-def _record_plan(
-    record: type[BaseModel],
-) -> tuple[tuple[str, ...], dict[str, Callable[[Any], Any]]]:
+def _converters(
+    record: type[BaseModel], cursor: psycopg.Cursor[Any]
+) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """How each column that needs it becomes its field's value.
+
+    json/jsonb arrive as bytes (see ``_JsonBytes``): typed fields are
+    validated from JSON in one step, plain ones parsed.
+    """
     names = tuple(record.model_fields)
-    converters: dict[str, Callable[[Any], Any]] = {}
-    for field_name, info in record.model_fields.items():
-        if _needs_validation(info.annotation):
-            converters[field_name] = TypeAdapter(info.annotation).validate_python
-    return names, converters
+    description = cursor.description or ()
+    columns = tuple(column.name for column in description)
+    if columns != names:
+        raise QueryDefinitionError(
+            f"columns {columns} do not match {record.__name__} fields {names}"
+        )
+    registered = cursor.adapters.types
+    json_oids = {t.oid for name in ("json", "jsonb") if (t := registered.get(name)) is not None}
+    found: list[tuple[str, Callable[[Any], Any]]] = []
+    for column, (name, info) in zip(description, record.model_fields.items(), strict=True):
+        typed = _needs_validation(info.annotation)
+        if column.type_code in json_oids:
+            found.append(
+                (name, TypeAdapter(info.annotation).validate_json if typed else json.loads)
+            )
+        elif typed:
+            found.append((name, TypeAdapter(info.annotation).validate_python))
+    return tuple(found)
 
 
 def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
     """A psycopg row factory that builds ``record`` instances without re-validation.
 
-    The columns must carry the record's field names in order (``toolkit
-    verify`` proves it for every binding; a mismatch here raises at once).
-    Only fields holding nested models (typed jsonb) are converted.
+    The columns must carry the record's field names in order: ``toolkit
+    verify`` proves it for every binding, and the first result is checked
+    here too; later ones only by their column count, since reading
+    ``cursor.description`` costs more than building the row. Only json
+    fields are converted.
     """
-    names, converters = _record_plan(record)
+    names = tuple(record.model_fields)
     fields_set = frozenset(names)
     new = object.__new__
     setattr_ = object.__setattr__
+    planned: list[tuple[tuple[str, Callable[[Any], Any]], ...]] = []
 
     def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[R]:
-        description = cursor.description
-        if description is None:
+        result = cursor.pgresult
+        if result is None or result.nfields == 0:
             return lambda values: None  # type: ignore[return-value]
-        columns = tuple(column.name for column in description)
-        if columns != names:
-            raise QueryDefinitionError(
-                f"columns {columns} do not match {record.__name__} fields {names}"
-            )
+        if not planned or result.nfields != len(names):
+            planned[:] = [_converters(record, cursor)]
+        converters = planned[0]
 
         def make(values: Sequence[Any]) -> R:
             data = dict(zip(names, values, strict=True))
-            for field_name, convert in converters.items():
-                if data[field_name] is not None:
-                    data[field_name] = convert(data[field_name])
+            for field_name, convert in converters:
+                value = data[field_name]
+                if value is not None:
+                    data[field_name] = convert(value)
             instance = new(record)
             setattr_(instance, "__dict__", data)
             setattr_(instance, "__pydantic_fields_set__", set(fields_set))

@@ -1,0 +1,651 @@
+"""Benchmark of the PostgreSQL core against raw psycopg, SQLAlchemy's ORM and aiosql.
+
+Run from the repository root: ``tox -e bench``, ``python -m benchmarks.bench_core``
+or ``python benchmarks/bench_core.py`` (``--help`` for options). It drops and
+recreates its own database (``toolkit_bench_core`` unless ``--url`` or
+``TOOLKIT_BENCH_URL`` names another), seeds 100,000 agents, and times on that
+same data, interleaved:
+
+* get-by-id, and a list of 100 rows filtered by type, ordered by created_at, id;
+* a keyset page at depth 90,000 against page one, with OFFSET beside it;
+* bulk creation of 100,000 rows.
+
+Each contender keeps one open connection for its timed loops. The table
+reports ops/s and each contender's time relative to raw psycopg; a missed
+target is printed, never turned into a failing exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root (toolkit and benchmarks) importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiosql
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from sqlalchemy import DateTime, Engine, create_engine, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from benchmarks._common import (
+    cpu_count,
+    interleaved,
+    load_average,
+    machine_summary,
+    markdown_table,
+    median,
+    paired_ratio,
+)
+from toolkit.config import load_settings
+from toolkit.db import Database
+from toolkit.db.migrations import migrate
+from toolkit.records import Agent, AgentCreate
+from toolkit.repositories import agents, users
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/toolkit_bench_core"
+SECTIONS = ("get", "list", "depth", "bulk")
+
+SEED_ROWS = 100_000
+TYPES = tuple(f"type-{n:02d}" for n in range(20))
+OWNERS = 50
+PAGE = 100
+DEPTH = 90_000
+ORM_BUDGET_SECONDS = 30.0
+
+FIELDS = tuple(Agent.model_fields)  # the record's fields are the table's columns, in order
+COLUMNS = ", ".join(FIELDS)
+INSERT_COLUMNS = ("owner_id", "name", "type", "description", "config", "is_active")
+CREATED_AT = FIELDS.index("created_at")
+
+RAW_GET = f"SELECT {COLUMNS} FROM agents WHERE id = %s"
+RAW_LIST = f"SELECT {COLUMNS} FROM agents WHERE type = %s ORDER BY created_at, id LIMIT {PAGE}"
+RAW_FIRST_PAGE = f"SELECT {COLUMNS} FROM agents ORDER BY created_at, id LIMIT {PAGE}"
+RAW_KEYSET = (
+    f"SELECT {COLUMNS} FROM agents WHERE (created_at, id) > (%s, %s) "
+    f"ORDER BY created_at, id LIMIT {PAGE}"
+)
+RAW_OFFSET = f"SELECT {COLUMNS} FROM agents ORDER BY created_at, id OFFSET %s LIMIT %s"
+RAW_INSERT = f"INSERT INTO agents ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join(['%s'] * 6)})"
+
+AIOSQL_QUERIES = f"""
+-- name: get_agent(id)^
+SELECT {COLUMNS} FROM agents WHERE id = :id;
+
+-- name: list_agents_by_type(type)
+SELECT {COLUMNS} FROM agents WHERE type = :type ORDER BY created_at, id LIMIT {PAGE};
+
+-- name: insert_agents({", ".join(INSERT_COLUMNS)})*!
+INSERT INTO agents ({", ".join(INSERT_COLUMNS)})
+VALUES ({", ".join(":" + name for name in INSERT_COLUMNS)});
+"""
+
+RAW = "raw psycopg (tuples)"
+RAW_PYDANTIC = "raw psycopg + Agent.model_validate"
+AIOSQL = "aiosql (tuples)"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AgentRow(Base):
+    """The agents table, mapped the way the ORM code this replaces maps it."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=func.gen_random_uuid())
+    owner_id: Mapped[uuid.UUID]
+    name: Mapped[str]
+    type: Mapped[str]
+    description: Mapped[str | None]
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+    version: Mapped[int] = mapped_column(server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much work each section does (sized for ~2.5 minutes on 2 quiet CPUs).
+
+    Many short rounds rather than a few long ones: each round's ratio pairs
+    contenders run seconds apart, so load that comes and goes cancels out.
+    """
+
+    get_batch: int = 300
+    get_rounds: int = 20
+    list_batch: int = 20
+    list_rounds: int = 20
+    depth_batch: int = 5
+    depth_rounds: int = 14
+    bulk_rows: int = 100_000
+    bulk_reduced_rows: int = 20_000
+    """For the ORM if 100,000 rows would take over ORM_BUDGET_SECONDS, and for aiosql."""
+    bulk_rounds: int = 3
+
+
+QUICK = Scale(100, 3, 10, 3, 2, 3, bulk_rows=5_000, bulk_reduced_rows=1_000, bulk_rounds=1)
+"""``--quick``: a smoke run that checks every path, too small to judge a target."""
+
+
+# Results
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    operation: str
+    contender: str
+    per_second: float
+    ratio: float
+    target: str = ""
+    met: str = ""
+
+    def cells(self) -> list[str]:
+        return [
+            self.operation,
+            self.contender,
+            f"{self.per_second:,.0f}",
+            f"{self.ratio:.2f}",
+            self.target,
+            self.met,
+        ]
+
+
+@dataclass
+class Report:
+    """The table's rows and every target's verdict."""
+
+    rows: list[Row] = field(default_factory=list)
+    verdicts: list[tuple[str, bool, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_reads(
+        self, operation: str, times: dict[str, list[float]], batch: int, anchors: dict[str, str]
+    ) -> dict[str, Row]:
+        """Rows for read contenders, each paired with ``anchors[name]`` (default raw psycopg)."""
+        rows = {
+            name: Row(
+                operation,
+                name,
+                batch / median(times[name]),
+                paired_ratio(times[name], times[anchors.get(name, RAW)]),
+            )
+            for name in times
+        }
+        self.rows.extend(rows.values())
+        return rows
+
+    def check(self, row: Row, target: str, value: float, limit: float, *, at_most: bool) -> None:
+        """Judge ``value`` against ``limit`` and note the verdict on ``row``."""
+        met = value <= limit if at_most else value >= limit
+        row.target = target
+        row.met = f"{'yes' if met else 'NO'} ({value:.2f}x)"
+        self.verdicts.append((f"{row.operation}, {row.contender}: {target}", met, value))
+
+
+# Database and contenders
+
+
+def drop_database(url: str) -> None:
+    name = str(conninfo_to_dict(url)["dbname"])
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
+        statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(statement.format(sql.Identifier(name)))
+
+
+def agent_config(n: int) -> dict[str, Any]:
+    return {
+        "model": f"model-{n % 7}",
+        "system_prompt": "You are a helpful assistant.",
+        "temperature": 0.2,
+        "max_tokens": 1024,
+        "tools": ["search", "calculator"],
+    }
+
+
+def seed(db: Database, url: str, rng: random.Random) -> list[uuid.UUID]:
+    """Owners through the toolkit, agents through COPY; returns the agents' ids."""
+    with db.connection() as conn:
+        owners = [
+            users.create(conn, {"email": f"owner{n}@bench.test", "display_name": f"Owner {n}"}).id
+            for n in range(OWNERS)
+        ]
+    # Distinct created_at values: one COPY would stamp every row with the same
+    # now(), and the keyset would then run on ids alone.
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    copy_sql = f"COPY agents ({', '.join(INSERT_COLUMNS)}, created_at, updated_at) FROM STDIN"
+    with psycopg.connect(url, autocommit=True) as conn:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            for n in range(SEED_ROWS):
+                at = start + timedelta(seconds=n, microseconds=rng.randrange(1_000_000))
+                owner, agent_type = rng.choice(owners), rng.choice(TYPES)
+                description = f"seeded agent {n}" if n % 3 else None
+                config, active = Jsonb(agent_config(n)), n % 10 != 0
+                copy.write_row(
+                    (owner, f"agent {n}", agent_type, description, config, active, at, at)
+                )
+        # Statistics and visibility map as a settled table has them.
+        conn.execute("VACUUM (ANALYZE) agents")
+        return [row[0] for row in conn.execute("SELECT id FROM agents")]
+
+
+@dataclass
+class Contenders:
+    """One open connection (or session) per contender, kept for the whole run."""
+
+    db: Database
+    toolkit: psycopg.Connection[Any]
+    raw: psycopg.Connection[Any]
+    aiosql_conn: psycopg.Connection[Any]
+    engine: Engine
+    session: Session
+    queries: Any
+
+
+@contextmanager
+def open_contenders(url: str) -> Iterator[Contenders]:
+    db = Database(load_settings(database_url=url, pool_max_size=2))
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    queries = aiosql.from_str(AIOSQL_QUERIES, "psycopg")
+    try:
+        with (
+            db.connection() as toolkit_conn,
+            psycopg.connect(url, autocommit=True) as raw,
+            psycopg.connect(url, autocommit=True) as aiosql_conn,
+            Session(engine) as session,
+        ):
+            yield Contenders(db, toolkit_conn, raw, aiosql_conn, engine, session, queries)
+    finally:
+        db.close()
+        engine.dispose()
+
+
+# Reads
+
+
+def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, report: Report) -> None:
+    # The same random ids for every contender within a round; new ones each round.
+    rng = random.Random(1)
+    batches = [rng.sample(ids, scale.get_batch) for _ in range(scale.get_rounds + 1)]
+    orm = "SQLAlchemy ORM query().filter().first()"
+    toolkit = "toolkit agents.get"
+
+    def run_raw(round_index: int) -> None:
+        for key in batches[round_index]:
+            c.raw.execute(RAW_GET, (key,)).fetchone()
+
+    def run_toolkit(round_index: int) -> None:
+        for key in batches[round_index]:
+            agents.get(c.toolkit, key)
+
+    def run_raw_pydantic(round_index: int) -> None:
+        for key in batches[round_index]:
+            # A cursor per call, like conn.execute above: reusing one is ~15% cheaper.
+            row = c.raw.cursor(row_factory=dict_row).execute(RAW_GET, (key,)).fetchone()
+            Agent.model_validate(row)
+
+    def run_orm(round_index: int) -> None:
+        for key in batches[round_index]:
+            c.session.query(AgentRow).filter(AgentRow.id == key).first()
+
+    def run_aiosql(round_index: int) -> None:
+        for key in batches[round_index]:
+            c.queries.get_agent(c.aiosql_conn, id=key)
+
+    contenders = {
+        RAW: run_raw,
+        toolkit: run_toolkit,
+        RAW_PYDANTIC: run_raw_pydantic,
+        orm: run_orm,
+        AIOSQL: run_aiosql,
+    }
+    times = interleaved(contenders, scale.get_rounds)
+    rows = report.add_reads("get-by-id", times, scale.get_batch, {})
+    report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
+    orm_vs_toolkit = paired_ratio(times[orm], times[toolkit])
+    report.check(rows[orm], "toolkit >= 2.5x faster", orm_vs_toolkit, 2.5, at_most=False)
+
+
+def bench_list(c: Contenders, scale: Scale, report: Report) -> None:
+    # Consecutive calls ask for different types, as a real client would.
+    def types(round_index: int) -> Iterator[str]:
+        for n in range(scale.list_batch):
+            yield TYPES[(round_index + n) % len(TYPES)]
+
+    orm = "SQLAlchemy ORM query().filter().order_by().limit().all()"
+    toolkit = "toolkit agents.list"
+
+    def run_raw(round_index: int) -> None:
+        for agent_type in types(round_index):
+            c.raw.execute(RAW_LIST, (agent_type,)).fetchall()
+
+    def run_toolkit(round_index: int) -> None:
+        for agent_type in types(round_index):
+            agents.list(c.toolkit, {"type": agent_type}, limit=PAGE)
+
+    def run_raw_pydantic(round_index: int) -> None:
+        for agent_type in types(round_index):
+            rows = c.raw.cursor(row_factory=dict_row).execute(RAW_LIST, (agent_type,)).fetchall()
+            [Agent.model_validate(row) for row in rows]
+
+    def run_orm(round_index: int) -> None:
+        for agent_type in types(round_index):
+            query = c.session.query(AgentRow).filter(AgentRow.type == agent_type)
+            query.order_by(AgentRow.created_at, AgentRow.id).limit(PAGE).all()
+
+    def run_aiosql(round_index: int) -> None:
+        for agent_type in types(round_index):
+            list(c.queries.list_agents_by_type(c.aiosql_conn, type=agent_type))
+
+    page = agents.list(c.toolkit, {"type": TYPES[0]}, limit=PAGE)
+    assert len(page.items) == PAGE and page.next_cursor is not None
+    contenders = {
+        RAW: run_raw,
+        toolkit: run_toolkit,
+        RAW_PYDANTIC: run_raw_pydantic,
+        orm: run_orm,
+        AIOSQL: run_aiosql,
+    }
+    times = interleaved(contenders, scale.list_rounds)
+    rows = report.add_reads("list-100", times, scale.list_batch, {})
+    report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
+
+
+def bench_depth(c: Contenders, scale: Scale, report: Report) -> None:
+    # Reach the depth through the toolkit's own cursors, in the largest pages allowed.
+    cursor: str | None = None
+    walked = 0
+    while walked < DEPTH:
+        page = agents.list(c.toolkit, None, limit=1000, cursor=cursor)
+        walked += len(page.items)
+        cursor = page.next_cursor
+    assert walked == DEPTH and cursor is not None
+    last = c.raw.execute(RAW_OFFSET, (DEPTH - 1, 1)).fetchone()
+    assert last is not None
+    after = (last[CREATED_AT], last[0])
+    deep = agents.list(c.toolkit, None, limit=PAGE, cursor=cursor).items
+    by_offset = c.raw.execute(RAW_OFFSET, (DEPTH, PAGE)).fetchall()
+    assert [a.id for a in deep] == [row[0] for row in by_offset], "keyset and OFFSET disagree"
+
+    def repeat(call: Callable[[], object]) -> Callable[[int], None]:
+        def batch(_round: int) -> None:
+            for _ in range(scale.depth_batch):
+                call()
+
+        return batch
+
+    raw_first = "raw psycopg keyset, page one"
+    raw_deep = "raw psycopg keyset, depth 90,000"
+    raw_offset = "raw psycopg OFFSET 90,000"
+    toolkit_first = "toolkit agents.list, page one"
+    toolkit_deep = "toolkit agents.list, cursor at depth 90,000"
+    contenders = {
+        raw_first: repeat(lambda: c.raw.execute(RAW_FIRST_PAGE).fetchall()),
+        raw_deep: repeat(lambda: c.raw.execute(RAW_KEYSET, after).fetchall()),
+        raw_offset: repeat(lambda: c.raw.execute(RAW_OFFSET, (DEPTH, PAGE)).fetchall()),
+        toolkit_first: repeat(lambda: agents.list(c.toolkit, None, limit=PAGE)),
+        toolkit_deep: repeat(lambda: agents.list(c.toolkit, None, limit=PAGE, cursor=cursor)),
+    }
+    times = interleaved(contenders, scale.depth_rounds)
+    # Each row is paired with raw psycopg at its own depth; OFFSET with the deep keyset.
+    anchors = {raw_first: raw_first, toolkit_first: raw_first}
+    anchors |= {raw_deep: raw_deep, raw_offset: raw_deep, toolkit_deep: raw_deep}
+    rows = report.add_reads("page at depth", times, scale.depth_batch, anchors)
+    deep_vs_first = paired_ratio(times[toolkit_deep], times[toolkit_first])
+    report.check(rows[toolkit_deep], "<= 1.5x its page one", deep_vs_first, 1.5, at_most=True)
+    offset_vs_first = paired_ratio(times[raw_offset], times[raw_first])
+    rows[raw_offset].met = f"({offset_vs_first:.1f}x raw page one)"
+
+
+# Bulk create
+
+
+def bench_bulk(c: Contenders, scale: Scale, report: Report) -> None:
+    rng = random.Random(2)
+    owners = [row[0] for row in c.raw.execute("SELECT id FROM users")]
+    values = [
+        (
+            rng.choice(owners),
+            f"bulk agent {n}",
+            rng.choice(TYPES),
+            f"bulk agent {n}" if n % 3 else None,
+            agent_config(n),
+            n % 10 != 0,
+        )
+        for n in range(scale.bulk_rows)
+    ]
+    # Every contender's inputs are built here, outside the timed section.
+    creates = [AgentCreate(**dict(zip(INSERT_COLUMNS, v, strict=True))) for v in values]
+    params = [(*v[:4], Jsonb(v[4]), v[5]) for v in values]
+    named = [dict(zip(INSERT_COLUMNS, p, strict=True)) for p in params]
+    orm_objects: list[AgentRow] = []
+
+    def make_orm_objects(count: int) -> None:
+        orm_objects[:] = [
+            AgentRow(**dict(zip(INSERT_COLUMNS, v, strict=True))) for v in values[:count]
+        ]
+
+    def run_toolkit(count: int) -> None:
+        with c.toolkit.transaction():
+            agents.create_many(c.toolkit, creates[:count])
+
+    def run_executemany(count: int) -> None:
+        with c.raw.transaction(), c.raw.cursor() as cur:
+            cur.executemany(RAW_INSERT, params[:count])
+
+    def run_orm() -> None:
+        with Session(c.engine) as session:
+            session.add_all(orm_objects)
+            session.commit()
+
+    def run_aiosql(count: int) -> None:
+        with c.aiosql_conn.transaction():
+            c.queries.insert_agents(c.aiosql_conn, named[:count])
+
+    def empty_table() -> None:
+        c.raw.execute("TRUNCATE agents CASCADE")
+        # Write out the previous run's dirty pages now rather than during the next run.
+        c.raw.execute("CHECKPOINT")
+
+    # Warm every path; the ORM's warm-up also projects its time for 100,000 rows.
+    for warm in (run_toolkit, run_executemany, run_aiosql):
+        empty_table()
+        warm(1_000)
+    empty_table()
+    make_orm_objects(2_000)
+    started = time.perf_counter()
+    run_orm()
+    full, reduced = scale.bulk_rows, scale.bulk_reduced_rows
+    orm_projected = (time.perf_counter() - started) * full / 2_000
+    orm_rows = full if orm_projected <= ORM_BUDGET_SECONDS else reduced
+
+    executemany = "psycopg executemany"
+    toolkit = "toolkit agents.create_many (COPY)"
+    orm = "SQLAlchemy ORM add_all + commit"
+    aiosql_many = "aiosql insert_agents*! (executemany)"
+    counts = {executemany: full, toolkit: full, orm: orm_rows}
+    counts[aiosql_many] = reduced  # it is executemany again: a smaller run tells enough
+    contenders = {
+        executemany: lambda _round: run_executemany(full),
+        toolkit: lambda _round: run_toolkit(full),
+        orm: lambda _round: run_orm(),
+        aiosql_many: lambda _round: run_aiosql(reduced),
+    }
+
+    def before_each(name: str) -> None:
+        orm_objects.clear()
+        empty_table()
+        if name == orm:
+            make_orm_objects(orm_rows)
+
+    times = interleaved(contenders, scale.bulk_rounds, warmup=0, before_each=before_each)
+    orm_objects.clear()
+    empty_table()
+
+    # Compare per-row times: not every contender wrote the same number of rows.
+    per_row = {name: [t / counts[name] for t in runs] for name, runs in times.items()}
+    operation = f"bulk create {full:,}"
+    rows: dict[str, Row] = {}
+    for name, runs in per_row.items():
+        label = name
+        if counts[name] != full:
+            label += f" [{counts[name]:,} rows timed, per-row rate]"
+        ratio = paired_ratio(runs, per_row[executemany])
+        rows[name] = Row(operation, label, 1 / median(runs), ratio)
+    report.rows.extend(rows.values())
+    copy_vs_executemany = paired_ratio(per_row[executemany], per_row[toolkit])
+    report.check(rows[executemany], "toolkit >= 2x faster", copy_vs_executemany, 2.0, at_most=False)
+    copy_vs_orm = paired_ratio(per_row[orm], per_row[toolkit])
+    report.check(rows[orm], "toolkit >= 10x faster", copy_vs_orm, 10.0, at_most=False)
+    if orm_rows != full:
+        report.notes.append(
+            f"The ORM's add_all was projected at {orm_projected:.0f} s for {full:,} rows "
+            f"(over the {ORM_BUDGET_SECONDS:.0f} s budget), so it ran {orm_rows:,} rows per "
+            "round and is compared per row."
+        )
+    report.notes.append(
+        f"aiosql's insert_many is psycopg's executemany underneath; it ran "
+        f"{reduced:,} rows per round to save time and is compared per row."
+    )
+
+
+# Main
+
+
+def versions() -> str:
+    found = []
+    for name in ("psycopg", "psycopg-binary", "psycopg-pool", "SQLAlchemy", "aiosql", "pydantic"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("TOOLKIT_BENCH_URL", DEFAULT_URL),
+        help="database to drop, create, fill and drop again (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help="comma-separated sections to run, of %(default)s",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run, not a measurement")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
+    print("# toolkit PostgreSQL core benchmark\n")
+    print(machine_summary(facts))
+    print(
+        f"\nData: {SEED_ROWS:,} agents over {len(TYPES)} types and {OWNERS} owners, seeded "
+        "by COPY. Every contender uses one already-open connection: the toolkit a pooled one "
+        "held for the loop, raw psycopg and aiosql their own autocommit connection, "
+        "SQLAlchemy a Session on a postgresql+psycopg engine. Contenders run in rotating "
+        "order, round after round, after an untimed warm-up round; ops/s comes from the "
+        "median round, and ratio is the median over rounds of contender time / raw psycopg "
+        "time in the same round (above 1 is slower)."
+    )
+    print(
+        f"\n- get-by-id: {scale.get_batch:,} random ids per round, {scale.get_rounds} rounds."
+        f"\n- list-100: {scale.list_batch} pages per round, {scale.list_rounds} rounds; "
+        f"WHERE type = ... ORDER BY created_at, id LIMIT {PAGE} (the toolkit's own query "
+        "reads 101 rows to know whether a next page exists)."
+        f"\n- page at depth: {scale.depth_batch} pages per round, {scale.depth_rounds} rounds, "
+        "unfiltered, ordered by created_at, id; each row is paired with raw psycopg's keyset "
+        "at the same depth."
+        f"\n- bulk create: {scale.bulk_rounds} round(s), each run in one transaction into an "
+        "emptied table (TRUNCATE and CHECKPOINT before every run, untimed). Inputs are built "
+        "before the timed section: AgentCreate models for the toolkit, parameter tuples for "
+        "executemany, dicts for aiosql, ORM objects for SQLAlchemy. The anchor is psycopg's "
+        "executemany (pipelined)."
+    )
+    for note in report.notes:
+        print(f"- {note}")
+    headers = ["operation", "contender", "ops/s (bulk: rows/s)", "time ratio vs raw psycopg"]
+    headers += ["target", "met?"]
+    print()
+    print(markdown_table(headers, [row.cells() for row in report.rows]))
+    missed = [description for description, met, _ in report.verdicts if not met]
+    print("\nTargets:")
+    for description, met, value in report.verdicts:
+        print(f"- {'met   ' if met else 'MISSED'} {description} (measured {value:.2f}x)")
+    print(f"\n{len(report.verdicts) - len(missed)} of {len(report.verdicts)} targets met.")
+    if missed:
+        print("MISSED: " + "; ".join(missed))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    scale = QUICK if args.quick else Scale()
+    started = time.perf_counter()
+    load_before = load_average()
+    report = Report()
+    drop_database(args.url)
+    migrate(args.url)
+    try:
+        with open_contenders(args.url) as c:
+            server = c.raw.execute("SHOW server_version").fetchone()
+            seed_started = time.perf_counter()
+            ids = seed(c.db, args.url, random.Random(0))
+            seed_seconds = time.perf_counter() - seed_started
+            if "get" in args.only:
+                bench_get(c, ids, scale, report)
+            if "list" in args.only:
+                bench_list(c, scale, report)
+            if "depth" in args.only:
+                bench_depth(c, scale, report)
+            if "bulk" in args.only:
+                c.session.close()  # its open read transaction would block TRUNCATE
+                bench_bulk(c, scale, report)
+    finally:
+        if not args.keep:
+            drop_database(args.url)
+    load_after = load_average()
+    # More than half the CPUs busy before we started: someone else was working.
+    busy = (load_before or 0) > cpu_count() / 2
+    facts = {
+        "PostgreSQL": server[0] if server else "unknown",
+        "libraries": versions(),
+        "load average (1 min) before / after": f"{load_before} / {load_after}"
+        + (" (other work was running)" if busy else ""),
+        "runtime": f"{time.perf_counter() - started:.0f} s (seeding {seed_seconds:.0f} s)",
+    }
+    if args.quick:
+        facts["mode"] = "--quick smoke run: too few rounds to judge targets"
+    print_report(report, scale, facts)
+
+
+if __name__ == "__main__":
+    main()
