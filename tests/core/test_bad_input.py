@@ -83,6 +83,8 @@ def bad_calls(seeded: dict[str, Any]) -> list[tuple[str, Callable[[Any], Any]]]:
             "over-long update",
             lambda c: agents.update(c, agent.id, expected_version=1, name=long_name),
         ),
+        ("bool version", lambda c: agents.update(c, agent.id, expected_version=True, name="x")),
+        ("text version", lambda c: users.update(c, owner.id, expected_version="1", role="admin")),
         (
             "bad type slug",
             lambda c: agents.create(c, {"owner_id": owner.id, "name": "x", "type": "Bad Type!"}),

@@ -298,6 +298,16 @@ def guarded_update(
     Columns missing from ``changes`` keep their value. StaleVersion when the
     row moved on, NotFound when it is gone.
     """
+    if (
+        isinstance(expected_version, bool)
+        or not isinstance(expected_version, int)
+        or not 1 <= expected_version < 2**31
+    ):
+        raise InvalidInput(
+            f"expected_version must be a positive integer, got {_short(expected_version)}",
+            field="expected_version",
+            value=expected_version,
+        )
     params = patch_params({column: changes.get(column, UNSET) for column in columns})
     with atomic(conn):
         updated = update(conn, id=key, expected_version=expected_version, **params)
