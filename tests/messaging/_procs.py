@@ -90,4 +90,8 @@ def slow_worker(database_url: str, amqp_url: str, prefix: str, seconds: float) -
         grace_period=20,
     )
     worker.install_signal_handlers()
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        # An unclosed pool makes interpreter exit wait for its threads.
+        db.close()
