@@ -145,13 +145,12 @@ def _converters(
     json_oids = {t.oid for name in ("json", "jsonb") if (t := registered.get(name)) is not None}
     found: list[tuple[str, Callable[[Any], Any]]] = []
     for column, (name, info) in zip(description, record.model_fields.items(), strict=True):
-        typed = _needs_validation(info.annotation)
+        annotation: Any = info.annotation
+        typed = _needs_validation(annotation)
         if column.type_code in json_oids:
-            found.append(
-                (name, TypeAdapter(info.annotation).validate_json if typed else json.loads)
-            )
+            found.append((name, TypeAdapter(annotation).validate_json if typed else json.loads))
         elif typed:
-            found.append((name, TypeAdapter(info.annotation).validate_python))
+            found.append((name, TypeAdapter(annotation).validate_python))
     return tuple(found)
 
 

@@ -83,9 +83,10 @@ def validate(model: type[M], data: Mapping[str, Any] | M | None) -> M:
 @cache
 def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     info = model.model_fields[name]
-    if not info.metadata:
-        return TypeAdapter(info.annotation)
-    return TypeAdapter(Annotated[info.annotation, *info.metadata])
+    annotation: Any = info.annotation
+    if info.metadata:
+        annotation = Annotated[annotation, *info.metadata]
+    return TypeAdapter(annotation)
 
 
 def validate_patch(model: type[BaseModel], changes: Mapping[str, Any]) -> dict[str, Any]:
