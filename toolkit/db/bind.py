@@ -131,8 +131,8 @@ def _converters(
 ) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     """How each column that needs it becomes its field's value.
 
-    json/jsonb arrive as bytes (see ``_JsonBytes``): typed fields are
-    validated from JSON in one step, plain ones parsed.
+    json/jsonb arrive as bytes on the toolkit's cursors (see ``_JsonBytes``):
+    typed fields are validated from JSON in one step, plain ones parsed.
     """
     names = tuple(record.model_fields)
     description = cursor.description or ()
@@ -148,10 +148,20 @@ def _converters(
         annotation: Any = info.annotation
         typed = _needs_validation(annotation)
         if column.type_code in json_oids:
-            found.append((name, TypeAdapter(annotation).validate_json if typed else json.loads))
+            found.append((name, _from_json(TypeAdapter(annotation) if typed else None)))
         elif typed:
             found.append((name, TypeAdapter(annotation).validate_python))
     return tuple(found)
+
+
+def _from_json(adapter: TypeAdapter[Any] | None) -> Callable[[Any], Any]:
+    """A json column's converter: bytes from ``_JsonBytes`` are parsed straight into
+    the field's type; values another cursor already parsed are validated as they are."""
+    if adapter is None:
+        return lambda value: json.loads(value) if isinstance(value, bytes) else value
+    from_json = adapter.validate_json
+    from_python = adapter.validate_python
+    return lambda value: from_json(value) if isinstance(value, bytes) else from_python(value)
 
 
 def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
