@@ -53,9 +53,10 @@ class Ledger:
             self.last_error_at = time.monotonic()
 
 
-def run_workload(db: Database, seed: dict, operations: int, ledger: Ledger) -> None:
+def run_workload(db: Database, seed: dict, operations: range, ledger: Ledger) -> None:
+    """Run operation numbers ``operations`` (unique across calls: names and sequences use them)."""
     owner, execution, counter = seed["owner"], seed["execution"], seed["counter"]
-    for i in range(operations):
+    for i in operations:
         kind = i % 3
         try:
             if kind == 0:
@@ -163,7 +164,7 @@ def test_connections_cut_repeatedly_during_mixed_writes(
     with Database(settings) as db:
         thread.start()
         try:
-            run_workload(db, seed, OPERATIONS, ledger)
+            run_workload(db, seed, range(OPERATIONS), ledger)
         finally:
             stop.set()
             thread.join()
@@ -228,10 +229,10 @@ def test_postgres_restarted_during_mixed_writes(database_url, seed, report) -> N
 
     with Database(settings) as db:
         try:
-            run_workload(db, seed, restart_at, ledger)
+            run_workload(db, seed, range(restart_at), ledger)
             restarter = threading.Thread(target=restart_midway)
             restarter.start()
-            run_workload(db, seed, OPERATIONS - restart_at, ledger)
+            run_workload(db, seed, range(restart_at, OPERATIONS), ledger)
             restarter.join()
         finally:
             _ensure_postgres_running()
