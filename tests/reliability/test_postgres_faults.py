@@ -142,7 +142,7 @@ def via(url: str, port: int) -> str:
 
 def cutter(proxy: TcpProxy, stop: threading.Event, rng: random.Random, cuts: list[int]) -> None:
     """Reset every open connection at random moments, mid-statement or mid-COMMIT."""
-    while not stop.wait(rng.uniform(0.2, 0.6)):
+    while not stop.wait(rng.uniform(0.05, 0.3)):
         cuts.append(proxy.cut_all())
 
 
@@ -183,7 +183,7 @@ def test_connections_cut_repeatedly_during_mixed_writes(
             f"({sum(1 for c in cuts if c)} cuts, {time.monotonic() - started:.0f} s run)",
         )
     )
-    assert sum(1 for c in cuts if c) >= 20, "the faults never hit an open connection"
+    assert sum(1 for c in cuts if c) >= 10, "the faults never hit an open connection"
     assert ledger.errors > 0
     assert (lost, duplicates) == (0, 0)
 
