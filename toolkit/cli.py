@@ -28,11 +28,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    from toolkit.db.migrations import migrate
+def _migration_url(args: argparse.Namespace) -> str:
+    return str(args.database_url or _settings(args).effective_migration_url)
 
-    settings = _settings(args)
-    result = migrate(args.database_url or settings.effective_migration_url)
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from toolkit.db.migrations import migrate, status
+
+    if args.status:
+        states = status(_migration_url(args))
+        for state in states:
+            print(f"{'applied' if state.applied else 'pending'}  {state.id}")
+        pending = sum(not state.applied for state in states)
+        print(f"{len(states) - pending} applied, {pending} pending")
+        return 0
+    result = migrate(_migration_url(args))
     if result.database_created:
         print("created the database")
     for migration_id in result.applied:
@@ -45,8 +55,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from toolkit.db.migrations import rollback
 
-    settings = _settings(args)
-    result = rollback(args.database_url or settings.effective_migration_url, args.count)
+    result = rollback(_migration_url(args), None if args.all else args.count)
     for migration_id in result.rolled_back:
         print(f"rolled back {migration_id}")
     if not result.rolled_back:
@@ -74,13 +83,16 @@ def _cmd_queries(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from toolkit.db.database import raise_translated
+    from toolkit.db.database import connect, raise_translated
     from toolkit.db.verify import load_bindings, verify
 
     settings = _settings(args)
     bindings = load_bindings()
+    conn = connect(
+        settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
+    )
     try:
-        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
+        with conn:
             problems = verify(conn, bindings)
     except psycopg.Error as exc:
         raise_translated(exc, "verify")
@@ -125,9 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command("migrate", _cmd_migrate, "create the database if missing and apply pending migrations")
-    rollback = command("rollback", _cmd_rollback, "revert applied migrations (all by default)")
-    rollback.add_argument("--count", type=int, help="revert only the newest N migrations")
+    migrate = command(
+        "migrate", _cmd_migrate, "create the database if missing and apply pending migrations"
+    )
+    migrate.add_argument(
+        "--status", action="store_true", help="list applied and pending migrations, change nothing"
+    )
+    rollback = command("rollback", _cmd_rollback, "revert the newest applied migration(s)")
+    how_many = rollback.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "--count", type=int, default=1, help="revert the newest N migrations (default 1)"
+    )
+    how_many.add_argument("--all", action="store_true", help="revert every applied migration")
     queries = command("queries", _cmd_queries, "list the named queries, or show one's SQL")
     queries.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     queries.add_argument("name", nargs="?", help="the query to show, e.g. agents.get")

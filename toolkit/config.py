@@ -8,7 +8,11 @@ machine. :func:`load_settings` turns a bad value into a
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -18,6 +22,33 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from toolkit.errors import ConfigurationError
 
 ENV_PREFIX = "TOOLKIT_"
+
+_MASK = "***"
+_CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+_URL_FIELDS = ("database_url", "migration_database_url", "redis_url", "amqp_url", "storage_url")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``: URL userinfo, ``?password=`` or ``password=``.
+
+    Used wherever a connection string may reach a message, a log line or a repr.
+    """
+    if "://" not in url:
+        return _CONNINFO_PASSWORD.sub(lambda m: m.group(1) + _MASK, url)
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user, has_password, _ = userinfo.partition(":")
+            netloc = f"{user}:{_MASK}@{hostinfo}" if has_password else netloc
+        query = parts.query
+        if "password" in query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, _MASK if k == "password" else v) for k, v in pairs], safe="*")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<a URL that could not be parsed>"
 
 
 class Settings(BaseSettings):
@@ -78,6 +109,12 @@ class Settings(BaseSettings):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
         return value
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        """Fields for ``repr``, with passwords in connection URLs masked."""
+        for name, value in super().__repr_args__():
+            masked = name in _URL_FIELDS and isinstance(value, str)
+            yield name, mask_password(value) if masked else value
 
     @property
     def effective_migration_url(self) -> str:

@@ -82,3 +82,47 @@ def test_demo_without_a_database_says_so_in_one_line(capsys) -> None:
     assert (
         out.count("\n") == 1 and "no PostgreSQL answers at" in out and "TOOLKIT_DATABASE_URL" in out
     )
+
+
+SECRET = "s3cr3t-Pa55"
+
+
+def test_passwords_never_appear_in_the_repr_of_settings() -> None:
+    settings = load_settings(
+        database_url=f"postgresql://app:{SECRET}@db.internal:5432/toolkit?sslmode=require",
+        migration_database_url=f"host=db.internal dbname=toolkit user=owner password='{SECRET}'",
+        redis_url=f"redis://:{SECRET}@cache.internal:6379/0",
+        amqp_url=f"amqp://app:{SECRET}@mq.internal:5672/%2F",
+    )
+    for shown in (repr(settings), str(settings)):
+        assert SECRET not in shown
+        assert "postgresql://app:***@db.internal:5432/toolkit?sslmode=require" in shown
+        assert "password=***" in shown
+    assert settings.database_url.count(SECRET) == 1  # the value itself is intact
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://u:p%40ss@h:5/db", "postgresql://u:***@h:5/db"),
+        (
+            "postgresql://h/db?password=zz&sslmode=require",
+            "postgresql://h/db?password=***&sslmode=require",
+        ),
+        ("dbname=a password='p w\\' x' user=b", "dbname=a password=*** user=b"),
+        ("dbname=a password = plain user=b", "dbname=a password = *** user=b"),
+    ],
+)
+def test_mask_password_covers_every_place_a_password_can_be(url: str, masked: str) -> None:
+    from toolkit.config import mask_password
+
+    assert mask_password(url) == masked
+
+
+def test_a_missing_database_is_one_line_with_the_fix_and_no_password(capsys) -> None:
+    url = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/toolkit_never_created"
+    assert main(["relay", "--once", "--database-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and SECRET not in err
+    assert 'database "toolkit_never_created"' in err and "run `toolkit migrate`" in err

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
+from tests.conftest import PG_PORT, server_url
 from tests.core.factories import make_agent, make_user
+from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
 from toolkit.db import Database
-from toolkit.errors import Conflict, DatabaseError, Unavailable
+from toolkit.errors import (
+    ConfigurationError,
+    Conflict,
+    DatabaseError,
+    InvalidInput,
+    OutcomeUnknown,
+    RetryableConflict,
+    Unavailable,
+)
 from toolkit.repositories import agents, users
 
 
@@ -91,7 +105,7 @@ def test_unreachable_server_is_unavailable_within_the_bound() -> None:
         connect_timeout=1,
     )
     started = time.monotonic()
-    with Database(settings) as database, pytest.raises(Unavailable), database.connection() as conn:
+    with pytest.raises(Unavailable), Database(settings) as database, database.connection() as conn:
         users.count(conn)
     assert time.monotonic() - started < 3.0
 
@@ -134,7 +148,7 @@ def test_connection_lost_inside_commit_reports_the_real_outcome(db, superuser) -
     with db.connection() as conn:
         owner = make_user(conn)
     with (
-        pytest.raises(Unavailable, match="is aborted, nothing was written"),
+        pytest.raises(Unavailable, match="was rolled back, nothing was written"),
         db.transaction() as tx,
     ):
         make_agent(tx, owner, name="doomed")
@@ -144,3 +158,146 @@ def test_connection_lost_inside_commit_reports_the_real_outcome(db, superuser) -
         make_agent(tx, owner, name="fine")
     with db.connection() as conn:
         assert agents.count(conn) == 1
+
+
+# -- one clear line when the database cannot be reached ----------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "says"),
+    [
+        (
+            server_url("toolkit_no_such_database"),
+            ConfigurationError,
+            'database "toolkit_no_such_database" .* does not exist; run `toolkit migrate`',
+        ),
+        (
+            make_conninfo(server_url(), user="toolkit_no_such_role", password="hunter2-secret"),
+            ConfigurationError,
+            'user "toolkit_no_such_role" .*authentication failed',
+        ),
+        (
+            "postgresql://postgres@127.0.0.1:1/anything",
+            Unavailable,
+            "127.0.0.1:1: nothing answers there",
+        ),
+    ],
+)
+def test_a_database_that_cannot_be_used_fails_fast_with_one_clear_line(
+    url: str, error: type[Exception], says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(database_url=url, connect_timeout=2, pool_timeout=10)
+    caplog.set_level(logging.DEBUG)
+    started = time.monotonic()
+    with (
+        pytest.raises(error, match=says) as raised,
+        Database(settings) as database,
+        database.connection() as conn,
+    ):
+        users.count(conn)
+    assert time.monotonic() - started < 2.5  # the connect timeout, not pool_timeout
+    message = str(raised.value)
+    assert "\n" not in message and "hunter2-secret" not in message
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_options_in_the_url_are_kept_beside_the_toolkits_own(database_url: str) -> None:
+    url = make_conninfo(database_url, options="-c search_path=pg_catalog,public")
+    settings = load_settings(database_url=url, statement_timeout_ms=4321)
+    with Database(settings) as database, database.connection() as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,public",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+
+
+def test_serialization_failures_are_retryable_conflicts(db) -> None:
+    with db.connection() as conn:
+        agent = make_agent(conn)
+    with (
+        pytest.raises(RetryableConflict, match="retry the whole transaction"),
+        db.transaction() as first,
+    ):
+        first.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        agents.get(first, agent.id)
+        with db.connection() as other:
+            agents.update(other, agent.id, expected_version=agent.version, description="x")
+        agents.update(first, agent.id, expected_version=agent.version, description="y")
+    assert issubclass(RetryableConflict, Conflict)
+
+
+# -- COMMIT whose answer is lost ----------------------------------------------
+
+
+@pytest.fixture
+def slow_commit(superuser) -> None:
+    """Agents named 'slow' make COMMIT take 3 s on the server (a deferred trigger)."""
+    superuser.execute(
+        """
+        CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON agents
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.name = 'slow')
+        EXECUTE FUNCTION slow_commit();
+        """
+    )
+
+
+@pytest.fixture
+def proxied_db(database_url: str) -> Iterator[tuple[Database, TcpProxy]]:
+    with TcpProxy(upstream_port=PG_PORT) as proxy:
+        url = make_conninfo(database_url, host=proxy.host, port=proxy.port)
+        settings = load_settings(database_url=url, pool_timeout=1.0, connect_timeout=1)
+        with Database(settings) as database:
+            yield database, proxy
+
+
+@pytest.mark.parametrize("server_reachable", [True, False], ids=["reachable", "unreachable"])
+def test_commit_cut_with_an_unknowable_outcome_says_so_and_can_be_asked_later(
+    proxied_db: tuple[Database, TcpProxy], slow_commit: None, db: Database, server_reachable: bool
+) -> None:
+    database, proxy = proxied_db
+    with db.connection() as conn:
+        owner = make_user(conn)
+
+    def cut() -> None:
+        proxy.cut_all()
+        if not server_reachable:
+            proxy.refuse_new()
+
+    threading.Timer(0.5, cut).start()
+    with (
+        pytest.raises(OutcomeUnknown, match="may have committed") as raised,
+        database.transaction() as tx,
+    ):
+        make_agent(tx, owner, name="slow")
+    error = raised.value
+    assert not isinstance(error, Unavailable)
+    assert f"transaction_status({error.xid})" in str(error)
+    seen = "unreachable" if not server_reachable else "in progress"
+    assert seen in str(error)
+    proxy.restore()
+    deadline = time.monotonic() + 10
+    while (status := database.transaction_status(error.xid)) == "in progress":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # The slow COMMIT finished on the server after its client was gone.
+    assert status == "committed"
+    with db.connection() as conn:
+        assert [a.name for a in agents.list(conn).items] == ["slow"]
+
+
+def test_transaction_status_answers_for_known_transactions_and_rejects_junk(db) -> None:
+    with db.connection() as conn:
+        conn.execute("BEGIN")
+        xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        committed = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+        conn.execute("COMMIT")
+    assert db.transaction_status(xid) == "aborted"
+    assert db.transaction_status(committed) == "committed"
+    for junk in (0, -1, True, "12", 2**64):
+        with pytest.raises(InvalidInput):
+            db.transaction_status(junk)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="in the future"):
+        db.transaction_status(committed + 10_000_000)

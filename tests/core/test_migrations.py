@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
+from yoyo import get_backend
 
 from tests.conftest import server_url
-from toolkit.db.migrations import migrate, rollback, status
+from toolkit.db.migrations import MigrationState, _yoyo_url, migrate, rollback, status
 from toolkit.db.registry import package_directory
 from toolkit.errors import InvalidInput
 
@@ -61,7 +66,7 @@ def test_apply_rollback_all_and_apply_again(scratch_url) -> None:
     assert {"table users", "table audit_events", "function audit_event_hash"} <= schema
     assert "index agents_name_trgm_idx" in schema
     assert migrate(scratch_url).applied == ()
-    undone = rollback(scratch_url)
+    undone = rollback(scratch_url, None)
     assert undone.rolled_back == tuple(reversed(ALL))
     assert objects(scratch_url) == set()
     assert migrate(scratch_url).applied == first.applied
@@ -70,10 +75,11 @@ def test_apply_rollback_all_and_apply_again(scratch_url) -> None:
 
 def test_rollback_only_the_newest(scratch_url) -> None:
     migrate(scratch_url)
-    assert rollback(scratch_url, 1).rolled_back == (ALL[-1],)
-    assert status(scratch_url) == [(m, m != ALL[-1]) for m in ALL]
-    with pytest.raises(InvalidInput):
-        rollback(scratch_url, 0)
+    assert rollback(scratch_url).rolled_back == (ALL[-1],)  # one step by default
+    assert status(scratch_url) == [MigrationState(m, m != ALL[-1]) for m in ALL]
+    for bad in (0, -3, True, 1.5):
+        with pytest.raises(InvalidInput):
+            rollback(scratch_url, bad)  # type: ignore[arg-type]
 
 
 def test_concurrent_migrate_runs_apply_once_without_error(scratch_url) -> None:
@@ -99,6 +105,73 @@ def test_cli_migrate_and_rollback_are_non_interactive(scratch_url) -> None:
     assert applied.returncode == 0, applied.stderr
     assert "applied 0001.core-schema" in applied.stdout
     assert "nothing to apply" in run("migrate").stdout
+    pending_none = run("migrate", "--status")
+    assert pending_none.returncode == 0
+    assert f"{len(ALL)} applied, 0 pending" in pending_none.stdout
+    undone = run("rollback")
+    assert undone.returncode == 0 and undone.stdout.strip() == f"rolled back {ALL[-1]}"
     undone = run("rollback", "--count", "1")
-    assert undone.returncode == 0 and f"rolled back {ALL[-1]}" in undone.stdout
-    assert "rolled back 0001.core-schema" in run("rollback").stdout
+    assert undone.returncode == 0 and undone.stdout.strip() == f"rolled back {ALL[-2]}"
+    listed = run("migrate", "--status").stdout
+    assert f"pending  {ALL[-1]}" in listed and f"applied  {ALL[0]}" in listed
+    assert f"{len(ALL) - 2} applied, 2 pending" in listed
+    assert "rolled back 0001.core-schema" in run("rollback", "--all").stdout
+    both = run("rollback", "--all", "--count", "2")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_the_whole_conninfo_reaches_yoyos_connection(scratch_url) -> None:
+    url = make_conninfo(
+        scratch_url,
+        application_name="toolkit-migrate-test",
+        options="-c statement_timeout=7654",
+        target_session_attrs="read-write",
+        sslmode="disable",
+    )
+    migrate(url)
+    backend = get_backend(_yoyo_url(url))
+    try:
+        conn = backend.connection
+        assert conn.execute("SHOW application_name").fetchone() == ("toolkit-migrate-test",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("7654ms",)
+        params = conn.info.get_parameters()
+        assert params["target_session_attrs"] == "read-write"
+        assert params["sslmode"] == "disable"
+    finally:
+        backend.connection.close()
+
+
+def test_a_migrate_killed_mid_way_leaves_nothing_that_blocks_the_next(scratch_url) -> None:
+    migrate(scratch_url)
+    rollback(scratch_url)
+    env = {**os.environ, "TOOLKIT_MIGRATION_DATABASE_URL": scratch_url}
+    with psycopg.connect(scratch_url) as blocker:
+        # Hold yoyo's log table so the run stops mid-way, after taking yoyo's lock row.
+        blocker.execute("LOCK TABLE _yoyo_migration IN ACCESS EXCLUSIVE MODE")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", "migrate"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        with psycopg.connect(scratch_url, autocommit=True) as watcher:
+            while not watcher.execute("SELECT count(*) FROM yoyo_lock").fetchone()[0]:
+                assert time.monotonic() < deadline, "the migrate run never took yoyo's lock"
+                time.sleep(0.05)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(10)
+    started = time.monotonic()
+    again = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "migrate"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"applied {ALL[-1]}" in again.stdout
+    assert time.monotonic() - started < 8  # yoyo's own lock would have waited 10 s and failed

@@ -12,23 +12,28 @@ ROLLBACK on return would throw them away). Multi-step work is explicit::
 from __future__ import annotations
 
 import logging
+import os
 import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from toolkit.config import Settings, default_settings
 from toolkit.errors import (
+    ConfigurationError,
     Conflict,
     DatabaseError,
     InvalidInput,
     InvalidReference,
+    OutcomeUnknown,
+    RetryableConflict,
     ToolkitError,
     Unavailable,
 )
@@ -56,7 +61,10 @@ def translate_error(exc: BaseException, context: str) -> ToolkitError:
     if isinstance(exc, pg_errors.ForeignKeyViolation):
         return InvalidReference(f"{context}: {primary}{detail}")
     if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
-        return Conflict(f"{context}: concurrent update, retry the transaction ({primary})")
+        return RetryableConflict(
+            f"{context}: aborted by a concurrent transaction, nothing of it was written; "
+            f"retry the whole transaction ({primary})"
+        )
     if isinstance(exc, pg_errors.QueryCanceled):
         return Unavailable(f"{context}: statement timed out or was cancelled ({primary})")
     if state.startswith(("22", "23")) or (isinstance(exc, psycopg.DataError) and not state):
@@ -71,6 +79,67 @@ def translate_error(exc: BaseException, context: str) -> ToolkitError:
 def raise_translated(exc: BaseException, context: str) -> NoReturn:
     """Raise the toolkit exception for ``exc``, chained to it."""
     raise translate_error(exc, context) from exc
+
+
+TransactionOutcome = Literal["committed", "aborted", "in progress"]
+
+
+def describe_target(url: str) -> str:
+    """``database "x" as user "u" at host:port``, from a conninfo and the PG* environment.
+
+    Never includes the password.
+    """
+    params = conninfo_to_dict(url)
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default)"
+    user = params.get("user") or os.environ.get("PGUSER") or "(default)"
+    host = params.get("host") or os.environ.get("PGHOST") or "the local socket"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    return f'database "{dbname}" as user "{user}" at {host}:{port}'
+
+
+def connection_failure(exc: psycopg.Error, url: str, context: str) -> ToolkitError:
+    """One line saying which database could not be reached and the likely fix.
+
+    libpq reports connection failures as text without a SQLSTATE, so the
+    cause is told from the server's (English) message; anything else keeps
+    the server's words.
+    """
+    target = describe_target(url)
+    text = str(exc).strip()
+    reason = text.rsplit("failed: ", 1)[-1].splitlines()[0].removeprefix("FATAL:").strip()
+    if "database" in text and "does not exist" in text:
+        return ConfigurationError(
+            f"{context}: {target}: the database does not exist; "
+            "run `toolkit migrate`, which creates it"
+        )
+    if any(
+        sign in text
+        for sign in ("password authentication failed", "role", "no pg_hba.conf entry", "password")
+    ):
+        return ConfigurationError(
+            f"{context}: {target}: authentication failed ({reason}); "
+            "check the user and password in the database URL and pg_hba.conf"
+        )
+    if any(sign in text for sign in ("Connection refused", "timeout expired", "No such file")):
+        return Unavailable(
+            f"{context}: {target}: nothing answers there ({reason}); "
+            "is PostgreSQL running and listening on that host and port?"
+        )
+    return Unavailable(f"{context}: {target}: cannot connect ({reason})")
+
+
+def connect(url: str, *, connect_timeout: float, context: str) -> Connection:
+    """A new autocommit connection, or one toolkit error line saying why not."""
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)))
+    except psycopg.Error as exc:
+        raise connection_failure(exc, url, context) from exc
+
+
+def _with_options(url: str, options: list[str]) -> str:
+    """``options`` for the server, added after any ``options=`` the URL already has."""
+    given = conninfo_to_dict(url).get("options")
+    return " ".join([str(given), *options] if given else options)
 
 
 def _rollback_quietly(conn: Connection) -> None:
@@ -118,6 +187,8 @@ class Database:
         options = []
         if self.settings.statement_timeout_ms:
             options.append(f"-c statement_timeout={self.settings.statement_timeout_ms}")
+        # The pool's own reconnect attempts log a warning each; one clear
+        # error from open() is what the caller sees instead.
         self._pool = ConnectionPool(
             self.url,
             min_size=self.settings.pool_min_size,
@@ -127,7 +198,7 @@ class Database:
                 "autocommit": True,
                 "application_name": self.settings.application_name,
                 "connect_timeout": max(1, round(self.settings.connect_timeout)),
-                "options": " ".join(options),
+                "options": _with_options(self.url, options),
             },
             reconnect_timeout=max(self.settings.pool_timeout, 5.0),
             name=self.settings.application_name,
@@ -136,10 +207,21 @@ class Database:
         self._opened = False
 
     def open(self) -> None:
-        """Open the pool (done on first use; call it to fail early)."""
-        if not self._opened:
-            self._pool.open(wait=False)
-            self._opened = True
+        """Open the pool (done on first use; call it to fail early).
+
+        One connection is tried first, within ``connect_timeout``: a database
+        that does not exist, refused credentials or a server that does not
+        answer raise one :class:`ConfigurationError` or :class:`Unavailable`
+        naming the database and the likely fix, instead of a pool retrying
+        in the background until ``pool_timeout``.
+        """
+        if self._opened:
+            return
+        connect(
+            self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
+        ).close()
+        self._pool.open(wait=False)
+        self._opened = True
 
     def close(self) -> None:
         """Close every connection of the pool."""
@@ -195,9 +277,11 @@ class Database:
         Driver errors raised inside, or by the COMMIT itself, come out as
         toolkit exceptions. When the connection is lost during COMMIT, the
         outcome is looked up by transaction id on a fresh connection: the
-        call returns normally if the transaction committed, and raises
-        Unavailable only if it did not, so "raised" always means "not
-        written".
+        call returns normally if the transaction committed, raises
+        :class:`Unavailable` if it was rolled back (nothing was written), and
+        raises :class:`OutcomeUnknown` (carrying the transaction id) if the
+        server still shows it in progress or cannot be reached before
+        ``pool_timeout``; ask :meth:`transaction_status` later.
         """
         with self.connection() as conn:
             try:
@@ -223,37 +307,75 @@ class Database:
         try:
             row = conn.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
         except psycopg.Error as exc:
+            # COMMIT was never sent: the server rolls the transaction back.
             _rollback_quietly(conn)
             raise_translated(exc, "transaction (before COMMIT; nothing was written)")
-        xid = row[0] if row else None
+        xid = int(row[0]) if row and row[0] is not None else None
         try:
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             if xid is None or not isinstance(exc, psycopg.OperationalError):
+                # No xid: the transaction wrote nothing, so it cannot have committed a change.
                 raise_translated(exc, "COMMIT")
             outcome = self._outcome_of(xid)
             if outcome == "committed":
                 log.warning("connection lost during COMMIT; transaction %s did commit", xid)
                 return
-            raise Unavailable(
-                f"COMMIT: connection lost; transaction {xid} is {outcome}, nothing was written"
+            if outcome == "aborted":
+                raise Unavailable(
+                    f"COMMIT: connection lost; transaction {xid} was rolled back, "
+                    "nothing was written"
+                ) from exc
+            raise OutcomeUnknown(
+                f"COMMIT: connection lost and the outcome of transaction {xid} is unknown "
+                f"({outcome}): it may have committed; ask Database.transaction_status({xid}) "
+                "later before retrying",
+                xid=xid,
             ) from exc
 
-    def _outcome_of(self, xid: str) -> str:
-        """``committed`` or ``aborted`` for a transaction whose COMMIT went unanswered."""
+    def transaction_status(self, xid: int) -> TransactionOutcome:
+        """Whether transaction ``xid`` (from :class:`OutcomeUnknown`) committed.
+
+        Returns ``"committed"``, ``"aborted"`` or ``"in progress"``. Raises
+        :class:`Unavailable` when the database cannot be reached,
+        :class:`OutcomeUnknown` when the server no longer remembers a
+        transaction that old, and :class:`InvalidInput` for a value that is
+        not a transaction id or one the server has not issued yet.
+        """
+        if isinstance(xid, bool) or not isinstance(xid, int) or not 0 < xid < 2**63:
+            raise InvalidInput(
+                "xid must be a positive 64-bit transaction id", field="xid", value=str(xid)[:40]
+            )
+        probe = connect(
+            self.url, connect_timeout=self.settings.connect_timeout, context="transaction_status"
+        )
+        try:
+            with probe:
+                row = probe.execute("SELECT pg_xact_status(%s::text::xid8)", [str(xid)]).fetchone()
+        except psycopg.Error as exc:
+            raise_translated(exc, "transaction_status")
+        status = row[0] if row else None
+        if status not in ("committed", "aborted", "in progress"):
+            raise OutcomeUnknown(
+                f"transaction {xid} is too old (or too new) for the server to know its outcome",
+                xid=xid,
+            )
+        return status  # type: ignore[no-any-return]
+
+    def _outcome_of(self, xid: int) -> str:
+        """The status of a transaction whose COMMIT went unanswered, polled until known.
+
+        "in progress" means the old backend has not finished its COMMIT yet;
+        the lookup retries until ``pool_timeout`` and then says what it saw.
+        """
         deadline = time.monotonic() + self.settings.pool_timeout
         while True:
             try:
-                with psycopg.connect(
-                    self.url,
-                    autocommit=True,
-                    connect_timeout=max(1, round(self.settings.connect_timeout)),
-                ) as probe:
-                    row = probe.execute("SELECT pg_xact_status(%s::xid8)", [xid]).fetchone()
-                status = str(row[0]) if row and row[0] else "unknown"
-            except psycopg.Error:
-                status = "unknown (the database is unreachable)"
-            # "in progress": the old backend has not finished its COMMIT yet.
+                status: str = self.transaction_status(xid)
+            except OutcomeUnknown:
+                return "unknown to the server"
+            except ToolkitError:
+                status = "the database is unreachable"
             if status in ("committed", "aborted") or time.monotonic() > deadline:
                 return status
             time.sleep(0.05)

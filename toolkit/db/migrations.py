@@ -1,10 +1,16 @@
 """Plain-SQL migrations under yoyo-migrations.
 
 ``migrate`` creates the target database when it is missing, then applies
-what is pending; ``rollback`` reverts the newest N (or all). Both hold a
-PostgreSQL advisory lock for their whole run, so concurrent runs queue up
-instead of racing (the lock dies with its session, so a crashed run never
-leaves a stale lock behind).
+what is pending; ``rollback`` reverts the newest N (or all); ``status``
+lists what is applied and pending. Runs hold a PostgreSQL advisory lock for
+their whole run, so concurrent runs queue up instead of racing. The lock
+dies with its session, so a crashed run never leaves a stale lock behind;
+yoyo's own lock row, which a killed run does leave, is cleared while the
+advisory lock is held (no other toolkit run can own it then).
+
+The whole conninfo (``sslmode``, ``options``, ``target_session_attrs``, ...)
+reaches yoyo's connection, and what the URL leaves out comes from libpq's
+``PG*`` environment as for every other connection.
 """
 
 from __future__ import annotations
@@ -14,21 +20,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from yoyo import get_backend, read_migrations
+from yoyo.exceptions import BadMigration, LockTimeout, MigrationConflict
 
-from toolkit.db.database import raise_translated
+from toolkit.db.database import Connection, connect, describe_target, raise_translated
 from toolkit.db.registry import package_directory
-from toolkit.errors import ConfigurationError, InvalidInput
+from toolkit.errors import ConfigurationError, DatabaseError, InvalidInput
 
 log = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x746F6F6C6B6974  # "toolkit"
 _LOCK_TIMEOUT_S = 300
+_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,20 +48,24 @@ class MigrationResult:
     database_created: bool
 
 
+@dataclass(frozen=True)
+class MigrationState:
+    """One migration and whether it is applied."""
+
+    id: str
+    applied: bool
+
+
 def _yoyo_url(url: str) -> str:
-    """The same libpq URL in the form yoyo's psycopg 3 backend expects."""
-    params = conninfo_to_dict(url)
-    user = quote(str(params.get("user") or "postgres"), safe="")
-    password = quote(str(params.get("password") or ""), safe="")
-    host = str(params.get("host") or "127.0.0.1")
-    port = str(params.get("port") or "5432")
-    dbname = quote(str(params.get("dbname") or ""), safe="")
-    if not dbname:
-        raise ConfigurationError(f"database URL {url!r} names no database")
-    auth = f"{user}:{password}@" if password else f"{user}@"
-    if host.startswith("/"):
-        return f"postgresql+psycopg://{auth}/{dbname}?host={host}&port={port}"
-    return f"postgresql+psycopg://{auth}{host}:{port}/{dbname}"
+    """A yoyo URL carrying every conninfo parameter of ``url`` as a query argument.
+
+    yoyo's psycopg backend passes query arguments straight to
+    ``psycopg.connect`` (``dbname`` included), so nothing is dropped.
+    """
+    params = {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    if not params.get("dbname"):
+        raise ConfigurationError(f"the database URL names no database ({describe_target(url)})")
+    return "postgresql+psycopg://?" + urlencode(params)
 
 
 def ensure_database(url: str) -> bool:
@@ -61,10 +73,13 @@ def ensure_database(url: str) -> bool:
     params = conninfo_to_dict(url)
     dbname = str(params.get("dbname") or "")
     if not dbname:
-        raise ConfigurationError(f"database URL {url!r} names no database")
+        raise ConfigurationError(f"the database URL names no database ({describe_target(url)})")
     maintenance = make_conninfo(url, dbname="postgres")
+    conn = connect(
+        maintenance, connect_timeout=_CONNECT_TIMEOUT_S, context=f"creating database {dbname}"
+    )
     try:
-        with psycopg.connect(maintenance, autocommit=True, connect_timeout=5) as conn:
+        with conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", [dbname]
             ).fetchone()
@@ -83,19 +98,40 @@ def ensure_database(url: str) -> bool:
 
 
 @contextmanager
-def _migration_lock(url: str) -> Iterator[None]:
-    try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        raise_translated(exc, "connecting to migrate")
+def _migration_lock(url: str) -> Iterator[Connection]:
+    conn = connect(url, connect_timeout=_CONNECT_TIMEOUT_S, context="connecting")
     try:
         conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
         conn.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
-        yield
+        yield conn
     except psycopg.Error as exc:
         raise_translated(exc, "taking the migration lock")
     finally:
         conn.close()
+
+
+@contextmanager
+def _locked_backend(url: str) -> Iterator[Any]:
+    """yoyo's backend for ``url``, used under the advisory lock.
+
+    A yoyo lock row left by a killed run is removed first: while this run
+    holds the advisory lock, no other run can be holding yoyo's.
+    """
+    with _migration_lock(url):
+        try:
+            backend = get_backend(_yoyo_url(url))
+        except psycopg.Error as exc:
+            raise_translated(exc, "connecting to migrate")
+        try:
+            backend.break_lock()
+            with backend.lock():
+                yield backend
+        except psycopg.Error as exc:
+            raise_translated(exc, "migrating")
+        except (BadMigration, LockTimeout, MigrationConflict) as exc:
+            raise DatabaseError(f"migrating: {exc}") from exc
+        finally:
+            backend.connection.close()
 
 
 def _migrations() -> Any:
@@ -105,44 +141,34 @@ def _migrations() -> Any:
 def migrate(url: str) -> MigrationResult:
     """Create the database if needed and apply every pending migration."""
     created = ensure_database(url)
-    with _migration_lock(url):
-        backend = get_backend(_yoyo_url(url))
-        try:
-            with backend.lock():
-                pending = backend.to_apply(_migrations())
-                backend.apply_migrations(pending)
-        finally:
-            backend.connection.close()
+    with _locked_backend(url) as backend:
+        pending = backend.to_apply(_migrations())
+        backend.apply_migrations(pending)
     applied = tuple(m.id for m in pending)
     for migration_id in applied:
         log.info("applied %s", migration_id)
     return MigrationResult(applied=applied, rolled_back=(), database_created=created)
 
 
-def rollback(url: str, count: int | None = None) -> MigrationResult:
-    """Revert the newest ``count`` applied migrations (all when None)."""
-    if count is not None and count < 1:
-        raise InvalidInput(f"rollback count must be at least 1, got {count}", field="count")
-    with _migration_lock(url):
-        backend = get_backend(_yoyo_url(url))
-        try:
-            with backend.lock():
-                applied = backend.to_rollback(_migrations())
-                chosen = applied if count is None else applied[:count]
-                backend.rollback_migrations(chosen)
-        finally:
-            backend.connection.close()
+def rollback(url: str, count: int | None = 1) -> MigrationResult:
+    """Revert the newest ``count`` applied migrations (one by default; all when None)."""
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise InvalidInput(
+            f"rollback count must be a whole number of at least 1, got {str(count)[:40]}",
+            field="count",
+        )
+    with _locked_backend(url) as backend:
+        applied = backend.to_rollback(_migrations())
+        chosen = applied if count is None else applied[:count]
+        backend.rollback_migrations(chosen)
     return MigrationResult(
         applied=(), rolled_back=tuple(m.id for m in chosen), database_created=False
     )
 
 
-def status(url: str) -> list[tuple[str, bool]]:
-    """Every migration id with whether it is applied."""
-    backend = get_backend(_yoyo_url(url))
-    try:
+def status(url: str) -> list[MigrationState]:
+    """Every migration, in order, with whether it is applied to ``url``'s database."""
+    with _locked_backend(url) as backend:
         migrations = _migrations()
         applied = {m.id for m in backend.to_rollback(migrations)}
-        return [(m.id, m.id in applied) for m in migrations]
-    finally:
-        backend.connection.close()
+    return [MigrationState(id=m.id, applied=m.id in applied) for m in migrations]

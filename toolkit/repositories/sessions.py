@@ -13,7 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import IllegalTransition, InvalidInput, NotFound
+from toolkit.errors import IllegalTransition, NotFound, RetryableConflict
 from toolkit.records import Page, Session, SessionCreate, SessionFilter, SessionState
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -191,5 +191,5 @@ def _refuse(conn: Connection, key: UUID, target: str) -> None:
         raise NotFound(ENTITY, key)
     status = "ended" if current.ended_at is not None else "expired" if current.expired else "active"
     if status == target == "active":
-        raise InvalidInput(f"session {key} changed concurrently; retry")
+        raise RetryableConflict(f"session {key} changed concurrently while it was updated; retry")
     raise IllegalTransition(ENTITY, key, status, target)
