@@ -30,9 +30,10 @@ def test_header_kind_doc_and_params() -> None:
 def test_casts_literals_comments_and_percent_are_left_alone() -> None:
     converted = convert_parameters(
         "SELECT :a::text, '50% :not_a_param', \"col:x\", x % 2 -- :nor_this\n"
-        "/* :nor_that */ FROM t WHERE y = %(b)s AND z = $$ :dollar $$"
+        "/* :nor_that */ FROM t WHERE y = :b AND z = $$ :dollar $$ AND w = $q$ ; $q$"
     )
     assert converted.params == ["a", "b"]
+    assert "$q$ ; $q$" in converted.text
     assert "%(a)s::text" in converted.text
     assert "'50%% :not_a_param'" in converted.text
     assert "x %% 2" in converted.text
@@ -64,6 +65,31 @@ def test_loading_is_loud_and_names_file_and_line(text: str, message: str) -> Non
     with pytest.raises(QueryDefinitionError, match=r"sql/test\.sql:") as caught:
         parse_file(text, "sql/test.sql")
     assert message in str(caught.value)
+
+
+def test_semicolons_and_braces_outside_code_are_not_sql() -> None:
+    query = parse_one(
+        "-- name: things.get :one\n-- Doc.\n"
+        "SELECT id -- a ; and a { in a comment\n"
+        "FROM things /* ; { */ WHERE body = $$ x; y { $$ AND name = 'a;{' AND id = :id;\n"
+    )
+    assert query.params == ("id",)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("SELECT 1;\nSELECT 2;", "sql/test.sql:5:9", "more than one statement"),
+        ("SELECT 1\nWHERE x = {y};", "sql/test.sql:6:11", "stray '{'"),
+        ("SELECT 1\nWHERE x = 'open;", "sql/test.sql:6:11", "unterminated string literal"),
+        ("SELECT $$ body", "sql/test.sql:5:8", "unterminated dollar-quoted body"),
+        ("SELECT 1 /* open", "sql/test.sql:5:10", "unterminated block comment"),
+    ],
+)
+def test_errors_in_the_sql_name_line_and_column(text: str, where: str, message: str) -> None:
+    source = "\n\n-- name: things.get :one\n-- Doc.\n" + text
+    with pytest.raises(QueryDefinitionError, match=f"^{where}: things.get .*{message}"):
+        parse_file(source, "sql/test.sql")
 
 
 def test_duplicate_names_name_both_places() -> None:

@@ -16,10 +16,15 @@ comment line is its one-line doc. Optional further header lines:
     ORDER BY list), which the registry composes with
     :class:`psycopg.sql.Identifier` from this whitelist only.
 
-Parameters are written ``:name`` (``::type`` casts are left alone) or in
-psycopg's own ``%(name)s`` style. Loading is loud: a malformed header, a
-duplicate name, an unknown kind or a missing doc line raises
-:class:`~toolkit.errors.QueryDefinitionError` naming the file and line.
+Parameters are written ``:name`` (``::type`` casts are left alone); that is
+the one parameter style. One lexer splits a query's SQL into code and
+verbatim spans (string literals, quoted identifiers, comments, dollar-quoted
+bodies), and every check looks at code only, so a ``;`` or ``{`` inside a
+comment or a ``$$`` body is never mistaken for SQL. Loading is loud: a
+malformed header, a duplicate name, an unknown kind, a missing doc line, a
+second statement or an unterminated literal raises
+:class:`~toolkit.errors.QueryDefinitionError` naming ``file:line`` (and the
+column, for errors inside the SQL).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from toolkit.errors import InvalidInput, QueryDefinitionError
+from toolkit.errors import InvalidInput, QueryDefinitionError, bounded_repr
 
 
 class Kind(enum.Enum):
@@ -108,7 +113,7 @@ class NamedQuery:
                 return candidate
         allowed = ", ".join(c.column for c in self.sort_columns) or "none"
         raise InvalidInput(
-            f"cannot sort {self.name} by {column!r}; allowed: {allowed}",
+            f"cannot sort {self.name} by {bounded_repr(column)}; allowed: {allowed}",
             field="sort",
             value=column,
         )
@@ -157,11 +162,28 @@ class _Converted:
     params: list[str] = field(default_factory=list)
 
 
-def _verbatim_end(source: str, i: int) -> int | None:
-    """Where the literal, quoted identifier, comment or dollar body at ``i`` ends.
+@dataclass(frozen=True)
+class _Span:
+    """A stretch of SQL: code, or verbatim text (literal, quoted name, comment, dollar body)."""
 
-    None when nothing of the kind starts at ``i``.
-    """
+    start: int
+    end: int
+    code: bool
+
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_]\w*)?\$")
+_VERBATIM_KINDS = {"'": "string literal", '"': "quoted identifier", "$": "dollar-quoted body"}
+
+
+class _Unterminated(Exception):
+    def __init__(self, what: str, offset: int) -> None:
+        super().__init__(what)
+        self.what = what
+        self.offset = offset
+
+
+def _verbatim_end(source: str, i: int) -> int | None:
+    """Where the verbatim span starting at ``i`` ends; None when none starts there."""
     ch = source[i]
     if ch in {"'", '"'}:
         end = i + 1
@@ -172,55 +194,96 @@ def _verbatim_end(source: str, i: int) -> int | None:
                     continue
                 return end + 1
             end += 1
-        return len(source)
+        raise _Unterminated(_VERBATIM_KINDS[ch], i)
     if source.startswith("--", i):
         end = source.find("\n", i)
         return len(source) if end == -1 else end
     if source.startswith("/*", i):
         end = source.find("*/", i + 2)
-        return len(source) if end == -1 else end + 2
+        if end == -1:
+            raise _Unterminated("block comment", i)
+        return end + 2
     if ch == "$" and (match := _DOLLAR_TAG.match(source, i)):
         end = source.find(match.group(0), match.end())
-        return len(source) if end == -1 else end + len(match.group(0))
+        if end == -1:
+            raise _Unterminated(_VERBATIM_KINDS["$"], i)
+        return end + len(match.group(0))
     return None
 
 
-_DOLLAR_TAG = re.compile(r"\$([A-Za-z_]\w*)?\$")
-_PSYCOPG_PARAM = re.compile(r"%\((\w+)\)s")
+def lex(source: str) -> list[_Span]:
+    """Split ``source`` into code and verbatim spans: the registry's one SQL scanner."""
+    spans: list[_Span] = []
+    code_start = i = 0
+    while i < len(source):
+        end = _verbatim_end(source, i)
+        if end is None:
+            i += 1
+            continue
+        if code_start < i:
+            spans.append(_Span(code_start, i, code=True))
+        spans.append(_Span(i, end, code=False))
+        code_start = i = end
+    if code_start < len(source):
+        spans.append(_Span(code_start, len(source), code=True))
+    return spans
 
 
-def convert_parameters(source: str) -> _Converted:
+def convert_parameters(source: str, spans: Sequence[_Span] | None = None) -> _Converted:
     """Turn ``:name`` parameters into ``%(name)s`` and escape literal ``%``.
 
-    String literals, quoted identifiers, dollar-quoted bodies and comments are
-    copied untouched (but for ``%`` escaping); ``::`` casts are kept.
+    Verbatim spans are copied untouched (but for ``%`` escaping); ``::`` casts
+    are kept.
     """
     out: list[str] = []
     params: list[str] = []
-    i = 0
-    while i < len(source):
-        verbatim_end = _verbatim_end(source, i)
-        if verbatim_end is not None:
-            out.append(source[i:verbatim_end].replace("%", "%%"))
-            i = verbatim_end
+    for span in lex(source) if spans is None else spans:
+        text = source[span.start : span.end].replace("%", "%%")
+        if not span.code:
+            out.append(text)
             continue
-        if source.startswith("::", i):
-            out.append("::")
-            i += 2
-            continue
-        match = (_PARAM_NAME.match(source, i + 1) if source[i] == ":" else None) or (
-            _PSYCOPG_PARAM.match(source, i) if source[i] == "%" else None
-        )
-        if match:
-            name = match.group(1) if match.re is _PSYCOPG_PARAM else match.group(0)
-            if name not in params:
-                params.append(name)
-            out.append(f"%({name})s")
-            i = match.end()
-            continue
-        out.append("%%" if source[i] == "%" else source[i])
-        i += 1
+        i = 0
+        while i < len(text):
+            if text.startswith("::", i):
+                out.append("::")
+                i += 2
+                continue
+            match = _PARAM_NAME.match(text, i + 1) if text[i] == ":" else None
+            if match:
+                if match.group(0) not in params:
+                    params.append(match.group(0))
+                out.append(f"%({match.group(0)})s")
+                i = match.end()
+                continue
+            out.append(text[i])
+            i += 1
     return _Converted("".join(out), params)
+
+
+def _position(source: str, offset: int, first_line: int) -> str:
+    """``line:column`` (1-based) of ``offset`` in ``source``, which starts at ``first_line``."""
+    before = source[:offset]
+    return f"{first_line + before.count(chr(10))}:{offset - (before.rfind(chr(10)) + 1) + 1}"
+
+
+def _check_code(source: str, spans: Sequence[_Span], name: str, path: str, line: int) -> None:
+    """Refuse a second statement and stray ``{``, looking at code spans only."""
+    body_end = len(source.rstrip().rstrip(";").rstrip())
+    for span in spans:
+        if not span.code:
+            continue
+        for offset in range(span.start, min(span.end, body_end)):
+            ch = source[offset]
+            if ch == ";":
+                raise QueryDefinitionError(
+                    f"{path}:{_position(source, offset, line)}: {name} holds more than one "
+                    "statement (a ';' before its end)"
+                )
+            if ch == "{" and not source.startswith((KEYSET_MARKER, ORDER_MARKER), offset):
+                raise QueryDefinitionError(
+                    f"{path}:{_position(source, offset, line)}: {name} has a stray '{{': "
+                    f"only {KEYSET_MARKER} and {ORDER_MARKER} are markers"
+                )
 
 
 def _parse_sort(spec: str, where: str) -> tuple[SortColumn, ...]:
@@ -278,13 +341,22 @@ def _parse_query(block: list[str], path: str, line: int) -> NamedQuery:
         if sort_match:
             sort_columns = _parse_sort(sort_match.group("spec"), f"{path}:{line + body_start}")
         body_start += 1
-    source = "\n".join(block[body_start:]).strip()
+    body = block[body_start:]
+    leading_blank = next((n for n, text in enumerate(body) if text.strip()), len(body))
+    source = "\n".join(body).strip()
     if not source:
         raise QueryDefinitionError(f"{where}: {name} has no SQL")
-    converted = convert_parameters(source)
+    first_line = line + body_start + leading_blank
+    try:
+        spans = lex(source)
+    except _Unterminated as exc:
+        raise QueryDefinitionError(
+            f"{path}:{_position(source, exc.offset, first_line)}: {name} has an "
+            f"unterminated {exc.what}"
+        ) from None
+    _check_code(source, spans, name, path, first_line)
+    converted = convert_parameters(source, spans)
     text = converted.text.rstrip().rstrip(";").rstrip()
-    if ";" in _strip_literals(text):
-        raise QueryDefinitionError(f"{where}: {name} holds more than one statement")
     params = [p for p in converted.params if p not in CURSOR_PARAMS]
     has_markers = KEYSET_MARKER in text and ORDER_MARKER in text
     if sort_columns and not has_markers:
@@ -297,10 +369,6 @@ def _parse_query(block: list[str], path: str, line: int) -> NamedQuery:
         )
     if sort_columns:
         params.extend(CURSOR_PARAMS)
-    if "{" in _strip_literals(text.replace(KEYSET_MARKER, "").replace(ORDER_MARKER, "")):
-        raise QueryDefinitionError(
-            f"{where}: {name} has a stray '{{': only {KEYSET_MARKER} and {ORDER_MARKER} are markers"
-        )
     return NamedQuery(
         name=name,
         kind=kind,
@@ -312,11 +380,6 @@ def _parse_query(block: list[str], path: str, line: int) -> NamedQuery:
         line=line,
         sort_columns=sort_columns,
     )
-
-
-def _strip_literals(text: str) -> str:
-    """The text with string literals removed, to look for stray syntax."""
-    return re.sub(r"'(?:[^']|'')*'", "''", text)
 
 
 class QueryRegistry:
