@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pika
 import pika.exceptions as pex
 
-from toolkit.errors import ArgumentDrift, InvalidInput, TopologyDrift
+from toolkit.errors import ArgumentDrift, InvalidInput, TopologyDrift, bounded_repr
 from toolkit.messaging.connection import CONNECTION_ERRORS, translate
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,16 @@ class Topology:
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
             raise InvalidInput(
-                f"queue prefix must be up to 64 of A-Z a-z 0-9 _ . -, got {self.prefix!r}",
+                "queue prefix must be up to 64 of A-Z a-z 0-9 _ . -, "
+                f"got {bounded_repr(self.prefix)}",
                 field="queue_prefix",
                 value=self.prefix,
             )
         for queue in self.queues:
             if not _QUEUE.match(queue):
-                raise InvalidInput(f"bad logical queue name {queue!r}", field="queues", value=queue)
+                raise InvalidInput(
+                    f"bad logical queue name {bounded_repr(queue)}", field="queues", value=queue
+                )
         if any(delay <= 0 for delay in self.retry_delays):
             raise InvalidInput("retry delays must be > 0 seconds", field="retry_delays")
         if self.delivery_limit < 1 or self.max_length < 1:
@@ -141,7 +144,7 @@ class Topology:
         """``queue`` if it is one of this topology's logical queues; InvalidInput otherwise."""
         if queue not in self.queues:
             raise InvalidInput(
-                f"unknown queue {queue!r}; the topology has {', '.join(self.queues)}",
+                f"unknown queue {bounded_repr(queue)}; the topology has {', '.join(self.queues)}",
                 field="queue",
                 value=queue,
             )
@@ -334,16 +337,6 @@ def delete(connection: pika.BlockingConnection, topology: Topology) -> None:
     for exchange in topology.exchanges():
         channel.exchange_delete(exchange.name)
     channel.close()
-
-
-def queue_depths(connection: pika.BlockingConnection, names: Iterable[str]) -> dict[str, int]:
-    """The ready-message count of each named queue (passive declares)."""
-    channel = connection.channel()
-    depths = {}
-    for name in names:
-        depths[name] = channel.queue_declare(name, passive=True).method.message_count
-    channel.close()
-    return depths
 
 
 def describe(topology: Topology) -> Sequence[str]:
