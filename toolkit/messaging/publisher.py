@@ -114,13 +114,15 @@ class BatchResult:
     """Why the batch stopped early, when it did."""
 
 
+_NACKED = "negative confirm from the broker: the queue is full or unavailable"
+
+
 def _translate_publish_error(exc: BaseException, out: Outgoing) -> Exception:
     if isinstance(exc, pex.UnroutableError):
         return Unroutable(out.exchange, out.routing_key, "NO_ROUTE")
     if isinstance(exc, pex.NackError):
         return Rejected(
-            f"the broker refused message {out.message_id} for {out.routing_key!r} "
-            "(negative confirm: the queue is full or unavailable)"
+            f"the broker refused message {out.message_id} for {out.routing_key!r} ({_NACKED})"
         )
     if isinstance(exc, pex.ChannelClosedByBroker):
         if exc.reply_code == 406 and "size" in exc.reply_text.lower():
@@ -498,31 +500,18 @@ class PipelinedPublisher:
         method = frame.method
         acked = isinstance(method, Basic.Ack)
         tag = method.delivery_tag
-        result = batch.result
-        while batch.in_flight:
-            first = next(iter(batch.in_flight))
-            if first > tag or (not method.multiple and first != tag):
-                break
-            out = batch.in_flight.pop(first)
+        # A multiple confirm settles every tag up to its own; a single one, its own only.
+        if method.multiple:
+            settled = [t for t in batch.in_flight if t <= tag]
+        else:
+            settled = [tag] if tag in batch.in_flight else []
+        for delivery_tag in settled:
+            out = batch.in_flight.pop(delivery_tag)
             returned = batch.returned.pop(out.message_id, None)
             if returned is not None:
-                result.failed[out.message_id] = returned
+                batch.result.failed[out.message_id] = returned
             elif acked:
-                result.acked.append(out.message_id)
+                batch.result.acked.append(out.message_id)
             else:
-                result.failed[out.message_id] = (
-                    "negative confirm from the broker (queue full or unavailable)"
-                )
-            if not method.multiple:
-                break
-        if not method.multiple and tag in batch.in_flight:
-            # A single confirm for a tag that is not first in line.
-            out = batch.in_flight.pop(tag)
-            returned = batch.returned.pop(out.message_id, None)
-            if returned is not None:
-                result.failed[out.message_id] = returned
-            elif acked:
-                result.acked.append(out.message_id)
-            else:
-                result.failed[out.message_id] = "negative confirm from the broker"
+                batch.result.failed[out.message_id] = _NACKED
         self._pump()
