@@ -1,5 +1,6 @@
 -- Users: people who use the platform. Ordinary reads never select
--- password_hash; only users.get_credentials does, for authentication.
+-- password_hash; only users.get_credentials does, for authentication
+-- (through user_credentials(), the only reader the application role has).
 
 -- name: users.create :one
 -- Insert a user and return it (email is unique, case-insensitively).
@@ -22,9 +23,10 @@ WHERE lower(email) = lower(:email);
 
 -- name: users.get_credentials :optional
 -- What authentication needs for an email: id, password hash, active flag.
+-- The application role cannot select password_hash from users (migration
+-- 0007): this security-definer function is the one way to read it.
 SELECT id, email, password_hash, is_active
-FROM users
-WHERE lower(email) = lower(:email);
+FROM user_credentials(:email);
 
 -- name: users.list :many
 -- A keyset page of users, optionally filtered by role and active flag.

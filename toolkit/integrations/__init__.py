@@ -2,7 +2,9 @@
 
 * :mod:`toolkit.integrations.langgraph` (``toolkit[langgraph]``): a LangGraph
   checkpointer, :class:`~toolkit.integrations.langgraph.ToolkitCheckpointSaver`,
-  over the toolkit's PostgreSQL.
+  over the toolkit's PostgreSQL; it reads stored values with
+  :class:`~toolkit.integrations.langgraph_serde.StrictSerializer`, an
+  allow-list that refuses (never runs) any other type a stored value names.
 * :mod:`toolkit.integrations.langchain` (``toolkit[langchain]``): a LangChain
   LLM cache, :class:`~toolkit.integrations.langchain.ToolkitLLMCache`, over
   :class:`toolkit.cache.LLMCache`.

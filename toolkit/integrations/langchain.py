@@ -1,4 +1,6 @@
-"""A LangChain LLM cache over :class:`toolkit.cache.LLMCache` (``pip install toolkit[langchain]``).
+"""A LangChain LLM cache over :class:`toolkit.cache.LLMCache`.
+
+Install: ``pip install 'agent-persistence-toolkit[langchain]'``.
 
 :class:`ToolkitLLMCache` is a ``langchain_core.caches.BaseCache``: install
 it with ``set_llm_cache`` and every LangChain model call looks up and
@@ -54,7 +56,8 @@ try:
     )
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        "toolkit.integrations.langchain needs LangChain: pip install 'toolkit[langchain]'"
+        "toolkit.integrations.langchain needs LangChain: "
+        "pip install 'agent-persistence-toolkit[langchain]'"
     ) from exc
 
 __all__ = ["ToolkitLLMCache"]

@@ -1,4 +1,6 @@
-"""A LangGraph checkpointer on the toolkit's PostgreSQL (``pip install toolkit[langgraph]``).
+"""A LangGraph checkpointer on the toolkit's PostgreSQL.
+
+Install: ``pip install 'agent-persistence-toolkit[langgraph]'``.
 
 :class:`ToolkitCheckpointSaver` is a ``BaseCheckpointSaver`` over the
 ``lg_checkpoints``, ``lg_blobs`` and ``lg_writes`` tables of migration
@@ -39,6 +41,17 @@ previous version, the next value is stored whole and starts a new chain.
 A foreign key keeps a delta from outliving its base: if retention deleted
 the base meanwhile, the put retries with the whole value.
 
+Stored values never run code
+----------------------------
+LangGraph's default serializer imports and calls whatever module and
+function a stored value names. This saver reads with
+:class:`~toolkit.integrations.langgraph_serde.StrictSerializer` instead:
+LangGraph's strict allow-list (what LangGraph and LangChain store
+themselves, plus the application's ``allowed_types``), and a value naming
+anything else raises ``DeserializationRefused`` without importing it. So a
+login that can write ``lg_blobs`` or ``lg_writes`` cannot make the workers
+that load a thread run code.
+
 Retention
 ---------
 ``prune`` (LangGraph's API: ``keep_latest`` or ``delete``) and
@@ -63,7 +76,7 @@ import builtins
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -117,9 +130,12 @@ try:
         get_serializable_checkpoint_metadata,
     )
     from langgraph.checkpoint.serde.base import SerializerProtocol
+
+    from toolkit.integrations.langgraph_serde import AllowedType, StrictSerializer
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        "toolkit.integrations.langgraph needs LangGraph: pip install 'toolkit[langgraph]'"
+        "toolkit.integrations.langgraph needs LangGraph's checkpoint interfaces: "
+        "pip install 'agent-persistence-toolkit[langgraph]'"
     ) from exc
 
 __all__ = ["PRUNE_STRATEGIES", "RetentionReport", "ToolkitCheckpointSaver"]
@@ -164,10 +180,18 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         A psycopg ``AsyncConnectionPool`` (autocommit connections) for the
         async methods; by default one is made to ``database.url``, opened on
         the first async call and closed by :meth:`aclose`.
+    ``allowed_types``
+        Classes (or ``(module, name)`` pairs) that stored state may hold
+        besides the types LangGraph and LangChain store themselves: the
+        application's dataclasses, Pydantic models and enums. A value naming
+        any other type raises :class:`~toolkit.errors.DeserializationRefused`
+        on load and runs nothing (see :mod:`toolkit.integrations.langgraph_serde`).
     ``serde``
-        LangGraph's serializer (``JsonPlusSerializer`` by default). Appended
-        lists are stored as deltas only with its ``msgpack`` encoding; an
-        encrypting serializer simply stores every version whole.
+        A serializer of the application's own instead of the default
+        :class:`~toolkit.integrations.langgraph_serde.StrictSerializer`
+        (give it the allow-list then; not both). Appended lists are stored
+        as deltas only with the ``msgpack`` encoding; an encrypting
+        serializer (wrap a ``StrictSerializer``) stores every version whole.
     ``tail_cache_size``
         How many list channels the process remembers for deltas.
 
@@ -183,9 +207,10 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         *,
         async_pool: AsyncConnectionPool[Any] | None = None,
         serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[AllowedType] = (),
         tail_cache_size: int = 4096,
     ) -> None:
-        super().__init__(serde=serde)
+        super().__init__(serde=_serializer(serde, allowed_types))
         if not isinstance(database, Database):
             raise InvalidInput("database must be a toolkit Database", field="database")
         self.database = database
@@ -204,10 +229,15 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     @classmethod
     def from_settings(
-        cls, settings: Settings | None = None, *, serde: SerializerProtocol | None = None
+        cls,
+        settings: Settings | None = None,
+        *,
+        serde: SerializerProtocol | None = None,
+        allowed_types: Iterable[AllowedType] = (),
     ) -> ToolkitCheckpointSaver:
         """A saver with its own pools, to ``settings.database_url`` (TOOLKIT_* by default)."""
-        saver = cls(Database(settings or default_settings()), serde=serde)
+        chosen = _serializer(serde, allowed_types)  # checked before a pool is made
+        saver = cls(Database(settings or default_settings()), serde=chosen)
         saver._owns_database = True
         return saver
 
@@ -710,6 +740,20 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             return self.serde.loads_typed((cast(str, row.type), row.data or b""))
         joined = join_segments([(row.depth or 0, row.item_count, row.data or b"") for row in chain])
         return self.serde.loads_typed(("msgpack", joined))
+
+
+def _serializer(
+    serde: SerializerProtocol | None, allowed_types: Iterable[AllowedType]
+) -> SerializerProtocol:
+    """The application's serializer, or a strict one with its allow-list."""
+    if serde is None:
+        return StrictSerializer(allowed_types)
+    if allowed_types:
+        raise InvalidInput(
+            "pass allowed_types to the serializer given as serde, not to the saver",
+            field="allowed_types",
+        )
+    return serde
 
 
 def _single(call: Call) -> Op[Any]:

@@ -1,0 +1,253 @@
+"""Stored checkpoints never run code: the saver reads with an allow-list and refuses the rest.
+
+Each forged value is first shown to run its payload under LangGraph's
+permissive serializer (so the forgery is a real exploit, not a dud), then
+written into ``lg_blobs`` / ``lg_writes`` with raw SQL; loading the thread
+through the saver must raise DeserializationRefused and run nothing.
+"""
+
+from __future__ import annotations
+
+import operator
+import pickle
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypedDict
+
+import ormsgpack
+import psycopg
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.base import empty_checkpoint
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.graph import START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.types import Send
+
+from toolkit.config import Settings
+from toolkit.errors import DeserializationRefused, IntegrityError, InvalidInput
+from toolkit.integrations.langgraph import ToolkitCheckpointSaver
+from toolkit.integrations.langgraph_serde import StrictSerializer
+
+EXT_CONSTRUCTOR_SINGLE_ARG = 0  # LangGraph's msgpack extension: module.name(arg)
+
+CALLS: list[Any] = []
+"""What :func:`plant_flag` was called with: non-empty means stored data ran code."""
+
+
+def plant_flag(argument: Any) -> str:
+    """The harmless sentinel a forged value names."""
+    CALLS.append(argument)
+    return "planted"
+
+
+@pytest.fixture(autouse=True)
+def _no_calls_yet() -> None:
+    CALLS.clear()
+
+
+def forged_call(module: str, name: str, argument: Any) -> bytes:
+    """msgpack bytes that make LangGraph's default serializer call ``module.name(argument)``."""
+    return ormsgpack.packb(
+        ormsgpack.Ext(EXT_CONSTRUCTOR_SINGLE_ARG, ormsgpack.packb((module, name, argument)))
+    )
+
+
+def runs_under_permissive_langgraph(blob: bytes) -> Any:
+    """Load ``blob`` the way LangGraph's default (non-strict) serializer would."""
+    return JsonPlusSerializer(allowed_msgpack_modules=True).loads_typed(("msgpack", blob))
+
+
+def put_thread(saver: ToolkitCheckpointSaver) -> tuple[dict[str, Any], str]:
+    """A thread with one checkpoint holding channel ``note`` and one pending write."""
+    thread_id = f"t-strict-{uuid.uuid4().hex}"
+    checkpoint = empty_checkpoint()
+    checkpoint["channel_values"] = {"note": "harmless"}
+    checkpoint["channel_versions"] = {"note": saver.get_next_version(None, None)}
+    config = saver.put(
+        {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}},
+        checkpoint,
+        {"source": "loop", "step": 0},
+        dict(checkpoint["channel_versions"]),
+    )
+    saver.put_writes(config, [("note", "pending")], task_id="task-1")
+    return config, thread_id
+
+
+def overwrite(url: str, table: str, thread_id: str, type_: str, blob: bytes) -> None:
+    """Replace the thread's stored value(s) in ``table`` with raw SQL, as an intruder would."""
+    statement = {
+        "lg_blobs": "UPDATE lg_blobs SET type = %s, blob = %s WHERE thread_id = %s",
+        "lg_writes": "UPDATE lg_writes SET type = %s, blob = %s WHERE thread_id = %s",
+    }[table]
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute(statement, [type_, blob, thread_id]).rowcount == 1
+
+
+@pytest.fixture
+def strict_saver(shared_settings: Settings) -> Any:
+    with ToolkitCheckpointSaver.from_settings(shared_settings) as made:
+        yield made
+
+
+@pytest.mark.parametrize("table", ["lg_blobs", "lg_writes"])
+def test_a_forged_value_naming_a_function_raises_and_runs_nothing(
+    strict_saver: ToolkitCheckpointSaver, shared_settings: Settings, table: str
+) -> None:
+    blob = forged_call(__name__, plant_flag.__name__, "from-storage")
+    assert runs_under_permissive_langgraph(blob) == "planted"
+    assert CALLS == ["from-storage"]
+    CALLS.clear()
+
+    config, thread_id = put_thread(strict_saver)
+    overwrite(shared_settings.database_url, table, thread_id, "msgpack", blob)
+    with pytest.raises(DeserializationRefused) as refused:
+        strict_saver.get_tuple(config)
+    assert refused.value.refused == (f"{__name__}.plant_flag",)
+    assert isinstance(refused.value, IntegrityError)
+    assert CALLS == []
+
+
+def test_a_forged_value_naming_os_system_raises_and_creates_nothing(
+    strict_saver: ToolkitCheckpointSaver, shared_settings: Settings, tmp_path: Path
+) -> None:
+    control = tmp_path / "control-ran"
+    runs_under_permissive_langgraph(forged_call("os", "system", f"touch {control}"))
+    assert control.exists()
+
+    target = tmp_path / "forged-ran"
+    config, thread_id = put_thread(strict_saver)
+    overwrite(
+        shared_settings.database_url,
+        "lg_blobs",
+        thread_id,
+        "msgpack",
+        forged_call("os", "system", f"touch {target}"),
+    )
+    with pytest.raises(DeserializationRefused, match=r"os\.system"):
+        strict_saver.get_tuple(config)
+    with pytest.raises(DeserializationRefused):
+        list(strict_saver.list({"configurable": {"thread_id": thread_id}}))
+    assert not target.exists()
+
+
+@pytest.mark.asyncio
+async def test_the_async_path_refuses_a_forged_write_too(
+    shared_settings: Settings, tmp_path: Path
+) -> None:
+    target = tmp_path / "forged-ran"
+    async with ToolkitCheckpointSaver.from_settings(shared_settings) as saver:
+        config, thread_id = put_thread(saver)
+        overwrite(
+            shared_settings.database_url,
+            "lg_writes",
+            thread_id,
+            "msgpack",
+            forged_call("os", "system", f"touch {target}"),
+        )
+        with pytest.raises(DeserializationRefused):
+            await saver.aget_tuple(config)
+    assert not target.exists()
+
+
+def test_a_forged_type_nested_in_an_allowed_value_is_refused(
+    strict_saver: ToolkitCheckpointSaver, shared_settings: Settings
+) -> None:
+    forged = ormsgpack.Ext(
+        EXT_CONSTRUCTOR_SINGLE_ARG, ormsgpack.packb((__name__, "plant_flag", "nested"))
+    )
+    blob = ormsgpack.packb({"messages": ["hello", {"payload": forged}]})
+    config, thread_id = put_thread(strict_saver)
+    overwrite(shared_settings.database_url, "lg_blobs", thread_id, "msgpack", blob)
+    with pytest.raises(DeserializationRefused):
+        strict_saver.get_tuple(config)
+    assert CALLS == []
+
+
+@pytest.mark.parametrize("format_", ["pickle", "json"])
+def test_formats_the_saver_never_writes_are_refused_undecoded(
+    strict_saver: ToolkitCheckpointSaver, shared_settings: Settings, format_: str
+) -> None:
+    payload = {
+        # pickle calls plant_flag("pickled") on load.
+        "pickle": pickle.dumps(_PickleBomb()),
+        "json": b'{"lc": 2, "type": "constructor", "id": ["os", "system"], "args": ["true"]}',
+    }[format_]
+    config, thread_id = put_thread(strict_saver)
+    overwrite(shared_settings.database_url, "lg_blobs", thread_id, format_, payload)
+    with pytest.raises(DeserializationRefused, match=format_):
+        strict_saver.get_tuple(config)
+    assert CALLS == []
+
+
+class _PickleBomb:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (plant_flag, ("pickled",))
+
+
+@dataclass
+class Ticket:
+    """An application type in graph state: refused unless the saver allows it."""
+
+    title: str
+    priority: int
+
+
+class FanOut(TypedDict, total=False):
+    messages: Annotated[list[Any], add_messages]
+    tickets: Annotated[list[Ticket], operator.add]
+    done: Annotated[list[str], operator.add]
+
+
+def fan_out_graph(saver: ToolkitCheckpointSaver) -> Any:
+    """Messages, Send to a worker per ticket, and Ticket objects in state."""
+
+    def plan(state: FanOut) -> dict[str, Any]:
+        return {"messages": [AIMessage("planning")], "tickets": [Ticket("db", 1), Ticket("ui", 2)]}
+
+    def route(state: FanOut) -> list[Send]:
+        return [Send("work", {"title": t.title}) for t in state["tickets"]]
+
+    def work(task: dict[str, Any]) -> dict[str, Any]:
+        return {"done": [task["title"]]}
+
+    builder = StateGraph(FanOut)
+    builder.add_node("plan", plan)
+    builder.add_node("work", work)
+    builder.add_edge(START, "plan")
+    builder.add_conditional_edges("plan", route, ["work"])
+    return builder.compile(checkpointer=saver)
+
+
+def test_langgraph_types_and_allowed_application_types_round_trip(
+    shared_settings: Settings,
+) -> None:
+    config: Any = {"configurable": {"thread_id": f"t-fan-{uuid.uuid4().hex}"}}
+    with ToolkitCheckpointSaver.from_settings(shared_settings, allowed_types=[Ticket]) as saver:
+        fan_out_graph(saver).invoke({"messages": [HumanMessage("triage")]}, config)
+    with ToolkitCheckpointSaver.from_settings(
+        shared_settings, allowed_types=[(__name__, "Ticket")]
+    ) as reader:
+        state = fan_out_graph(reader).get_state(config).values
+        history = list(fan_out_graph(reader).get_state_history(config))
+    assert [m.content for m in state["messages"]] == ["triage", "planning"]
+    assert state["tickets"] == [Ticket("db", 1), Ticket("ui", 2)]
+    assert sorted(state["done"]) == ["db", "ui"]
+    assert len(history) >= 3
+
+    with (
+        ToolkitCheckpointSaver.from_settings(shared_settings) as default,
+        pytest.raises(DeserializationRefused, match="Ticket"),
+    ):
+        fan_out_graph(default).get_state(config)
+
+
+def test_bad_allow_lists_raise_invalid_input(shared_settings: Settings) -> None:
+    for bad in (True, "os.system", [("os",)], [("os", "")], [42]):
+        with pytest.raises(InvalidInput):
+            ToolkitCheckpointSaver.from_settings(shared_settings, allowed_types=bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="serde"):
+        ToolkitCheckpointSaver.from_settings(
+            shared_settings, serde=StrictSerializer(), allowed_types=[Ticket]
+        )

@@ -1,0 +1,138 @@
+"""LangGraph's serializer in strict mode, refusing loudly.
+
+Install: ``pip install 'agent-persistence-toolkit[langgraph]'``.
+
+LangGraph's ``JsonPlusSerializer`` stores objects as msgpack extensions
+naming a module and a callable, and by default (langgraph-checkpoint 4.x)
+imports and calls whatever a stored value names, with only a warning. Anyone
+who can write ``lg_blobs`` or ``lg_writes`` could then run code in every
+worker that loads the thread.
+
+:class:`StrictSerializer` is LangGraph's strict mode (an allow-list: the
+types LangGraph and LangChain store themselves, ``SAFE_MSGPACK_TYPES``, plus
+the application's own) with one change: where strict LangGraph quietly
+hands back the raw payload of a refused type, this raises
+:class:`~toolkit.errors.DeserializationRefused`, so forged or unexpected data
+never passes as state. A refused type is never imported or called: LangGraph
+checks the allow-list before it imports. Only the formats this saver writes
+(``msgpack``, ``bytes``, ``bytearray``, ``null``) are read; ``pickle`` and
+``json`` rows are refused the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any, Final
+
+from toolkit.errors import DeserializationRefused, InvalidInput
+
+try:
+    from langgraph.checkpoint.serde.event_hooks import (
+        SerdeEvent,
+        register_serde_event_listener,
+    )
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "toolkit.integrations.langgraph_serde needs LangGraph's checkpoint serializer: "
+        "pip install 'agent-persistence-toolkit[langgraph]'"
+    ) from exc
+
+__all__ = ["READABLE_FORMATS", "AllowedType", "StrictSerializer"]
+
+AllowedType = tuple[str, str] | type
+"""An allow-list entry: a class, or its ``(module, name)``."""
+
+READABLE_FORMATS: Final = frozenset({"null", "bytes", "bytearray", "msgpack"})
+"""The formats ``JsonPlusSerializer.dumps_typed`` writes; nothing else is read."""
+
+_REFUSAL_EVENTS: Final = frozenset({"msgpack_blocked", "msgpack_method_blocked"})
+_NAME_LIMIT: Final = 120
+_NAMES_SHOWN: Final = 5
+
+_refusals: ContextVar[list[str] | None] = ContextVar("toolkit_serde_refusals", default=None)
+"""The names LangGraph refused during the current ``loads_typed`` (None outside one)."""
+
+
+def _note_refusal(event: SerdeEvent) -> None:
+    refused = _refusals.get()
+    if refused is not None and event["kind"] in _REFUSAL_EVENTS:
+        parts = (event["module"], event["name"], event.get("method"))
+        # The names come from stored data: bounded before they reach a message.
+        refused.append(".".join(str(part) for part in parts if part)[:_NAME_LIMIT])
+
+
+# LangGraph reports each refusal to its listeners before falling back to the
+# raw payload; listening is the only way to learn of one nested in a value.
+register_serde_event_listener(_note_refusal)
+
+
+def _allow_list(allowed_types: Iterable[AllowedType]) -> tuple[AllowedType, ...]:
+    if isinstance(allowed_types, (str, bytes)) or not isinstance(allowed_types, Iterable):
+        raise InvalidInput(
+            "allowed_types must be an iterable of classes or (module, name) pairs",
+            field="allowed_types",
+            value=type(allowed_types).__name__,
+        )
+    entries = tuple(allowed_types)
+    for entry in entries:
+        if isinstance(entry, type):
+            continue
+        if (
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and all(isinstance(part, str) and part for part in entry)
+        ):
+            continue
+        raise InvalidInput(
+            f"allowed_types entries must be classes or (module, name) pairs, got {entry!r}",
+            field="allowed_types",
+            value=repr(entry)[:100],
+        )
+    return entries
+
+
+class StrictSerializer(JsonPlusSerializer):
+    """``JsonPlusSerializer`` restricted to an allow-list; refused data raises.
+
+    ``allowed_types`` adds the application's own classes (or ``(module,
+    name)`` pairs) to LangGraph's ``SAFE_MSGPACK_TYPES``: the dataclasses,
+    Pydantic models and enums its graph state holds. LangGraph extends the
+    list itself with a compiled graph's state types when
+    ``LANGGRAPH_STRICT_MSGPACK=true`` is set. Writing is unchanged; reading
+    a value that names any other type raises
+    :class:`~toolkit.errors.DeserializationRefused` and runs nothing.
+    """
+
+    def __init__(self, allowed_types: Iterable[AllowedType] = ()) -> None:
+        # None is LangGraph's strict mode with only its safe types; True would
+        # be its permissive default, which this class never passes.
+        super().__init__(allowed_msgpack_modules=_allow_list(allowed_types) or None)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        """The stored value; DeserializationRefused if it names a type outside the list."""
+        format_, _ = data
+        if format_ not in READABLE_FORMATS:
+            raise DeserializationRefused(
+                f"a stored checkpoint value is in format {str(format_)[:40]!r}, which this "
+                f"saver never writes (it reads {', '.join(sorted(READABLE_FORMATS))}); "
+                "it was not decoded",
+                refused=(str(format_)[:40],),
+            )
+        refused: list[str] = []
+        token = _refusals.set(refused)
+        try:
+            value = super().loads_typed(data)
+        finally:
+            _refusals.reset(token)
+        if refused:
+            names = tuple(dict.fromkeys(refused))[:_NAMES_SHOWN]
+            raise DeserializationRefused(
+                "a stored checkpoint value names types outside the deserialization "
+                f"allow-list: {', '.join(names)}; none of them was imported or called. "
+                "If they are your application's own types, pass them to "
+                "ToolkitCheckpointSaver(allowed_types=...)",
+                refused=names,
+            )
+        return value
