@@ -8,6 +8,7 @@ through ``user_credentials()``.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -50,6 +51,28 @@ def test_the_application_role_reads_and_writes(app_url, superuser) -> None:
             assert agents.get(conn, agent.id).description == "as the app"
             users.delete(conn, agent.owner_id)
             assert audit_events.verify_chain(conn).ok
+
+
+def test_a_privileged_role_is_warned_about_once_and_the_app_role_is_not(
+    app_url, database_url, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="toolkit.db.database")
+    for url, warned in ((database_url, True), (app_url, False)):
+        caplog.clear()
+        with Database(load_settings(database_url=url)) as db:
+            for _ in range(3):
+                with db.connection() as conn:
+                    agents.count(conn)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        if warned:
+            assert len(warnings) == 1, warnings
+            assert "a superuser" in warnings[0] and "protections" in warnings[0]
+        else:
+            assert warnings == []
+    caplog.clear()
+    with Database(load_settings(database_url=database_url), warn_if_privileged=False):
+        pass
+    assert caplog.records == []
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,38 @@ def connect(url: str, *, connect_timeout: float, context: str) -> Connection:
         raise connection_failure(exc, url, context) from exc
 
 
+_PRIVILEGES = """
+SELECT r.rolsuper, r.rolbypassrls, EXISTS (
+    SELECT 1 FROM pg_class AS c
+    WHERE c.relowner = r.oid AND c.relname = 'audit_events' AND c.relkind = 'r'
+)
+FROM pg_roles AS r WHERE r.rolname = current_user
+"""
+
+
+def _warn_if_privileged(conn: Connection) -> None:
+    """Log one warning when the role bypasses what the toolkit_app role enforces."""
+    try:
+        row = conn.execute(_PRIVILEGES).fetchone()
+    except psycopg.Error as exc:
+        raise_translated(exc, "checking the role's privileges")
+    if not row:
+        return
+    reasons = [
+        reason
+        for held, reason in zip(row, ("a superuser", "BYPASSRLS", "the owner of the tables"))
+        if held
+    ]
+    if reasons:
+        log.warning(
+            "connected to %s, which is %s: the application role's protections "
+            "(no DDL, append-only audit events, hidden password hashes) are off; "
+            "connect as a login role in toolkit_app",
+            describe_target(str(conn.info.dsn)),
+            " and ".join(reasons),
+        )
+
+
 def _with_options(url: str, options: list[str]) -> str:
     """``options`` for the server, added after any ``options=`` the URL already has."""
     given = conninfo_to_dict(url).get("options")
@@ -181,9 +213,16 @@ class Database:
     server restart has closed.
     """
 
-    def __init__(self, settings: Settings | None = None, *, url: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        url: str | None = None,
+        warn_if_privileged: bool = True,
+    ) -> None:
         self.settings = settings or default_settings()
         self.url = url or self.settings.database_url
+        self._warn_if_privileged = warn_if_privileged
         options = []
         if self.settings.statement_timeout_ms:
             options.append(f"-c statement_timeout={self.settings.statement_timeout_ms}")
@@ -217,9 +256,11 @@ class Database:
         """
         if self._opened:
             return
-        connect(
+        with connect(
             self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
-        ).close()
+        ) as probe:
+            if self._warn_if_privileged:
+                _warn_if_privileged(probe)
         self._pool.open(wait=False)
         self._opened = True
 
