@@ -38,7 +38,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     if args.status:
         states = status(_migration_url(args))
         for state in states:
-            print(f"{'applied' if state.applied else 'pending'}  {state.id}")
+            print(f"{'applied' if state.applied else 'pending'}  {state.origin:<7}  {state.id}")
         pending = sum(not state.applied for state in states)
         print(f"{len(states) - pending} applied, {pending} pending")
         return 0
@@ -78,16 +78,17 @@ def _cmd_queries(args: argparse.Namespace) -> int:
         return 0
     width = max(len(q.name) for q in queries)
     for query in queries:
-        print(f"{query.name:<{width}}  :{query.kind.value:<9}  {query.doc}")
+        print(f"{query.name:<{width}}  {query.origin:<7}  :{query.kind.value:<9}  {query.doc}")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from toolkit.catalog import load_bindings
     from toolkit.db.database import connect, raise_translated
-    from toolkit.db.verify import load_bindings, verify
+    from toolkit.db.verify import verify
 
     settings = _settings(args)
-    bindings = load_bindings()
+    bindings = load_bindings(settings)
     conn = connect(
         settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
     )

@@ -8,9 +8,11 @@ machine. :func:`load_settings` turns a bad value into a
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -26,6 +28,17 @@ ENV_PREFIX = "TOOLKIT_"
 _MASK = "***"
 _CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 _URL_FIELDS = ("database_url", "migration_database_url", "redis_url", "amqp_url", "storage_url")
+
+
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _split_path(value: str) -> tuple[str, ...]:
+    return tuple(part for part in value.split(os.pathsep) if part.strip())
+
+
+def _split_modules(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def mask_password(url: str) -> str:
@@ -82,6 +95,45 @@ class Settings(BaseSettings):
 
     # Storage
     storage_url: str = "file://./toolkit-files"
+
+    # The application's own tables
+    sql_path: str = ""
+    """Folders of the application's named queries, ``os.pathsep``-separated."""
+    migrations_path: str = ""
+    """Folders of the application's migrations, applied after the toolkit's."""
+    app_modules: str = ""
+    """Comma-separated modules whose import binds the application's queries."""
+
+    @field_validator("sql_path", "migrations_path")
+    @classmethod
+    def _existing_folders(cls, value: str) -> str:
+        missing = [f for f in _split_path(value) if not Path(f).is_dir()]
+        if missing:
+            raise ValueError(f"not a folder: {', '.join(missing)}")
+        return value
+
+    @field_validator("app_modules")
+    @classmethod
+    def _module_names(cls, value: str) -> str:
+        bad = [m for m in _split_modules(value) if not _MODULE.fullmatch(m)]
+        if bad:
+            raise ValueError(f"not a module name: {', '.join(bad)}")
+        return value
+
+    @property
+    def sql_folders(self) -> tuple[Path, ...]:
+        """The application's query folders (``TOOLKIT_SQL_PATH``)."""
+        return tuple(Path(f) for f in _split_path(self.sql_path))
+
+    @property
+    def migration_folders(self) -> tuple[Path, ...]:
+        """The application's migration folders (``TOOLKIT_MIGRATIONS_PATH``)."""
+        return tuple(Path(f) for f in _split_path(self.migrations_path))
+
+    @property
+    def app_module_names(self) -> tuple[str, ...]:
+        """The application's binding modules (``TOOLKIT_APP_MODULES``)."""
+        return _split_modules(self.app_modules)
 
     @field_validator("database_url", "migration_database_url")
     @classmethod

@@ -113,7 +113,7 @@ def test_cli_migrate_and_rollback_are_non_interactive(scratch_url) -> None:
     undone = run("rollback", "--count", "1")
     assert undone.returncode == 0 and undone.stdout.strip() == f"rolled back {ALL[-2]}"
     listed = run("migrate", "--status").stdout
-    assert f"pending  {ALL[-1]}" in listed and f"applied  {ALL[0]}" in listed
+    assert f"pending  toolkit  {ALL[-1]}" in listed and f"applied  toolkit  {ALL[0]}" in listed
     assert f"{len(ALL) - 2} applied, 2 pending" in listed
     assert "rolled back 0001.core-schema" in run("rollback", "--all").stdout
     both = run("rollback", "--all", "--count", "2")

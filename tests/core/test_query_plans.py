@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from toolkit.catalog import load_bindings
 from toolkit.db.bind import Many
-from toolkit.db.verify import load_bindings
 
 SEED = """
 INSERT INTO users (email, display_name, role)

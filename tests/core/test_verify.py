@@ -7,10 +7,11 @@ from uuid import UUID
 
 import pytest
 
+from toolkit.catalog import load_bindings
 from toolkit.cli import main
 from toolkit.db import bind
 from toolkit.db.registry import QueryRegistry
-from toolkit.db.verify import load_bindings, verify
+from toolkit.db.verify import verify
 from toolkit.records import Record
 
 SQL = """
@@ -80,7 +81,7 @@ def check(conn, queries, *bindings) -> list[str]:
 
 
 def test_the_toolkit_queries_agree_with_the_schema(conn) -> None:
-    problems = verify(conn)
+    problems = verify(conn, load_bindings())
     assert problems == [], "\n".join(map(str, problems))
     assert len(load_bindings()) >= 60
 
@@ -92,7 +93,7 @@ def test_a_matching_record_passes(conn, probe_registry) -> None:
         bind.One("probe.agent", Good, ("id",), entity="probe"),
         bind.Scalar("probe.count", int, ()),
     )
-    assert [p for p in problems if "no repository function" not in p] == []
+    assert [p for p in problems if "no function binds it" not in p] == []
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_unpreparable_queries_and_scalar_types_are_reported(conn, probe_registry
     assert 'column "nickname" does not exist' in text
     assert "column count is int8, which does not fit str" in text
     assert "could not determine data type of parameter $1" in text
-    assert "sql/probe.sql:2: probe.agent: no repository function runs it" in text
+    assert "sql/probe.sql:2: probe.agent: no function binds it" in text
 
 
 def test_cli_verify_exits_zero_when_all_agree(database_url, capsys) -> None:

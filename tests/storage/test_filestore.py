@@ -231,7 +231,8 @@ def test_delete_and_orphans(db: Database, store: FileStore, owner: User) -> None
 def test_verify_agrees_with_the_files_queries(database_url: str) -> None:
     import psycopg
 
-    from toolkit.db.verify import load_bindings, verify
+    from toolkit.catalog import load_bindings
+    from toolkit.db.verify import verify
 
     bindings = load_bindings()
     names = {binding.name for binding in bindings}

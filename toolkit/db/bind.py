@@ -29,6 +29,7 @@ from psycopg.adapt import Loader
 from psycopg.rows import RowMaker
 from pydantic import BaseModel, TypeAdapter
 
+from toolkit.config import default_settings
 from toolkit.db.database import Connection, raise_translated
 from toolkit.db.registry import (
     CURSOR_PARAMS,
@@ -36,7 +37,6 @@ from toolkit.db.registry import (
     NamedQuery,
     QueryRegistry,
     check_params,
-    package_directory,
 )
 from toolkit.errors import NotFound, QueryDefinitionError
 
@@ -46,8 +46,8 @@ T = TypeVar("T")
 
 @lru_cache(maxsize=1)
 def registry() -> QueryRegistry:
-    """The registry of the toolkit's own ``sql/`` folder, loaded once."""
-    return QueryRegistry.from_directory(package_directory("sql"))
+    """Every named query, loaded once: the toolkit's ``sql/``, then ``TOOLKIT_SQL_PATH``'s."""
+    return QueryRegistry.with_application(default_settings().sql_folders)
 
 
 class Binding:

@@ -155,7 +155,9 @@ def _warn_if_privileged(conn: Connection) -> None:
         return
     reasons = [
         reason
-        for held, reason in zip(row, ("a superuser", "BYPASSRLS", "the owner of the tables"))
+        for held, reason in zip(
+            row, ("a superuser", "BYPASSRLS", "the owner of the tables"), strict=True
+        )
         if held
     ]
     if reasons:

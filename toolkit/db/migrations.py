@@ -1,8 +1,10 @@
 """Plain-SQL migrations under yoyo-migrations.
 
 ``migrate`` creates the target database when it is missing, then applies
-what is pending; ``rollback`` reverts the newest N (or all); ``status``
-lists what is applied and pending. Runs hold a PostgreSQL advisory lock for
+what is pending: the toolkit's migrations first, then the application's
+(``TOOLKIT_MIGRATIONS_PATH``), in file-name order within each;
+``rollback`` reverts the newest N (or all), the application's first;
+``status`` lists what is applied and pending. Runs hold a PostgreSQL advisory lock for
 their whole run, so concurrent runs queue up instead of racing. The lock
 dies with its session, so a crashed run never leaves a stale lock behind;
 yoyo's own lock row, which a killed run does leave, is cleared while the
@@ -16,9 +18,10 @@ reaches yoyo's connection, and what the URL leaves out comes from libpq's
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,6 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import BadMigration, LockTimeout, MigrationConflict
 
+from toolkit.config import default_settings
 from toolkit.db.database import Connection, connect, describe_target, raise_translated
 from toolkit.db.registry import package_directory
 from toolkit.errors import ConfigurationError, DatabaseError, InvalidInput
@@ -50,10 +54,11 @@ class MigrationResult:
 
 @dataclass(frozen=True)
 class MigrationState:
-    """One migration and whether it is applied."""
+    """One migration, whether it is applied, and whose it is (``toolkit`` or ``app``)."""
 
     id: str
     applied: bool
+    origin: str = "toolkit"
 
 
 def _yoyo_url(url: str) -> str:
@@ -134,15 +139,39 @@ def _locked_backend(url: str) -> Iterator[Any]:
             backend.connection.close()
 
 
-def _migrations() -> Any:
-    return read_migrations(str(package_directory("migrations")))
+def _migrations(app_folders: Sequence[Path] | None) -> Any:
+    """The toolkit's migrations, then the application's; an id used twice is an error."""
+    folders = default_settings().migration_folders if app_folders is None else app_folders
+    own = package_directory("migrations")
+    seen: dict[str, Path] = {}
+    for folder in (own, *folders):
+        for path in sorted(Path(folder).glob("*.sql")):
+            if path.name.endswith(".rollback.sql"):
+                continue
+            first = seen.setdefault(path.stem, path)
+            if first != path:
+                raise ConfigurationError(
+                    f"migration id {path.stem!r} is used twice: {first} and {path}; "
+                    "give the application's migrations names of their own"
+                )
+    return read_migrations(str(own), *(str(folder) for folder in folders))
 
 
-def migrate(url: str) -> MigrationResult:
-    """Create the database if needed and apply every pending migration."""
+def _origin(migration: Any) -> str:
+    own = package_directory("migrations").resolve()
+    return "toolkit" if Path(migration.path).resolve().parent == own else "app"
+
+
+def migrate(url: str, app_folders: Sequence[Path] | None = None) -> MigrationResult:
+    """Create the database if needed and apply every pending migration.
+
+    ``app_folders`` holds the application's migrations (``TOOLKIT_MIGRATIONS_PATH``
+    when None); they run after the toolkit's, under the same lock.
+    """
+    migrations = _migrations(app_folders)
     created = ensure_database(url)
     with _locked_backend(url) as backend:
-        pending = backend.to_apply(_migrations())
+        pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     applied = tuple(m.id for m in pending)
     for migration_id in applied:
@@ -150,15 +179,18 @@ def migrate(url: str) -> MigrationResult:
     return MigrationResult(applied=applied, rolled_back=(), database_created=created)
 
 
-def rollback(url: str, count: int | None = 1) -> MigrationResult:
+def rollback(
+    url: str, count: int | None = 1, app_folders: Sequence[Path] | None = None
+) -> MigrationResult:
     """Revert the newest ``count`` applied migrations (one by default; all when None)."""
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise InvalidInput(
             f"rollback count must be a whole number of at least 1, got {str(count)[:40]}",
             field="count",
         )
+    migrations = _migrations(app_folders)
     with _locked_backend(url) as backend:
-        applied = backend.to_rollback(_migrations())
+        applied = backend.to_rollback(migrations)
         chosen = applied if count is None else applied[:count]
         backend.rollback_migrations(chosen)
     return MigrationResult(
@@ -166,9 +198,9 @@ def rollback(url: str, count: int | None = 1) -> MigrationResult:
     )
 
 
-def status(url: str) -> list[MigrationState]:
+def status(url: str, app_folders: Sequence[Path] | None = None) -> list[MigrationState]:
     """Every migration, in order, with whether it is applied to ``url``'s database."""
+    migrations = _migrations(app_folders)
     with _locked_backend(url) as backend:
-        migrations = _migrations()
         applied = {m.id for m in backend.to_rollback(migrations)}
-    return [MigrationState(id=m.id, applied=m.id in applied) for m in migrations]
+    return [MigrationState(m.id, m.id in applied, _origin(m)) for m in migrations]

@@ -95,6 +95,8 @@ class NamedQuery:
     path: str
     line: int
     sort_columns: tuple[SortColumn, ...] = ()
+    origin: str = "toolkit"
+    """``toolkit`` for the toolkit's own queries, ``app`` for the application's."""
 
     @property
     def location(self) -> str:
@@ -298,7 +300,7 @@ def _parse_sort(spec: str, where: str) -> tuple[SortColumn, ...]:
     return tuple(columns)
 
 
-def parse_file(text: str, path: str) -> list[NamedQuery]:
+def parse_file(text: str, path: str, origin: str = "toolkit") -> list[NamedQuery]:
     """Parse the queries of one ``.sql`` file; raises QueryDefinitionError."""
     lines = text.splitlines()
     headers = [i for i, line in enumerate(lines) if re.match(r"^--\s*name:", line)]
@@ -309,11 +311,11 @@ def parse_file(text: str, path: str) -> list[NamedQuery]:
     queries = []
     for position, start in enumerate(headers):
         end = headers[position + 1] if position + 1 < len(headers) else len(lines)
-        queries.append(_parse_query(lines[start:end], path, start + 1))
+        queries.append(_parse_query(lines[start:end], path, start + 1, origin))
     return queries
 
 
-def _parse_query(block: list[str], path: str, line: int) -> NamedQuery:
+def _parse_query(block: list[str], path: str, line: int, origin: str) -> NamedQuery:
     where = f"{path}:{line}"
     header = _HEADER.match(block[0])
     if not header:
@@ -379,6 +381,7 @@ def _parse_query(block: list[str], path: str, line: int) -> NamedQuery:
         path=path,
         line=line,
         sort_columns=sort_columns,
+        origin=origin,
     )
 
 
@@ -400,20 +403,36 @@ class QueryRegistry:
             )
         self._queries[query.name] = query
 
-    def load_text(self, text: str, path: str) -> None:
+    def load_text(self, text: str, path: str, origin: str = "toolkit") -> None:
         """Parse and register the queries of one file's text."""
-        for query in parse_file(text, path):
+        for query in parse_file(text, path, origin):
             self.add(query)
 
-    @classmethod
-    def from_directory(cls, directory: Path) -> QueryRegistry:
-        """Load every ``*.sql`` file of ``directory``, in name order."""
-        registry = cls()
+    def load_directory(self, directory: Path, *, origin: str, label: str | None = None) -> None:
+        """Load every ``*.sql`` file of ``directory``, in name order.
+
+        Locations read ``<label>/<file>`` (the folder as given by default).
+        """
         files = sorted(directory.glob("*.sql"))
         if not files:
             raise QueryDefinitionError(f"no .sql files in {directory}")
+        prefix = label if label is not None else str(directory)
         for path in files:
-            registry.load_text(path.read_text(encoding="utf-8"), f"sql/{path.name}")
+            self.load_text(path.read_text(encoding="utf-8"), f"{prefix}/{path.name}", origin)
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> QueryRegistry:
+        """A registry of the toolkit's queries in ``directory``."""
+        registry = cls()
+        registry.load_directory(directory, origin="toolkit", label="sql")
+        return registry
+
+    @classmethod
+    def with_application(cls, app_folders: Iterable[Path] = ()) -> QueryRegistry:
+        """The toolkit's own queries, then the application's from ``app_folders``."""
+        registry = cls.from_directory(package_directory("sql"))
+        for folder in app_folders:
+            registry.load_directory(folder, origin="app")
         return registry
 
     def __getitem__(self, name: str) -> NamedQuery:

@@ -10,9 +10,12 @@ Each query is prepared on the server and described (psycopg's
 * a column read straight from a nullable table column is Optional in the
   record;
 * the query's parameters are the ones its repository function passes;
-* every query in ``sql/`` is bound by some repository function.
+* every query in the registry (the toolkit's and the application's) is
+  bound by some function.
 
-Nothing is executed: preparing a statement has no effect on data.
+Nothing is executed: preparing a statement has no effect on data. The
+caller passes the bindings (``toolkit.catalog.load_bindings`` imports every
+binding module); this module imports nothing above ``db``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
-import importlib
 import re
 import types
 import typing
@@ -33,16 +35,8 @@ import psycopg
 from psycopg.pq import ExecStatus
 from pydantic import BaseModel
 
-from toolkit.db.bind import BINDINGS, Binding, Scalar, registry
+from toolkit.db.bind import Binding, Scalar, registry
 from toolkit.db.registry import Kind, QueryRegistry
-
-BINDING_MODULES = (
-    "toolkit.repositories",
-    "toolkit.storage.repository",
-    "toolkit.messaging",
-    "toolkit.integrations.checkpoint_store",
-)
-"""Modules whose import binds every query the toolkit runs."""
 
 _TYPE_FITS: dict[str, tuple[type, ...]] = {
     "uuid": (uuid.UUID,),
@@ -248,20 +242,13 @@ def _show(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def load_bindings() -> list[Binding]:
-    """Import every binding module and return the bindings they made."""
-    for module in BINDING_MODULES:
-        importlib.import_module(module)
-    return list(BINDINGS)
-
-
 def verify(
     conn: psycopg.Connection[Any],
-    bindings: Iterable[Binding] | None = None,
+    bindings: Iterable[Binding],
     queries: QueryRegistry | None = None,
 ) -> list[Problem]:
-    """Check ``bindings`` (all by default) against the schema ``conn`` sees."""
-    chosen = list(bindings) if bindings is not None else load_bindings()
+    """Check ``bindings`` against the schema ``conn`` sees, and that every query is bound."""
+    chosen = list(bindings)
     catalog = _Catalog(conn)
     problems: list[Problem] = []
     for binding in chosen:
@@ -269,5 +256,5 @@ def verify(
     bound = {binding.name for binding in chosen}
     for query in queries if queries is not None else registry():
         if query.name not in bound:
-            problems.append(Problem(query.location, query.name, "no repository function runs it"))
+            problems.append(Problem(query.location, query.name, "no function binds it"))
     return problems
