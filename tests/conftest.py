@@ -8,7 +8,11 @@ root); each test gets its own copy, so tests cannot see each other's rows.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import venv
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,6 +20,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 
+from toolkit import DISTRIBUTION
 from toolkit.config import Settings, load_settings
 from toolkit.db import Database, migrate
 
@@ -93,3 +98,36 @@ def superuser(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A separate autocommit connection for inspecting and tampering."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+# -- the packaged toolkit (marker "packaging", tox -e package) ---------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_ok(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; fail the test, with its output, unless it exits 0."""
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from this checkout, once per session."""
+    out = tmp_path_factory.mktemp("wheel")
+    run_ok(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", out, ROOT, cwd=out)
+    (built,) = out.glob(f"{DISTRIBUTION.replace('-', '_')}-*.whl")
+    return built
+
+
+@pytest.fixture(scope="session")
+def installed_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the wheel and its ``embedded`` extra installed, once per session."""
+    env_dir = tmp_path_factory.mktemp("installed") / "venv"
+    venv.create(env_dir, with_pip=True)
+    pip = (env_dir / "bin" / "python", "-m", "pip")
+    run_ok(*pip, "install", "-q", f"{wheel}[embedded]", cwd=env_dir)
+    return env_dir

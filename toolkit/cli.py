@@ -180,7 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``toolkit`` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        # Building the parser imports the modules that bind queries, which
+        # reads the settings: a bad one is reported like any other error.
+        parser = build_parser()
+    except ToolkitError as exc:
+        print(f"toolkit: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -8,8 +8,9 @@ with its checksum checked), and the audit chain verifies; then the workflow
 runs once more through the outbox, RabbitMQ and a worker, which prints the
 notification it produced. It runs
 against the configured database; where none answers, it says so in one line
-with the fix, or runs on an embedded PostgreSQL when the ``toolkit[embedded]``
-extra is installed.
+with the fix, or runs on an embedded PostgreSQL when the ``embedded`` extra is
+installed (``pip install 'agent-persistence-toolkit[embedded]'``). A server
+that answers, even with an error, is always the one used.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings
-from toolkit.db.database import Database
+from toolkit.db.database import Database, connection_failure
 from toolkit.db.migrations import migrate
+from toolkit.errors import ConfigurationError
 from toolkit.messaging.demo import run_demo_messaging
 from toolkit.records import Agent
 from toolkit.repositories import (
@@ -50,12 +53,17 @@ def _safe_url(url: str) -> str:
 
 
 def _reachable(url: str) -> bool:
-    """Whether a PostgreSQL server answers at ``url``'s host (any database)."""
+    """Whether a PostgreSQL server answers at ``url``'s host (any database).
+
+    A refusal (authentication failed, no such database) is an answer: that
+    server stays the one used, and its error is the one reported.
+    """
+    probe = make_conninfo(url, dbname="postgres")
     try:
-        with psycopg.connect(make_conninfo(url, dbname="postgres"), connect_timeout=3):
+        with psycopg.connect(probe, connect_timeout=3):
             return True
-    except psycopg.Error:
-        return False
+    except psycopg.Error as exc:
+        return isinstance(connection_failure(exc, probe, "demo"), ConfigurationError)
 
 
 @contextlib.contextmanager
@@ -205,13 +213,14 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
             print(
                 f"toolkit demo: no PostgreSQL answers at {_safe_url(url)}; start one (Debian/"
                 "Ubuntu: 'sudo apt-get install postgresql && sudo pg_ctlcluster 15 main start'), "
-                "set TOOLKIT_DATABASE_URL, or 'pip install toolkit[embedded]' for an embedded one"
+                f"set TOOLKIT_DATABASE_URL, or pip install '{DISTRIBUTION}[embedded]' for an "
+                "embedded one"
             )
             return 1
-        print(f"no PostgreSQL at {_safe_url(url)}: using an embedded one (toolkit[embedded])")
+        print(f"no PostgreSQL at {_safe_url(url)}: using an embedded one (the embedded extra)")
         embedded = True
     if embedded and not embedded_available:
-        print("toolkit demo: --embedded needs the extra: pip install 'toolkit[embedded]'")
+        print(f"toolkit demo: --embedded needs the extra: pip install '{DISTRIBUTION}[embedded]'")
         return 1
     with contextlib.ExitStack() as stack:
         if embedded:

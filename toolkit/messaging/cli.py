@@ -107,8 +107,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace-period", type=float, default=30.0, help="seconds to finish work on SIGTERM"
     )
     parser.add_argument("--work", help="the workflow work function, as module:function")
+    # dest "handlers": "handler" is the subcommand's function in the namespace.
     parser.add_argument(
         "--handler",
+        dest="handlers",
         action="append",
         default=[],
         metavar="QUEUE=MODULE:FUNCTION",
@@ -135,7 +137,7 @@ def worker_command(args: argparse.Namespace) -> int:
         handlers = default_handlers(
             db, worker_id=worker_id, work=work, lease_seconds=args.lease_seconds
         )
-        for spec in args.handler:
+        for spec in args.handlers:
             queue, _, target = spec.partition("=")
             topology.check(queue)
             handlers[queue] = load_callable(target)

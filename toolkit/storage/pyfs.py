@@ -5,7 +5,7 @@ pyfilesystem2 (``fs`` 2.4.16, last released 2022) imports
 removed; the project is unmaintained (upstream issue 577). The toolkit's
 core therefore runs on fsspec, and this adapter is kept for callers who
 already hold pyfilesystem2 ``FS`` objects (OSFS, MemoryFS, S3FS, FTPFS,
-...). Install it with ``pip install 'toolkit[pyfs]'`` alongside
+...). Install it with ``pip install 'agent-persistence-toolkit[pyfs]'`` alongside
 ``setuptools<82``.
 
 Writes go to a ``.tmp-*`` file in the target's folder and are moved into
@@ -42,8 +42,8 @@ def _import_fs() -> Any:
             import fs.errors  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: PLC0415
     except ImportError as exc:  # includes pkg_resources missing under setuptools >= 82
         raise ConfigurationError(
-            "the pyfilesystem2 adapter needs the extra: pip install 'toolkit[pyfs]' "
-            f"'setuptools<82' ({exc})"
+            "the pyfilesystem2 adapter needs the extra: "
+            f"pip install 'agent-persistence-toolkit[pyfs]' 'setuptools<82' ({exc})"
         ) from None
     return fs
 
