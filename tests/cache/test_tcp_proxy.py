@@ -117,13 +117,11 @@ def test_cut_all_resets_open_connections(proxy: TcpProxy) -> None:
     assert proxy.active_connections == 2
     assert proxy.cut_all() == 2
     for sock in (first, second):
-        with pytest.raises((ConnectionResetError, BrokenPipeError)):
-            sock.sendall(b"x")
-            if not sock.recv(1):
-                raise ConnectionResetError("closed")
+        assert_reset(sock)
         sock.close()
     assert proxy.active_connections == 0
     assert proxy.stats.cut == 2
+    assert proxy.stats.closed_cleanly == 0
     with connect(proxy) as sock:  # new connections still work
         assert roundtrip(sock, b"ok") == b"ok"
 
@@ -150,6 +148,15 @@ def test_eof_is_passed_on(proxy: TcpProxy) -> None:
             received += chunk
         assert received == b"last words"
     wait_for(lambda: proxy.active_connections == 0)
+    assert (proxy.stats.closed_cleanly, proxy.stats.cut) == (1, 0)
+
+
+def test_a_clean_close_is_not_taken_for_a_reset(proxy: TcpProxy) -> None:
+    """The reset check itself: an orderly EOF from the peer must fail it."""
+    with connect(proxy) as sock:
+        sock.shutdown(socket.SHUT_WR)  # the echo server closes its side in turn
+        with pytest.raises(AssertionError, match="clean EOF"):
+            assert_reset(sock)
 
 
 def test_upstream_down_resets_the_client() -> None:
@@ -157,11 +164,13 @@ def test_upstream_down_resets_the_client() -> None:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
     with TcpProxy(upstream_port=dead_port) as proxy:
-        # The reset may even beat connect() back to the client.
-        with pytest.raises((ConnectionResetError, BrokenPipeError)), connect(proxy) as sock:
-            sock.sendall(b"x")
-            if not sock.recv(1):
-                raise ConnectionResetError("closed")
+        try:
+            sock = connect(proxy)
+        except ConnectionResetError:
+            pass  # the reset beat connect() back to the client: a reset all the same
+        else:
+            with sock:
+                assert_reset(sock)
         wait_for(lambda: proxy.stats.upstream_failures == 1)
 
 
@@ -180,6 +189,17 @@ def test_stop_is_idempotent_and_frees_the_port(echo: EchoServer) -> None:
     proxy.stop()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def assert_reset(sock: socket.socket) -> None:
+    """The peer reset ``sock`` (RST): reading raises ECONNRESET, not a clean EOF."""
+    try:
+        data = sock.recv(1)
+    except ConnectionResetError:
+        return
+    raise AssertionError(
+        "clean EOF, not a reset" if data == b"" else f"data, not a reset: {data!r}"
+    )
 
 
 def wait_for(condition: object, timeout: float = 2.0) -> None:

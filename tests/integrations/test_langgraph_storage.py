@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any, TypedDict
 
@@ -23,9 +24,10 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import Command, interrupt
+from psycopg.conninfo import make_conninfo
 
-from toolkit.config import Settings
-from toolkit.errors import InvalidInput
+from toolkit.config import Settings, load_settings
+from toolkit.errors import ConfigurationError, InvalidInput
 from toolkit.integrations.langgraph import ToolkitCheckpointSaver
 
 Config = dict[str, Any]
@@ -347,32 +349,50 @@ def test_delta_channel_threads_are_never_trimmed(shared_settings: Settings) -> N
         assert len(list(saver.list(plain.all))) == 1
 
 
-def test_setup_only_checks_the_migration(shared_settings: Settings) -> None:
-    """setup() never creates tables: on a database without migration 0006 it says so."""
-    from psycopg.conninfo import make_conninfo
-
-    from toolkit.config import load_settings
-    from toolkit.errors import ConfigurationError
-
-    with ToolkitCheckpointSaver.from_settings(shared_settings) as saver:
-        saver.setup()
+@pytest.fixture
+def unmigrated_settings(shared_settings: Settings) -> Iterator[Settings]:
+    """Settings for an empty database on the same server: migration 0006 never ran."""
     name = f"lg_unmigrated_{uuid.uuid4().hex[:8]}"
     server = make_conninfo(shared_settings.database_url, dbname="postgres")
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        empty = load_settings(database_url=make_conninfo(server, dbname=name), pool_min_size=0)
-        with (
-            ToolkitCheckpointSaver.from_settings(empty) as saver,
-            pytest.raises(ConfigurationError, match="toolkit migrate"),
-        ):
-            saver.setup()
+        yield load_settings(database_url=make_conninfo(server, dbname=name), pool_min_size=0)
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def test_setup_only_checks_the_migration(
+    shared_settings: Settings, unmigrated_settings: Settings
+) -> None:
+    """setup() never creates tables: on a database without migration 0006 it says so."""
+    with ToolkitCheckpointSaver.from_settings(shared_settings) as saver:
+        saver.setup()
+    with (
+        ToolkitCheckpointSaver.from_settings(unmigrated_settings) as saver,
+        pytest.raises(ConfigurationError, match="toolkit migrate"),
+    ):
+        saver.setup()
+    assert _tables(unmigrated_settings) == []  # and it created nothing
+
+
 @pytest.mark.asyncio
-async def test_asetup(shared_settings: Settings) -> None:
+async def test_asetup_only_checks_the_migration(
+    shared_settings: Settings, unmigrated_settings: Settings
+) -> None:
     async with ToolkitCheckpointSaver.from_settings(shared_settings) as saver:
         await saver.asetup()
+        assert await saver.aget_tuple(Thread(saver).config) is None  # the tables answer
+    async with ToolkitCheckpointSaver.from_settings(unmigrated_settings) as saver:
+        with pytest.raises(ConfigurationError, match="toolkit migrate"):
+            await saver.asetup()
+    assert _tables(unmigrated_settings) == []
+
+
+def _tables(settings: Settings) -> list[str]:
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        ).fetchall()
+    return [row[0] for row in rows]

@@ -1,8 +1,16 @@
 """The reliability suite: each scenario adds a row to a report printed at the end.
 
-``tox -e reliability`` runs everything here, including the scenarios that
-restart the machine's real services (marker ``service_restart``); the
-default run takes the fast part (proxy scenarios, modest fuzzing, corpora).
+``tox -e reliability`` runs everything here at full size, including the
+scenarios that restart a server mid-run (marker ``service_restart``); those
+start a private PostgreSQL cluster or RabbitMQ node of their own and restart
+that one, never the machine's shared services. The default run takes the
+fast part (proxy scenarios, modest fuzzing, corpora).
+
+Every cell of a row is measured by its scenario (the state of the database,
+broker or cache after the run, or counts kept while it ran). A scenario
+records its row *before* it asserts its verdict, so a failing row still
+shows what went wrong. ``None`` means the column does not apply to the
+scenario (printed as "n/a").
 """
 
 from __future__ import annotations
@@ -20,6 +28,11 @@ class Row:
     scenario: str
     operations: int
     errors_surfaced: int
+    """Calls that raised to their caller (or messages parked or refused)."""
+    outcome_unknown: int | None
+    """Calls that raised OutcomeUnknown (each resolved afterwards by transaction id)."""
+    wrong: int | None
+    """Results or stored values that differ from what their own request should give."""
     data_lost: int
     duplicates_applied: int
     time_to_recover: str
@@ -28,24 +41,39 @@ class Row:
 ROWS: list[Row] = []
 
 
-@pytest.fixture
-def report():
-    """Call ``report(Row(...))`` to add a scenario's row to the final table."""
-    return ROWS.append
+def _cell(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def render_row(r: Row) -> str:
+    """One Markdown table line."""
+    return (
+        f"| {r.scenario} | {r.operations:,} | {_cell(r.errors_surfaced)} | "
+        f"{_cell(r.outcome_unknown)} | {_cell(r.wrong)} | {_cell(r.data_lost)} | "
+        f"{_cell(r.duplicates_applied)} | {r.time_to_recover} |"
+    )
 
 
 def render(rows: list[Row]) -> str:
     lines = [
-        "| scenario | operations | errors surfaced | data lost | duplicates applied "
-        "| time to recover |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| scenario | operations | errors surfaced | outcome unknown | wrong | data lost "
+        "| duplicates applied | time to recover |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    lines += [
-        f"| {r.scenario} | {r.operations:,} | {r.errors_surfaced:,} | {r.data_lost} | "
-        f"{r.duplicates_applied} | {r.time_to_recover} |"
-        for r in rows
-    ]
+    lines += [render_row(r) for r in rows]
     return "\n".join(lines)
+
+
+def _record(row: Row) -> None:
+    ROWS.append(row)
+    # Printed at once (visible with -s), before the scenario asserts its verdict.
+    print(f"\nreliability row: {render_row(row)}", flush=True)
+
+
+@pytest.fixture
+def report():
+    """Call ``report(Row(...))`` to add a scenario's row to the final table."""
+    return _record
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -1,17 +1,23 @@
-"""PostgreSQL faults under a mixed write workload: every call either committed
-(and its effect is there) or raised Unavailable (and nothing of it is there),
-and the pool heals without restarting the process."""
+"""PostgreSQL faults under a mixed write workload.
+
+Every call either committed (and its effect is there), raised Unavailable
+(and nothing of it is there), or raised OutcomeUnknown, which is resolved
+afterwards with ``Database.transaction_status`` and must agree with the data.
+The pool heals without restarting the process. Each scenario proves its
+fault hit the workload: calls ran before it, failed or stalled during it,
+and ran after it.
+"""
 
 from __future__ import annotations
 
 import os
 import random
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,113 +25,206 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.core.factories import make_agent, make_execution, make_user
 from tests.reliability.conftest import Row
+from tests.reliability.private_servers import postgres_available, private_postgres
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
 from toolkit.db import Database
-from toolkit.errors import Unavailable
+from toolkit.db.migrations import migrate
+from toolkit.errors import OutcomeUnknown, Unavailable
 from toolkit.repositories import Audit, agents, checkpoints, sessions
 
 # tox -e reliability runs the full 10,000; the default run a quicker 2,000.
 OPERATIONS = int(os.environ.get("TOOLKIT_RELIABILITY_OPERATIONS", "2000"))
+# Calls run after the fault is over, to show the same pool works again.
+TAIL = 60
+# A call slower than this during an outage counts as stalled by it.
+STALL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One call of the workload: when it ran and how it ended."""
+
+    started: float
+    ended: float
+    outcome: str  # "ok", "unavailable" or "unknown"
 
 
 @dataclass
 class Ledger:
-    """What the workload believes it wrote."""
+    """What the workload believes it wrote, call by call."""
 
     created: set[str] = field(default_factory=set)
     refused_creates: set[str] = field(default_factory=set)
     sequences: set[int] = field(default_factory=set)
     refused_sequences: set[int] = field(default_factory=set)
     increments: int = 0
-    errors: int = 0
-    last_error_at: float | None = None
-    recoveries: list[float] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    unknown: list[tuple[int, int]] = field(default_factory=list)
+    """(transaction id, operation number) of each OutcomeUnknown."""
 
-    def succeeded(self) -> None:
-        if self.last_error_at is not None:
-            self.recoveries.append(time.monotonic() - self.last_error_at)
-            self.last_error_at = None
-
-    def failed(self) -> None:
-        self.errors += 1
-        if self.last_error_at is None:
-            self.last_error_at = time.monotonic()
-
-
-def run_workload(db: Database, seed: dict, operations: range, ledger: Ledger) -> None:
-    """Run operation numbers ``operations`` (unique across calls: names and sequences use them)."""
-    owner, execution, counter = seed["owner"], seed["execution"], seed["counter"]
-    for i in operations:
+    def applied(self, i: int) -> None:
         kind = i % 3
-        try:
-            if kind == 0:
-                name = f"op-{i}"
-                with db.transaction() as tx:
-                    agents.create(
-                        tx,
-                        {"owner_id": owner.id, "name": name, "type": "load"},
-                        audit=Audit(owner.id),
-                    )
-            elif kind == 1:
-                with db.transaction() as tx:
-                    checkpoints.append(
-                        tx, {"execution_id": execution.id, "sequence": i, "state": {"i": i}}
-                    )
-            else:
-                with db.transaction() as tx:
-                    current = sessions.get(tx, counter.id)
-                    sessions.update(
-                        tx,
-                        counter.id,
-                        expected_version=current.version,
-                        state={"n": current.state.get("n", 0) + 1},
-                    )
-        except Unavailable:
-            ledger.failed()
-            if kind == 0:
-                ledger.refused_creates.add(f"op-{i}")
-            elif kind == 1:
-                ledger.refused_sequences.add(i)
-            continue
-        ledger.succeeded()
         if kind == 0:
-            ledger.created.add(f"op-{i}")
+            self.created.add(f"op-{i}")
         elif kind == 1:
-            ledger.sequences.add(i)
+            self.sequences.add(i)
         else:
-            ledger.increments += 1
+            self.increments += 1
+
+    def refused(self, i: int) -> None:
+        kind = i % 3
+        if kind == 0:
+            self.refused_creates.add(f"op-{i}")
+        elif kind == 1:
+            self.refused_sequences.add(i)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for a in self.attempts if a.outcome == outcome)
 
 
-def audit(superuser, seed: dict, ledger: Ledger) -> tuple[int, int]:
-    """(data lost, duplicates applied) comparing the database with the ledger."""
-    names = {r[0] for r in superuser.execute("SELECT name FROM agents WHERE type = 'load'")}
-    audited = superuser.execute(
+def run_operation(db: Database, seed: dict[str, Any], i: int) -> None:
+    """Operation number ``i`` (unique across calls: names and sequences use it)."""
+    owner, execution, counter = seed["owner"], seed["execution"], seed["counter"]
+    kind = i % 3
+    with db.transaction() as tx:
+        if kind == 0:
+            agents.create(
+                tx,
+                {"owner_id": owner.id, "name": f"op-{i}", "type": "load"},
+                audit=Audit(owner.id),
+            )
+        elif kind == 1:
+            checkpoints.append(tx, {"execution_id": execution.id, "sequence": i, "state": {"i": i}})
+        else:
+            current = sessions.get(tx, counter.id)
+            sessions.update(
+                tx,
+                counter.id,
+                expected_version=current.version,
+                state={"n": current.state.get("n", 0) + 1},
+            )
+
+
+def run_workload(
+    db: Database, seed: dict[str, Any], operations: Iterable[int], ledger: Ledger
+) -> None:
+    for i in operations:
+        started = time.monotonic()
+        try:
+            run_operation(db, seed, i)
+        except Unavailable:
+            ledger.refused(i)
+            outcome = "unavailable"
+        except OutcomeUnknown as exc:
+            ledger.unknown.append((exc.xid, i))
+            outcome = "unknown"
+        else:
+            ledger.applied(i)
+            outcome = "ok"
+        ledger.attempts.append(Attempt(started, time.monotonic(), outcome))
+
+
+def resolve_unknown(db: Database, ledger: Ledger, timeout: float = 30.0) -> Counter[str]:
+    """Ask the server how each OutcomeUnknown ended and enter it in the ledger."""
+    outcomes = Counter[str]()
+    for xid, i in ledger.unknown:
+        deadline = time.monotonic() + timeout
+        while (status := db.transaction_status(xid)) == "in progress":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        outcomes[status] += 1
+        if status == "committed":
+            ledger.applied(i)
+        elif status == "aborted":
+            ledger.refused(i)
+    return outcomes
+
+
+def audit(check: psycopg.Connection[Any], seed: dict[str, Any], ledger: Ledger) -> tuple[int, ...]:
+    """(lost, duplicates, wrong), comparing the database with the ledger."""
+    names = {r[0] for r in check.execute("SELECT name FROM agents WHERE type = 'load'")}
+    audited = check.execute(
         "SELECT count(*) FROM audit_events AS e JOIN agents AS a ON a.id = e.entity_id "
         "WHERE a.type = 'load'"
     ).fetchone()[0]
+    execution = seed["execution"].id
     sequences = {
         r[0]
-        for r in superuser.execute(
-            "SELECT sequence FROM checkpoints WHERE execution_id = %s", [seed["execution"].id]
+        for r in check.execute(
+            "SELECT sequence FROM checkpoints WHERE execution_id = %s", [execution]
         )
     }
-    counter = sessions.get(superuser, seed["counter"].id).state.get("n", 0)
+    wrong = check.execute(
+        "SELECT count(*) FROM checkpoints WHERE execution_id = %s "
+        "AND state <> jsonb_build_object('i', sequence)",
+        [execution],
+    ).fetchone()[0]
+    counter = sessions.get(check, seed["counter"].id).state.get("n", 0)
     lost = len(ledger.created - names) + len(ledger.sequences - sequences)
     lost += max(0, ledger.increments - counter) + max(0, len(names) - audited)
     duplicates = len(names & ledger.refused_creates) + len(sequences & ledger.refused_sequences)
     duplicates += max(0, counter - ledger.increments) + len(
         names - ledger.created - ledger.refused_creates
     )
-    return lost, duplicates
+    return lost, duplicates, wrong
 
 
-@pytest.fixture
-def seed(conn) -> dict:
+def plant(conn: Any) -> dict[str, Any]:
+    """The rows the workload writes against: an owner, an execution, a counter session."""
     owner = make_user(conn)
     agent = make_agent(conn, owner, type="counter")
     counter = sessions.create(conn, {"user_id": owner.id, "agent_id": agent.id, "state": {"n": 0}})
     return {"owner": owner, "execution": make_execution(conn), "counter": counter}
+
+
+@dataclass(frozen=True)
+class Impact:
+    """How the workload met a fault window [began, ended]."""
+
+    ok_before: int
+    hit_during: int  # calls overlapping the window that failed, or stalled past STALL_S
+    ok_after: int
+
+    def proven(self) -> bool:
+        return self.ok_before > 0 and self.hit_during > 0 and self.ok_after > 0
+
+
+def impact(attempts: list[Attempt], began: float, ended: float) -> Impact:
+    overlapping = [a for a in attempts if a.ended >= began and a.started <= ended]
+    return Impact(
+        ok_before=sum(1 for a in attempts if a.outcome == "ok" and a.ended < began),
+        hit_during=sum(
+            1 for a in overlapping if a.outcome != "ok" or a.ended - a.started > STALL_S
+        ),
+        ok_after=sum(1 for a in attempts if a.outcome == "ok" and a.started > ended),
+    )
+
+
+def recoveries(attempts: list[Attempt]) -> list[float]:
+    """For each run of failed calls: from the first failure to the next commit."""
+    out: list[float] = []
+    failed_at: float | None = None
+    for a in attempts:
+        if a.outcome != "ok" and failed_at is None:
+            failed_at = a.ended
+        elif a.outcome == "ok" and failed_at is not None:
+            out.append(a.ended - failed_at)
+            failed_at = None
+    return out
+
+
+def describe_unknown(ledger: Ledger, resolved: Counter[str]) -> str:
+    if not ledger.unknown:
+        return ""
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(resolved.items()))
+    return f"; outcome-unknown resolved by xid: {parts}"
+
+
+@pytest.fixture
+def seed(conn: Any) -> dict[str, Any]:
+    return plant(conn)
 
 
 @pytest.fixture
@@ -140,10 +239,11 @@ def via(url: str, port: int) -> str:
     return make_conninfo(**params)
 
 
-def cutter(proxy: TcpProxy, stop: threading.Event, rng: random.Random, cuts: list[int]) -> None:
+def cutter(proxy: TcpProxy, stop: threading.Event, rng: random.Random, cuts: list[float]) -> None:
     """Reset every open connection at random moments, mid-statement or mid-COMMIT."""
     while not stop.wait(rng.uniform(0.05, 0.3)):
-        cuts.append(proxy.cut_all())
+        if proxy.cut_all():
+            cuts.append(time.monotonic())
 
 
 def test_connections_cut_repeatedly_during_mixed_writes(
@@ -158,7 +258,7 @@ def test_connections_cut_repeatedly_during_mixed_writes(
     )
     ledger = Ledger()
     stop = threading.Event()
-    cuts: list[int] = []
+    cuts: list[float] = []
     thread = threading.Thread(target=cutter, args=(proxy, stop, random.Random(7), cuts))
     started = time.monotonic()
     with Database(settings) as db:
@@ -168,86 +268,99 @@ def test_connections_cut_repeatedly_during_mixed_writes(
         finally:
             stop.set()
             thread.join()
-        # The same pool, same process: healed.
-        with db.connection() as conn:
-            assert agents.count(conn, {"type": "load"}) == len(ledger.created)
-    lost, duplicates = audit(superuser, seed, ledger)
+        # The same pool, same process, no more faults: it works again.
+        run_workload(db, seed, range(OPERATIONS, OPERATIONS + TAIL), ledger)
+        resolved = resolve_unknown(db, ledger)
+    lost, duplicates, wrong = audit(superuser, seed, ledger)
+    hit = impact(ledger.attempts, cuts[0], cuts[-1]) if cuts else Impact(0, 0, 0)
     report(
         Row(
             "PostgreSQL connections cut repeatedly (proxy), mixed writes",
-            OPERATIONS,
-            ledger.errors,
+            len(ledger.attempts),
+            ledger.count("unavailable"),
+            ledger.count("unknown"),
+            wrong,
             lost,
             duplicates,
-            f"max {max(ledger.recoveries, default=0) * 1000:.0f} ms after a cut "
-            f"({sum(1 for c in cuts if c)} cuts, {time.monotonic() - started:.0f} s run)",
+            f"max {max(recoveries(ledger.attempts), default=0) * 1000:.0f} ms from a failed "
+            f"call to the next commit ({len(cuts)} cuts that hit open connections, "
+            f"{time.monotonic() - started:.0f} s run{describe_unknown(ledger, resolved)})",
         )
     )
-    assert sum(1 for c in cuts if c) >= 10, "the faults never hit an open connection"
-    assert ledger.errors > 0
-    assert (lost, duplicates) == (0, 0)
-
-
-def _pg_ctl(action: str) -> None:
-    cluster = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True, check=True)
-    version = cluster.stdout.split()[0]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-
-
-def _ensure_postgres_running() -> None:
-    for _ in range(60):
-        if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode == 0:
-            return
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"],
-            check=False,
-            capture_output=True,
-        )
-        time.sleep(1)
-    raise RuntimeError("PostgreSQL did not come back")
+    assert len(cuts) >= 10, "the faults never hit an open connection"
+    assert hit.proven(), f"the cuts did not visibly hit the workload: {hit}"
+    assert resolved["in progress"] == 0, "an OutcomeUnknown never resolved"
+    assert (lost, duplicates, wrong) == (0, 0, 0)
 
 
 @pytest.mark.service_restart
-@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster (Debian)")
-def test_postgres_restarted_during_mixed_writes(database_url, seed, report) -> None:
-    settings = load_settings(
-        database_url=database_url, pool_min_size=0, pool_max_size=2, pool_timeout=2.0
-    )
+@pytest.mark.skipif(
+    not postgres_available(), reason="needs root, the postgres user and PostgreSQL 15 binaries"
+)
+def test_postgres_restarted_during_mixed_writes(report) -> None:
+    """A private cluster is crashed and restarted (pg_ctl restart -m immediate) mid-run."""
     ledger = Ledger()
-    restart_at = OPERATIONS // 3
-    downtime: list[float] = []
+    window: dict[str, float] = {}
+    failures: list[BaseException] = []
+    with private_postgres() as cluster:
+        url = cluster.url()
+        migrate(url)
+        settings = load_settings(
+            database_url=url,
+            pool_min_size=0,
+            pool_max_size=2,
+            pool_timeout=2.0,
+            connect_timeout=1.0,
+        )
 
-    def restart_midway() -> None:
-        began = time.monotonic()
-        _pg_ctl("restart")
-        downtime.append(time.monotonic() - began)
+        def restart() -> None:
+            window["began"] = time.monotonic()
+            try:
+                cluster.restart("immediate")
+            except BaseException as exc:  # reported by the test below
+                failures.append(exc)
+            window["ended"] = time.monotonic()
 
-    with Database(settings) as db:
-        try:
-            run_workload(db, seed, range(restart_at), ledger)
-            restarter = threading.Thread(target=restart_midway)
-            restarter.start()
-            run_workload(db, seed, range(restart_at, OPERATIONS), ledger)
+        restarter = threading.Thread(target=restart)
+        with Database(settings) as db:
+            with db.connection() as conn:
+                seed = plant(conn)
+            i = after = 0
+            # At least OPERATIONS calls, and at least TAIL of them after the restart.
+            while i < OPERATIONS or restarter.is_alive() or after < TAIL:
+                if i == OPERATIONS // 3:
+                    restarter.start()
+                run_workload(db, seed, [i], ledger)
+                i += 1
+                if "ended" in window and ledger.attempts[-1].started > window["ended"]:
+                    after += 1
             restarter.join()
-        finally:
-            _ensure_postgres_running()
-        with db.connection() as conn:
-            assert agents.count(conn, {"type": "load"}) == len(ledger.created)
-    with psycopg.connect(database_url, autocommit=True) as check:
-        lost, duplicates = audit(check, seed, ledger)
+            resolved = resolve_unknown(db, ledger)
+        with psycopg.connect(url, autocommit=True) as check:
+            lost, duplicates, wrong = audit(check, seed, ledger)
+    hit = impact(ledger.attempts, window["began"], window["ended"])
+    back = [a.ended - window["ended"] for a in ledger.attempts if a.outcome == "ok"]
+    first_commit = min((t for t in back if t >= 0), default=None)
     report(
         Row(
-            "PostgreSQL restarted (pg_ctlcluster restart) during mixed writes",
-            OPERATIONS,
-            ledger.errors,
+            "PostgreSQL restarted (private cluster, pg_ctl restart -m immediate) "
+            "during mixed writes",
+            len(ledger.attempts),
+            ledger.count("unavailable"),
+            ledger.count("unknown"),
+            wrong,
             lost,
             duplicates,
-            f"{max(ledger.recoveries, default=0):.1f} s (restart took {downtime[0]:.1f} s)",
+            (
+                "never"
+                if first_commit is None
+                else f"first commit {first_commit * 1000:.0f} ms after the server was back"
+            )
+            + f" (restart took {window['ended'] - window['began']:.1f} s; {hit.hit_during} "
+            f"calls failed or stalled during it{describe_unknown(ledger, resolved)})",
         )
     )
-    assert (lost, duplicates) == (0, 0)
+    assert failures == [], f"the restart itself failed: {failures}"
+    assert hit.proven(), f"the restart did not visibly hit the workload: {hit}"
+    assert resolved["in progress"] == 0, "an OutcomeUnknown never resolved"
+    assert (lost, duplicates, wrong) == (0, 0, 0)

@@ -1,39 +1,142 @@
-"""RabbitMQ goes away while outbox messages flow: none is lost, none applied twice."""
+"""RabbitMQ goes away while outbox messages flow: none is lost, none applied twice.
+
+Half the messages are enqueued and applied first; then the broker is taken
+away, the other half is enqueued while it is gone, and it comes back. The
+row's columns are read from the database (outbox, effects) and the broker
+(queue depths) afterwards. The fault is proven to have hit: messages
+enqueued while the broker was away were applied only after it came back,
+none of them earlier.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import pika
 import pytest
 
 from tests.messaging import _procs
-from tests.messaging.conftest import AMQP_URL, amqp_url_for, wait_for
+from tests.messaging.conftest import AMQP_URL, FAST_LADDER, amqp_url_for, depth
 from tests.reliability.conftest import Row
+from tests.reliability.private_servers import (
+    PrivateRabbitMQ,
+    private_rabbitmq,
+    rabbitmq_available,
+)
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.db import Database
 from toolkit.messaging import Relay, Topology, Worker, inbox, outbox
+from toolkit.messaging.connection import close_quietly, connect
 from toolkit.messaging.models import AuditLog
 
 # tox -e reliability runs 10,000 messages; the default run 2,000.
 MESSAGES = int(os.environ.get("TOOLKIT_RELIABILITY_OPERATIONS", "2000"))
+BATCHES = 20
+OUTAGE_S = 2.0
+SETTLE_S = 240.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the database and the broker hold after the flow."""
+
+    enqueued: int
+    lost: int
+    twice: int
+    wrong: int
+    left_behind: int
+    refused: int
+    parked: int
+    applied_before: int
+    held_by_outage: int
+    leaked_during_outage: int
+    delivered_after_s: float | None
+    restart_s: float
+    relay_outages: int
+    worker_reconnects: int
+
+    def proven(self) -> bool:
+        return (
+            self.applied_before > 0
+            and self.held_by_outage > 0
+            and self.leaked_during_outage == 0
+            and self.relay_outages + self.worker_reconnects > 0
+        )
+
+    def recovery(self) -> str:
+        took = (
+            "never all delivered"
+            if self.delivered_after_s is None
+            else f"all delivered {self.delivered_after_s:.1f} s after it came back"
+        )
+        return (
+            f"{took} ({self.held_by_outage:,} messages held by the outage; relay saw "
+            f"{self.relay_outages} outages, worker reconnected {self.worker_reconnects} times; "
+            f"coming back took {self.restart_s:.1f} s)"
+        )
+
+
+def settle(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``condition`` until true; False (not a failure) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def enqueue(effects: Database, count: int, tag: str) -> set[str]:
+    ids: set[str] = set()
+    per_batch = max(1, count // (BATCHES // 2))
+    for batch in range(0, count, per_batch):
+        with effects.transaction() as tx:
+            new = outbox.enqueue_many(
+                tx,
+                [
+                    AuditLog(action="user.created", entity="user", details={"tag": tag, "i": i})
+                    for i in range(batch, min(count, batch + per_batch))
+                ],
+            )
+        ids |= {str(i) for i in new}
+    return ids
+
+
+def applied(effects: Database) -> int:
+    with effects.connection() as conn:
+        row = conn.execute("SELECT count(DISTINCT message_id) FROM test_effects").fetchone()
+    return int(row[0]) if row else 0
+
+
+def broker_depths(url: str, topology: Topology) -> tuple[int, int]:
+    """(messages still queued for work or retry, messages parked) on the broker."""
+    connection = connect(url)
+    try:
+        parked = depth(connection, topology.parking_queue("audit.log"))
+        waiting = depth(connection, topology.queue_name("audit.log")) + sum(
+            depth(connection, topology.retry_queue("audit.log", step))
+            for step in range(len(topology.retry_delays))
+        )
+    finally:
+        close_quietly(connection)
+    return waiting, parked
 
 
 def flow(
     effects: Database,
     topology: Topology,
     url: str,
+    inspect_url: str,
     run_relay: Any,
     run_worker: Any,
-    fault: Callable[[], None],
-) -> tuple[int, int, int, float]:
-    """Enqueue MESSAGES in batches, call ``fault`` halfway; (lost, twice, pending, recovery s)."""
+    take_down: Callable[[], None],
+    bring_back: Callable[[], None],
+) -> Outcome:
+    """Half the messages before the outage, half during it; then measure everything."""
     relay = Relay(effects, url, topology, batch_size=500, poll_interval=0.1, max_backoff=0.5)
     worker = Worker(
         url,
@@ -45,41 +148,76 @@ def flow(
     )
     run_relay(relay)
     run_worker(worker)
-    ids: set[str] = set()
-    batches = 20
-    fault_thread = None
-    for batch in range(batches):
-        with effects.transaction() as tx:
-            new = outbox.enqueue_many(
-                tx,
-                [
-                    AuditLog(action="user.created", entity="user", details={"n": batch, "i": i})
-                    for i in range(MESSAGES // batches)
-                ],
-            )
-        ids |= {str(i) for i in new}
-        if batch == batches // 2:
-            fault_thread = threading.Thread(target=fault)
-            fault_thread.start()
-    assert fault_thread is not None
-    fault_thread.join()
-    healed = time.monotonic()
-
-    def applied() -> int:
-        with effects.connection() as conn:
-            row = conn.execute("SELECT count(DISTINCT message_id) FROM test_effects").fetchone()
-        return int(row[0]) if row else 0
-
-    wait_for(lambda: applied() == len(ids), timeout=240, interval=0.2)
-    recovery = time.monotonic() - healed
+    ids = enqueue(effects, MESSAGES // 2, "before")
+    settle(lambda: applied(effects) >= len(ids), SETTLE_S)
+    take_down()
+    down = datetime.now(UTC)
+    ids |= enqueue(effects, MESSAGES - MESSAGES // 2, "during")
+    time.sleep(max(0.0, OUTAGE_S - (datetime.now(UTC) - down).total_seconds()))
+    up = datetime.now(UTC)
+    began = time.monotonic()
+    bring_back()
+    back = time.monotonic()
+    everything = settle(lambda: applied(effects) >= len(ids), SETTLE_S)
+    delivered_after = time.monotonic() - back if everything else None
     time.sleep(1.0)  # let any late duplicate land before counting
     with effects.connection() as conn:
         rows = conn.execute(
             "SELECT message_id::text, count(*) FROM test_effects GROUP BY message_id"
         ).fetchall()
+        wrong, refused, before, held, leaked = conn.execute(
+            "SELECT"
+            " (SELECT count(*) FROM test_effects e JOIN outbox o ON o.id = e.message_id"
+            "   WHERE e.payload <> o.body),"
+            " (SELECT count(*) FROM outbox WHERE last_error IS NOT NULL),"
+            " (SELECT count(*) FROM test_effects WHERE at < %(down)s),"
+            " (SELECT count(*) FROM outbox o JOIN test_effects e ON e.message_id = o.id"
+            "   WHERE o.created_at >= %(down)s AND o.created_at < %(up)s AND e.at >= %(up)s),"
+            " (SELECT count(*) FROM outbox o JOIN test_effects e ON e.message_id = o.id"
+            "   WHERE o.created_at >= %(down)s AND o.created_at < %(up)s AND e.at < %(up)s)",
+            {"down": down, "up": up},
+        ).fetchone()
         pending = outbox.stats(conn).pending
+    waiting, parked = broker_depths(inspect_url, topology)
     seen = {row[0] for row in rows}
-    return len(ids - seen), sum(row[1] - 1 for row in rows), pending, recovery
+    return Outcome(
+        enqueued=len(ids),
+        lost=len(ids - seen),
+        twice=sum(row[1] - 1 for row in rows),
+        wrong=wrong,
+        left_behind=pending + waiting,
+        refused=refused,
+        parked=parked,
+        applied_before=before,
+        held_by_outage=held,
+        leaked_during_outage=leaked,
+        delivered_after_s=delivered_after,
+        restart_s=back - began,
+        relay_outages=relay.stats.broker_outages,
+        worker_reconnects=worker.stats.reconnects,
+    )
+
+
+def record(report: Any, scenario: str, outcome: Outcome) -> None:
+    report(
+        Row(
+            scenario,
+            outcome.enqueued,
+            outcome.refused + outcome.parked,
+            None,
+            outcome.wrong,
+            outcome.lost,
+            outcome.twice,
+            outcome.recovery(),
+        )
+    )
+
+
+def verdict(outcome: Outcome) -> None:
+    assert outcome.proven(), f"the outage did not visibly hit the flow: {outcome}"
+    assert outcome.delivered_after_s is not None, f"not everything was delivered: {outcome}"
+    assert (outcome.lost, outcome.twice, outcome.wrong, outcome.left_behind) == (0, 0, 0, 0)
+    assert (outcome.refused, outcome.parked) == (0, 0)
 
 
 def test_broker_cut_off_during_outbox_flow(
@@ -88,67 +226,60 @@ def test_broker_cut_off_during_outbox_flow(
     def cut_off() -> None:
         rabbit_proxy.cut_all()
         rabbit_proxy.refuse_new()
-        time.sleep(2.0)
-        rabbit_proxy.restore()
 
-    lost, twice, pending, recovery = flow(
-        effects, topology, amqp_url_for(rabbit_proxy.port), run_relay, run_worker, cut_off
+    outcome = flow(
+        effects,
+        topology,
+        amqp_url_for(rabbit_proxy.port),
+        AMQP_URL,
+        run_relay,
+        run_worker,
+        cut_off,
+        rabbit_proxy.restore,
     )
-    report(
-        Row(
-            "RabbitMQ cut off for 2 s (proxy: connections reset, refused) during outbox flow",
-            MESSAGES,
-            0,
-            lost,
-            twice,
-            f"all delivered {recovery:.1f} s after it came back",
-        )
+    record(
+        report,
+        f"RabbitMQ cut off for {OUTAGE_S:.0f} s (proxy: connections reset, refused) "
+        "during outbox flow",
+        outcome,
     )
-    assert (lost, twice, pending) == (0, 0, 0)
+    verdict(outcome)
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
-def _ensure_rabbitmq_running() -> None:
-    for _ in range(60):
-        try:
-            pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
-            return
-        except pika.exceptions.AMQPError:
-            subprocess.run(["rabbitmqctl", "start_app"], check=False, capture_output=True)
-            time.sleep(1)
-    raise RuntimeError("RabbitMQ did not come back")
+@pytest.fixture
+def private_node() -> Iterator[PrivateRabbitMQ]:
+    with private_rabbitmq() as node:
+        yield node
 
 
 @pytest.mark.service_restart
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl")
+@pytest.mark.skipif(
+    not rabbitmq_available(), reason="needs root, the rabbitmq user and RabbitMQ's scripts"
+)
 def test_broker_restarted_during_outbox_flow(
-    effects, topology, run_relay, run_worker, report
+    effects, prefix, private_node: PrivateRabbitMQ, run_relay, run_worker, report
 ) -> None:
-    took: list[float] = []
+    """A private RabbitMQ node's application is stopped, then started again, mid-flow."""
+    topology = Topology(prefix=prefix, queues=("audit.log",), retry_delays=FAST_LADDER)
 
-    def restart() -> None:
-        began = time.monotonic()
-        try:
-            _rabbitmqctl("stop_app")
-            _rabbitmqctl("start_app")
-        finally:
-            _ensure_rabbitmq_running()
-        took.append(time.monotonic() - began)
+    def start_again() -> None:
+        private_node.ctl("start_app")
+        private_node.wait_until_up()
 
-    lost, twice, pending, recovery = flow(
-        effects, topology, AMQP_URL, run_relay, run_worker, restart
+    outcome = flow(
+        effects,
+        topology,
+        private_node.url,
+        private_node.url,
+        run_relay,
+        run_worker,
+        lambda: private_node.ctl("stop_app"),
+        start_again,
     )
-    report(
-        Row(
-            "RabbitMQ restarted (rabbitmqctl stop_app/start_app) during outbox flow",
-            MESSAGES,
-            0,
-            lost,
-            twice,
-            f"all delivered {recovery:.1f} s after it came back (restart took {took[0]:.1f} s)",
-        )
+    record(
+        report,
+        f"RabbitMQ restarted (private node, rabbitmqctl stop_app, {OUTAGE_S:.0f} s, start_app) "
+        "during outbox flow",
+        outcome,
     )
-    assert (lost, twice, pending) == (0, 0, 0)
+    verdict(outcome)

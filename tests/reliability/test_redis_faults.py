@@ -19,6 +19,8 @@ CALLS = int(os.environ.get("TOOLKIT_RELIABILITY_OPERATIONS", "2000"))
 # A call may cost one socket timeout (50 ms) plus scheduling slack on a busy
 # 2-core machine; with the breaker open it costs microseconds.
 CALL_BOUND_S = 0.25
+# A call slower than this is one the stall held up.
+STALL_S = 0.04
 
 
 @pytest.fixture
@@ -29,6 +31,11 @@ def namespace() -> Iterator[str]:
     for key in client.scan_iter(match=f"{name}:*", count=1000):
         client.unlink(key)
     client.close()
+
+
+def expected_answer(request: dict) -> str:
+    """What the model would answer to ``request``: unique to that request."""
+    return f"answer to {request['messages'][0]['content']}"
 
 
 def test_redis_cut_and_stalled_during_cached_llm_calls(namespace: str, report) -> None:
@@ -45,8 +52,11 @@ def test_redis_cut_and_stalled_during_cached_llm_calls(namespace: str, report) -
     }
     hits = dict.fromkeys(phases, 0)
     calls = dict.fromkeys(phases, 0)
+    # Calls the outage visibly hurt: a miss (the answer recomputed) or a call past STALL_S.
+    hurt = dict.fromkeys(phases, 0)
     slowest = 0.0
-    surfaced = 0
+    surfaced = wrong = recomputed = 0
+    computed: set[int] = set()
     recovered_at: float | None = None
     with TcpProxy(upstream_port=6379) as proxy:
         client = CacheClient.from_url(
@@ -68,34 +78,63 @@ def test_redis_cut_and_stalled_during_cached_llm_calls(namespace: str, report) -
                 proxy.restore()
                 healed = time.monotonic()
             time.sleep(0.001)  # calls arrive over time, as an application's would
-            request = requests[i % len(requests)]
+            number = i % len(requests)
+            request = requests[number]
             started = time.perf_counter()
             try:
-                answer = llm.get_or_compute(request, lambda r=request: f"answer {r['messages']}")
+                answer = llm.get_or_compute(request, lambda r=request: expected_answer(r))
             except Exception:  # the property under test: nothing reaches the caller
                 surfaced += 1
                 continue
-            slowest = max(slowest, time.perf_counter() - started)
+            took = time.perf_counter() - started
+            slowest = max(slowest, took)
             calls[phase] += 1
             hits[phase] += answer.from_cache
+            hurt[phase] += (not answer.from_cache) or took > STALL_S
+            wrong += answer.response != expected_answer(request)
+            if not answer.from_cache:
+                # Computing again an answer the cache had, while the cache was healthy.
+                recomputed += number in computed and phase in ("healthy", "steady")
+                computed.add(number)
             if phase == "healed" and answer.from_cache and recovered_at is None:
                 recovered_at = time.monotonic() - healed
         client.close()
-    healthy_rate = hits["healthy"] / calls["healthy"]
-    steady_rate = hits["steady"] / calls["steady"]
+    # What the cache holds afterwards, read straight from Redis (no proxy).
+    direct_client = CacheClient.from_url("redis://127.0.0.1:6379/0", namespace=namespace)
+    direct = LLMCache(direct_client)
+    stored = [direct.get(request) for request in requests]
+    direct_client.close()
+    lost = sum(1 for entry in stored if entry is None)
+    wrong += sum(
+        1
+        for request, entry in zip(requests, stored, strict=True)
+        if entry is not None and entry.response != expected_answer(request)
+    )
+    healthy_rate = hits["healthy"] / max(1, calls["healthy"])
+    steady_rate = hits["steady"] / max(1, calls["steady"])
+    outage_hurt = hurt["cut"] + hurt["stalled"]
     report(
         Row(
             "Redis cut, refused, then stalled (proxy) during cached LLM calls",
             CALLS,
             surfaced,
-            0,
-            0,
-            f"first hit {1000 * (recovered_at or 0):.0f} ms after healing; hit rate "
-            f"{healthy_rate:.0%} before, {steady_rate:.0%} after; slowest call "
+            None,
+            wrong,
+            lost,
+            recomputed,
+            (
+                "never a hit after healing"
+                if recovered_at is None
+                else f"first hit {1000 * recovered_at:.0f} ms after healing"
+            )
+            + f"; hit rate {healthy_rate:.0%} before, {steady_rate:.0%} after; "
+            f"{outage_hurt:,} calls missed or stalled during the outage; slowest call "
             f"{1000 * slowest:.0f} ms",
         )
     )
-    assert surfaced == 0
+    assert hits["healthy"] > 0 and hits["steady"] > 0, "no hit before or after the outage"
+    assert outage_hurt > 0, "the outage never touched a call"
+    assert (surfaced, wrong, lost, recomputed) == (0, 0, 0, 0)
     assert slowest < CALL_BOUND_S
     assert recovered_at is not None
     assert steady_rate >= healthy_rate - 0.05

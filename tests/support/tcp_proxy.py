@@ -84,6 +84,8 @@ class ProxyStats:
     """Accepted connections closed because the upstream refused them."""
     cut: int = 0
     """Connections reset by :meth:`TcpProxy.cut_all`."""
+    closed_cleanly: int = 0
+    """Connections that ended with an EOF passed on both ways (no reset)."""
     bytes_up: int = 0
     """Bytes forwarded from clients to the upstream."""
     bytes_down: int = 0
@@ -346,8 +348,8 @@ class TcpProxy:
                     self._accept()
                 else:
                     conn = key.data
-                    if conn.closed:
-                        continue
+                    if conn is None or conn.closed:
+                        continue  # the listener, closed by refuse_new() earlier in this batch
                     try:
                         if events & selectors.EVENT_READ:
                             self._read(conn, sock)
@@ -463,6 +465,7 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             direction.dst.shutdown(socket.SHUT_WR)
         if conn.up.eof and conn.down.eof:
+            self.stats.closed_cleanly += 1
             self._close(conn, reset=False)
 
     def _close(self, conn: _Connection, *, reset: bool) -> None:
