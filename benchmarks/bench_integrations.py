@@ -27,15 +27,27 @@ each saver's own ``get_next_version``.
   indexes included) after one 200-turn thread in empty tables; target: at
   most 0.25x PostgresSaver's.
 
+All of those run in one warm process: the savers wrote the threads they
+read, and their connections have run each statement before. The cold rows
+(``--cold-read``) start a fresh process per sample that has never seen the
+thread: it imports, builds the saver and opens its connection (ours:
+``setup()``, which checks the tables; theirs: ``SELECT 1``), all untimed,
+then times its first ``get_tuple`` of turn 200, and a second one of the
+same checkpoint. The savers' children alternate. The server's caches stay
+warm: only the client process is cold.
+
 ``run()`` returns the rows for a top-level runner.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -56,6 +68,7 @@ from psycopg.rows import dict_row
 
 from benchmarks._common import (
     interleaved,
+    load_average,
     machine_summary,
     markdown_table,
     median,
@@ -166,6 +179,8 @@ class Row:
     ratio: str
     target: str
     ok: bool | None
+    process: str = "one warm process"
+    """Where the row ran: the warm benchmark process, or fresh ones (cold)."""
 
 
 def text(seed: int, size: int) -> str:
@@ -312,7 +327,99 @@ def _read_rows(prefix: str, timing: dict[str, tuple[float, float]], turns: int) 
     return rows
 
 
-def run(*, rounds: int = 3, reads: int = 25, turns: int = TURNS) -> tuple[list[Row], str]:
+def _open_saver(name: str, url: str) -> tuple[BaseCheckpointSaver[Any], Callable[[], None]]:
+    """A saver of each kind as the benchmark builds it, with its connection open; and its closer."""
+    if name == OURS:
+        ours = ToolkitCheckpointSaver.from_settings(
+            load_settings(database_url=url, pool_min_size=1, pool_max_size=2)
+        )
+        ours.setup()  # checks the tables: the pool's connection is open afterwards
+        return ours, ours.close
+    conn = psycopg.Connection.connect(
+        url,
+        autocommit=True,
+        prepare_threshold=0,
+        row_factory=dict_row,
+        options=f"-c search_path={PG_SCHEMA}",
+    )
+    conn.execute("SELECT 1")
+    return PostgresSaver(conn), conn.close  # type: ignore[arg-type]
+
+
+def _cold_read(name: str, url: str, config: Any) -> dict[str, float]:
+    """In a fresh process: seconds of the first and the second get_tuple of ``config``."""
+    saver, close = _open_saver(name, url)
+    try:
+        times = []
+        for _ in range(2):
+            # Each call starts from the same heap: the previous answer gone, garbage collected.
+            gc.collect()
+            start = time.perf_counter()
+            found = saver.get_tuple(config) is not None
+            times.append(time.perf_counter() - start)
+            if not found:
+                raise SystemExit(f"{name}: checkpoint not found")
+        return {"first": times[0], "second": times[1]}
+    finally:
+        close()
+
+
+def _cold_reads(
+    url: str, threads: dict[str, Conversation], samples: int
+) -> dict[str, tuple[float, float]]:
+    """Median first and second get_tuple of turn N, each sample a fresh child process."""
+    found: dict[str, dict[str, list[float]]] = {
+        name: {"first": [], "second": []} for name in threads
+    }
+    for sample in range(samples):
+        names = list(threads) if sample % 2 == 0 else list(reversed(threads))
+        for name in names:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--cold-read",
+                    name,
+                    url,
+                    json.dumps(threads[name].configs[-1]),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=300,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"cold read by {name}: {done.stderr.strip()[-2000:]}")
+            numbers = json.loads(done.stdout.strip().splitlines()[-1])
+            for key in ("first", "second"):
+                found[name][key].append(numbers[key])
+    return {
+        name: (statistics.median(times["first"]), statistics.median(times["second"]))
+        for name, times in found.items()
+    }
+
+
+def _cold_rows(cold: dict[str, tuple[float, float]], turns: int, samples: int) -> list[Row]:
+    rows = []
+    for index, call in enumerate(("first", "second")):
+        ours, theirs = cold[OURS][index], cold[THEIRS][index]
+        rows.append(
+            Row(
+                f"get_tuple at turn {turns}, {call} call in the process (ms)",
+                f"{ours * 1e3:.2f}",
+                f"{theirs * 1e3:.2f}",
+                f"{ours / theirs:.2f}x the time",
+                "",
+                None,
+                f"cold: fresh process that never saw the thread (median of {samples} each)",
+            )
+        )
+    return rows
+
+
+def run(
+    *, rounds: int = 3, reads: int = 25, turns: int = TURNS, cold_samples: int = 7
+) -> tuple[list[Row], str]:
     """Run every comparison; returns the rows and a description of the machine."""
     server = _server_url()
     dbname = f"toolkit_bench_lg_{os.getpid()}"
@@ -320,17 +427,13 @@ def run(*, rounds: int = 3, reads: int = 25, turns: int = TURNS) -> tuple[list[R
     migrate(url)
     admin = psycopg.connect(url, autocommit=True)
     admin.execute(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
-    pg_conn = psycopg.Connection.connect(
-        url,
-        autocommit=True,
-        prepare_threshold=0,
-        row_factory=dict_row,
-        options=f"-c search_path={PG_SCHEMA}",
-    )
-    theirs = PostgresSaver(pg_conn)  # type: ignore[arg-type]
-    theirs.setup()
-    settings = load_settings(database_url=url, pool_min_size=1, pool_max_size=2)
-    ours = ToolkitCheckpointSaver.from_settings(settings)
+    with psycopg.Connection.connect(
+        url, autocommit=True, options=f"-c search_path={PG_SCHEMA}"
+    ) as setup_conn:
+        PostgresSaver(setup_conn).setup()  # type: ignore[arg-type]
+    ours, close_ours = _open_saver(OURS, url)
+    theirs, close_theirs = _open_saver(THEIRS, url)
+    assert isinstance(ours, ToolkitCheckpointSaver) and isinstance(theirs, PostgresSaver)
     savers: dict[str, BaseCheckpointSaver[Any]] = {OURS: ours, THEIRS: theirs}
     rows: list[Row] = []
     try:
@@ -352,9 +455,10 @@ def run(*, rounds: int = 3, reads: int = 25, turns: int = TURNS) -> tuple[list[R
         read = _reads(savers, threads, reads)
         raw_savers: dict[str, BaseCheckpointSaver[Any]] = {
             OURS: ToolkitCheckpointSaver(ours.database, serde=RawLoads()),
-            THEIRS: PostgresSaver(pg_conn, serde=RawLoads()),  # type: ignore[arg-type]
+            THEIRS: PostgresSaver(theirs.conn, serde=RawLoads()),
         }
         raw_read = _reads(raw_savers, threads, reads)
+        cold = _cold_reads(url, threads, cold_samples)
 
         # Put throughput: whole threads, the savers alternating.
         def batch(name: str) -> Callable[[int], object]:
@@ -369,13 +473,14 @@ def run(*, rounds: int = 3, reads: int = 25, turns: int = TURNS) -> tuple[list[R
                 f"put, {turns}-turn thread (puts/s)",
                 f"{turns / median(times[OURS]):,.0f}",
                 f"{turns / median(times[THEIRS]):,.0f}",
-                f"{speedup:.2f}x faster",
+                f"{speedup:.2f}x their rate",
                 ">= 1.5x",
                 speedup >= 1.5,
             )
         )
         rows.extend(_read_rows("get_tuple", read, turns))
         rows.extend(_read_rows("storage path of get_tuple", raw_read, turns))
+        rows.extend(_cold_rows(cold, turns, cold_samples))
         rows.append(
             Row(
                 f"table bytes after {turns} turns",
@@ -384,15 +489,24 @@ def run(*, rounds: int = 3, reads: int = 25, turns: int = TURNS) -> tuple[list[R
                 f"{our_bytes / their_bytes:.3f}x",
                 "<= 0.25x",
                 our_bytes / their_bytes <= 0.25,
+                "- (server-side size)",
             )
         )
     finally:
-        ours.close()
-        pg_conn.close()
+        close_ours()
+        close_theirs()
         admin.close()
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-    summary = machine_summary({"rounds": str(rounds), "reads": str(reads)})
+    summary = machine_summary(
+        {
+            "rounds": str(rounds),
+            "reads": str(reads),
+            "warm rows": "one process: each saver reads the thread it wrote, on connections "
+            "that ran every statement before",
+            "load average at end": str(load_average()),
+        }
+    )
     return rows, summary
 
 
@@ -401,8 +515,8 @@ def render(rows: list[Row]) -> str:
         return "" if ok is None else ("yes" if ok else "NO")
 
     return markdown_table(
-        ["case", OURS, THEIRS, "ours vs theirs", "target", "met"],
-        [[r.case, r.ours, r.theirs, r.ratio, r.target, verdict(r.ok)] for r in rows],
+        ["case", "process", OURS, THEIRS, "ours vs theirs", "target", "met"],
+        [[r.case, r.process, r.ours, r.theirs, r.ratio, r.target, verdict(r.ok)] for r in rows],
     )
 
 
@@ -411,8 +525,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of whole threads")
     parser.add_argument("--reads", type=int, default=25, help="samples per get_tuple median")
     parser.add_argument("--turns", type=int, default=TURNS)
+    parser.add_argument("--cold", type=int, default=7, help="fresh processes per saver")
+    parser.add_argument("--cold-read", nargs=3, metavar=("SAVER", "URL", "CONFIG"))
     args = parser.parse_args()
-    rows, summary = run(rounds=args.rounds, reads=args.reads, turns=args.turns)
+    if args.cold_read:
+        name, url, config = args.cold_read
+        print(json.dumps(_cold_read(name, url, json.loads(config))))
+        return
+    rows, summary = run(
+        rounds=args.rounds, reads=args.reads, turns=args.turns, cold_samples=args.cold
+    )
     print(summary)
     print()
     print(render(rows))

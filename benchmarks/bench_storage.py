@@ -13,12 +13,16 @@ Run as ``python benchmarks/bench_storage.py`` (``--size-mib`` and
   The toolkit's put also computes SHA-256, sniffs the type and fsyncs before
   linking into place; a row without the fsync shows what durability costs.
 
-Every measurement runs in a fresh child process (``--measure``), so its
-peak RSS (``ru_maxrss``) is its own: the growth is the peak after the
-operation minus the peak after imports and setup. Throughput rounds
-alternate between contenders and report medians; every measurement starts
-after an ``os.sync()``, so no one pays for another's writeback. ``run()`` returns the
-rows for a top-level benchmark runner.
+Every measurement runs in a fresh child process (``--measure``) that does
+one transfer in one direction and nothing else, so its peak RSS
+(``ru_maxrss``) is that transfer's own: the growth is the peak after the
+transfer minus the peak taken in the same child before it (after imports
+and opening the storage). A get reads an object that an earlier child
+stored (``stage``), never one its own process wrote, so no peak set by a
+put hides the get's. Throughput rounds alternate between contenders and
+report medians; every child starts after an ``os.sync()``, so no one pays
+for another's writeback. ``run()`` returns the rows for a top-level
+benchmark runner.
 """
 
 from __future__ import annotations
@@ -37,12 +41,17 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine_summary, markdown_table
+from benchmarks._common import load_average, machine_summary, markdown_table
+
+if TYPE_CHECKING:
+    from toolkit.storage import Storage
 
 MIB = 1 << 20
+OBJECT_KEY = "bench/object.bin"
 MEMORY_TARGET_MIB = 64
 THROUGHPUT_TARGET = 0.7
 
@@ -54,59 +63,71 @@ def _peak_rss_mib() -> float:
 # -- one measurement, in its own process ------------------------------------------------------
 
 
-def _measure(case: str, source: Path, folder: Path, endpoint: str | None) -> dict[str, float]:
-    from toolkit.storage import LocalStorage, S3Storage, Storage
+def _open_storage(case: str, folder: Path, endpoint: str | None) -> Storage:
+    """The storage of ``case``, the same for the child that stages and the one that reads."""
+    from toolkit.storage import LocalStorage, S3Storage
 
-    storage: Storage
     if case.startswith("s3"):
         assert endpoint is not None
-        storage = S3Storage("bench", f"run-{uuid.uuid4().hex[:8]}", endpoint_url=endpoint)
+        # The prefix comes from the measurement's folder: the stage and get children share it.
+        storage: Storage = S3Storage("bench", f"run-{folder.name}", endpoint_url=endpoint)
         storage.exists("warm-up")  # open the connection before the baseline
-    else:
-        storage = LocalStorage(folder / "store", fsync="nofsync" not in case)
+        return storage
+    return LocalStorage(folder / "store", fsync="nofsync" not in case)
+
+
+def _measure(case: str, source: Path, folder: Path, endpoint: str | None) -> dict[str, float]:
+    storage = _open_storage(case, folder, endpoint)
     target = folder / f"copy-{uuid.uuid4().hex}"
-    key = "bench/object.bin"
-    if case.endswith("-get"):
-        with source.open("rb") as stream:
-            storage.put(key, stream, allowed_types=None)
     baseline = _peak_rss_mib()
     start = time.perf_counter()
     if case == "copyfileobj":
         with source.open("rb") as src, target.open("wb") as dst:
             shutil.copyfileobj(src, dst)
-    elif case.endswith("-put") or case == "local-nofsync":
+    elif case.endswith(("-put", "-stage")) or case == "local-nofsync":
         with source.open("rb") as stream:
-            storage.put(key, stream, allowed_types=None)
+            storage.put(OBJECT_KEY, stream, allowed_types=None)
     elif case.endswith("-get"):
-        with storage.open(key) as stream, target.open("wb") as dst:
+        with storage.open(OBJECT_KEY) as stream, target.open("wb") as dst:
             shutil.copyfileobj(stream, dst)
     else:
         raise SystemExit(f"unknown case {case}")
     seconds = time.perf_counter() - start
-    grown = _peak_rss_mib() - baseline
+    peak = _peak_rss_mib()
     target.unlink(missing_ok=True)
-    return {"seconds": seconds, "rss_growth_mib": grown}
+    return {"seconds": seconds, "rss_before_mib": baseline, "rss_peak_mib": peak}
+
+
+def _child(case: str, source: Path, folder: Path, endpoint: str | None) -> dict[str, float]:
+    """Run ``_measure(case, ...)`` in a new Python process; return what it printed."""
+    # Start every child with no dirty pages left by the one before: otherwise
+    # the kernel's writeback of earlier files is charged to whoever runs next.
+    os.sync()
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", case, str(source), str(folder), endpoint or ""],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{case}: {done.stderr.strip()[-2000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def measure(case: str, source: Path, folder: Path, endpoint: str | None = None) -> dict[str, float]:
-    """Run one measurement in a child process and return its numbers."""
+    """Run one measurement in a fresh child process and return its numbers.
+
+    A get first has another child store the object (``<backend>-stage``), so
+    the measuring child only ever reads.
+    """
     child = folder / f"m-{uuid.uuid4().hex[:8]}"
     child.mkdir()
-    # Start every measurement with no dirty pages left by the one before: otherwise
-    # the kernel's writeback of earlier files is charged to whoever runs next.
-    os.sync()
     try:
-        done = subprocess.run(
-            [sys.executable, __file__, "--measure", case, str(source), str(child), endpoint or ""],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=900,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{case}: {done.stderr.strip()[-2000:]}")
-        result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
+        if case.endswith("-get"):
+            _child(case.removesuffix("-get") + "-stage", source, child, endpoint)
+        return _child(case, source, child, endpoint)
     finally:
         shutil.rmtree(child, ignore_errors=True)
 
@@ -163,8 +184,9 @@ def run(size_mib: int = 1024, s3_size_mib: int = 1024, rounds: int = 3) -> list[
     with tempfile.TemporaryDirectory(prefix="bench-storage-", dir=os.environ.get("TMPDIR")) as tmp:
         folder = Path(tmp)
         source = make_source(folder, size_mib)
-        # Memory: one streaming put and get of the whole file, each in a fresh process.
-        for case in ("local-put", "local-get"):
+        # Memory: each direction of the whole file in a fresh process of its own; a plain
+        # copy of the same file shows what any process pays for the same bytes.
+        for case in ("copyfileobj", "local-put", "local-get"):
             numbers = measure(case, source, folder)
             rows.append(_memory_row(case, size_mib, numbers))
         server, endpoint = start_moto()
@@ -214,20 +236,22 @@ def run(size_mib: int = 1024, s3_size_mib: int = 1024, rounds: int = 3) -> list[
 
 
 def _memory_row(case: str, size_mib: int, numbers: dict[str, float]) -> list[str]:
-    grown = numbers["rss_growth_mib"]
+    before, peak = numbers["rss_before_mib"], numbers["rss_peak_mib"]
+    grown = peak - before
     verdict = "met" if grown < MEMORY_TARGET_MIB else "MISSED"
     label = {
-        "local-put": "stream up, local disk",
-        "local-get": "stream down, local disk",
-        "s3-put": "stream up, S3 (moto server)",
-        "s3-get": "stream down, S3 (moto server)",
+        "copyfileobj": "reference: shutil.copyfileobj file to file, local disk",
+        "local-put": "stream up, local disk (put from an open file)",
+        "local-get": "stream down, local disk (open, copyfileobj to a file)",
+        "s3-put": "stream up, S3 (moto server) (put from an open file)",
+        "s3-get": "stream down, S3 (moto server) (open, copyfileobj to a file)",
     }[case]
     return [
         label,
         f"{size_mib} MiB",
         f"{size_mib / numbers['seconds']:.0f} MiB/s",
-        f"peak RSS +{grown:.1f} MiB",
-        f"< {MEMORY_TARGET_MIB} MiB: {verdict}",
+        f"peak RSS {before:.1f} -> {peak:.1f} MiB (+{grown:.1f})",
+        "-" if case == "copyfileobj" else f"< {MEMORY_TARGET_MIB} MiB: {verdict}",
     ]
 
 
@@ -243,9 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_measure(case, Path(source), Path(folder), endpoint or None)))
         return 0
     started = time.perf_counter()
+    load_at_start = load_average()
     rows = run(args.size_mib, args.s3_size_mib, args.rounds)
     print("## toolkit.storage: streaming memory and local throughput\n")
-    print(machine_summary({"took": f"{time.perf_counter() - started:.0f} s"}))
+    print(
+        machine_summary(
+            {
+                "took": f"{time.perf_counter() - started:.0f} s",
+                "load average at start and end": f"{load_at_start}, {load_average()}",
+                "memory rows": "one fresh process per direction; RSS before = that child's peak "
+                "after imports and opening the storage",
+            }
+        )
+    )
     print()
     print(markdown_table(["case", "size", "throughput", "result", "target"], rows))
     return 0
