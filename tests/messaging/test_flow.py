@@ -287,7 +287,7 @@ def test_relay_command_once_publishes_and_exits(
     worker_parser = argparse.ArgumentParser()
     add_worker_arguments(worker_parser)
     parsed = worker_parser.parse_args(["--queue", "audit.log", "--handler", "audit.log=m:f"])
-    assert parsed.queues == ["audit.log"] and parsed.handler == ["audit.log=m:f"]
+    assert parsed.queues == ["audit.log"] and parsed.handlers == ["audit.log=m:f"]
 
 
 def test_demo_walks_an_execution_to_its_notification(db: Database, msettings: Settings) -> None:
