@@ -21,6 +21,7 @@ from toolkit.errors import (
     Conflict,
     DatabaseError,
     InvalidInput,
+    InvalidReference,
     OutcomeUnknown,
     RetryableConflict,
     Unavailable,
@@ -301,3 +302,15 @@ def test_transaction_status_answers_for_known_transactions_and_rejects_junk(db) 
             db.transaction_status(junk)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="in the future"):
         db.transaction_status(committed + 10_000_000)
+
+
+def test_row_values_from_the_server_stay_out_of_error_messages(db) -> None:
+    with db.connection() as conn:
+        owner = make_user(conn, email="private.person@example.com")
+        with pytest.raises(Conflict) as raised:
+            make_user(conn, email="Private.Person@example.com")
+        with pytest.raises(InvalidReference) as dangling:
+            make_agent(conn, owner, owner_id="00000000-0000-4000-8000-00000000abcd")
+    assert "private.person" not in str(raised.value).lower()
+    assert "private.person@example.com" in (raised.value.detail or "").lower()
+    assert "00000000-0000-4000-8000-00000000abcd" not in str(dangling.value)

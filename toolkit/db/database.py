@@ -45,21 +45,30 @@ Connection = psycopg.Connection[Any]
 
 
 def translate_error(exc: BaseException, context: str) -> ToolkitError:
-    """The toolkit exception for a psycopg or pool error; ``context`` says what ran."""
+    """The toolkit exception for a psycopg or pool error; ``context`` says what ran.
+
+    The server's DETAIL (which can quote row values, e.g. a duplicate email)
+    is kept on the exception's ``detail`` attribute for debugging, never in
+    its message.
+    """
     if isinstance(exc, ToolkitError):
         return exc
     if isinstance(exc, PoolTimeout):
         return Unavailable(f"{context}: no database connection free or reachable in time ({exc})")
     if not isinstance(exc, psycopg.Error):
         return DatabaseError(f"{context}: {exc}")
+    error = _translated(exc, context)
+    error.detail = exc.diag.message_detail
+    return error
+
+
+def _translated(exc: psycopg.Error, context: str) -> ToolkitError:
     state = exc.sqlstate or ""
-    diag = exc.diag
-    primary = diag.message_primary or str(exc).strip().splitlines()[0]
-    detail = f" ({diag.message_detail})" if diag.message_detail else ""
+    primary = exc.diag.message_primary or str(exc).strip().splitlines()[0]
     if isinstance(exc, pg_errors.UniqueViolation):
-        return Conflict(f"{context}: {primary}{detail}")
+        return Conflict(f"{context}: {primary}")
     if isinstance(exc, pg_errors.ForeignKeyViolation):
-        return InvalidReference(f"{context}: {primary}{detail}")
+        return InvalidReference(f"{context}: {primary}")
     if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
         return RetryableConflict(
             f"{context}: aborted by a concurrent transaction, nothing of it was written; "
@@ -68,12 +77,12 @@ def translate_error(exc: BaseException, context: str) -> ToolkitError:
     if isinstance(exc, pg_errors.QueryCanceled):
         return Unavailable(f"{context}: statement timed out or was cancelled ({primary})")
     if state.startswith(("22", "23")) or (isinstance(exc, psycopg.DataError) and not state):
-        return InvalidInput(f"{context}: {primary}{detail}")
+        return InvalidInput(f"{context}: {primary}")
     if state.startswith(("08", "57P", "53")) or isinstance(
         exc, (psycopg.OperationalError, psycopg.InterfaceError)
     ):
         return Unavailable(f"{context}: database unavailable ({primary})")
-    return DatabaseError(f"{context}: {primary}{detail} [SQLSTATE {state or 'none'}]")
+    return DatabaseError(f"{context}: {primary} [SQLSTATE {state or 'none'}]")
 
 
 def raise_translated(exc: BaseException, context: str) -> NoReturn:
