@@ -8,13 +8,98 @@ the narrower classes tell the caller what to do about it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+import reprlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
+
+MAX_SHOWN = 80
+"""The most characters of a caller's value that an error message shows."""
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib, dispatching on isinstance, that never raises and never recurses deeply.
+
+    Containers (subclasses included) are cut at 3 levels and a few items,
+    ints of more than 256 bits are described rather than converted (``repr``
+    of a huge int raises ValueError), and anything else whose ``repr``
+    fails or recurses too deeply is named by its type.
+    """
+
+    _HUGE_INT_BITS = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 4
+        self.maxstring = self.maxother = MAX_SHOWN // 2
+
+    def repr1(self, x: Any, level: int) -> str:
+        # Exact type names would send a dict subclass to repr_instance, i.e. builtins.repr.
+        dispatch: tuple[tuple[type[Any] | tuple[type[Any], ...], Callable[[Any, int], str]], ...]
+        dispatch = (
+            (dict, self.repr_dict),
+            (list, self.repr_list),
+            (tuple, self.repr_tuple),
+            (frozenset, self.repr_frozenset),
+            (set, self.repr_set),
+            (str, self.repr_str),
+            ((bytes, bytearray), self._repr_bytes),
+            (int, self.repr_int),
+        )
+        for kind, render in dispatch:
+            if isinstance(x, kind):
+                return render(x, level)
+        return self.repr_instance(x, level)
+
+    def repr_dict(self, x: Any, level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [
+            f"{self.repr1(key, level - 1)}: {self.repr1(item, level - 1)}"
+            for key, item in islice(dict.items(x), self.maxdict)
+        ]
+        if len(x) > self.maxdict:
+            pieces.append(self.fillvalue)
+        return "{" + ", ".join(pieces) + "}"
+
+    def _repr_bytes(self, x: bytes | bytearray, level: int) -> str:
+        shown = builtins.repr(bytes(x[: self.maxstring]))
+        return shown + self.fillvalue if len(x) > self.maxstring else shown
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > self._HUGE_INT_BITS:
+            return f"<{'negative ' if x < 0 else ''}int of {x.bit_length()} bits>"
+        return self.repr_instance(x, level)  # keeps True, IntEnum members; catches a bad __repr__
+
+
+_BOUNDED = _BoundedRepr()
+
+
+def bounded_repr(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` fit for an error message: at most ``limit`` characters, never raising.
+
+    Every message or :attr:`InvalidInput.value` that shows a caller's value
+    goes through here, so a 5,000-level dict, a 10 MB string or a
+    100,000-digit int cannot make the error itself fail or flood a log.
+    """
+    text = _BOUNDED.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ToolkitError(Exception):
-    """Base class of every exception raised by the toolkit."""
+    """Base class of every exception raised by the toolkit.
+
+    ``detail`` holds what the server added for debugging (PostgreSQL's
+    DETAIL, which can quote row values such as a duplicate email); it is
+    never part of the message, so logging ``str(error)`` leaks no data.
+    """
+
+    detail: str | None = None
 
 
 class ConfigurationError(ToolkitError):
@@ -25,13 +110,14 @@ class InvalidInput(ToolkitError, ValueError):
     """An argument was rejected before it could change anything.
 
     ``field`` names the offending argument and ``value`` holds a short,
-    printable form of what was given.
+    printable form of what was given (:func:`bounded_repr`, None when no
+    value was named), never the object itself.
     """
 
     def __init__(self, message: str, *, field: str | None = None, value: Any = None) -> None:
         super().__init__(message)
         self.field = field
-        self.value = value
+        self.value: str | None = None if value is None else bounded_repr(value)
 
 
 class NotFound(ToolkitError, LookupError):
@@ -44,7 +130,19 @@ class NotFound(ToolkitError, LookupError):
 
 
 class Conflict(ToolkitError):
-    """A uniqueness rule was violated (a duplicate email, an existing key)."""
+    """A uniqueness rule was violated (a duplicate email, an existing key).
+
+    Permanent: the same call will fail the same way until the data changes.
+    """
+
+
+class RetryableConflict(Conflict):
+    """The database aborted the transaction to resolve a race with another one.
+
+    A serialization failure or a deadlock: nothing of the transaction was
+    written, and running the whole transaction again is expected to succeed.
+    This is the class a retry decorator should target.
+    """
 
 
 class InvalidReference(ToolkitError):
@@ -78,17 +176,31 @@ class IllegalTransition(ToolkitError):
 class Unavailable(ToolkitError):
     """A service could not be reached, or did not answer within its bound.
 
-    Nothing the failed call attempted was committed unless the message says
-    otherwise.
+    Raised by ``Database.transaction()``, it means nothing of the transaction
+    was committed (a lost COMMIT whose outcome is not known raises
+    :class:`OutcomeUnknown` instead). A single statement on a bare autocommit
+    connection whose connection was lost while it ran may have run: writes
+    that must not be duplicated belong in a transaction. Retry with backoff.
     """
+
+
+class OutcomeUnknown(ToolkitError):
+    """The connection was lost while COMMIT was in flight and the outcome could not be learned.
+
+    The transaction may have committed. Do not retry blindly: ask
+    ``Database.transaction_status(error.xid)`` later (it answers
+    ``"committed"``, ``"aborted"`` or ``"in progress"``), or make the write
+    idempotent. Deliberately not a subclass of :class:`Unavailable`, whose
+    contract is that nothing was written.
+    """
+
+    def __init__(self, message: str, *, xid: int) -> None:
+        super().__init__(message)
+        self.xid = xid
 
 
 class QueryDefinitionError(ToolkitError):
     """A named query in ``sql/`` is malformed, or a binding disagrees with it."""
-
-
-class VerificationError(ToolkitError):
-    """``toolkit verify`` found queries and records that disagree."""
 
 
 class DatabaseError(ToolkitError):
@@ -97,6 +209,17 @@ class DatabaseError(ToolkitError):
 
 class IntegrityError(ToolkitError):
     """Stored data failed an integrity check (a broken audit chain, a bad checksum)."""
+
+
+class DeserializationRefused(IntegrityError):
+    """A stored value names a type (or format) outside the allow-list; nothing of it ran.
+
+    ``refused`` holds the names (``module.name``) or format that were refused.
+    """
+
+    def __init__(self, message: str, *, refused: Sequence[str]) -> None:
+        super().__init__(message)
+        self.refused = tuple(refused)
 
 
 # Messaging

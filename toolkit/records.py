@@ -3,6 +3,18 @@
 A record's fields are the columns of its queries, in order; ``toolkit
 verify`` checks that against the live schema. Records are frozen: a change
 goes through a repository function and comes back as a new record.
+
+jsonb columns held as models (an agent's ``config``, a workflow's
+``definition``) are read tolerantly and written strictly. Reading, keys the
+model does not know, e.g. written by another service or a newer release,
+are kept: they are in the record's ``model_extra`` and in ``model_dump()``,
+so one odd row never breaks a ``get`` or a whole page of ``list``. A stored
+value that does not fit a known key's type cannot be held by the record and
+raises :class:`~toolkit.errors.IntegrityError` naming it (never a pydantic
+error). Writing (create and update), unknown keys are rejected with
+:class:`~toolkit.errors.InvalidInput`, as are JSON too deep, too large or
+holding what PostgreSQL cannot store; so a record read with unknown keys
+must have them removed before it is written back.
 """
 
 from __future__ import annotations
@@ -12,7 +24,20 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+
+from toolkit.errors import IntegrityError, bounded_repr
 
 MAX_JSON_DEPTH = 32
 MAX_JSON_BYTES = 1 << 20
@@ -44,10 +69,16 @@ def _depth(value: Any, limit: int) -> int:
     return depth
 
 
-def _clean_json(value: Any) -> Any:
-    """Reject JSON too deep, too large, or holding text PostgreSQL cannot store."""
+def _within_depth(value: Any) -> Any:
+    """Reject JSON nested deeper than MAX_JSON_DEPTH, without recursing."""
     if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _clean_json(value: Any) -> Any:
+    """Reject JSON too deep, too large, or holding text PostgreSQL cannot store."""
+    _within_depth(value)
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -84,6 +115,67 @@ class Input(BaseModel):
     """Base of every input model: unknown fields are rejected."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class StoredJson(BaseModel):
+    """Base of a model stored in a jsonb column: read tolerantly, written strictly.
+
+    Unknown keys are kept on read (``model_extra``); :data:`WrittenJson`
+    rejects them on write. Read from JSON, a value that does not fit raises
+    IntegrityError instead of a pydantic error.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unreadable_is_integrity_error(
+        cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if info.mode != "json":  # a caller's value: the input's InvalidInput handles it
+                raise
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "value"
+            raise IntegrityError(
+                f"stored JSON does not fit {cls.__name__}: {bounded_repr(where, 60)}: "
+                f"{first['msg']} (got {bounded_repr(first.get('input'))}); "
+                "was the row written outside the toolkit?"
+            ) from None
+
+
+def _unknown_keys(value: BaseModel, path: str = "") -> list[str]:
+    """The paths of every key a model (and the models inside it) does not know."""
+    found = [f"{path}{key}" for key in value.model_extra or {}]
+    for name in type(value).model_fields:
+        item = getattr(value, name)
+        elements = enumerate(item) if isinstance(item, list) else [(None, item)]
+        for index, element in elements:
+            if isinstance(element, BaseModel):
+                where = f"{path}{name}." if index is None else f"{path}{name}.{index}."
+                found.extend(_unknown_keys(element, where))
+    return found
+
+
+StoredT = TypeVar("StoredT", bound=StoredJson)
+
+
+def _written_strictly(value: StoredT) -> StoredT:
+    unknown = _unknown_keys(value)
+    if unknown:
+        raise ValueError(
+            f"unknown key {bounded_repr(unknown[0], 60)}"
+            + (f" and {len(unknown) - 1} more" if len(unknown) > 1 else "")
+            + f"; {type(value).__name__} takes {', '.join(type(value).model_fields)}"
+        )
+    _clean_json(value.model_dump())  # python mode: NaN is refused here, not turned into null
+    return value
+
+
+WrittenJson = Annotated[StoredT, BeforeValidator(_within_depth), AfterValidator(_written_strictly)]
+"""A :class:`StoredJson` model as an input: no unknown keys, and storable JSON."""
 
 
 # Users
@@ -127,7 +219,7 @@ class UserFilter(Input):
 # Agents
 
 
-class AgentConfig(Record):
+class AgentConfig(StoredJson):
     """How an agent calls its model (stored as jsonb)."""
 
     model: Annotated[str, StringConstraints(max_length=200)] | None = None
@@ -157,7 +249,7 @@ class AgentCreate(Input):
     name: Name
     type: Slug
     description: LongText | None = None
-    config: AgentConfig = Field(default_factory=AgentConfig)
+    config: WrittenJson[AgentConfig] = Field(default_factory=AgentConfig)
     is_active: bool = True
 
 
@@ -170,7 +262,7 @@ class AgentFilter(Input):
 # Workflows
 
 
-class WorkflowStep(Record):
+class WorkflowStep(StoredJson):
     """One step of a workflow definition."""
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -178,7 +270,7 @@ class WorkflowStep(Record):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class WorkflowDefinition(Record):
+class WorkflowDefinition(StoredJson):
     """The steps a workflow runs (stored as jsonb)."""
 
     steps: list[WorkflowStep] = Field(default_factory=list)
@@ -204,7 +296,7 @@ class WorkflowCreate(Input):
     agent_id: UUID | None = None
     name: Name
     description: LongText | None = None
-    definition: WorkflowDefinition = Field(default_factory=WorkflowDefinition)
+    definition: WrittenJson[WorkflowDefinition] = Field(default_factory=WorkflowDefinition)
 
 
 class WorkflowFilter(Input):

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from tests.core.factories import make_agent, make_execution, make_user
-from toolkit.errors import InvalidInput, ToolkitError
+from tests.reliability.test_fuzz_repositories import fingerprint
+from toolkit.errors import MAX_SHOWN, IntegrityError, InvalidInput, ToolkitError
 from toolkit.repositories import (
     agents,
     audit_events,
@@ -19,8 +20,6 @@ from toolkit.repositories import (
     users,
     workflows,
 )
-
-TABLES = ("users", "agents", "workflows", "executions", "checkpoints", "sessions", "audit_events")
 
 SQL_INJECTION = [
     "'; DROP TABLE agents; --",
@@ -33,18 +32,6 @@ SQL_INJECTION = [
     "$$; DROP TABLE users; $$",
     "\\'; TRUNCATE audit_events; --",
 ]
-
-
-def fingerprint(conn) -> dict[str, tuple[int, str]]:
-    """Row count and a checksum of every table's content."""
-    result = {}
-    for table in TABLES:
-        row = conn.execute(
-            f"SELECT count(*), coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') "
-            f"FROM {table} AS t"
-        ).fetchone()
-        result[table] = (row[0], row[1])
-    return result
 
 
 @pytest.fixture
@@ -199,7 +186,177 @@ def test_injection_payloads_are_data(conn, seeded, payload: str) -> None:
     assert agents.get(conn, stored.id).name == payload
     assert agents.search(conn, payload) == [stored]
     after = fingerprint(conn)
-    assert after["agents"][0] == before["agents"][0] + 1
-    assert {t: after[t] for t in TABLES if t != "agents"} == {
-        t: before[t] for t in TABLES if t != "agents"
-    }
+    assert after["public.agents"][0] == before["public.agents"][0] + 1
+    others = set(before) - {"public.agents"}
+    assert {t: after[t] for t in others} == {t: before[t] for t in others}
+
+
+# Values deeper than the interpreter can recurse (the message builder once
+# called repr() on them and raised RecursionError instead of InvalidInput).
+
+DEEP = 5000
+
+
+def _deep_calls(seeded: dict[str, Any]) -> list[tuple[str, Callable[[Any], Any]]]:
+    owner, agent = seeded["owner"], seeded["agent"]
+    deep_dict, deep_list = _deep(DEEP), _deep_list(DEEP)
+    return [
+        (
+            "agent config",
+            lambda c: agents.create(
+                c, {"owner_id": owner.id, "name": "x", "type": "a", "config": deep_dict}
+            ),
+        ),
+        (
+            "agent config in a known key",
+            lambda c: agents.create(
+                c, {"owner_id": owner.id, "name": "x", "type": "a", "config": {"tools": deep_list}}
+            ),
+        ),
+        (
+            "agent config update",
+            lambda c: agents.update(c, agent.id, expected_version=1, config=deep_dict),
+        ),
+        (
+            "bulk agent config",
+            lambda c: agents.create_many(
+                c, [{"owner_id": owner.id, "name": "x", "type": "a", "config": deep_dict}]
+            ),
+        ),
+        (
+            "session state",
+            lambda c: sessions.create(
+                c, {"user_id": owner.id, "agent_id": agent.id, "state": deep_dict}
+            ),
+        ),
+        (
+            "workflow definition",
+            lambda c: workflows.create(
+                c, {"owner_id": owner.id, "name": "x", "definition": deep_dict}
+            ),
+        ),
+        (
+            "workflow step params",
+            lambda c: workflows.create(
+                c,
+                {
+                    "owner_id": owner.id,
+                    "name": "x",
+                    "definition": {"steps": [{"name": "a", "action": "b", "params": deep_dict}]},
+                },
+            ),
+        ),
+        (
+            "execution input",
+            lambda c: executions.create(c, {"workflow_id": uuid.uuid4(), "input": deep_list}),
+        ),
+        ("deep id", lambda c: agents.get(c, deep_dict)),
+        ("deep filter", lambda c: agents.list(c, {"type": deep_dict})),
+        ("deep sort", lambda c: agents.list(c, sort=deep_dict)),
+        ("deep limit", lambda c: users.search(c, "x", limit=deep_list)),
+        ("huge int limit", lambda c: agents.list(c, limit=10**5000)),
+        (
+            "huge int in config",
+            lambda c: agents.update(
+                c, agent.id, expected_version=1, config={"max_tokens": 10**5000}
+            ),
+        ),
+    ]
+
+
+def test_deeply_nested_input_is_invalid_input_with_a_short_message(conn, seeded) -> None:
+    before = fingerprint(conn)
+    for label, call in _deep_calls(seeded):
+        with pytest.raises(InvalidInput) as caught:
+            call(conn)
+        message = str(caught.value)
+        assert len(message) < 400, f"{label}: {len(message)} characters"
+        value = caught.value.value
+        assert value is None or len(value) <= MAX_SHOWN, f"{label}: value {len(value)} characters"
+        assert fingerprint(conn) == before, f"{label} changed the database"
+
+
+def _deep_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Rows written outside the toolkit: read tolerantly, written strictly.
+
+
+def test_unknown_jsonb_keys_written_outside_are_kept_on_read(conn, superuser, seeded) -> None:
+    owner, agent = seeded["owner"], seeded["agent"]
+    workflow = workflows.create(conn, {"owner_id": owner.id, "name": "odd definition"})
+    superuser.execute(
+        'UPDATE agents SET config = config || \'{"added_by_v2": {"x": 1}}\' WHERE id = %s',
+        (agent.id,),
+    )
+    superuser.execute(
+        "UPDATE workflows SET definition = "
+        '\'{"steps": [{"name": "a", "action": "b", "retries": 3}], "v": 2}\' '
+        "WHERE id = %s",
+        (workflow.id,),
+    )
+    for _ in range(3):
+        make_agent(conn, owner)  # the odd row sits inside a page of good ones
+
+    read = agents.get(conn, agent.id)
+    assert read.config.model_extra == {"added_by_v2": {"x": 1}}
+    assert read.config.model_dump()["added_by_v2"] == {"x": 1}
+    page = agents.list(conn, {"owner_id": owner.id}, limit=10)
+    assert len(page.items) == 4 and agent.id in {a.id for a in page.items}
+    assert agents.search(conn, agent.name) == [read]
+    definition = workflows.get(conn, workflow.id).definition
+    assert definition.model_extra == {"v": 2}
+    assert definition.steps[0].model_extra == {"retries": 3}
+    assert [w.id for w in workflows.list(conn, {"owner_id": owner.id}).items] == [workflow.id]
+
+
+def test_unknown_jsonb_keys_are_rejected_on_write(conn, superuser, seeded) -> None:
+    owner, agent = seeded["owner"], seeded["agent"]
+    superuser.execute(
+        'UPDATE agents SET config = \'{"model": "m", "stray": 1}\' WHERE id = %s',
+        (agent.id,),
+    )
+    read = agents.get(conn, agent.id)
+    before = fingerprint(conn)
+    writes = [
+        lambda: agents.update(conn, agent.id, expected_version=read.version, config=read.config),
+        lambda: agents.update(conn, agent.id, expected_version=read.version, config={"stray": 1}),
+        lambda: agents.create(
+            conn, {"owner_id": owner.id, "name": "x", "type": "a", "config": read.config}
+        ),
+        lambda: agents.create(
+            conn, {"owner_id": owner.id, "name": "x", "type": "a", "config": {"modle": "typo"}}
+        ),
+        lambda: workflows.create(
+            conn,
+            {
+                "owner_id": owner.id,
+                "name": "x",
+                "definition": {"steps": [{"name": "a", "action": "b", "retries": 3}]},
+            },
+        ),
+    ]
+    for write in writes:
+        with pytest.raises(InvalidInput, match="unknown key"):
+            write()
+    assert fingerprint(conn) == before
+    # Without the unknown key the same config writes.
+    clean = read.config.model_dump(exclude=set(read.config.model_extra or {}))
+    updated = agents.update(conn, agent.id, expected_version=read.version, config=clean)
+    assert updated.config.model_extra == {} and updated.config.model == "m"
+
+
+def test_a_stored_value_of_the_wrong_type_is_a_toolkit_error(conn, superuser, seeded) -> None:
+    agent = seeded["agent"]
+    superuser.execute(
+        'UPDATE agents SET config = \'{"tools": "not a list"}\' WHERE id = %s', (agent.id,)
+    )
+    with pytest.raises(IntegrityError, match=r"AgentConfig.*tools") as caught:
+        agents.get(conn, agent.id)
+    assert len(str(caught.value)) < 400
+    with pytest.raises(IntegrityError):
+        agents.list(conn)

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Returning, Scalar
 from toolkit.db.database import Connection, Database
-from toolkit.errors import InvalidInput
+from toolkit.errors import InvalidInput, bounded_repr
 from toolkit.messaging.records import InboxEntry
 from toolkit.repositories._common import parse_id
 
@@ -33,7 +33,7 @@ _CONSUMER = re.compile(r"^[a-z][a-z0-9_.-]{0,199}$")
 def _consumer(name: str) -> str:
     if not isinstance(name, str) or not _CONSUMER.match(name):
         raise InvalidInput(
-            f"consumer name must match {_CONSUMER.pattern}, got {name!r}",
+            f"consumer name must match {_CONSUMER.pattern}, got {bounded_repr(name)}",
             field="consumer",
             value=name,
         )

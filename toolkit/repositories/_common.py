@@ -19,7 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion
+from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion, bounded_repr
 from toolkit.records import AuditEvent, AuditEventCreate, Page
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,9 +59,15 @@ class Audit:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _location(loc: tuple[int | str, ...], model: type[BaseModel]) -> str:
+    """Where a validation error is, e.g. ``config.tools.0``; odd or long keys shown bounded."""
+    parts = [
+        str(part)
+        if isinstance(part, int) or (part.isidentifier() and len(part) <= 64)
+        else bounded_repr(part, 40)
+        for part in loc
+    ]
+    return ".".join(parts) or model.__name__
 
 
 def validate(model: type[M], data: Mapping[str, Any] | M | None) -> M:
@@ -72,9 +78,9 @@ def validate(model: type[M], data: Mapping[str, Any] | M | None) -> M:
         return model.model_validate(data or {})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or model.__name__
+        where = _location(first["loc"], model)
         raise InvalidInput(
-            f"{model.__name__}: {where}: {first['msg']} (got {_short(first.get('input'))})",
+            f"{model.__name__}: {where}: {first['msg']} (got {bounded_repr(first.get('input'))})",
             field=where,
             value=first.get("input"),
         ) from None
@@ -98,7 +104,7 @@ def validate_patch(model: type[BaseModel], changes: Mapping[str, Any]) -> dict[s
         except ValidationError as exc:
             first = exc.errors()[0]
             raise InvalidInput(
-                f"{name}: {first['msg']} (got {_short(value)})", field=name, value=value
+                f"{name}: {first['msg']} (got {bounded_repr(value)})", field=name, value=value
             ) from None
     return checked
 
@@ -112,14 +118,14 @@ def parse_id(value: Any, name: str = "id") -> UUID:
             return UUID(value)
         except ValueError:
             pass
-    raise InvalidInput(f"{name} must be a UUID, got {_short(value)}", field=name, value=value)
+    raise InvalidInput(f"{name} must be a UUID, got {bounded_repr(value)}", field=name, value=value)
 
 
 def check_limit(limit: Any) -> int:
     """A page size between 1 and MAX_LIMIT."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(
-            f"limit must be an integer from 1 to {MAX_LIMIT}, got {_short(limit)}",
+            f"limit must be an integer from 1 to {MAX_LIMIT}, got {bounded_repr(limit)}",
             field="limit",
             value=limit,
         )
@@ -130,7 +136,7 @@ def check_search_text(text: Any) -> str:
     """Search text: 1 to MAX_SEARCH_TEXT characters of storable text."""
     if not isinstance(text, str) or not 1 <= len(text) <= MAX_SEARCH_TEXT:
         raise InvalidInput(
-            f"search text must be 1 to {MAX_SEARCH_TEXT} characters, got {_short(text)}",
+            f"search text must be 1 to {MAX_SEARCH_TEXT} characters, got {bounded_repr(text)}",
             field="text",
             value=text,
         )
@@ -165,7 +171,7 @@ def encode_cursor(sort: str, descending: bool, value: Any, row_id: UUID) -> str:
 
 def decode_cursor(cursor: str, sort: str, descending: bool) -> tuple[str, UUID]:
     """The (sort value, id) of ``cursor``; InvalidInput if malformed or for another sort."""
-    bad = InvalidInput(f"malformed cursor {_short(cursor)}", field="cursor", value=cursor)
+    bad = InvalidInput(f"malformed cursor {bounded_repr(cursor)}", field="cursor", value=cursor)
     if not isinstance(cursor, str) or len(cursor) > 2048:
         raise bad
     try:
@@ -184,7 +190,7 @@ def decode_cursor(cursor: str, sort: str, descending: bool) -> tuple[str, UUID]:
         raise bad
     if payload[0] != sort or payload[1] != descending:
         raise InvalidInput(
-            f"cursor belongs to sort {payload[0]!r} (descending={payload[1]}), "
+            f"cursor belongs to sort {bounded_repr(payload[0])} (descending={payload[1]}), "
             f"not {sort!r} (descending={descending})",
             field="cursor",
             value=cursor,
@@ -305,7 +311,7 @@ def guarded_update(
         or not 1 <= expected_version < 2**31
     ):
         raise InvalidInput(
-            f"expected_version must be a positive integer, got {_short(expected_version)}",
+            f"expected_version must be a positive integer, got {bounded_repr(expected_version)}",
             field="expected_version",
             value=expected_version,
         )
@@ -358,9 +364,18 @@ def record_audit(
     entity_id: UUID | None,
     details: Mapping[str, Any] | None = None,
 ) -> AuditEvent | None:
-    """Append the audit event of a change, when the caller asked for one."""
+    """Append the audit event of a change, when the caller asked for one.
+
+    Called inside :func:`atomic` after the change, so a bad ``audit`` undoes it.
+    """
     if audit is None:
         return None
+    if not isinstance(audit, Audit) or not isinstance(audit.details, Mapping):
+        raise InvalidInput(
+            f"audit must be an Audit(actor_id, details mapping), got {bounded_repr(audit)}",
+            field="audit",
+            value=audit,
+        )
     event = validate(
         AuditEventCreate,
         {

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Copy, Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
+from toolkit.errors import InvalidInput, bounded_repr
 from toolkit.records import Agent, AgentConfig, AgentCreate, AgentFilter, Page
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -71,9 +72,17 @@ def create(
 def create_many(conn: Connection, agents: Iterable[AgentCreate]) -> int:
     """Bulk-create agents through COPY and return how many were written.
 
-    The inputs are validated models; run it inside a transaction so that a
-    failure part-way leaves nothing behind.
+    Each input is an AgentCreate or a mapping like :func:`create` takes; all
+    are validated before the COPY starts, so bad input writes nothing. An
+    InvalidReference part-way leaves nothing behind either (one statement).
     """
+    if not isinstance(agents, Iterable) or isinstance(agents, str | bytes | Mapping):
+        raise InvalidInput(
+            f"agents must be an iterable of agent inputs, got {bounded_repr(agents)}",
+            field="agents",
+            value=agents,
+        )
+    checked = [validate(AgentCreate, a) for a in agents]
     return _copy(
         conn,
         (
@@ -85,7 +94,7 @@ def create_many(conn: Connection, agents: Iterable[AgentCreate]) -> int:
                 a.config.model_dump_json(),
                 a.is_active,
             )
-            for a in agents
+            for a in checked
         ),
     )
 

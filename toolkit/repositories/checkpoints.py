@@ -13,7 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import Conflict, InvalidInput
+from toolkit.errors import Conflict, InvalidInput, bounded_repr
 from toolkit.records import Checkpoint, CheckpointCreate
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
@@ -112,13 +112,19 @@ def count(conn: Connection, execution_id: UUID | str) -> int:
 def prune(conn: Connection, execution_id: UUID | str, *, keep: int) -> int:
     """Delete all but the newest ``keep`` checkpoints; returns how many went."""
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1_000_000:
-        raise InvalidInput(f"keep must be an integer from 1 to 1000000, got {keep!r}", field="keep")
+        raise InvalidInput(
+            f"keep must be an integer from 1 to 1000000, got {bounded_repr(keep)}",
+            field="keep",
+            value=keep,
+        )
     return _prune(conn, execution_id=parse_id(execution_id, "execution_id"), keep=keep)
 
 
 def _sequence(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
         raise InvalidInput(
-            f"sequence must be an integer from 0 to 2^31-1, got {value!r}", field="sequence"
+            f"sequence must be an integer from 0 to 2^31-1, got {bounded_repr(value)}",
+            field="sequence",
+            value=value,
         )
     return value

@@ -173,7 +173,7 @@ def succeed(
     audit: Audit | None = None,
 ) -> Execution:
     """Finish a running execution with its output."""
-    outcome = validate(_Outcome, {"output": dict(output or {})})
+    outcome = validate(_Outcome, {"output": {} if output is None else output})
     return transition(
         conn,
         _succeed,
