@@ -19,7 +19,12 @@ from toolkit.db.bind import Exec, Returning, Scalar
 from toolkit.db.database import Connection, Database
 from toolkit.errors import InvalidInput, bounded_repr
 from toolkit.messaging.records import InboxEntry
-from toolkit.repositories._common import parse_id
+from toolkit.repositories._common import (
+    MAX_PRUNE_BATCH,
+    check_count,
+    check_retention,
+    parse_id,
+)
 
 if TYPE_CHECKING:
     from toolkit.messaging.consumer import Delivery, Handler
@@ -62,7 +67,11 @@ def seen(conn: Connection, consumer: str, message_id: UUID | str) -> bool:
 def prune(conn: Connection, retention: timedelta, *, limit: int = 10_000) -> int:
     """Forget up to ``limit`` entries older than ``retention`` (keep it longer than any
     redelivery can take); returns how many."""
-    return _prune(conn, retention_seconds=retention.total_seconds(), limit=limit)
+    return _prune(
+        conn,
+        retention_seconds=check_retention(retention),
+        limit=check_count(limit, "limit", MAX_PRUNE_BATCH),
+    )
 
 
 def transactional(

@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 
 from toolkit.db.bind import Copy, Exec, Many, One
 from toolkit.db.database import Connection, Database
-from toolkit.errors import ToolkitError, Unavailable
+from toolkit.errors import InvalidInput, ToolkitError, Unavailable, bounded_repr
 from toolkit.messaging.models import Message
 from toolkit.messaging.publisher import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -47,7 +47,12 @@ from toolkit.messaging.publisher import (
 )
 from toolkit.messaging.records import OutboxMessage, OutboxRow, OutboxStats
 from toolkit.messaging.topology import Topology
-from toolkit.repositories._common import parse_id
+from toolkit.repositories._common import (
+    MAX_PRUNE_BATCH,
+    check_count,
+    check_retention,
+    parse_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +68,57 @@ _stats = One("outbox.stats", OutboxStats, (), entity="outbox stats")
 _get = One("outbox.get", OutboxMessage, ("id",), entity="outbox message")
 
 
+MAX_HEADERS = 64
+MAX_HEADER_TEXT = 1024
+
+
+def _header_text(text: str) -> bool:
+    return len(text) <= MAX_HEADER_TEXT and "\x00" not in text and text.isprintable()
+
+
 def _headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {str(key): value for key, value in (headers or {}).items()}
+    """AMQP headers as stored and sent: at most 64 names of text, values of text,
+    whole numbers (64-bit), booleans or None; anything else is InvalidInput."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping) or len(headers) > MAX_HEADERS:
+        raise InvalidInput(
+            f"headers must be a mapping of at most {MAX_HEADERS} entries, "
+            f"got {bounded_repr(headers)}",
+            field="headers",
+            value=headers,
+        )
+    for name, value in headers.items():
+        fits = (
+            value is None
+            or isinstance(value, bool)
+            or (isinstance(value, int) and -(2**63) <= value < 2**63)
+            or (isinstance(value, str) and _header_text(value))
+        )
+        if not (isinstance(name, str) and 1 <= len(name) <= 128 and _header_text(name) and fits):
+            raise InvalidInput(
+                f"header {bounded_repr(name)}: names are 1-128 printable characters and values "
+                f"text, 64-bit integers, booleans or None; got {bounded_repr(value)}",
+                field="headers",
+                value=headers,
+            )
+    return dict(headers)
+
+
+MAX_MESSAGE_LIMIT = 128 << 20
+
+
+def _check_message(message: Any) -> None:
+    if not isinstance(message, Message):
+        raise InvalidInput(
+            f"message must be a toolkit.messaging Message, got {bounded_repr(message)}",
+            field="message",
+            value=message,
+        )
+
+
+def _max_bytes(limit: Any) -> int:
+    return check_count(limit, "max_message_bytes", MAX_MESSAGE_LIMIT)
 
 
 def enqueue(
@@ -82,8 +136,9 @@ def enqueue(
     a body over the limit (the same check the publisher makes).
     """
     key = parse_id(message_id, "message_id") if message_id is not None else uuid.uuid4()
+    _check_message(message)
     body = message.body()
-    check_size(body, max_message_bytes, message.queue)
+    check_size(body, _max_bytes(max_message_bytes), message.queue)
     _enqueue(
         tx,
         id=key,
@@ -102,11 +157,19 @@ def enqueue_many(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[UUID]:
     """Write many messages in one COPY, in ``tx``; returns their message_ids in order."""
+    limit = _max_bytes(max_message_bytes)
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        raise InvalidInput(
+            f"messages must be an iterable of Message, got {bounded_repr(messages)}",
+            field="messages",
+            value=messages,
+        )
     ids: list[UUID] = []
     rows: list[tuple[Any, ...]] = []
     for message in messages:
+        _check_message(message)
         body = message.body()
-        check_size(body, max_message_bytes, message.queue)
+        check_size(body, limit, message.queue)
         key = uuid.uuid4()
         ids.append(key)
         rows.append((key, message.queue, message.type_name(), body.decode(), "{}"))
@@ -127,7 +190,11 @@ def get(conn: Connection, message_id: UUID | str) -> OutboxMessage:
 
 def prune(conn: Connection, retention: timedelta, *, limit: int = 10_000) -> int:
     """Delete up to ``limit`` rows sent longer than ``retention`` ago; returns how many."""
-    return _prune(conn, retention_seconds=retention.total_seconds(), limit=limit)
+    return _prune(
+        conn,
+        retention_seconds=check_retention(retention),
+        limit=check_count(limit, "limit", MAX_PRUNE_BATCH),
+    )
 
 
 def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Annotated, Any, Final, TypeVar
 from uuid import UUID
@@ -28,6 +28,7 @@ R = TypeVar("R", bound=BaseModel)
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 1000
 MAX_SEARCH_TEXT: Final = 200
+MAX_PRUNE_BATCH: Final = 100_000
 
 
 class Unset:
@@ -132,6 +133,39 @@ def check_limit(limit: Any) -> int:
     return limit
 
 
+def check_count(value: Any, name: str, maximum: int) -> int:
+    """A whole number from 1 to ``maximum`` (a batch size, a bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(
+            f"{name} must be an integer from 1 to {maximum}, got {bounded_repr(value)}",
+            field=name,
+            value=value,
+        )
+    return value
+
+
+def check_retention(value: Any, name: str = "retention") -> float:
+    """A non-negative ``timedelta`` of at most ten years, as seconds."""
+    if not isinstance(value, timedelta) or not timedelta(0) <= value <= timedelta(days=3660):
+        raise InvalidInput(
+            f"{name} must be a timedelta from 0 to 10 years, got {bounded_repr(value)}",
+            field=name,
+            value=value,
+        )
+    return value.total_seconds()
+
+
+def parse_ids(values: Any, name: str = "ids", maximum: int = MAX_LIMIT) -> list[UUID]:
+    """A list of at most ``maximum`` UUIDs from a list or tuple of ids."""
+    if not isinstance(values, (list, tuple)) or len(values) > maximum:
+        raise InvalidInput(
+            f"{name} must be a list of at most {maximum} ids, got {bounded_repr(values)}",
+            field=name,
+            value=values,
+        )
+    return [parse_id(value, name) for value in values]
+
+
 def check_search_text(text: Any) -> str:
     """Search text: 1 to MAX_SEARCH_TEXT characters of storable text."""
     if not isinstance(text, str) or not 1 <= len(text) <= MAX_SEARCH_TEXT:
@@ -215,6 +249,12 @@ def list_page(
 ) -> Page[R]:
     """One keyset page of ``query``: fetch one row more than asked to know if more follow."""
     column = query.query.sort_column(sort).column
+    if not isinstance(descending, bool):
+        raise InvalidInput(
+            f"descending must be True or False, got {bounded_repr(descending)}",
+            field="descending",
+            value=descending,
+        )
     limit = check_limit(limit)
     after_value: str | None = None
     after_id: UUID | None = None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from toolkit.records import Input, Record
+from pydantic import Field, StringConstraints
+
+from toolkit.records import Input, Record, Text
 
 Purpose = Literal["attachment", "generated"]
 FileStatus = Literal["staged", "stored"]
@@ -29,6 +31,25 @@ class File(Record):
     session_id: UUID | None
     created_at: datetime
     stored_at: datetime | None
+
+
+ShortText = Annotated[Text, StringConstraints(min_length=1, max_length=255)]
+
+
+class FileCreate(Input):
+    """A file row as the FileStore writes it (status 'staged')."""
+
+    id: UUID
+    owner_id: UUID
+    purpose: Purpose
+    key: Annotated[Text, StringConstraints(min_length=1, max_length=512)]
+    original_name: ShortText | None = None
+    size: Annotated[int, Field(ge=0, lt=2**63)]
+    content_type: ShortText
+    claimed_type: ShortText | None = None
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    execution_id: UUID | None = None
+    session_id: UUID | None = None
 
 
 class FileFilter(Input):

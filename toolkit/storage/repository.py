@@ -13,18 +13,21 @@ from uuid import UUID
 
 from toolkit.db.bind import Many, One, Returning
 from toolkit.db.database import Connection
+from toolkit.errors import InvalidInput, bounded_repr
 from toolkit.records import Page
 from toolkit.repositories._common import (
     DEFAULT_LIMIT,
+    MAX_LIMIT,
     Audit,
     atomic,
     check_limit,
     list_page,
     parse_id,
+    parse_ids,
     record_audit,
     validate,
 )
-from toolkit.storage.records import File, FileFilter
+from toolkit.storage.records import File, FileCreate, FileFilter
 
 ENTITY = "file"
 _COLUMNS = (
@@ -52,10 +55,13 @@ _staged_before = Many("files.staged_before", File, ("grace_seconds", "limit"))
 _delete = Returning("files.delete", File, ("id",))
 
 
-def create(conn: Connection, values: Mapping[str, Any], *, audit: Audit | None = None) -> File:
-    """Insert a file row (status 'staged'); the values were checked by the FileStore."""
+def create(
+    conn: Connection, values: FileCreate | Mapping[str, Any], *, audit: Audit | None = None
+) -> File:
+    """Insert a file row (status 'staged'), as the FileStore does after staging the bytes."""
+    row = validate(FileCreate, values)
     with atomic(conn):
-        created = _create(conn, **{name: values.get(name) for name in _COLUMNS})
+        created = _create(conn, **row.model_dump())
         record_audit(
             conn,
             audit,
@@ -73,12 +79,21 @@ def get(conn: Connection, file_id: UUID | str) -> File:
 
 
 def get_many(conn: Connection, file_ids: Sequence[UUID]) -> builtins.list[File]:
-    """The files among ``file_ids`` (missing ones are simply absent)."""
-    return _get_many(conn, ids=builtins.list(file_ids))
+    """The files among ``file_ids`` (at most 1,000; missing ones are simply absent)."""
+    return _get_many(conn, ids=parse_ids(file_ids, "file_ids"))
 
 
 def with_keys(conn: Connection, keys: Sequence[str]) -> builtins.list[File]:
-    """The files whose key is among ``keys``."""
+    """The files whose key is among ``keys`` (at most 1,000 keys of at most 512 characters)."""
+    if not isinstance(keys, (builtins.list, tuple)) or len(keys) > MAX_LIMIT:
+        raise InvalidInput(
+            f"keys must be a list of at most {MAX_LIMIT} keys, got {bounded_repr(keys)}",
+            field="keys",
+            value=keys,
+        )
+    for key in keys:
+        if not isinstance(key, str) or not 1 <= len(key) <= 512 or not key.isprintable():
+            raise InvalidInput(f"not a file key: {bounded_repr(key)}", field="keys", value=key)
     return _existing_keys(conn, keys=builtins.list(keys))
 
 
@@ -105,13 +120,24 @@ def list(
 
 def mark_stored(conn: Connection, file_id: UUID) -> File | None:
     """Mark a staged file stored; None if it is not staged (already stored, or gone)."""
-    return _mark_stored(conn, id=file_id)
+    return _mark_stored(conn, id=parse_id(file_id, "file_id"))
 
 
 def staged_before(
     conn: Connection, grace_seconds: float, *, limit: int = DEFAULT_LIMIT
 ) -> builtins.list[File]:
     """Staged files older than ``grace_seconds``, oldest first."""
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, (int, float))
+        or not 0 <= grace_seconds <= 10 * 366 * 86400
+    ):
+        raise InvalidInput(
+            f"grace_seconds must be a number of seconds from 0 to 10 years, "
+            f"got {bounded_repr(grace_seconds)}",
+            field="grace_seconds",
+            value=grace_seconds,
+        )
     return _staged_before(conn, grace_seconds=float(grace_seconds), limit=check_limit(limit))
 
 
