@@ -163,7 +163,7 @@ def test_crash_after_the_move_before_marking_stored(
     staged = store.stage(REPORT, owner_id=owner.id, purpose="generated")
     with db.transaction() as tx:
         row = store.record(tx, staged)
-    store.storage.move(staged.staging_key, staged.key)
+    store.storage._move_internal(staged.staging_key, staged.key)  # internal: a staging key
     # ... dies before the UPDATE: the row says staged, the bytes are at the final key.
     assert store.read(row) == REPORT
     with db.connection() as conn:
@@ -200,7 +200,7 @@ def test_a_staged_row_whose_bytes_vanished_is_removed_by_the_sweep(
     staged = store.stage(REPORT, owner_id=owner.id, purpose="generated")
     with db.transaction() as tx:
         row = store.record(tx, staged)
-    store.storage.delete(staged.staging_key)  # someone removed the bytes behind our back
+    store.storage._delete_internal(staged.staging_key)  # someone removed the bytes behind our back
     with db.connection() as conn:
         report = store.sweep(conn, grace_seconds=0)
         assert report.lost_rows == [row.id]

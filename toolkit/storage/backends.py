@@ -3,8 +3,10 @@
 * ``file:///srv/files`` (or ``file://./relative``, or a bare path): a local
   folder. Writes go to a ``.tmp-*`` file in the target's own folder, are
   fsynced, and are linked into place with ``link(2)``, which fails if the
-  key exists: create-only and atomic, across processes. Every path is
-  resolved (symlinks included) and must stay inside the root.
+  key exists: create-only and atomic, across processes. Every segment
+  is opened relative to its parent's descriptor with ``O_NOFOLLOW``: a
+  symlink anywhere on a key's path is refused, never followed, even one
+  swapped in mid-call; a FIFO, socket or device at a key is refused unread.
 * ``memory://`` : fsspec's memory filesystem under a root of its own (the
   store is one global dict per process, so each Storage gets a fresh
   ``/<uuid>`` root; ``memory://name`` shares the root ``/name``).
@@ -31,12 +33,13 @@ import contextlib
 import errno
 import os
 import posixpath
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISDIR, S_ISLNK, S_ISREG
 from typing import IO, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,8 +47,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from toolkit.errors import ConfigurationError, InvalidInput
+from toolkit.errors import ConfigurationError, IntegrityError, InvalidInput, bounded_repr
 from toolkit.storage.base import ObjectInfo, Storage, content_disposition
+from toolkit.storage.sniff import download_type
 
 TMP_PREFIX: Final = ".tmp-"
 """Name prefix of unfinished writes; keys from outside can never start a segment with '.'."""
@@ -54,6 +58,17 @@ PART_SIZE: Final = 8 << 20
 """Multipart part size on S3 (the minimum is 5 MiB)."""
 
 _CREATE_LOCK = threading.Lock()
+
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | _NO_FOLLOW  # a FIFO cannot block the open
+_NEW_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW
+_SPECIAL_KINDS: Final = {
+    S_IFIFO: "FIFO",
+    S_IFSOCK: "socket",
+    S_IFCHR: "character device",
+    S_IFBLK: "block device",
+}
 _S3_SESSION: Any = None
 
 
@@ -178,7 +193,17 @@ class MemoryStorage(FsspecStorage):
 
 
 class LocalStorage(FsspecStorage):
-    """A local folder: atomic, fsynced, create-only writes; paths verified inside the root."""
+    """A local folder: atomic, fsynced, create-only writes that never follow a symlink.
+
+    Every operation walks the key's segments from a descriptor of the root,
+    opening each folder with ``O_NOFOLLOW`` relative to its parent
+    (``openat``), and then acts on the last segment relative to that folder's
+    descriptor. A symlink planted anywhere on the path — even one swapped in
+    while the call runs — is refused (InvalidInput), never followed, so no
+    call can read, write, move or delete outside the root. Objects must be
+    regular files: a FIFO, socket or device at a key is refused
+    (IntegrityError) without being opened.
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         path = Path(root).expanduser()
@@ -186,75 +211,214 @@ class LocalStorage(FsspecStorage):
         real = os.path.realpath(path)
         super().__init__(LocalFileSystem(), real, url_scheme="file://")
         self.fsync = fsync
+        self._case_folding: bool | None = None
 
-    def _full(self, key: str) -> str:
-        path = os.path.realpath(os.path.join(self.root, key))
-        if not path.startswith(self.root + os.sep):
-            raise InvalidInput(
-                f"invalid key {key!r}: resolves outside the storage root", field="key", value=key
-            )
-        return path
+    # -- the descriptor walk ---------------------------------------------------------
 
-    def _sync_folder(self, folder: str) -> None:
-        if self.fsync:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
+    @contextmanager
+    def _folder(self, key: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """The descriptor of the folder that holds ``key``'s last segment, and that segment.
+
+        Each folder on the way is opened with ``O_NOFOLLOW`` relative to its
+        parent; with ``create``, missing folders are made on the way.
+        """
+        *folders, name = key.split("/")
+        fd = os.open(self.root, _DIRECTORY_FLAGS)
+        try:
+            for segment in folders:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(segment, dir_fd=fd)
+                child = self._open_folder(segment, fd, key)
                 os.close(fd)
+                fd = child
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _open_folder(segment: str, parent: int, key: str) -> int:
+        try:
+            return os.open(segment, _DIRECTORY_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            # Linux answers ENOTDIR (O_DIRECTORY wins) for a symlink, other systems ELOOP.
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            now = _lstat_mode(segment, parent)
+            if exc.errno == errno.ELOOP or (now is not None and S_ISLNK(now)):
+                raise _symlink_refused(key, segment) from None
+            if now is not None and S_ISDIR(now):  # not a folder a moment ago: swapped
+                raise InvalidInput(
+                    f"invalid key {bounded_repr(key)}: {bounded_repr(segment)} was replaced "
+                    "while being opened (it was not a folder then, e.g. a symbolic link)",
+                    field="key",
+                    value=key,
+                ) from None
+            raise  # a file on the key's path: the key runs through an object
+
+    @staticmethod
+    def _regular(key: str, segment: str, stat: os.stat_result) -> os.stat_result:
+        """``stat`` if it describes a regular file; refused for links, FIFOs and devices."""
+        if S_ISREG(stat.st_mode):
+            return stat
+        if S_ISDIR(stat.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "a folder, not an object", key)
+        if S_ISLNK(stat.st_mode):
+            raise _symlink_refused(key, segment)
+        kind = _SPECIAL_KINDS.get(S_IFMT(stat.st_mode), "special file")
+        raise IntegrityError(
+            f"object {bounded_repr(key)} is a {kind}, not a regular file: refused unread"
+        )
+
+    def _lstat(self, folder: int, name: str, key: str) -> os.stat_result:
+        return self._regular(key, name, os.stat(name, dir_fd=folder, follow_symlinks=False))
+
+    def _sync(self, folder: int) -> None:
+        if self.fsync:
+            os.fsync(folder)
+
+    # -- the primitives ----------------------------------------------------------------
 
     def _write(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
-        final = self._full(key)
-        folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-        try:
-            with open(fd, "wb", buffering=0, closefd=True) as out:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = out.write(view)
-                        view = view[written or 0 :]
-                if self.fsync:
-                    os.fsync(out.fileno())
-            os.link(temp, final)  # fails with EEXIST: exactly one racing writer wins
-            self._sync_folder(folder)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+        with self._folder(key, create=True) as (folder, name):
+            temp = f"{TMP_PREFIX}{uuid.uuid4().hex}"
+            fd = os.open(temp, _NEW_FILE_FLAGS, 0o600, dir_fd=folder)
+            try:
+                with open(fd, "wb", buffering=0, closefd=True) as out:
+                    for chunk in chunks:
+                        view = memoryview(chunk)
+                        while view:
+                            written = out.write(view)
+                            view = view[written or 0 :]
+                    if self.fsync:
+                        os.fsync(out.fileno())
+                # link(2) fails with EEXIST: exactly one racing writer wins.
+                os.link(temp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+                self._sync(folder)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=folder)
 
     def _open(self, key: str) -> IO[bytes]:
-        path = self._full(key)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        if not os.path.isfile(path):
+        with self._folder(key) as (folder, name):
+            expected = self._lstat(folder, name, key)  # a FIFO or device is never opened
+            try:
+                fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+                    raise _symlink_refused(key, name) from None
+                raise
+        try:
+            opened = self._regular(key, name, os.fstat(fd))
+            if (opened.st_dev, opened.st_ino) != (expected.st_dev, expected.st_ino):
+                raise FileNotFoundError(errno.ENOENT, "replaced while opening", key)
+            os.set_blocking(fd, True)
+        except BaseException:
             os.close(fd)
-            raise FileNotFoundError(errno.ENOENT, "not a file", key)
+            raise
         return open(fd, "rb", buffering=0)
 
     def _info(self, key: str) -> ObjectInfo:
-        stat = os.stat(self._full(key))
-        if not os.path.isfile(self._full(key)):
-            raise FileNotFoundError(errno.ENOENT, "not a file", key)
-        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-        return ObjectInfo(key=key, size=stat.st_size, modified=modified)
+        with self._folder(key) as (folder, name):
+            stat = self._lstat(folder, name, key)
+        return ObjectInfo(
+            key=key, size=stat.st_size, modified=datetime.fromtimestamp(stat.st_mtime, UTC)
+        )
 
     def _delete(self, key: str) -> bool:
         try:
-            os.unlink(self._full(key))
+            with self._folder(key) as (folder, name):
+                os.unlink(name, dir_fd=folder)  # removes a planted link itself, never its target
         except FileNotFoundError:
             return False
         return True
 
     def _move(self, source: str, target: str) -> None:
-        src, dst = self._full(source), self._full(target)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.link(src, dst)  # EEXIST if the target exists
-        os.unlink(src)
-        self._sync_folder(os.path.dirname(dst))
-        self._sync_folder(os.path.dirname(src))
+        with self._folder(source) as (src_folder, src_name):
+            self._lstat(src_folder, src_name, source)
+            with self._folder(target, create=True) as (dst_folder, dst_name):
+                os.link(  # EEXIST if the target exists
+                    src_name,
+                    dst_name,
+                    src_dir_fd=src_folder,
+                    dst_dir_fd=dst_folder,
+                    follow_symlinks=False,
+                )
+                os.unlink(src_name, dir_fd=src_folder)
+                self._sync(dst_folder)
+                self._sync(src_folder)
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, str, int]]:
+        """``(folder key, name, folder fd)`` of every non-folder entry under ``prefix``'s folder.
+
+        ``os.fwalk`` descends by descriptor and never into a symlinked folder.
+        """
+        start = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        try:
+            with contextlib.ExitStack() as stack:
+                if start:
+                    folder, name = stack.enter_context(self._folder(f"{start}/_"))
+                else:
+                    folder = os.open(self.root, _DIRECTORY_FLAGS)
+                    stack.callback(os.close, folder)
+                for path, _dirs, names, fd in os.fwalk(".", dir_fd=folder):
+                    relative = posixpath.normpath(posixpath.join(start, path))
+                    base = "" if relative == "." else relative + "/"
+                    for name in names:
+                        yield base, name, fd
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except InvalidInput:  # a symlinked folder on the prefix holds no objects of ours
+            return
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for base, name, fd in self._walk(prefix):
+            key = base + name
+            if not key.startswith(prefix) or name.startswith(TMP_PREFIX):
+                continue
+            try:
+                stat = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if S_ISREG(stat.st_mode):
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                yield ObjectInfo(key=key, size=stat.st_size, modified=modified)
+
+    def _list_stale_uploads(self, older_than: datetime) -> list[str]:
+        removed: list[str] = []
+        for base, name, fd in self._walk(""):
+            if not name.startswith(TMP_PREFIX):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                stat = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if datetime.fromtimestamp(stat.st_mtime, UTC) < older_than:
+                    os.unlink(name, dir_fd=fd)
+                    removed.append(base + name)
+        return removed
 
     def _url(self, key: str, expires: int, filename: str | None, content_type: str | None) -> str:
-        return Path(self._full(key)).as_uri()
+        return Path(self.root, key).as_uri()
+
+    def _folds_case(self) -> bool:
+        """Whether the root's filesystem is case-insensitive (probed once, with a temp file)."""
+        if self._case_folding is None:
+            probe = f"{TMP_PREFIX}case-{uuid.uuid4().hex}"
+            try:
+                root = os.open(self.root, _DIRECTORY_FLAGS)
+                try:
+                    os.close(os.open(probe, _NEW_FILE_FLAGS, 0o600, dir_fd=root))
+                    try:
+                        os.stat(probe.upper(), dir_fd=root, follow_symlinks=False)
+                        self._case_folding = True
+                    except FileNotFoundError:
+                        self._case_folding = False
+                    finally:
+                        os.unlink(probe, dir_fd=root)
+                finally:
+                    os.close(root)
+            except OSError:  # a read-only root: exact keys, which can only miss an orphan
+                return False
+        return self._case_folding
 
 
 class S3Storage(FsspecStorage):
@@ -394,9 +558,11 @@ class S3Storage(FsspecStorage):
         self.fs.rm_file(self._full(source))
 
     def _url(self, key: str, expires: int, filename: str | None, content_type: str | None) -> str:
-        params: dict[str, Any] = {"ResponseContentDisposition": content_disposition(filename)}
-        if content_type:
-            params["ResponseContentType"] = content_type
+        # Attachment and a safe type always: active content is never served inline.
+        params: dict[str, Any] = {
+            "ResponseContentDisposition": content_disposition(filename),
+            "ResponseContentType": download_type(content_type),
+        }
         url: str = self.fs.url(self._full(key), expires=expires, **params)
         return url
 
@@ -414,6 +580,22 @@ class S3Storage(FsspecStorage):
                 )
                 removed.append(upload["Key"])
         return removed
+
+
+def _lstat_mode(name: str, folder: int) -> int | None:
+    try:
+        return os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+    except OSError:
+        return None
+
+
+def _symlink_refused(key: str, segment: str) -> InvalidInput:
+    return InvalidInput(
+        f"invalid key {bounded_repr(key)}: {bounded_repr(segment)} is a symbolic link, "
+        "which the local storage never follows (it could lead outside the storage root)",
+        field="key",
+        value=key,
+    )
 
 
 def open_storage(url: str) -> Storage:

@@ -22,6 +22,7 @@ NotFound, Conflict, InvalidInput, IntegrityError or Unavailable.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import urllib.parse
@@ -39,6 +40,7 @@ from toolkit.errors import (
     NotFound,
     ToolkitError,
     Unavailable,
+    bounded_repr,
 )
 from toolkit.storage.keys import (
     STAGING_PREFIX,
@@ -47,7 +49,13 @@ from toolkit.storage.keys import (
     check_prefix,
     clean_filename,
 )
-from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES, SNIFF_BYTES, normalise_type, sniff
+from toolkit.storage.sniff import (
+    DEFAULT_ALLOWED_TYPES,
+    SNIFF_BYTES,
+    download_type,
+    normalise_type,
+    sniff,
+)
 
 CHUNK_SIZE: Final = 128 << 10
 """Bytes read from the source per step (128 KiB: a chunk stays in the CPU cache while it is
@@ -85,11 +93,6 @@ class PutResult:
     """What the client said, normalised; recorded, never trusted."""
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 @contextmanager
 def translating(action: str, key: str) -> Iterator[None]:
     """Turn any driver error raised inside into a toolkit error naming ``action`` and ``key``."""
@@ -106,12 +109,12 @@ def translating(action: str, key: str) -> Iterator[None]:
         if not writing:
             raise NotFound("object", key) from None
         if isinstance(exc, FileExistsError):
-            raise Conflict(f"{action}: object {key!r} already exists") from None
-        raise Conflict(f"{action}: {key!r} collides with an existing object") from None
+            raise Conflict(f"{action}: object {bounded_repr(key)} already exists") from None
+        raise Conflict(f"{action}: {bounded_repr(key)} collides with an existing object") from None
     except PermissionError as exc:
-        raise Unavailable(f"{action} {key!r}: permission denied ({exc})") from exc
+        raise Unavailable(f"{action} {bounded_repr(key)}: permission denied ({exc})") from exc
     except Exception as exc:  # botocore, aiohttp, fsspec: nothing raw escapes
-        raise Unavailable(f"{action} {key!r}: {type(exc).__name__}: {exc}") from exc
+        raise Unavailable(f"{action} {bounded_repr(key)}: {type(exc).__name__}: {exc}") from exc
 
 
 class UploadPipeline:
@@ -136,7 +139,7 @@ class UploadPipeline:
             isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
         ):
             raise InvalidInput(
-                f"max_bytes must be a non-negative integer, got {_short(max_bytes)}",
+                f"max_bytes must be a non-negative integer, got {bounded_repr(max_bytes)}",
                 field="max_bytes",
                 value=max_bytes,
             )
@@ -295,14 +298,25 @@ def content_disposition(filename: str | None) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quoted}"
 
 
+DOWNLOAD_CSP: Final = "default-src 'none'; sandbox"
+"""A Content-Security-Policy under which even a rendered file can run nothing."""
+
+
 def download_headers(
     filename: str | None, content_type: str | None, size: int | None = None
 ) -> dict[str, str]:
-    """The headers a download of a stored file must carry (attachment, nosniff, the type)."""
+    """The headers a download of a stored file must carry; serve every file with them.
+
+    Always ``attachment``, ``nosniff`` and a sandboxing CSP; the type is
+    :func:`~toolkit.storage.sniff.download_type` of ``content_type``, so
+    active content (HTML, SVG, XML, JavaScript — whatever the row or the
+    caller says) is never served as itself, and never inline.
+    """
     headers = {
-        "Content-Type": normalise_type(content_type) or "application/octet-stream",
+        "Content-Type": download_type(content_type),
         "Content-Disposition": content_disposition(filename),
         "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": DOWNLOAD_CSP,
     }
     if size is not None:
         headers["Content-Length"] = str(size)
@@ -414,33 +428,63 @@ class Storage(ABC):
 
         With ``sha256``, reading to the end raises IntegrityError on a mismatch.
         """
+        return self._open_internal(check_key(key), sha256=sha256)
+
+    def get(self, key: str, *, sha256: str | None = None) -> bytes:
+        """All bytes of ``key``; with ``sha256``, IntegrityError unless they hash to it."""
+        return self._get_internal(check_key(key), sha256=sha256)
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+        return self._exists_internal(check_key(key))
+
+    def info(self, key: str) -> ObjectInfo:
+        """Size and modification time of ``key``; NotFound if absent."""
+        return self._info_internal(check_key(key))
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; returns whether it existed."""
+        return self._delete_internal(check_key(key))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, sorted by key.
+
+        ``""`` lists everything, the toolkit's ``_staging/`` objects included
+        (a ``_staging/`` prefix itself is the toolkit's, refused here).
+        """
+        return self._list_internal(check_prefix(prefix))
+
+    def move(self, source: str, target: str) -> None:
+        """Move an object to a new key, create-only: Conflict if ``target`` exists."""
+        self._move_internal(check_key(source, "source"), check_key(target, "target"))
+
+    # -- the same, for keys the toolkit makes for itself (``_staging/...``) ---------------
+    # The public methods above refuse those keys (the grammar says they are internal);
+    # FileStore reaches its staging area through these.
+
+    def _open_internal(self, key: str, *, sha256: str | None = None) -> io.RawIOBase:
         key = check_internal_or_key(key)
         with translating("opening", key):
             raw = self._open(key)
         return VerifyingReader(raw, key, sha256)
 
-    def get(self, key: str, *, sha256: str | None = None) -> bytes:
-        """All bytes of ``key``; with ``sha256``, IntegrityError unless they hash to it."""
-        with self.open(key, sha256=sha256) as stream:
+    def _get_internal(self, key: str, *, sha256: str | None = None) -> bytes:
+        with self._open_internal(key, sha256=sha256) as stream:
             return stream.readall()
 
-    def exists(self, key: str) -> bool:
-        """Whether an object is stored at ``key``."""
-        key = check_internal_or_key(key)
+    def _exists_internal(self, key: str) -> bool:
         try:
-            self.info(key)
+            self._info_internal(key)
         except NotFound:
             return False
         return True
 
-    def info(self, key: str) -> ObjectInfo:
-        """Size and modification time of ``key``; NotFound if absent."""
+    def _info_internal(self, key: str) -> ObjectInfo:
         key = check_internal_or_key(key)
         with translating("inspecting", key):
             return self._info(key)
 
-    def delete(self, key: str) -> bool:
-        """Delete ``key``; returns whether it existed."""
+    def _delete_internal(self, key: str) -> bool:
         key = check_internal_or_key(key)
         try:
             with translating("deleting", key):
@@ -448,17 +492,12 @@ class Storage(ABC):
         except NotFound:
             return False
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, sorted by key.
-
-        ``""`` lists everything, the toolkit's ``_staging/`` objects included.
-        """
+    def _list_internal(self, prefix: str) -> builtins.list[ObjectInfo]:
         prefix = prefix if prefix == STAGING_PREFIX else check_prefix(prefix)
         with translating("listing", prefix or "<root>"):
             return sorted(self._list(prefix), key=lambda info: info.key)
 
-    def move(self, source: str, target: str) -> None:
-        """Move an object to a new key, create-only: Conflict if ``target`` exists."""
+    def _move_internal(self, source: str, target: str) -> None:
         source = check_internal_or_key(source, "source")
         target = check_internal_or_key(target, "target")
         with translating("moving", source):
@@ -466,6 +505,10 @@ class Storage(ABC):
                 raise NotFound("object", source)
         with translating("moving to", target):
             self._move(source, target)
+
+    def _folds_case(self) -> bool:
+        """Whether keys differing only in case name one object (a case-insensitive folder)."""
+        return False
 
     def _exists_fast(self, key: str) -> bool:
         try:
@@ -482,11 +525,18 @@ class Storage(ABC):
         filename: str | None = None,
         content_type: str | None = None,
     ) -> str:
-        """A URL for ``key``: presigned on S3 (with attachment disposition), else a locator."""
+        """A URL for ``key``: presigned on S3, else a locator (``file://``, ``memory://``).
+
+        A presigned URL makes S3 answer with ``attachment`` and
+        :func:`~toolkit.storage.sniff.download_type` of ``content_type``
+        (``application/octet-stream`` when none is given), so active content
+        is never served inline. A locator carries no headers: an application
+        that serves the bytes itself must send :func:`download_headers`.
+        """
         key = check_key(key)
         if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= 604800:
             raise InvalidInput(
-                f"expires must be 1 to 604800 seconds, got {_short(expires)}",
+                f"expires must be 1 to 604800 seconds, got {bounded_repr(expires)}",
                 field="expires",
                 value=expires,
             )

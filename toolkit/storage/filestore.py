@@ -54,6 +54,7 @@ from toolkit.storage import repository as files
 from toolkit.storage.base import Source, Storage, download_headers
 from toolkit.storage.keys import (
     STAGING_PREFIX,
+    check_key,
     check_purpose,
     clean_filename,
     file_key,
@@ -205,7 +206,7 @@ class FileStore:
         try:
             row = files.get(conn, file.id)
         except NotFound:
-            self.storage.delete(staging_key(file.id))
+            self.storage._delete_internal(staging_key(file.id))
             raise
         if row.status == "stored":
             return row
@@ -214,19 +215,19 @@ class FileStore:
     def _promote_row(self, conn: Connection, row: File) -> File:
         staging = staging_key(row.id)
         try:
-            self.storage.move(staging, row.key)
+            self.storage._move_internal(staging, check_key(row.key))
         except NotFound:
             if not self.storage.exists(row.key):
                 raise
         except Conflict:
             # Copied before a crash, not yet deleted (S3): the final bytes are there.
-            self.storage.delete(staging)
+            self.storage._delete_internal(staging)
         stored = files.mark_stored(conn, row.id)
         return stored if stored is not None else files.get(conn, row.id)
 
     def discard(self, staged: StagedFile) -> None:
         """Remove staged bytes whose transaction rolled back (the sweep would, later)."""
-        self.storage.delete(staged.staging_key)
+        self.storage._delete_internal(staged.staging_key)
 
     def store(
         self,
@@ -268,20 +269,29 @@ class FileStore:
         if file.status == "stored" or self.storage.exists(file.key):
             return file.key
         staging = staging_key(file.id)
-        if self.storage.exists(staging):
+        if self.storage._exists_internal(staging):
             return staging
         return file.key
 
     def open(self, file: File, *, verify: bool = True) -> io.RawIOBase:
         """A streaming read of a file's bytes; reading to the end checks the SHA-256."""
-        return self.storage.open(self._location(file), sha256=file.sha256 if verify else None)
+        return self.storage._open_internal(
+            self._location(file), sha256=file.sha256 if verify else None
+        )
 
     def read(self, file: File, *, verify: bool = True) -> bytes:
         """All bytes of a file; IntegrityError if they do not hash to the recorded SHA-256."""
-        return self.storage.get(self._location(file), sha256=file.sha256 if verify else None)
+        return self.storage._get_internal(
+            self._location(file), sha256=file.sha256 if verify else None
+        )
 
     def url(self, file: File, *, expires: int = 3600) -> str:
-        """A URL for the file (presigned on S3, with attachment disposition and its type)."""
+        """A URL for the file: presigned on S3, a locator elsewhere.
+
+        On S3 the download is ``attachment`` with a safe type (active content
+        such as HTML or SVG is never served as itself); an application that
+        serves the bytes itself must send :meth:`headers`.
+        """
         if file.status != "stored":
             raise InvalidInput(
                 f"file {file.id} is not promoted yet (status {file.status})", field="status"
@@ -292,7 +302,14 @@ class FileStore:
 
     @staticmethod
     def headers(file: File) -> dict[str, str]:
-        """The headers to serve a file with: attachment, nosniff, the sniffed type, its size."""
+        """The headers the application must serve the file's bytes with.
+
+        ``attachment``, ``nosniff``, a sandboxing CSP, the size, and the
+        sniffed type when it is inert; any active type (HTML, SVG, XML,
+        JavaScript — say, from a tampered row) is replaced by ``text/plain``
+        or ``application/octet-stream``. Serving a file with other headers
+        (inline, or typed from its name) can run an uploader's script.
+        """
         return download_headers(file.original_name, file.content_type, file.size)
 
     # -- deleting and sweeping ----------------------------------------------------------
@@ -306,7 +323,7 @@ class FileStore:
         if row is None:
             raise NotFound("file", file_id)
         self.storage.delete(row.key)
-        self.storage.delete(staging_key(row.id))
+        self.storage._delete_internal(staging_key(row.id))
         return row
 
     def sweep(
@@ -347,7 +364,7 @@ class FileStore:
     ) -> None:
         staged = [
             info.key
-            for info in self.storage.list(STAGING_PREFIX)
+            for info in self.storage._list_internal(STAGING_PREFIX)
             if info.modified is None or info.modified < cutoff
         ]
         for start in range(0, len(staged), _BATCH):
@@ -356,32 +373,43 @@ class FileStore:
                 try:
                     ids[UUID(key[len(STAGING_PREFIX) :])] = key
                 except ValueError:
-                    self.storage.delete(key)
+                    self.storage._delete_internal(key)
                     report.staged_without_row.append(key)
             rows_by_id = {row.id: row for row in files.get_many(conn, list(ids))}
             for file_id, key in ids.items():
                 row = rows_by_id.get(file_id)
                 if row is None:
-                    self.storage.delete(key)
+                    self.storage._delete_internal(key)
                     report.staged_without_row.append(key)
                 elif row.status == "staged":
                     self._promote_row(conn, row)
                     report.promoted.append(row.id)
                 elif self.storage.exists(row.key):
-                    self.storage.delete(key)
+                    self.storage._delete_internal(key)
                     report.staged_leftovers.append(key)
 
     def _sweep_orphans(self, conn: Connection, cutoff: datetime, report: SweepReport) -> None:
+        # On a case-insensitive folder an object may be listed in another case than its
+        # row's key (a folder first made as "ABC..." holds "abc.../attachment/<id>"): the
+        # listed key is compared case-folded there, so it is neither missed nor mistaken
+        # for an orphan. Elsewhere keys differing in case are different objects, and only
+        # the exact lower-case form the toolkit makes is a file key.
+        folds = self.storage._folds_case()
         candidates = [
-            info.key
+            (info.key, info.key.lower() if folds else info.key)
             for info in self.storage.list("")
-            if _FILE_KEY.match(info.key) and (info.modified is None or info.modified < cutoff)
+            if info.modified is None or info.modified < cutoff
+        ]
+        candidates = [
+            (key, canonical) for key, canonical in candidates if _FILE_KEY.match(canonical)
         ]
         for start in range(0, len(candidates), _BATCH):
             batch = candidates[start : start + _BATCH]
-            known = {row.key for row in files.with_keys(conn, batch)}
-            for key in batch:
-                if key not in known:
+            known = {
+                row.key for row in files.with_keys(conn, [canonical for _, canonical in batch])
+            }
+            for key, canonical in batch:
+                if canonical not in known:
                     self.storage.delete(key)
                     report.orphans.append(key)
 

@@ -23,7 +23,7 @@ import unicodedata
 from typing import Final
 from uuid import UUID
 
-from toolkit.errors import InvalidInput
+from toolkit.errors import InvalidInput, bounded_repr
 
 MAX_KEY_LENGTH: Final = 512
 MAX_SEGMENT_LENGTH: Final = 128
@@ -43,10 +43,7 @@ _DEVICE_NAMES = frozenset(
 
 
 def _reject(key: object, reason: str, field: str) -> InvalidInput:
-    shown = repr(key)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return InvalidInput(f"invalid {field} {shown}: {reason}", field=field, value=key)
+    return InvalidInput(f"invalid {field} {bounded_repr(key)}: {reason}", field=field, value=key)
 
 
 def _check_text(key: object, field: str, *, allow_trailing_slash: bool) -> str:  # noqa: PLR0912 - one rule a branch
@@ -80,18 +77,18 @@ def _check_text(key: object, field: str, *, allow_trailing_slash: bool) -> str: 
         if segment == "":
             raise _reject(key, "has an empty segment ('//' or a trailing '/')", field)
         if segment in (".", ".."):
-            raise _reject(key, f"has a {segment!r} segment", field)
+            raise _reject(key, f"has a {bounded_repr(segment)} segment", field)
         if len(segment) > MAX_SEGMENT_LENGTH:
             raise _reject(key, f"has a segment longer than {MAX_SEGMENT_LENGTH} characters", field)
         if not _SEGMENT.fullmatch(segment):
             raise _reject(
                 key,
-                f"segment {segment!r} must be letters, digits, '.', '_' or '-', "
+                f"segment {bounded_repr(segment)} must be letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit",
                 field,
             )
         if segment.split(".", 1)[0].upper() in _DEVICE_NAMES:
-            raise _reject(key, f"segment {segment!r} is a reserved device name", field)
+            raise _reject(key, f"segment {bounded_repr(segment)} is a reserved device name", field)
     return key
 
 
@@ -129,7 +126,7 @@ def check_purpose(purpose: object) -> str:
     """``attachment`` or ``generated``."""
     if purpose not in PURPOSES:
         raise InvalidInput(
-            f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}",
+            f"purpose must be one of {', '.join(PURPOSES)}, got {bounded_repr(purpose)}",
             field="purpose",
             value=purpose,
         )
@@ -150,7 +147,9 @@ def clean_filename(name: object) -> str | None:
         return None
     if not isinstance(name, str):
         raise InvalidInput(
-            f"original name must be a string, got {name!r}", field="original_name", value=name
+            f"original name must be a string, got {bounded_repr(name)}",
+            field="original_name",
+            value=name,
         )
     last = re.split(r"[\\/]", name)[-1]
     printable = "".join(

@@ -37,6 +37,16 @@ DEFAULT_ALLOWED_TYPES: Final = frozenset(
 )
 """What an upload may be unless the caller passes its own allow-list."""
 
+INERT_TYPES: Final = DEFAULT_ALLOWED_TYPES | {OCTET_STREAM}
+"""Types a browser never runs as a page or script when served with ``nosniff``.
+
+Everything the sniffer can answer is here. Active content — HTML, SVG, XML,
+JavaScript — is sniffed as text (``text/plain``), and any other type (a
+tampered row, a caller's ``content_type``) is served as a safe stand-in by
+:func:`download_type`."""
+
+_TEXTUAL_HINTS: Final = ("html", "xml", "javascript", "ecmascript", "json", "script")
+
 _OFFICE: Final = (
     (b"word/", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
     (b"xl/", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
@@ -118,6 +128,23 @@ def sniff(head: bytes, *, complete: bool = False) -> str:
     if head == b"":
         return "text/plain"
     return _sniff_text(head, complete) or OCTET_STREAM
+
+
+def download_type(content_type: str | None) -> str:
+    """The ``Content-Type`` to serve a stored file with: its own if inert, else a safe one.
+
+    An inert type (:data:`INERT_TYPES`) is kept. Any other — ``text/html``,
+    ``image/svg+xml``, ``application/xml``, ``text/javascript``, or a type
+    the toolkit never sniffs — becomes ``text/plain`` if it is textual and
+    ``application/octet-stream`` otherwise, so the browser shows or saves
+    it and never runs it.
+    """
+    base = normalise_type(content_type)
+    if base in INERT_TYPES:
+        return base
+    if base and (base.startswith("text/") or any(hint in base for hint in _TEXTUAL_HINTS)):
+        return "text/plain"
+    return OCTET_STREAM
 
 
 def normalise_type(content_type: str | None) -> str | None:
