@@ -26,8 +26,11 @@ connection's time. One case forces zlib at 64 KB, to show what it costs (no
 target: compression is off below 128 KiB by default). The "parsed" rows
 add ``json.loads`` to every baseline, since LLMCache hands back the dict.
 
-The other table: a 50-key batch lookup (one MGET) against 50 sequential
-gets (target: at least 10x faster), and a call while Redis is down with the
+The other table: the cost of an integrity key on the hit path, a hit with
+HMAC (``TOOLKIT_CACHE_HMAC_KEY`` set: the entry's HMAC-SHA256 is checked)
+against the same hit without a key, per response case, repeated request (no
+target); a 50-key batch lookup (one MGET) against 50 sequential gets
+(target: at least 10x faster); and a call while Redis is down with the
 breaker open against a call while it is up (no target).
 
 The sides of a comparison alternate call by call (the order rotates), so a
@@ -45,6 +48,7 @@ import json
 import multiprocessing
 import os
 import random
+import secrets
 import socket
 import statistics
 import sys
@@ -286,6 +290,31 @@ def _hit_sides(
     }
 
 
+def hmac_row(
+    plain: LLMCache, signed: LLMCache, case: str, response: Any, *, seed: int, calls: int
+) -> Row:
+    """A hit with an integrity key against the same hit without one."""
+    request = chat_request(seed)
+    if not (plain.set(request, response) and signed.set(request, response)):
+        raise RuntimeError("an entry was not stored")
+    two = compare(
+        {
+            "ours": lambda _index: hit(signed.get(request)),
+            "baseline": lambda _index: hit(plain.get(request)),
+        },
+        calls=calls,
+    )
+    return Row(
+        f"hit with HMAC, {case}",
+        "LLMCache.get, HMAC key",
+        "LLMCache.get, no key",
+        two["ours"],
+        two["baseline"],
+        "-",
+        None,
+    )
+
+
 def run(
     report: Callable[[HitRow | Row], object] | None = None,
     *,
@@ -366,6 +395,22 @@ def run(
                 )
                 for start in range(0, len(own_keys), 1000):
                     raw.unlink(*toolkit_keys[start : start + 1000], *own_keys[start : start + 1000])
+
+        # Its own namespace: a keyed reader deletes the unsigned entries of the plain side.
+        signing = CacheClient.from_url(
+            url,
+            namespace=f"{namespace}-hmac",
+            connect_timeout=1,
+            socket_timeout=1,
+            hmac_key=secrets.token_bytes(32),
+        )
+        try:
+            for number, (case, options, response, _) in enumerate(cases):
+                plain, signed = LLMCache(client, **options), LLMCache(signing, **options)
+                add(hmac_row(plain, signed, case, response, seed=200 + number, calls=calls))
+        finally:
+            signing.clear()
+            signing.close()
 
         names = [f"batch-{i}" for i in range(50)]
         client.set_many({name: text_of(512, i) for i, name in enumerate(names)})

@@ -13,6 +13,11 @@ it is installed) and puts every call behind a :class:`CircuitBreaker`:
   as :class:`~toolkit.errors.InvalidInput`, and they are checked before any
   I/O, so they raise the same way whether Redis is up or down.
 
+With an integrity key (``hmac_key``, ``TOOLKIT_CACHE_HMAC_KEY``) the
+:class:`~toolkit.cache.LLMCache` built on a client signs its entries and
+serves only entries that verify; the client's own byte and JSON values are
+the caller's format and are not signed.
+
 Keys live under a namespace (``<namespace>:<key>``). Writes are one atomic
 ``SET key value EX ttl``. Clearing a namespace uses ``SCAN`` + ``UNLINK``;
 the client never sends ``FLUSHDB`` or ``FLUSHALL``.
@@ -36,6 +41,7 @@ from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 from toolkit.cache.breaker import CircuitBreaker
+from toolkit.cache.codec import MIN_KEY_BYTES, Signer
 from toolkit.cache.stats import BypassReason, CacheStats, StatsRecorder
 from toolkit.errors import InvalidInput
 
@@ -77,7 +83,7 @@ def validate_namespace(namespace: object) -> str:
         raise InvalidInput(
             "namespace must be 1-64 characters from A-Z a-z 0-9 _ . - (no ':' or glob characters)",
             field="namespace",
-            value=repr(namespace)[:80],
+            value=namespace,
         )
     return namespace
 
@@ -87,10 +93,23 @@ def ttl_seconds(ttl: object, default: float, field: str = "ttl") -> int:
     if ttl is None:
         ttl = default
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise InvalidInput("ttl must be a number of seconds", field=field, value=repr(ttl)[:80])
+        raise InvalidInput("ttl must be a number of seconds", field=field, value=ttl)
     if not math.isfinite(ttl) or ttl <= 0:
         raise InvalidInput("ttl must be positive and finite", field=field, value=ttl)
     return max(1, math.ceil(ttl))
+
+
+def make_signer(hmac_key: object) -> Signer | None:
+    """A :class:`Signer` for an integrity key (str or bytes, at least 16 bytes), or None."""
+    if hmac_key is None:
+        return None
+    key = hmac_key.encode("utf-8") if isinstance(hmac_key, str) else hmac_key
+    if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+        # The key itself never goes into the error.
+        raise InvalidInput(
+            f"hmac_key must be a str or bytes of at least {MIN_KEY_BYTES} bytes", field="hmac_key"
+        )
+    return Signer(key)
 
 
 def _as_bytes(value: object) -> bytes:
@@ -203,7 +222,9 @@ class CacheClient:
         namespace: str = "toolkit",
         default_ttl: float = DEFAULT_TTL,
         breaker: CircuitBreaker | None = None,
+        hmac_key: str | bytes | None = None,
     ) -> None:
+        self._signer = make_signer(hmac_key)
         self._redis = redis_client
         self._namespace = validate_namespace(namespace)
         self._prefix = namespace + ":"
@@ -224,16 +245,24 @@ class CacheClient:
         default_ttl: float = DEFAULT_TTL,
         breaker: CircuitBreaker | None = None,
         max_connections: int = 64,
+        hmac_key: str | bytes | None = None,
     ) -> CacheClient:
         """A client for the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
         validate_namespace(namespace)
+        make_signer(hmac_key)  # refuse a bad key before connecting
         client = build_redis(
             url,
             connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
             max_connections=max_connections,
         )
-        return cls(client, namespace=namespace, default_ttl=default_ttl, breaker=breaker)
+        return cls(
+            client,
+            namespace=namespace,
+            default_ttl=default_ttl,
+            breaker=breaker,
+            hmac_key=hmac_key,
+        )
 
     @classmethod
     def from_settings(
@@ -246,7 +275,8 @@ class CacheClient:
     ) -> CacheClient:
         """A client from ``TOOLKIT_REDIS_URL`` and the other ``TOOLKIT_`` Redis settings.
 
-        ``namespace`` overrides ``TOOLKIT_CACHE_NAMESPACE``.
+        ``namespace`` overrides ``TOOLKIT_CACHE_NAMESPACE``; the integrity key
+        is ``TOOLKIT_CACHE_HMAC_KEY``.
         """
         if settings is None:
             # Imported here: the settings module pulls in the database driver,
@@ -261,6 +291,7 @@ class CacheClient:
             socket_timeout=settings.redis_socket_timeout,
             default_ttl=default_ttl,
             breaker=breaker,
+            hmac_key=settings.cache_hmac_key,
         )
 
     # -- properties --------------------------------------------------------
@@ -286,6 +317,11 @@ class CacheClient:
         return self._default_ttl
 
     @property
+    def signer(self) -> Signer | None:
+        """The integrity key's signer (None without a key); LLMCache signs entries with it."""
+        return self._signer
+
+    @property
     def recorder(self) -> StatsRecorder:
         """The live counters, for layers built on this client (e.g. LLMCache)."""
         return self._stats
@@ -293,9 +329,7 @@ class CacheClient:
     def key(self, name: str) -> str:
         """The full Redis key for ``name``: ``<namespace>:<name>``."""
         if not isinstance(name, str) or not name:
-            raise InvalidInput(
-                "a cache key must be a non-empty str", field="key", value=repr(name)[:80]
-            )
+            raise InvalidInput("a cache key must be a non-empty str", field="key", value=name)
         if len(name) > _MAX_KEY_LENGTH:
             raise InvalidInput(
                 f"a cache key is limited to {_MAX_KEY_LENGTH} characters", field="key"
@@ -521,6 +555,12 @@ class CacheClient:
     def discard_corrupt(self, full_key: str) -> None:
         """Count a value that failed to decode as corrupt and a miss, and delete it."""
         self._stats.corrupt_entry()
+        self._stats.miss()
+        self.execute(lambda r: r.unlink(full_key))
+
+    def discard_forged(self, full_key: str) -> None:
+        """Count a value whose HMAC did not verify and a miss, and delete it."""
+        self._stats.integrity_failure()
         self._stats.miss()
         self.execute(lambda r: r.unlink(full_key))
 

@@ -4,6 +4,19 @@ An entry is one marker byte followed by the payload::
 
     0x01 <payload>            plain
     0x02 zlib(<payload>)      compressed
+    0x03 <tag> <entry>        signed: a plain or compressed entry behind its HMAC
+
+``tag`` is HMAC-SHA256 (32 bytes), keyed with the cache's integrity key,
+over the Redis key name (4-byte big-endian length, then UTF-8) and the
+inner entry, so an entry forged, altered or copied to another key fails it.
+A reader with a :class:`Signer` takes nothing but a signed entry whose tag
+verifies (:class:`ForgedEntryError` otherwise); a reader without one reads
+a signed entry without checking it, as it reads any other.
+
+No payload may exceed the maximum entry size (``max_bytes``): a larger
+entry is not written (:class:`EntryTooLargeError`), and a compressed one is
+inflated at most that far, so a stored zlib bomb costs no more memory than
+an honest entry; past it, the entry is corrupt.
 
     payload = <namespace generation: 16 bytes> <model generation: 16 bytes>
               <body type: 1 byte> <metadata JSON, UTF-8> \\n <body>
@@ -34,17 +47,22 @@ corrupt: the reader treats it as a miss and deletes it.
 
 from __future__ import annotations
 
+import hmac
 import json
 import json.scanner
 import zlib
 from typing import Any, Final, NamedTuple, TypeAlias, cast
 
 __all__ = [
+    "DEFAULT_MAX_ENTRY_BYTES",
     "GENERATION_BYTES",
     "SPLIT_MIN_CHARS",
     "Body",
     "CorruptEntryError",
+    "EntryTooLargeError",
+    "ForgedEntryError",
     "Meta",
+    "Signer",
     "decode",
     "encode_body",
     "encode_entry",
@@ -53,6 +71,14 @@ __all__ = [
 
 MARK_PLAIN: Final = 0x01
 MARK_ZLIB: Final = 0x02
+MARK_SIGNED: Final = 0x03
+_SIGNED_PREFIX: Final = bytes((MARK_SIGNED,))
+TAG_BYTES: Final = 32
+"""Length of an entry's HMAC-SHA256 tag."""
+MIN_KEY_BYTES: Final = 16
+"""The shortest integrity key accepted (128 bits)."""
+DEFAULT_MAX_ENTRY_BYTES: Final = 32 << 20
+"""The default maximum entry size: the largest payload written or read (32 MiB)."""
 GENERATION_BYTES: Final = 16
 """Length of a generation value (16 hex digits: 64 random bits)."""
 BODY_TEXT: Final = ord("s")
@@ -86,6 +112,53 @@ def loads(text: str) -> Any:
 
 class CorruptEntryError(ValueError):
     """A stored entry could not be decoded."""
+
+
+class ForgedEntryError(CorruptEntryError):
+    """A stored entry carries no HMAC, or one that does not verify."""
+
+
+class EntryTooLargeError(Exception):
+    """An entry's payload exceeds the maximum entry size, so it is not written."""
+
+
+class Signer:
+    """Signs and verifies entries with HMAC-SHA256 under one integrity key.
+
+    Raises ValueError for a key shorter than :data:`MIN_KEY_BYTES`.
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"an integrity key needs at least {MIN_KEY_BYTES} bytes")
+        # Copying a keyed HMAC skips hashing the padded key on every call.
+        self._base = hmac.new(key, digestmod="sha256")
+
+    def tag(self, name: str, entry: bytes | memoryview) -> bytes:
+        """The HMAC of ``entry`` stored under the Redis key ``name``."""
+        encoded = name.encode("utf-8", "surrogatepass")
+        mac = self._base.copy()
+        mac.update(len(encoded).to_bytes(4, "big"))
+        mac.update(encoded)
+        mac.update(entry)
+        return mac.digest()
+
+    def seal(self, name: str, entry: bytes) -> bytes:
+        """``entry`` signed for the Redis key ``name``."""
+        return b"".join((_SIGNED_PREFIX, self.tag(name, entry), entry))
+
+    def verify(self, name: str, data: bytes) -> None:
+        """Raise :class:`ForgedEntryError` unless ``data`` is signed for ``name``."""
+        if len(data) <= 1 + TAG_BYTES or data[0] != MARK_SIGNED:
+            raise ForgedEntryError("the entry carries no HMAC")
+        expected = self.tag(name, memoryview(data)[1 + TAG_BYTES :])
+        if not hmac.compare_digest(expected, data[1 : 1 + TAG_BYTES]):
+            raise ForgedEntryError("the entry's HMAC does not match")
+
+    def __repr__(self) -> str:
+        return "Signer(<key hidden>)"
 
 
 class _KeepWhole(Exception):
@@ -170,11 +243,16 @@ def encode_entry(
     usage: dict[str, Any] | None,
     compress_threshold: int | None,
     compress_level: int = 6,
+    max_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    signer: Signer | None = None,
+    name: str = "",
 ) -> bytes:
     """Frame a body from :func:`encode_body` into an entry, compressing it if large.
 
-    Raises TypeError/ValueError if ``usage`` is not JSON, ValueError if a
-    generation is not :data:`GENERATION_BYTES` long.
+    With a ``signer`` the entry is signed for the Redis key ``name``. Raises
+    TypeError/ValueError if ``usage`` is not JSON, ValueError if a
+    generation is not :data:`GENERATION_BYTES` long, and
+    :class:`EntryTooLargeError` if the payload exceeds ``max_bytes``.
     """
     ns_gen, model_gen = generations
     if len(ns_gen) != GENERATION_BYTES or len(model_gen) != GENERATION_BYTES:
@@ -199,19 +277,34 @@ def encode_entry(
             body.data,
         )
     )
+    if len(payload) > max_bytes:
+        raise EntryTooLargeError(f"the entry is larger than {max_bytes} bytes")
+    entry = bytes((MARK_PLAIN,)) + payload
     if compress_threshold is not None and len(payload) >= compress_threshold:
         packed = zlib.compress(payload, compress_level)
         if len(packed) <= len(payload) * (1 - _MIN_SAVING):
-            return bytes((MARK_ZLIB,)) + packed
-    return bytes((MARK_PLAIN,)) + payload
+            entry = bytes((MARK_ZLIB,)) + packed
+    return entry if signer is None else signer.seal(name, entry)
 
 
-def decode(data: bytes, ns_gen: bytes | None, model_gen: bytes | None) -> Meta | None:
+def decode(
+    data: bytes,
+    ns_gen: bytes | None,
+    model_gen: bytes | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    signer: Signer | None = None,
+    name: str = "",
+) -> Meta | None:
     """Decode an entry; None if it was written under other generations (stale).
 
-    Raises :class:`CorruptEntryError` if the entry cannot be decoded.
+    With a ``signer``, the entry must be signed for the Redis key ``name``.
+    Raises :class:`ForgedEntryError` if it is not, :class:`CorruptEntryError`
+    if the entry cannot be decoded or its payload exceeds ``max_bytes``.
     """
-    payload, start = _payload(data)
+    if signer is not None:
+        signer.verify(name, data)
+    payload, start = _payload(data, max_bytes)
     if len(payload) - start <= _META_START:
         raise CorruptEntryError("entry too short")
     middle = start + GENERATION_BYTES
@@ -249,18 +342,33 @@ def _own_usage(response: Any) -> dict[str, Any] | None:
     return dict(usage)
 
 
-def _payload(data: bytes) -> tuple[bytes, int]:
-    """The payload of an entry and where it starts, decompressed if need be."""
-    if not data:
+def _payload(data: bytes, max_bytes: int) -> tuple[bytes, int]:
+    """The payload of an entry and where it starts, decompressed if need be.
+
+    A signed entry's tag is skipped here: :meth:`Signer.verify` checks it.
+    """
+    offset = 1 + TAG_BYTES if data[:1] == _SIGNED_PREFIX else 0
+    if len(data) <= offset:
         raise CorruptEntryError("empty entry")
-    mark = data[0]
+    mark = data[offset]
     if mark == MARK_PLAIN:
-        return data, 1
+        if len(data) - offset - 1 > max_bytes:
+            raise CorruptEntryError(f"the entry is larger than {max_bytes} bytes")
+        return data, offset + 1
     if mark == MARK_ZLIB:
+        # Inflate at most max_bytes: a zlib bomb stops there, costing no more.
+        inflater = zlib.decompressobj()
         try:
-            return zlib.decompress(memoryview(data)[1:]), 0
+            payload = inflater.decompress(memoryview(data)[offset + 1 :], max_bytes)
         except zlib.error as exc:
             raise CorruptEntryError(f"bad zlib data: {exc}") from None
+        if not inflater.eof:
+            if inflater.unconsumed_tail or len(payload) >= max_bytes:
+                raise CorruptEntryError(f"the entry inflates to more than {max_bytes} bytes")
+            raise CorruptEntryError("truncated zlib data")
+        if inflater.unused_data:
+            raise CorruptEntryError("data after the zlib stream")
+        return payload, 0
     raise CorruptEntryError(f"unknown marker byte {mark:#04x}")
 
 

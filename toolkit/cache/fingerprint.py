@@ -100,11 +100,12 @@ _digest_chars = 0
 
 
 def digest(text: str) -> str:
-    """Full SHA-256 hex digest of an ASCII text.
+    """Full SHA-256 hex digest of an ASCII text, from the memo when it holds it.
 
-    Digests of texts up to 16 KiB are remembered (2 M characters in all,
-    then the memory starts afresh): a cache hit is a request seen before, and
-    a dict lookup costs a fraction of a SHA-256 that starts cold after the
+    The memo holds only what :func:`remember` put there: texts the caller
+    has found free of secrets and not marked sensitive, since a canonical
+    text holds the whole prompt. A cache hit is a request seen before, and a
+    dict lookup costs a fraction of a SHA-256 that starts cold after the
     previous call's network wait. The digest of a text never changes.
     """
     found = _digests.get(text)
@@ -112,19 +113,34 @@ def digest(text: str) -> str:
         return found
     hasher = _SHA256.copy()
     hasher.update(text.encode("ascii"))
-    result = hasher.hexdigest()
-    if len(text) <= _DIGEST_MEMO_MAX_TEXT:
-        _remember_digest(text, result)
-    return result
+    return hasher.hexdigest()
 
 
-def _remember_digest(text: str, result: str) -> None:
+def remember(canonical: Canonical) -> None:
+    """Memoise the digest of ``canonical``'s text (texts up to 16 KiB, 2 M characters in all).
+
+    Only for a request that may stay in memory: not sensitive, no secret.
+    When the memo is full it starts afresh rather than grow.
+    """
     global _digests, _digest_chars  # noqa: PLW0603 - a module-wide memo
+    text = canonical.canonical_json
+    if len(text) > _DIGEST_MEMO_MAX_TEXT or text in _digests:
+        return
     if _digest_chars + len(text) > _DIGEST_MEMO_CHARS:
-        _digests = {}  # start afresh rather than grow; a race only loses entries
+        _digests = {}  # a race only loses entries
         _digest_chars = 0
-    _digests[text] = result
+    _digests[text] = canonical.fingerprint
     _digest_chars += len(text)
+
+
+def forget(canonical: Canonical) -> None:
+    """Drop ``canonical``'s text from the memo (a request now marked sensitive)."""
+    _digests.pop(canonical.canonical_json, None)
+
+
+def memoised(text: str) -> bool:
+    """Whether the digest memo holds ``text`` (for tests and audits)."""
+    return text in _digests
 
 
 class Canonical(NamedTuple):
@@ -135,7 +151,7 @@ class Canonical(NamedTuple):
     """Full SHA-256 hex digest of :attr:`canonical_json`."""
     canonical_json: str
     strings: list[str] | None
-    """Every string value kept in the key, when the slow path collected them."""
+    """Every string kept in the key (values and dict keys), when the slow path collected them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +170,7 @@ class KeyExplanation:
 
 
 def _bad(message: str, field: str, value: object = None) -> InvalidInput:
-    return InvalidInput(message, field=field, value=None if value is None else repr(value)[:80])
+    return InvalidInput(message, field=field, value=value)
 
 
 class _Unfit(Exception):
@@ -181,8 +197,14 @@ def _norm(value: Any, strings: list[str]) -> Any:
         # NaN and infinity are not integers and stay floats; the encoder rejects them.
         return int(value) if value.is_integer() else value
     if kind is dict:
-        # Keys are left to the encoder, which writes them the JSON way.
-        return {key: _norm(item, strings) for key, item in value.items()}
+        # Keys are left to the encoder, which writes them the JSON way; str
+        # keys are collected, since a secret can hide in a key too.
+        copy = {}
+        for key, item in value.items():
+            if type(key) is str:
+                strings.append(key)
+            copy[key] = _norm(item, strings)
+        return copy
     if kind is list or kind is tuple:
         return [_norm(item, strings) for item in value]
     # Subclasses: str and int enums, OrderedDict, and so on.
@@ -283,7 +305,7 @@ class RequestFingerprinter:
         return text
 
     def strings(self, request: Mapping[str, Any]) -> list[str]:
-        """Every string value that goes into ``request``'s key (for the secret detector)."""
+        """Every string that goes into ``request``'s key, values and keys (for the detector)."""
         canonical = self.canonical(request, [])
         assert canonical.strings is not None  # the walk always collects them
         return canonical.strings
@@ -303,6 +325,8 @@ class RequestFingerprinter:
                     dropped.append(name)
                 continue
             where[0] = name
+            if type(name) is str:
+                strings.append(name)
             kind = type(value)
             if name == "messages":
                 out[name] = self._messages(value, strings, dropped)
@@ -336,6 +360,8 @@ class RequestFingerprinter:
                     if dropped is not None:
                         dropped.append(f"{_at(messages, original)}.{name}")
                     continue
+                if type(name) is str:
+                    strings.append(name)
                 if type(value) is str:  # role and content, nearly always
                     strings.append(value)
                     clean[name] = value

@@ -15,6 +15,13 @@ one ``SET`` of a new generation, whatever the number of entries. A new
 generation is a random 64-bit value rather than the old one plus one, so a
 generation key that was evicted and written again can never revive old
 entries; and a missing generation key makes every lookup under it a miss.
+
+Nothing read is trusted: an entry that does not decode, or whose payload
+would exceed ``max_entry_bytes`` (a zlib bomb stops inflating there), is
+corrupt; with an integrity key on the client (``TOOLKIT_CACHE_HMAC_KEY``)
+an entry without a valid HMAC for its key is a forgery. Either is a miss,
+deleted and counted (``corrupt`` / ``integrity_failures``). Nothing of a
+sensitive or secret-bearing request is kept in the in-process memos.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from typing import Any, Final, NamedTuple, cast
 
 from redis import Redis
 
-from toolkit.cache import codec
+from toolkit.cache import codec, fingerprint
 from toolkit.cache.client import CacheClient, Outcome, ttl_seconds
 from toolkit.cache.fingerprint import (
     KEY_VERSION,
@@ -145,8 +152,15 @@ class LLMCache:
         zlib inflates at a few hundred MB/s, slower than a loopback GET of
         the same bytes, so the default (128 KiB) keeps hits on ordinary
         responses uncompressed and saves memory on the very large ones.
+    ``max_entry_bytes``
+        The maximum entry size: the largest payload (uncompressed) written or
+        read, 32 MiB by default. A larger response is not stored (a bypass,
+        ``too_large``); a stored entry that is or inflates larger is corrupt.
     ``lease_ttl`` / ``wait_timeout`` / ``poll_interval``
         Stampede control of :meth:`get_or_compute`, see there.
+
+    Entries are signed when the client has an integrity key (see
+    :class:`CacheClient`); then only entries that verify are served.
     """
 
     def __init__(
@@ -159,6 +173,7 @@ class LLMCache:
         secret_detector: SecretDetector | _Default | None = _DEFAULT,
         fingerprinter: RequestFingerprinter | None = None,
         compress_threshold: int | None = 128 * 1024,
+        max_entry_bytes: int = codec.DEFAULT_MAX_ENTRY_BYTES,
         lease_ttl: float = 30.0,
         wait_timeout: float = 30.0,
         poll_interval: float = 0.005,
@@ -180,7 +195,15 @@ class LLMCache:
             raise InvalidInput(
                 "compress_threshold must be >= 0 or None", field="compress_threshold"
             )
+        if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int):
+            raise InvalidInput("max_entry_bytes must be an int", field="max_entry_bytes")
+        if max_entry_bytes < 1:
+            raise InvalidInput(
+                "max_entry_bytes must be >= 1", field="max_entry_bytes", value=max_entry_bytes
+            )
         self._client = client
+        self._max_entry_bytes = max_entry_bytes
+        self._signer = client.signer
         self._jitter = float(ttl_jitter)
         self.cache_nondeterministic = bool(cache_nondeterministic)
         self._detector = _DEFAULT_DETECTOR if secret_detector is _DEFAULT else secret_detector
@@ -330,9 +353,7 @@ class LLMCache:
         until their TTL).
         """
         if not isinstance(model, str) or not model.strip():
-            raise InvalidInput(
-                "model must be a non-empty str", field="model", value=repr(model)[:80]
-            )
+            raise InvalidInput("model must be a non-empty str", field="model", value=model)
         return self._new_generation(self._model_gen_key(model))
 
     def invalidate_all(self) -> bool:
@@ -357,12 +378,26 @@ class LLMCache:
             bypass = BypassReason.SECRET_IN_REQUEST
         elif not self.cache_nondeterministic and is_nondeterministic(request):
             bypass = BypassReason.NONDETERMINISTIC
+        if bypass in (BypassReason.SENSITIVE, BypassReason.SECRET_IN_REQUEST):
+            self._forget(canonical)
+        else:
+            fingerprint.remember(canonical)
         return _Plan(
             self._prefix + canonical.fingerprint,
             canonical.model,
             self._model_gen_key(canonical.model),
             bypass,
         )
+
+    def _forget(self, canonical: Canonical) -> None:
+        """Drop a sensitive or secret-bearing request's text from the in-process memos.
+
+        Its text is never memoised by this cache; this drops what an earlier,
+        unmarked call of the same request left there.
+        """
+        fingerprint.forget(canonical)
+        if self._detector is not None and canonical.strings is not None:
+            self._detector.forget(canonical.strings)
 
     def _holds_secret(self, request: Mapping[str, Any], canonical: Canonical) -> bool:
         """Whether a string that goes into the key holds a secret shape.
@@ -426,7 +461,18 @@ class LLMCache:
                 self._stats.miss()
             return _Lookup.MISS
         try:
-            meta = codec.decode(entry, ns_gen, model_gen)
+            meta = codec.decode(
+                entry,
+                ns_gen,
+                model_gen,
+                max_bytes=self._max_entry_bytes,
+                signer=self._signer,
+                name=plan.key,
+            )
+        except codec.ForgedEntryError:
+            _log.warning("deleting a cache entry that failed its integrity check: %s", plan.key)
+            self._client.discard_forged(plan.key)
+            return _Lookup.MISS
         except codec.CorruptEntryError:
             _log.debug("deleting a corrupt cache entry %s", plan.key)
             self._client.discard_corrupt(plan.key)
@@ -468,7 +514,13 @@ class LLMCache:
                 created_at=time.time(),
                 usage=usage,
                 compress_threshold=self._compress_threshold,
+                max_bytes=self._max_entry_bytes,
+                signer=self._signer,
+                name=plan.key,
             )
+        except codec.EntryTooLargeError:
+            self._stats.bypass(BypassReason.TOO_LARGE)
+            return False
         except (TypeError, ValueError) as exc:  # usage was checked before; a guard
             raise InvalidInput(f"cannot encode the entry: {exc}", field="usage") from None
         key = plan.key

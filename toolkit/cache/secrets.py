@@ -3,6 +3,29 @@
 The default patterns catch common secret *shapes*; they are a safety net,
 not a data-loss-prevention system. A caller that knows a request is
 sensitive should mark it ``sensitive: True`` instead of relying on them.
+Dict keys are scanned as well as values.
+
+Compared with detect-secrets' plugin list (1.5), the defaults cover the
+shapes of its AWSKeyDetector, AzureStorageKeyDetector (and SAS signatures,
+shared access keys, Entra ID client secrets), BasicAuthDetector (a password
+inside a connection URL), GitHubTokenDetector, GitLabTokenDetector,
+JwtTokenDetector, OpenAIDetector, PrivateKeyDetector, SlackDetector and
+StripeDetector, plus Anthropic, Google API and Hugging Face keys and bearer
+tokens, which it lacks. Left out, on purpose:
+
+* Base64HighEntropyString, HexHighEntropyString: request ids, hashes, base64
+  images and embeddings are high-entropy too; in LLM traffic they would
+  bypass the cache for most requests;
+* KeywordDetector (``password = ...`` in code): prompts about code and
+  configuration mention passwords without holding one;
+* IPPublicDetector: an address is not a credential;
+* ArtifactoryDetector, CloudantDetector, DiscordBotTokenDetector,
+  IbmCloudIamDetector, IbmCosHmacDetector, MailchimpDetector, NpmDetector,
+  PypiTokenDetector, SendGridDetector, SoftlayerDetector,
+  SquareOAuthDetector, TelegramBotTokenDetector, TwilioKeyDetector: vendor
+  shapes seldom seen in LLM requests; several (Cloudant, IBM, Softlayer) are
+  keyword-plus-entropy rules with the false positives above. Add any of them
+  with ``extra_patterns``.
 """
 
 from __future__ import annotations
@@ -65,6 +88,45 @@ DEFAULT_SECRET_PATTERNS: Final[tuple[SecretPattern, ...]] = (
         "jwt",
         r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
         ("eyJ",),
+    ),
+    # Stripe secret and restricted keys, live and test.
+    SecretPattern(
+        "stripe_key",
+        r"(?<![A-Za-z0-9])[sr]k_(?:live|test)_[A-Za-z0-9]{16,}",
+        ("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
+    ),
+    SecretPattern("hugging_face_token", r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{30,}", ("hf_",)),
+    # GitLab personal, deploy, runner, trigger, feed, OAuth, ... tokens.
+    SecretPattern(
+        "gitlab_token",
+        r"(?<![A-Za-z0-9])gl(?:pat|dt|rt|ptt|ft|soat|cbt|imt|agent|oas)-[A-Za-z0-9_\-]{20,}",
+        tuple(
+            f"gl{kind}-"
+            for kind in ("pat", "dt", "rt", "ptt", "ft", "soat", "cbt", "imt", "agent", "oas")
+        ),
+    ),
+    # Azure storage / Service Bus / Event Hubs connection strings and SAS URLs.
+    SecretPattern(
+        "azure_shared_key",
+        r"(?i)\b(?:AccountKey|SharedAccessKey)\s*=\s*[A-Za-z0-9+/]{20,}",
+        ("accountkey", "sharedaccesskey"),
+    ),
+    SecretPattern(
+        "azure_sas_signature",
+        r"(?i)(?<![A-Za-z0-9_])sig=[A-Za-z0-9%+/]{30,}",
+        ("sig=",),
+    ),
+    # Entra ID (Azure AD) client secrets: three characters, a digit, "Q~", 31-34 more.
+    SecretPattern(
+        "azure_client_secret",
+        r"(?<![A-Za-z0-9_~.\-])[A-Za-z0-9_~.\-]{3}[0-9]Q~[A-Za-z0-9_~.\-]{31,34}(?![A-Za-z0-9_~.\-])",
+        ("q~",),
+    ),
+    # scheme://user:password@host; a masked "***" password is not a secret.
+    SecretPattern(
+        "url_password",
+        r"(?i)(?<![A-Za-z0-9+.\-])[a-z][a-z0-9+.\-]{0,30}://[^\s/:@?#]*:(?!\*+@)[^\s/@?#]+@[^\s/@]",
+        ("@",),
     ),
 )
 """The secret shapes the default detector finds."""
@@ -161,17 +223,35 @@ class SecretDetector:
         Strings found clean are remembered (up to ``memo_chars`` characters
         in all, then the memory starts afresh): system prompts and other
         repeated text are scanned once, not on every lookup. The answer for
-        a string never changes, since the patterns are fixed. Strings that
-        hold a secret are not remembered, so no secret is kept alive.
+        a string never changes, since the patterns are fixed. Nothing is
+        remembered from a call that finds a secret, so neither the secret
+        nor the text around it is kept alive.
         """
         clean = self._clean
+        fresh: list[str] = []
         for text in strings:
             if text in clean:
                 continue
             if self.find(text) is not None:
                 return True
+            fresh.append(text)
+        # Only once all are clean: no string of a secret-bearing text is kept.
+        for text in fresh:
             self._remember(text)
         return False
+
+    def remembers(self, text: str) -> bool:
+        """Whether ``text`` is in the memory of clean strings (for tests and audits)."""
+        return text in self._clean
+
+    def forget(self, strings: Iterable[str]) -> None:
+        """Drop ``strings`` from the memory of clean strings (those of a sensitive request)."""
+        with self._memo_lock:
+            clean = self._clean
+            for text in strings:
+                if text in clean:
+                    clean.discard(text)
+                    self._clean_chars -= len(text)
 
     def _remember(self, text: str) -> None:
         size = len(text)

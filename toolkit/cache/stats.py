@@ -17,6 +17,7 @@ class BypassReason:
     SECRET_IN_REQUEST = "secret_in_request"  # noqa: S105 - a label, not a secret
     SECRET_IN_RESPONSE = "secret_in_response"  # noqa: S105 - a label, not a secret
     NONDETERMINISTIC = "nondeterministic"
+    TOO_LARGE = "too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,9 @@ class CacheStats:
     calls that failed (a failed read is also a miss). ``dropped_writes``
     counts writes lost because Redis failed or the breaker was open.
     ``corrupt`` counts stored values that failed to decode (each is also a
+    miss, and was deleted). ``integrity_failures`` counts entries read under
+    an integrity key whose HMAC was missing or wrong: forged, altered,
+    copied from another key, or written without the key (each is also a
     miss, and was deleted).
     """
 
@@ -38,6 +42,7 @@ class CacheStats:
     writes: int = 0
     dropped_writes: int = 0
     corrupt: int = 0
+    integrity_failures: int = 0
     breaker_state: str = "closed"
     breaker_opens: int = 0
     bypass_reasons: dict[str, int] = field(default_factory=dict)
@@ -64,6 +69,7 @@ class StatsRecorder:
         "dropped_writes",
         "errors",
         "hits",
+        "integrity_failures",
         "misses",
         "writes",
     )
@@ -77,6 +83,7 @@ class StatsRecorder:
         self.writes = 0
         self.dropped_writes = 0
         self.corrupt = 0
+        self.integrity_failures = 0
         self._bypass_reasons: dict[str, int] = {}
 
     def hit(self) -> None:
@@ -109,6 +116,11 @@ class StatsRecorder:
         with self._lock:
             self.corrupt += 1
 
+    def integrity_failure(self) -> None:
+        """Count a stored value whose HMAC did not verify."""
+        with self._lock:
+            self.integrity_failures += 1
+
     def bypass(self, reason: str) -> None:
         """Count a call that skipped Redis on purpose, by reason."""
         with self._lock:
@@ -126,6 +138,7 @@ class StatsRecorder:
                 writes=self.writes,
                 dropped_writes=self.dropped_writes,
                 corrupt=self.corrupt,
+                integrity_failures=self.integrity_failures,
                 breaker_state=breaker_state,
                 breaker_opens=breaker_opens,
                 bypass_reasons=dict(self._bypass_reasons),
@@ -135,5 +148,5 @@ class StatsRecorder:
         """Zero every counter."""
         with self._lock:
             self.hits = self.misses = self.errors = self.bypasses = 0
-            self.writes = self.dropped_writes = self.corrupt = 0
+            self.writes = self.dropped_writes = self.corrupt = self.integrity_failures = 0
             self._bypass_reasons.clear()
