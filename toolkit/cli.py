@@ -1,10 +1,11 @@
 """The ``toolkit`` console script.
 
 Commands: ``migrate``, ``rollback``, ``queries`` (``queries show NAME``),
-``verify``, ``demo``, ``relay``, ``worker`` and ``storage sweep``. Settings
+``verify``, ``demo``, ``relay``, ``worker``, ``storage sweep`` and ``audit
+anchor``/``audit verify``. Settings
 come from the ``TOOLKIT_*`` environment; ``--database-url`` overrides the
-database for one run. Exit codes: 0 on success, 1 when ``verify`` finds
-problems, 2 on any toolkit error (the message is printed on one line,
+database for one run. Exit codes: 0 on success, 1 when ``verify`` or ``audit
+verify`` finds problems, 2 on any toolkit error (the message is printed on one line,
 without a traceback).
 """
 
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_storage_commands(commands)
+    from toolkit.audit_anchors import add_audit_commands
+
+    add_audit_commands(commands)
     return parser
 
 

@@ -27,7 +27,14 @@ ENV_PREFIX = "TOOLKIT_"
 
 _MASK = "***"
 _CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
-_URL_FIELDS = ("database_url", "migration_database_url", "redis_url", "amqp_url", "storage_url")
+_URL_FIELDS = (
+    "database_url",
+    "migration_database_url",
+    "redis_url",
+    "amqp_url",
+    "storage_url",
+    "audit_anchor_url",
+)
 
 
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -88,6 +95,8 @@ class Settings(BaseSettings):
     cache_namespace: str = Field(default="toolkit", min_length=1, max_length=64)
     redis_connect_timeout: float = Field(default=0.05, gt=0, le=60)
     redis_socket_timeout: float = Field(default=0.05, gt=0, le=60)
+    cache_hmac_key: str | None = Field(default=None, min_length=16)
+    """Integrity key of the LLM cache: entries are signed, unsigned ones not served."""
 
     # RabbitMQ
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -95,6 +104,9 @@ class Settings(BaseSettings):
 
     # Storage
     storage_url: str = "file://./toolkit-files"
+    audit_anchor_url: str | None = None
+    """Where ``toolkit audit anchor`` writes (a storage URL, keys under ``audit-anchors/``);
+    defaults to ``storage_url``. Point it at a store the database owner cannot write."""
 
     # The application's own tables
     sql_path: str = ""
@@ -166,6 +178,9 @@ class Settings(BaseSettings):
         """Fields for ``repr``, with passwords in connection URLs masked."""
         for name, value in super().__repr_args__():
             masked = name in _URL_FIELDS and isinstance(value, str)
+            if name == "cache_hmac_key" and value is not None:
+                yield name, _MASK
+                continue
             yield name, mask_password(value) if masked else value
 
     @property

@@ -1,0 +1,283 @@
+"""Audit anchors: the chain checked in Python against heads stored outside the database.
+
+Each attack is made by a superuser with the append-only trigger disabled,
+as an owner could: rewrite a row and re-chain every later hash with the
+database's own function, delete the newest rows, replace the hash function.
+The database's own check (``audit_events.verify_chain``) passes after each;
+the anchors catch each and name it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.storage.conftest import s3_admin, s3_endpoint  # noqa: F401 - fixtures
+from toolkit.audit_anchors import (
+    ANCHOR_PREFIX,
+    FindingKind,
+    anchor_keys,
+    read_anchor,
+    store_anchor,
+    verify,
+    write_anchor,
+)
+from toolkit.errors import Conflict, IntegrityError
+from toolkit.repositories import audit_events
+from toolkit.storage import LocalStorage, S3Storage, Storage
+
+# Values whose jsonb text form differs from Python's json.dumps: key order, spacing,
+# numbers kept as written, escapes, non-ASCII text.
+ODD_DETAILS: list[Any] = [
+    {"b": 1, "a": [1, 2.50, {"zz": None, "y": True}]},
+    {"n": 0.0000001, "big": 123456789012345678901234567890, "neg": -0.0},
+    {"text": 'quote " backslash \\ tab \t newline \n bell \u0007', "ü": "日本 ✓ 😀"},
+    {},
+    {"nested": {"deeper": {"deepest": [[], {}, ""]}}},
+    {"e": 1e300},
+]
+
+
+def _record_events(conn: Any, count: int) -> list[Any]:
+    actor = uuid.uuid4()
+    return [
+        audit_events.record(
+            conn,
+            {
+                "action": "thing.happened",
+                "entity": "thing",
+                "entity_id": uuid.uuid4() if n % 2 else None,
+                "actor_id": actor if n % 3 else None,
+                "details": ODD_DETAILS[n % len(ODD_DETAILS)],
+            },
+        )
+        for n in range(count)
+    ]
+
+
+def _tamper(superuser: Any) -> None:
+    superuser.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update")
+
+
+def _rechain(superuser: Any, from_seq: int) -> None:
+    """Recompute prev_hash and hash of every row from ``from_seq`` with the database's function."""
+    (last,) = superuser.execute("SELECT max(seq) FROM audit_events").fetchone()
+    for seq in range(from_seq, last + 1):
+        superuser.execute(
+            "UPDATE audit_events SET prev_hash = coalesce("
+            "(SELECT hash FROM audit_events WHERE seq = %(seq)s - 1), '\\x'::bytea) "
+            "WHERE seq = %(seq)s",
+            {"seq": seq},
+        )
+        superuser.execute(
+            "UPDATE audit_events SET hash = audit_event_hash("
+            "prev_hash, seq, id, actor_id, action, entity, entity_id, details, created_at) "
+            "WHERE seq = %(seq)s",
+            {"seq": seq},
+        )
+
+
+@pytest.fixture
+def anchors(tmp_path: Path) -> Storage:
+    return LocalStorage(tmp_path / "anchors")
+
+
+def test_an_intact_chain_verifies_against_its_anchor(conn, anchors) -> None:
+    _record_events(conn, 12)
+    result = write_anchor(conn, anchors)
+    assert result is not None
+    assert result.protection == "create-only"
+    assert result.anchor.sequence == 12
+    assert result.anchor.key.startswith(ANCHOR_PREFIX)
+    assert result.anchor.row_digests and len(result.anchor.row_digests) == 12
+    _record_events(conn, 3)
+    second = write_anchor(conn, anchors)
+    assert second is not None
+    # The second anchor carries digests of the rows since the first only.
+    assert (second.anchor.digests_from, len(second.anchor.row_digests)) == (13, 3)
+    report = verify(conn, anchors)
+    assert report.ok, report.findings
+    assert (report.rows_checked, report.head_sequence, report.anchors_checked) == (15, 15, 2)
+    assert anchor_keys(anchors) == [result.anchor.key, second.anchor.key]
+
+
+def test_an_empty_chain_writes_no_anchor_and_an_unanchored_chain_fails(conn, anchors) -> None:
+    assert write_anchor(conn, anchors) is None
+    _record_events(conn, 2)
+    report = verify(conn, anchors)
+    assert report.kinds() == {FindingKind.UNANCHORED}
+
+
+def test_a_rewritten_middle_row_rechained_is_named(conn, superuser, anchors) -> None:
+    events = _record_events(conn, 8)
+    assert write_anchor(conn, anchors) is not None
+    _tamper(superuser)
+    superuser.execute(
+        "UPDATE audit_events SET details = '{\"n\": 99}' WHERE id = %s", [events[4].id]
+    )
+    _rechain(superuser, events[4].seq)
+    # The database's own check is fooled: every hash agrees with its function.
+    assert audit_events.verify_chain(conn).ok
+    report = verify(conn, anchors)
+    assert report.kinds() == {FindingKind.REWRITTEN}
+    finding = report.first(FindingKind.REWRITTEN)
+    assert finding is not None and finding.sequence == events[4].seq == 5
+    assert "row 5 was rewritten" in finding.message
+    # And no new anchor is written over the rewritten chain (anchoring checks from the
+    # previous anchor's row on, so it names that row; verify names the first one).
+    with pytest.raises(IntegrityError, match="refusing to anchor: rewritten at seq 8"):
+        write_anchor(conn, anchors)
+    assert len(anchor_keys(anchors)) == 1
+
+
+def test_deleted_newest_rows_are_a_truncated_tail(conn, superuser, anchors) -> None:
+    _record_events(conn, 7)
+    assert write_anchor(conn, anchors) is not None
+    _tamper(superuser)
+    superuser.execute("DELETE FROM audit_events WHERE seq > 4")
+    assert audit_events.verify_chain(conn).ok
+    report = verify(conn, anchors)
+    assert report.kinds() == {FindingKind.TRUNCATED}
+    finding = report.first(FindingKind.TRUNCATED)
+    assert finding is not None and finding.sequence == 5
+    assert "rows 5..7 were deleted" in finding.message
+    with pytest.raises(IntegrityError, match="truncated"):
+        write_anchor(conn, anchors)
+
+
+def test_a_replaced_hash_function_is_named(conn, superuser, anchors) -> None:
+    _record_events(conn, 5)
+    assert write_anchor(conn, anchors) is not None
+    _tamper(superuser)
+    superuser.execute(
+        """
+        CREATE OR REPLACE FUNCTION audit_event_hash(
+            prev_hash bytea, seq bigint, id uuid, actor_id uuid, action text,
+            entity text, entity_id uuid, details jsonb, created_at timestamptz
+        ) RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
+            SELECT sha256(prev_hash || convert_to(seq::text || action, 'UTF8'))
+        $$
+        """
+    )
+    _rechain(superuser, 1)
+    assert audit_events.verify_chain(conn).ok
+    report = verify(conn, anchors)
+    replaced = report.first(FindingKind.HASH_FUNCTION_REPLACED)
+    assert replaced is not None and replaced.sequence == 1
+    assert "5 row(s) from seq 1" in replaced.message
+    # The stored hashes differ from the anchored ones too.
+    assert FindingKind.REWRITTEN in report.kinds()
+    assert FindingKind.EDITED not in report.kinds()
+
+
+def test_a_row_edited_in_place_without_rechaining_is_edited_not_replaced(
+    conn, superuser, anchors
+) -> None:
+    events = _record_events(conn, 4)
+    assert write_anchor(conn, anchors) is not None
+    _tamper(superuser)
+    superuser.execute(
+        "UPDATE audit_events SET action = 'thing.hidden' WHERE id = %s", [events[1].id]
+    )
+    report = verify(conn, anchors)
+    assert report.kinds() == {FindingKind.EDITED}
+    edited = report.first(FindingKind.EDITED)
+    assert edited is not None and edited.sequence == 2
+
+
+def test_the_anchor_store_is_create_only(conn, anchors) -> None:
+    _record_events(conn, 3)
+    result = write_anchor(conn, anchors)
+    assert result is not None
+    before = anchors.get(result.anchor.key)
+    forged = type(result.anchor)(**{**result.anchor.__dict__, "hash": "0" * 64})
+    with pytest.raises(Conflict, match="already exists"):
+        store_anchor(anchors, forged, key=result.anchor.key)
+    assert anchors.get(result.anchor.key) == before
+    assert read_anchor(anchors, result.anchor.key).hash == result.anchor.hash
+
+
+def test_a_forged_anchor_added_to_the_store_is_reported(conn, anchors) -> None:
+    _record_events(conn, 3)
+    result = write_anchor(conn, anchors)
+    assert result is not None
+    later = result.anchor.anchored_at + timedelta(seconds=1)
+    forged = type(result.anchor)(
+        **{**result.anchor.__dict__, "hash": "ab" * 32, "key": "", "anchored_at": later}
+    )
+    store_anchor(anchors, forged)
+    anchors.put(f"{ANCHOR_PREFIX}garbage.json", b"{not json", allowed_types=None)
+    report = verify(conn, anchors)
+    assert report.kinds() == {FindingKind.REWRITTEN, FindingKind.BAD_ANCHOR}
+
+
+def test_on_s3_with_object_lock_anchors_get_retention(conn, s3_endpoint, s3_admin) -> None:  # noqa: F811
+    _record_events(conn, 3)
+    locked, plain = f"lock-{uuid.uuid4().hex[:12]}", f"plain-{uuid.uuid4().hex[:12]}"
+    s3_admin.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    s3_admin.create_bucket(Bucket=plain)
+    with S3Storage(locked, "audit", endpoint_url=s3_endpoint, region="us-east-1") as storage:
+        result = write_anchor(conn, storage, retention_days=2, retention_mode="GOVERNANCE")
+        assert result is not None and result.protection.startswith("GOVERNANCE retention until")
+        head = s3_admin.head_object(Bucket=locked, Key=f"audit/{result.anchor.key}")
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        # The locked version cannot be deleted without bypassing governance.
+        with pytest.raises(s3_admin.exceptions.ClientError, match="AccessDenied"):
+            s3_admin.delete_object(
+                Bucket=locked, Key=f"audit/{result.anchor.key}", VersionId=head["VersionId"]
+            )
+        assert verify(conn, storage).ok
+    with S3Storage(plain, "audit", endpoint_url=s3_endpoint, region="us-east-1") as storage:
+        result = write_anchor(conn, storage)
+        assert result is not None and result.protection.startswith("create-only")
+        with pytest.raises(Conflict):
+            store_anchor(storage, result.anchor, key=result.anchor.key)
+
+
+def _toolkit(
+    *args: str, database_url: str, anchor_folder: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "TOOLKIT_AUDIT_ANCHOR_URL": f"file://{anchor_folder}",
+        "TOOLKIT_STORAGE_URL": f"file://{anchor_folder.parent / 'files'}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "audit", *args, "--database-url", database_url],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_audit_commands_exit_0_when_intact_and_1_with_findings(
+    conn, superuser, database_url, tmp_path
+) -> None:
+    folder = tmp_path / "anchor-store"
+    _record_events(conn, 4)
+    anchored = _toolkit("anchor", database_url=database_url, anchor_folder=folder)
+    assert anchored.returncode == 0, anchored.stderr
+    assert "audit anchor: seq 4 hash" in anchored.stdout and "create-only" in anchored.stdout
+    assert len(list((folder / "audit-anchors").glob("*.json"))) == 1
+    intact = _toolkit("verify", database_url=database_url, anchor_folder=folder)
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "4 rows recomputed and linked; 1 anchor(s) agree" in intact.stdout
+    _tamper(superuser)
+    superuser.execute("DELETE FROM audit_events WHERE seq = 4")
+    broken = _toolkit("verify", database_url=database_url, anchor_folder=folder)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "truncated at seq 4" in broken.stdout
+    refused = _toolkit("anchor", database_url=database_url, anchor_folder=folder)
+    assert refused.returncode == 2
+    assert "refusing to anchor" in refused.stderr

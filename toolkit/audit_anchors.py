@@ -1,0 +1,721 @@
+"""Audit anchors: tamper evidence for the audit chain that survives the database owner.
+
+The audit chain (``audit_events``) is an unkeyed SHA-256 chain that the
+database computes; whoever owns the database can rewrite a row and every
+later hash, or drop the newest rows, and the database's own check still
+passes. An *anchor* is the chain head (sequence, hash, time) written to
+storage outside the database, create-only, and on S3 with Object Lock
+retention where the bucket has Object Lock enabled. :func:`verify` then
+checks the chain against the anchors, in Python:
+
+* every row's hash is recomputed here from the row's fields (the encoding
+  of ``audit_event_hash`` in migration 0001, reproduced byte for byte), so
+  the verdict never rests on a function stored in the database it checks;
+* every row links to the previous one;
+* every anchored (sequence, hash) is still there. An anchor also carries a
+  short digest of each row anchored since the previous anchor (up to
+  :data:`MAX_ROW_DIGESTS`), so a rewrite is named to the exact row.
+
+Findings are named by :class:`FindingKind`: ``rewritten`` (a row no longer
+has the hash an anchor recorded: rewritten and re-chained), ``truncated``
+(the newest anchor's sequence is past the chain's end), ``hash-function-
+replaced`` (stored hashes agree with what the database's function computes
+now but not with the recomputation here), ``edited`` (a row no longer
+matches its own hash), ``broken-link`` (a missing sequence or a
+``prev_hash`` that does not link), ``bad-anchor`` and ``unanchored``.
+
+:func:`write_anchor` refuses to anchor a chain that does not extend the
+previous anchor, so anchors are consistent with each other and matching the
+newest one vouches for every row up to it.
+
+What remains possible: someone who controls both the database and the
+anchor store; and rows written after the newest anchor can be rewritten
+undetected until the next anchor. Run ``toolkit audit anchor`` periodically
+(cron, a systemd timer or a Kubernetes CronJob; hourly bounds that window to
+an hour) and ``toolkit audit verify`` from a host the database owner does
+not control.
+
+The SQL here is a handful of plain reads of ``audit_events`` kept in this
+module rather than in ``sql/`` (every query there must be bound by a module
+that ``toolkit verify`` imports); each is a constant with bound parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from uuid import UUID
+
+import psycopg
+
+from toolkit.config import Settings, load_settings
+from toolkit.errors import IntegrityError, InvalidInput, bounded_repr
+
+if TYPE_CHECKING:
+    from toolkit.db.database import Connection
+    from toolkit.storage.base import Storage
+
+ANCHOR_PREFIX: Final = "audit-anchors/"
+"""Where anchors live in their store: ``audit-anchors/<sequence>-<time>.json``."""
+
+ANCHOR_FORMAT: Final = "toolkit.audit-anchor/1"
+MAX_ROW_DIGESTS: Final = 10_000
+"""Row digests one anchor carries (about 20 bytes each); older rows of a larger batch
+are covered by the head hash only, and a rewrite among them is named as a range."""
+
+DIGEST_HEX_CHARS: Final = 16
+"""A row digest is the first 64 bits of the row's hash: enough to name a row."""
+
+MAX_ANCHOR_BYTES: Final = 1 << 20
+DEFAULT_RETENTION_DAYS: Final = 365
+RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
+
+_BATCH: Final = 1000
+_SEQUENCE_DIGITS: Final = 20
+
+_HEAD_SQL: Final = "SELECT seq, hash, created_at FROM audit_events ORDER BY seq DESC LIMIT 1"
+# details::text is jsonb's own text form, the same text audit_event_hash hashes.
+_ROWS_SQL: Final = """
+SELECT seq, id, actor_id, action, entity, entity_id, details::text, created_at, prev_hash, hash
+FROM audit_events
+WHERE seq > %(after)s AND seq <= %(upto)s
+ORDER BY seq
+LIMIT %(limit)s
+"""
+# Diagnosis only (never the verdict): does the database's function agree with the stored hash?
+_DATABASE_AGREES_SQL: Final = """
+SELECT hash = audit_event_hash(
+    prev_hash, seq, id, actor_id, action, entity, entity_id, details, created_at
+)
+FROM audit_events
+WHERE seq = %(seq)s
+"""
+
+
+class FindingKind(StrEnum):
+    """What verification found wrong; each kind is a different attack or accident."""
+
+    REWRITTEN = "rewritten"
+    TRUNCATED = "truncated"
+    HASH_FUNCTION_REPLACED = "hash-function-replaced"
+    EDITED = "edited"
+    BROKEN_LINK = "broken-link"
+    BAD_ANCHOR = "bad-anchor"
+    UNANCHORED = "unanchored"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: its kind, the first sequence concerned (if any) and what was seen."""
+
+    kind: FindingKind
+    sequence: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" at seq {self.sequence}" if self.sequence is not None else ""
+        return f"{self.kind}{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A chain head recorded outside the database, with digests of the rows since the last."""
+
+    sequence: int
+    hash: str
+    """The head row's hash, hex."""
+    event_time: datetime
+    """The head row's ``created_at``."""
+    anchored_at: datetime
+    digests_from: int
+    """The sequence of the first entry of ``row_digests``."""
+    row_digests: tuple[str, ...] = ()
+    key: str = ""
+    """Where it is stored (empty until written or when read without one)."""
+
+    @property
+    def default_key(self) -> str:
+        """``audit-anchors/<zero-padded sequence>-<anchoring time>.json``: sorts by sequence."""
+        stamp = self.anchored_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return f"{ANCHOR_PREFIX}{self.sequence:0{_SEQUENCE_DIGITS}d}-{stamp}.json"
+
+    def to_json(self) -> bytes:
+        """The stored document."""
+        document = {
+            "format": ANCHOR_FORMAT,
+            "sequence": self.sequence,
+            "hash": self.hash,
+            "event_time": self.event_time.isoformat(),
+            "anchored_at": self.anchored_at.isoformat(),
+            "digests_from": self.digests_from,
+            "row_digests": list(self.row_digests),
+        }
+        return json.dumps(document, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, key: str) -> Anchor:
+        """Parse a stored anchor; InvalidInput naming what is wrong with it."""
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict) or document.get("format") != ANCHOR_FORMAT:
+                raise ValueError(f"not a {ANCHOR_FORMAT} document")
+            sequence, digests_from = document["sequence"], document["digests_from"]
+            if not all(type(n) is int and n >= 1 for n in (sequence, digests_from)):
+                raise ValueError("sequence and digests_from must be positive integers")
+            digests = document["row_digests"]
+            if not isinstance(digests, list) or not all(_is_hex(d) for d in digests):
+                raise ValueError("row_digests must be a list of hex strings")
+            if digests and digests_from + len(digests) - 1 != sequence:
+                raise ValueError("row_digests must end at the anchored sequence")
+            digest = document["hash"]
+            if not _is_hex(digest) or len(digest) != 64:
+                raise ValueError("hash must be 64 hex characters")
+            return cls(
+                sequence=sequence,
+                hash=digest,
+                event_time=datetime.fromisoformat(document["event_time"]),
+                anchored_at=datetime.fromisoformat(document["anchored_at"]),
+                digests_from=digests_from,
+                row_digests=tuple(digests),
+                key=key,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(
+                f"audit anchor {bounded_repr(key)} is unreadable: {exc}", field="anchor", value=key
+            ) from None
+
+
+def _is_hex(value: object) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return value == value.lower()
+
+
+@dataclass(frozen=True)
+class AnchorResult:
+    """What :func:`write_anchor` stored and how it is protected."""
+
+    anchor: Anchor
+    protection: str
+    """``create-only``, or the S3 Object Lock mode and retain-until date."""
+
+
+@dataclass(frozen=True)
+class AnchorReport:
+    """The outcome of :func:`verify`."""
+
+    rows_checked: int
+    head_sequence: int
+    anchors_checked: int
+    newest_anchor_sequence: int | None
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was found."""
+        return not self.findings
+
+    def kinds(self) -> set[FindingKind]:
+        """The kinds of the findings."""
+        return {finding.kind for finding in self.findings}
+
+    def first(self, kind: FindingKind) -> Finding | None:
+        """The finding of this kind, if any."""
+        return next((f for f in self.findings if f.kind == kind), None)
+
+    def summary(self) -> str:
+        """One line: intact, or how many findings."""
+        if self.ok:
+            return (
+                f"{self.rows_checked} rows recomputed and linked; {self.anchors_checked} anchor(s) "
+                f"agree (newest at seq {self.newest_anchor_sequence}, chain head at seq "
+                f"{self.head_sequence})"
+            )
+        return (
+            f"{len(self.findings)} finding(s) in {self.rows_checked} rows against "
+            f"{self.anchors_checked} anchor(s)"
+        )
+
+
+# -- the hash, recomputed here ----------------------------------------------------
+
+
+class ChainRow(NamedTuple):
+    """One audit row as the verifier reads it (``details`` as jsonb's text form)."""
+
+    seq: int
+    id: UUID
+    actor_id: UUID | None
+    action: str | None
+    entity: str | None
+    entity_id: UUID | None
+    details: str | None
+    created_at: datetime
+    prev_hash: bytes
+    hash: bytes
+
+
+def event_hash(row: ChainRow) -> bytes:
+    """SHA-256 of one audit row exactly as migration 0001's ``audit_event_hash`` encodes it.
+
+    ``concat_ws('|', ...)`` of the fields as PostgreSQL prints them (NULLs
+    skipped), ``created_at`` in UTC to the microsecond, appended to the
+    row's ``prev_hash``; ``details`` is jsonb's text form (``details::text``).
+    """
+    utc = row.created_at.astimezone(UTC)
+    fields = (
+        str(row.seq),
+        str(row.id),
+        "" if row.actor_id is None else str(row.actor_id),
+        row.action,
+        row.entity,
+        "" if row.entity_id is None else str(row.entity_id),
+        row.details,
+        f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond:06d}",
+    )
+    text = "|".join(part for part in fields if part is not None)
+    return hashlib.sha256(bytes(row.prev_hash) + text.encode("utf-8")).digest()
+
+
+# -- walking the chain -------------------------------------------------------------
+
+
+@dataclass
+class _Walk:
+    """One pass over rows ``after < seq <= upto``: links, recomputed hashes, expectations."""
+
+    expected: dict[int, tuple[str, str]]
+    """seq -> (hex hash or hex prefix an anchor recorded, the anchor's key)."""
+    keep_digests: int = 0
+    checked: int = 0
+    last_seq: int = 0
+    last_hash: bytes = b""
+    last_confirmed: int = 0
+    broken: Finding | None = None
+    contradicted: Finding | None = None
+    first_mismatch: int | None = None
+    mismatches: int = 0
+    digests: deque[tuple[int, bytes]] = field(default_factory=deque)
+
+    def run(self, conn: Connection, after: int, upto: int, previous_hash: bytes | None) -> None:
+        expected_seq = after + 1
+        self.last_seq, self.last_hash = after, previous_hash or b""
+        for row in _rows(conn, after, upto):
+            seq, prev, stored = row.seq, bytes(row.prev_hash), bytes(row.hash)
+            if self.broken is None:
+                if seq != expected_seq:
+                    self.broken = Finding(
+                        FindingKind.BROKEN_LINK,
+                        seq,
+                        f"rows {expected_seq}..{seq - 1} are missing from the middle of the chain",
+                    )
+                elif previous_hash is not None and prev != self.last_hash:
+                    self.broken = Finding(
+                        FindingKind.BROKEN_LINK,
+                        seq,
+                        "prev_hash does not match the previous row's hash",
+                    )
+            if event_hash(row) != stored:
+                self.mismatches += 1
+                if self.first_mismatch is None:
+                    self.first_mismatch = seq
+            self._check_expected(seq, stored)
+            if self.keep_digests:
+                self.digests.append((seq, stored))
+                if len(self.digests) > self.keep_digests:
+                    self.digests.popleft()
+            self.checked += 1
+            expected_seq = seq + 1
+            self.last_seq, self.last_hash = seq, stored
+            previous_hash = stored
+
+    def _check_expected(self, seq: int, stored: bytes) -> None:
+        recorded = self.expected.get(seq)
+        if recorded is None:
+            return
+        want, key = recorded
+        if stored.hex().startswith(want):
+            if self.contradicted is None:
+                self.last_confirmed = seq
+            return
+        if self.contradicted is not None:
+            return
+        if self.last_confirmed == seq - 1:
+            where = f"row {seq} was rewritten (row {seq - 1} still matches)"
+            if seq == 1:
+                where = "row 1 was rewritten"
+        else:
+            where = (
+                f"a row in {self.last_confirmed + 1}..{seq} was rewritten "
+                f"(no anchor records the rows in between)"
+            )
+        self.contradicted = Finding(
+            FindingKind.REWRITTEN,
+            seq,
+            f"row {seq}'s hash is not the one anchor {key} recorded: {where} and the chain "
+            "re-hashed after it",
+        )
+
+
+def _rows(conn: Connection, after: int, upto: int) -> Iterator[ChainRow]:
+    while True:
+        batch = conn.execute(_ROWS_SQL, {"after": after, "upto": upto, "limit": _BATCH}).fetchall()
+        for values in batch:
+            yield ChainRow(*values)
+        if len(batch) < _BATCH:
+            return
+        after = batch[-1][0]
+
+
+def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
+    """Name the rows whose stored hash the recomputation disagrees with."""
+    seq = walk.first_mismatch
+    if seq is None:
+        return None
+    count = f"{walk.mismatches} row(s) from seq {seq} on"
+    try:
+        with conn.transaction():
+            row = conn.execute(_DATABASE_AGREES_SQL, {"seq": seq}).fetchone()
+        database_agrees = bool(row and row[0])
+        consulted = ""
+    except psycopg.Error as exc:  # the diagnosis is optional; the finding stands
+        database_agrees = False
+        consulted = f" (the database's audit_event_hash could not be called: {type(exc).__name__})"
+    if database_agrees:
+        return Finding(
+            FindingKind.HASH_FUNCTION_REPLACED,
+            seq,
+            f"{count} carry hashes that the database's audit_event_hash computes now but the "
+            "encoding of migration 0001 does not: the function was replaced",
+        )
+    return Finding(
+        FindingKind.EDITED,
+        seq,
+        f"{count} no longer match their own hash (edited in place){consulted}",
+    )
+
+
+# -- the anchor store ---------------------------------------------------------------
+
+
+def anchor_keys(storage: Storage) -> list[str]:
+    """Every anchor's key in ``storage``, oldest sequence first."""
+    return [info.key for info in storage.list(ANCHOR_PREFIX) if info.key.endswith(".json")]
+
+
+def read_anchor(storage: Storage, key: str) -> Anchor:
+    """One stored anchor; InvalidInput if it is not one."""
+    return Anchor.from_json(storage.get(key), key)
+
+
+def store_anchor(storage: Storage, anchor: Anchor, *, key: str | None = None) -> Anchor:
+    """Write ``anchor`` create-only (Conflict if the key exists); returns it with its key."""
+    target = key or anchor.default_key
+    storage.put(target, anchor.to_json(), max_bytes=MAX_ANCHOR_BYTES, allowed_types=None)
+    return Anchor(**{**anchor.__dict__, "key": target})
+
+
+def _lock(storage: Storage, key: str, days: int, mode: RetentionMode) -> str:
+    """Object Lock retention on S3 where the bucket has it; otherwise create-only."""
+    from toolkit.storage.backends import S3Storage  # noqa: PLC0415 - fsspec on first use
+    from toolkit.storage.base import translating  # noqa: PLC0415
+
+    if not isinstance(storage, S3Storage):
+        return "create-only"
+    call = storage.fs.call_s3
+    target = {"Bucket": storage.bucket, "Key": f"{storage.prefix}/{key}" if storage.prefix else key}
+    try:
+        config = call("get_object_lock_configuration", Bucket=storage.bucket)
+    except OSError as exc:
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+        if code == "ObjectLockConfigurationNotFoundError":
+            return "create-only (the bucket has no Object Lock)"
+        raise IntegrityError(
+            f"anchor {key} was written, but the bucket's Object Lock setting could not be "
+            f"read: {exc}"
+        ) from exc
+    lock = config.get("ObjectLockConfiguration", {})
+    if lock.get("ObjectLockEnabled") != "Enabled":
+        return "create-only (the bucket has no Object Lock)"
+    if not lock.get("Rule", {}).get("DefaultRetention"):
+        until = datetime.now(UTC) + timedelta(days=days)
+        try:
+            call(
+                "put_object_retention",
+                **target,
+                Retention={"Mode": mode, "RetainUntilDate": until},
+            )
+        except Exception as exc:
+            raise IntegrityError(
+                f"anchor {key} was written, but setting its {mode} retention failed: {exc}"
+            ) from exc
+    with translating("inspecting", key):
+        head = call("head_object", **target)
+    if not head.get("ObjectLockMode"):
+        raise IntegrityError(f"anchor {key} was written, but S3 reports no retention on it")
+    return f"{head['ObjectLockMode']} retention until {head['ObjectLockRetainUntilDate']:%Y-%m-%d}"
+
+
+def _latest_anchors(storage: Storage, latest: int | None) -> tuple[list[Anchor], list[Finding]]:
+    keys = anchor_keys(storage)
+    if latest is not None:
+        keys = keys[-latest:] if latest > 0 else []
+    anchors, findings = [], []
+    for key in keys:
+        try:
+            anchors.append(read_anchor(storage, key))
+        except InvalidInput as exc:
+            findings.append(Finding(FindingKind.BAD_ANCHOR, None, str(exc)))
+    anchors.sort(key=lambda a: (a.sequence, a.anchored_at))
+    return anchors, findings
+
+
+def _expectations(anchors: Sequence[Anchor]) -> dict[int, tuple[str, str]]:
+    expected: dict[int, tuple[str, str]] = {}
+    for anchor in anchors:
+        for offset, digest in enumerate(anchor.row_digests):
+            expected.setdefault(anchor.digests_from + offset, (digest, anchor.key))
+        expected[anchor.sequence] = (anchor.hash, anchor.key)
+    return expected
+
+
+# -- the two operations -------------------------------------------------------------
+
+
+def write_anchor(
+    conn: Connection,
+    storage: Storage,
+    *,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
+    retention_mode: RetentionMode = "COMPLIANCE",
+) -> AnchorResult | None:
+    """Anchor the chain head now; None when the chain is empty.
+
+    The rows since the previous anchor are recomputed and linked to it
+    first: IntegrityError (and nothing written) when the chain no longer
+    extends that anchor. On S3 with Object Lock enabled on the bucket the
+    anchor gets ``retention_mode`` retention for ``retention_days`` (unless
+    the bucket has a default retention, which then applies).
+    """
+    if isinstance(retention_days, bool) or not isinstance(retention_days, int):
+        raise InvalidInput("retention_days must be an integer", field="retention_days")
+    if not 1 <= retention_days <= 36_500:
+        raise InvalidInput(
+            f"retention_days must be 1 to 36500, got {retention_days}",
+            field="retention_days",
+            value=retention_days,
+        )
+    if retention_mode not in ("GOVERNANCE", "COMPLIANCE"):
+        raise InvalidInput(
+            f"retention_mode must be GOVERNANCE or COMPLIANCE, got {bounded_repr(retention_mode)}",
+            field="retention_mode",
+            value=retention_mode,
+        )
+    head = conn.execute(_HEAD_SQL).fetchone()
+    if head is None:
+        return None
+    head_seq, head_hash, head_time = head
+    anchors, bad = _latest_anchors(storage, 1)
+    if bad:
+        raise IntegrityError(f"refusing to anchor: {bad[0].message}; run toolkit audit verify")
+    previous = anchors[-1] if anchors else None
+    if previous is not None and previous.sequence > head_seq:
+        raise IntegrityError(
+            f"refusing to anchor: anchor {previous.key} records seq {previous.sequence} but the "
+            f"chain ends at seq {head_seq} (truncated); run toolkit audit verify"
+        )
+    walk = _Walk(_expectations(anchors), keep_digests=MAX_ROW_DIGESTS)
+    start = previous.sequence - 1 if previous else 0
+    walk.run(conn, start, head_seq, None if previous else b"")
+    problem = walk.broken or walk.contradicted or _mismatch_finding(conn, walk)
+    if problem is None and walk.last_seq != head_seq:
+        problem = Finding(FindingKind.BROKEN_LINK, head_seq, "the head row vanished while read")
+    if problem is not None:
+        raise IntegrityError(f"refusing to anchor: {problem}; run toolkit audit verify")
+    anchored = previous.sequence if previous else 0
+    since = [(seq, digest) for seq, digest in walk.digests if seq > anchored]
+    anchor = Anchor(
+        sequence=head_seq,
+        hash=bytes(head_hash).hex(),
+        event_time=head_time,
+        anchored_at=datetime.now(UTC),
+        digests_from=since[0][0] if since else head_seq,
+        row_digests=tuple(digest.hex()[:DIGEST_HEX_CHARS] for _, digest in since),
+    )
+    stored = store_anchor(storage, anchor)
+    return AnchorResult(stored, _lock(storage, stored.key, retention_days, retention_mode))
+
+
+def verify(conn: Connection, storage: Storage, *, latest: int | None = None) -> AnchorReport:
+    """Check the whole chain in Python against the anchors (the newest ``latest``, or all).
+
+    Every row's hash is recomputed here and its link checked; every anchored
+    sequence must still exist with the hash recorded.
+    """
+    if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int)):
+        raise InvalidInput("latest must be an integer or None", field="latest")
+    anchors, findings = _latest_anchors(storage, latest)
+    walk = _Walk(_expectations(anchors))
+    walk.run(conn, 0, 2**63 - 1, b"")
+    for found in (walk.contradicted, walk.broken, _mismatch_finding(conn, walk)):
+        if found is not None:
+            findings.append(found)
+    newest = anchors[-1] if anchors else None
+    if newest is not None and newest.sequence > walk.last_seq:
+        findings.append(
+            Finding(
+                FindingKind.TRUNCATED,
+                walk.last_seq + 1,
+                f"anchor {newest.key} records seq {newest.sequence}, but the chain ends at seq "
+                f"{walk.last_seq}: rows {walk.last_seq + 1}..{newest.sequence} were deleted",
+            )
+        )
+    if newest is None:
+        findings.append(
+            Finding(
+                FindingKind.UNANCHORED,
+                None,
+                "no readable anchor in the anchor store: nothing outside the database vouches "
+                "for the chain (run toolkit audit anchor)",
+            )
+        )
+    return AnchorReport(
+        rows_checked=walk.checked,
+        head_sequence=walk.last_seq,
+        anchors_checked=len(anchors),
+        newest_anchor_sequence=newest.sequence if newest else None,
+        findings=tuple(findings),
+    )
+
+
+# -- the ``toolkit audit`` commands ---------------------------------------------------
+
+
+def anchor_store_url(settings: Settings) -> str:
+    """``TOOLKIT_AUDIT_ANCHOR_URL``, else ``TOOLKIT_STORAGE_URL`` (keys ``audit-anchors/...``)."""
+    return settings.audit_anchor_url or settings.storage_url
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "anchor_url", None):
+        overrides["audit_anchor_url"] = args.anchor_url
+    return load_settings(**overrides)
+
+
+def _run(args: argparse.Namespace, action: str) -> int:
+    from toolkit.db.database import connect, raise_translated  # noqa: PLC0415 - fast --help
+    from toolkit.storage.backends import open_storage  # noqa: PLC0415
+
+    settings = _settings(args)
+    with open_storage(anchor_store_url(settings)) as storage:
+        conn = connect(
+            settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
+        )
+        try:
+            with conn:
+                if action == "anchor":
+                    result = write_anchor(
+                        conn,
+                        storage,
+                        retention_days=args.retention_days,
+                        retention_mode=args.retention_mode,
+                    )
+                else:
+                    report = verify(conn, storage, latest=args.latest)
+        except psycopg.Error as exc:
+            raise_translated(exc, f"audit {action}")
+    if action == "anchor":
+        if result is None:
+            print("audit anchor: the audit chain is empty; nothing to anchor")
+        else:
+            written = result.anchor
+            print(
+                f"audit anchor: seq {written.sequence} hash {written.hash} written to "
+                f"{written.key} ({result.protection})"
+            )
+        return 0
+    for finding in report.findings:
+        print(finding)
+    print(f"audit verify: {report.summary()}")
+    return 0 if report.ok else 1
+
+
+def anchor_command(args: argparse.Namespace) -> int:
+    """``toolkit audit anchor``: write one anchor now; prints where."""
+    return _run(args, "anchor")
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """``toolkit audit verify``: 0 when intact, 1 with the findings printed."""
+    return _run(args, "verify")
+
+
+def add_audit_commands(commands: Any) -> argparse.ArgumentParser:
+    """Add ``audit anchor`` and ``audit verify`` to the ``toolkit`` command's subparsers."""
+    audit = commands.add_parser(
+        "audit",
+        help="tamper evidence for the audit chain",
+        description="anchor the audit chain outside the database, and verify it against anchors",
+    )
+    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    texts = {
+        "anchor": "write the chain head to the anchor store now (create-only; S3 Object Lock)",
+        "verify": "recompute the chain in Python and check it against the anchors; exit 1 if not",
+    }
+    for name, handler in (("anchor", anchor_command), ("verify", verify_command)):
+        sub = actions.add_parser(name, help=texts[name], description=texts[name])
+        sub.add_argument("--database-url", help="override TOOLKIT_DATABASE_URL for this run")
+        sub.add_argument(
+            "--anchor-url", help="override TOOLKIT_AUDIT_ANCHOR_URL (the anchor store) for this run"
+        )
+        sub.set_defaults(handler=handler)
+        if name == "anchor":
+            sub.add_argument(
+                "--retention-days",
+                type=int,
+                default=DEFAULT_RETENTION_DAYS,
+                help="S3 Object Lock retention when the bucket has Object Lock "
+                f"(default {DEFAULT_RETENTION_DAYS})",
+            )
+            sub.add_argument(
+                "--retention-mode", choices=["COMPLIANCE", "GOVERNANCE"], default="COMPLIANCE"
+            )
+        else:
+            sub.add_argument(
+                "--latest", type=int, help="check only the newest N anchors (default: all)"
+            )
+    parser: argparse.ArgumentParser = audit
+    return parser
+
+
+__all__ = [
+    "ANCHOR_PREFIX",
+    "Anchor",
+    "AnchorReport",
+    "AnchorResult",
+    "ChainRow",
+    "Finding",
+    "FindingKind",
+    "add_audit_commands",
+    "anchor_keys",
+    "anchor_store_url",
+    "event_hash",
+    "read_anchor",
+    "store_anchor",
+    "verify",
+    "write_anchor",
+]
