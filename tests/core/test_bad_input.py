@@ -139,7 +139,7 @@ def bad_calls(seeded: dict[str, Any]) -> list[tuple[str, Callable[[Any], Any]]]:
 
 
 def _cursor(sort: str, value: str) -> str:
-    from toolkit.repositories._common import encode_cursor
+    from toolkit.db.patterns import encode_cursor
 
     return encode_cursor(sort, False, value, uuid.uuid4())
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import pika
 import pika.exceptions as pex
 
+from toolkit.config import mask_password
 from toolkit.errors import ToolkitError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,6 @@ class ConnectionOptions:
     """The connection name shown by ``rabbitmqctl list_connections``."""
 
 
-def safe_url(url: str) -> str:
-    """``url`` with its password masked, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def parameters(url: str, options: ConnectionOptions | None = None) -> pika.URLParameters:
     """pika connection parameters for ``url`` with the toolkit's bounds applied."""
     opts = options or ConnectionOptions()
@@ -64,7 +55,7 @@ def connect(url: str, options: ConnectionOptions | None = None) -> pika.Blocking
     try:
         return pika.BlockingConnection(parameters(url, options))
     except (TimeoutError, pex.AMQPError, OSError) as exc:
-        raise Unavailable(f"RabbitMQ at {safe_url(url)} unreachable: {describe(exc)}") from exc
+        raise Unavailable(f"RabbitMQ at {mask_password(url)} unreachable: {describe(exc)}") from exc
 
 
 def describe(exc: BaseException) -> str:

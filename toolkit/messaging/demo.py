@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-from toolkit.config import Settings
+from toolkit.config import Settings, mask_password
 from toolkit.db.database import Connection, Database
 from toolkit.errors import ToolkitError, Unavailable
 from toolkit.messaging import inbox, outbox
-from toolkit.messaging.connection import ConnectionOptions, close_quietly, connect, safe_url
+from toolkit.messaging.connection import ConnectionOptions, close_quietly, connect
 from toolkit.messaging.consumer import Delivery, Worker
 from toolkit.messaging.handlers import echo_work, log_audit, notification_line
 from toolkit.messaging.models import NotificationSend
@@ -55,8 +55,8 @@ def run_demo_messaging(
         with database.connection() as conn:
             pending = outbox.stats(conn).pending
         line = (
-            f"RabbitMQ is not reachable at {safe_url(settings.amqp_url)}: {pending} message(s) "
-            "wait in the outbox for `toolkit relay`"
+            f"RabbitMQ is not reachable at {mask_password(settings.amqp_url)}: "
+            f"{pending} message(s) wait in the outbox for `toolkit relay`"
         )
         echo(line)
         return line

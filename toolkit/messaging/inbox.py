@@ -17,14 +17,14 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Returning, Scalar
 from toolkit.db.database import Connection, Database
-from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.messaging.records import InboxEntry
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     MAX_PRUNE_BATCH,
     check_count,
     check_retention,
     parse_id,
 )
+from toolkit.errors import InvalidInput, bounded_repr
+from toolkit.messaging.records import InboxEntry
 
 if TYPE_CHECKING:
     from toolkit.messaging.consumer import Delivery, Handler

@@ -37,6 +37,12 @@ from psycopg.types.json import Jsonb
 
 from toolkit.db.bind import Copy, Exec, Many, One
 from toolkit.db.database import Connection, Database
+from toolkit.db.patterns import (
+    MAX_PRUNE_BATCH,
+    check_count,
+    check_retention,
+    parse_id,
+)
 from toolkit.errors import InvalidInput, ToolkitError, Unavailable, bounded_repr
 from toolkit.messaging.models import Message
 from toolkit.messaging.publisher import (
@@ -47,12 +53,6 @@ from toolkit.messaging.publisher import (
 )
 from toolkit.messaging.records import OutboxMessage, OutboxRow, OutboxStats
 from toolkit.messaging.topology import Topology
-from toolkit.repositories._common import (
-    MAX_PRUNE_BATCH,
-    check_count,
-    check_retention,
-    parse_id,
-)
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import pika
 import pika.exceptions as pex
 from pika.spec import Basic
 
+from toolkit.config import mask_password
 from toolkit.errors import MessageTooLarge, Rejected, Unavailable, Unroutable
 from toolkit.messaging.connection import (
     CONNECTION_ERRORS,
@@ -38,7 +39,6 @@ from toolkit.messaging.connection import (
     connect,
     describe,
     parameters,
-    safe_url,
 )
 from toolkit.messaging.models import CONTENT_TYPE, Message
 from toolkit.messaging.topology import Topology, declare
@@ -221,7 +221,7 @@ class Publisher:
                 self.close()
                 if attempt == 2:
                     raise Unavailable(
-                        f"publishing to {out.routing_key!r} at {safe_url(self.url)}: "
+                        f"publishing to {out.routing_key!r} at {mask_password(self.url)}: "
                         f"{describe(exc)}"
                     ) from exc
 
@@ -379,7 +379,7 @@ class PipelinedPublisher:
                 on_close_callback=self._on_close,
             )
         except (pex.AMQPError, OSError) as exc:
-            raise Unavailable(f"RabbitMQ at {safe_url(self.url)}: {describe(exc)}") from exc
+            raise Unavailable(f"RabbitMQ at {mask_password(self.url)}: {describe(exc)}") from exc
         self._connection = connection
         self._thread = threading.Thread(
             target=self._run_loop, args=(connection,), name="toolkit-publisher", daemon=True
@@ -388,7 +388,7 @@ class PipelinedPublisher:
         if not self._ready.wait(self.connect_timeout) or self._open_error:
             reason = self._open_error or f"not open after {self.connect_timeout:g}s"
             self._stop_thread()
-            raise Unavailable(f"RabbitMQ at {safe_url(self.url)} unreachable: {reason}")
+            raise Unavailable(f"RabbitMQ at {mask_password(self.url)} unreachable: {reason}")
 
     def _stop_thread(self) -> None:
         connection, thread = self._connection, self._thread

@@ -30,13 +30,13 @@ from typing import Any
 from uuid import UUID
 
 from toolkit.db.database import Connection, Database
+from toolkit.db.patterns import validate
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
 from toolkit.messaging import outbox
 from toolkit.messaging.consumer import Delivery, Handler
 from toolkit.messaging.models import AuditLog, NotificationSend, WorkflowExecute
 from toolkit.records import AuditEvent, AuditEventCreate, Execution
 from toolkit.repositories import Audit, audit_events, executions, workflows
-from toolkit.repositories._common import validate
 
 log = logging.getLogger(__name__)
 

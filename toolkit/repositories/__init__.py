@@ -4,6 +4,7 @@ Each function takes a connection (or a transaction) first and never commits
 on its own: ``agents.get(conn, agent_id)``.
 """
 
+from toolkit.db.patterns import UNSET, Audit, Unset
 from toolkit.repositories import (
     agents,
     audit_events,
@@ -13,7 +14,6 @@ from toolkit.repositories import (
     users,
     workflows,
 )
-from toolkit.repositories._common import UNSET, Audit, Unset
 
 __all__ = [
     "UNSET",

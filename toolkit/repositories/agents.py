@@ -9,9 +9,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Copy, Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.records import Agent, AgentConfig, AgentCreate, AgentFilter, Page
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     UNSET,
     Audit,
@@ -29,6 +27,8 @@ from toolkit.repositories._common import (
     validate,
     validate_patch,
 )
+from toolkit.errors import InvalidInput, bounded_repr
+from toolkit.records import Agent, AgentConfig, AgentCreate, AgentFilter, Page
 
 ENTITY = "agent"
 _COLUMNS = ("owner_id", "name", "type", "description", "config", "is_active")

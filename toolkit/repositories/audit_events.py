@@ -15,14 +15,14 @@ from uuid import UUID
 
 from toolkit.db.bind import Many, One, Scalar
 from toolkit.db.database import Connection
-from toolkit.records import AuditEvent, AuditEventCreate, AuditFilter, ChainLink, ChainReport, Page
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     insert_audit_event,
     list_page,
     parse_id,
     validate,
 )
+from toolkit.records import AuditEvent, AuditEventCreate, AuditFilter, ChainLink, ChainReport, Page
 
 ENTITY = "audit event"
 _FILTERS = ("entity", "entity_id", "actor_id")

@@ -13,15 +13,15 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import Conflict, InvalidInput, bounded_repr
-from toolkit.records import Checkpoint, CheckpointCreate
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     check_limit,
     jsonb,
     parse_id,
     validate,
 )
+from toolkit.errors import Conflict, InvalidInput, bounded_repr
+from toolkit.records import Checkpoint, CheckpointCreate
 
 ENTITY = "checkpoint"
 

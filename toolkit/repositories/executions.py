@@ -18,8 +18,7 @@ from pydantic import Field, StringConstraints
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject, Page
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     Audit,
     atomic,
@@ -32,6 +31,7 @@ from toolkit.repositories._common import (
     transition,
     validate,
 )
+from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject, Page
 
 ENTITY = "execution"
 DEFAULT_LEASE_SECONDS = 60.0

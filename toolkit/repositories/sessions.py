@@ -13,9 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import IllegalTransition, NotFound, RetryableConflict
-from toolkit.records import Page, Session, SessionCreate, SessionFilter, SessionState
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     UNSET,
     Audit,
@@ -33,6 +31,8 @@ from toolkit.repositories._common import (
     validate,
     validate_patch,
 )
+from toolkit.errors import IllegalTransition, NotFound, RetryableConflict
+from toolkit.records import Page, Session, SessionCreate, SessionFilter, SessionState
 
 ENTITY = "session"
 _FILTERS = ("user_id", "agent_id")

@@ -13,9 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.errors import NotFound
-from toolkit.records import Page, User, UserCreate, UserCredentials, UserFilter
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     UNSET,
     Audit,
@@ -32,6 +30,8 @@ from toolkit.repositories._common import (
     validate,
     validate_patch,
 )
+from toolkit.errors import NotFound
+from toolkit.records import Page, User, UserCreate, UserCredentials, UserFilter
 
 ENTITY = "user"
 _FILTERS = ("role", "is_active")

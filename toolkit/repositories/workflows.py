@@ -14,8 +14,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.records import Page, Workflow, WorkflowCreate, WorkflowDefinition, WorkflowFilter
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     UNSET,
     Audit,
@@ -34,6 +33,7 @@ from toolkit.repositories._common import (
     validate,
     validate_patch,
 )
+from toolkit.records import Page, Workflow, WorkflowCreate, WorkflowDefinition, WorkflowFilter
 
 ENTITY = "workflow"
 _FILTERS = ("status", "owner_id")

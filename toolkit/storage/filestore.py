@@ -48,8 +48,8 @@ from typing import Any, Final
 from uuid import UUID
 
 from toolkit.db.database import Connection, Database
+from toolkit.db.patterns import Audit, parse_id
 from toolkit.errors import Conflict, InvalidInput, NotFound
-from toolkit.repositories._common import Audit, parse_id
 from toolkit.storage import repository as files
 from toolkit.storage.base import Source, Storage, download_headers
 from toolkit.storage.keys import (

@@ -13,9 +13,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Many, One, Returning
 from toolkit.db.database import Connection
-from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.records import Page
-from toolkit.repositories._common import (
+from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     Audit,
@@ -27,6 +25,8 @@ from toolkit.repositories._common import (
     record_audit,
     validate,
 )
+from toolkit.errors import InvalidInput, bounded_repr
+from toolkit.records import Page
 from toolkit.storage.records import File, FileCreate, FileFilter
 
 ENTITY = "file"

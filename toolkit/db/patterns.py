@@ -1,4 +1,21 @@
-"""What every repository module shares: input checks, paging, patches, audit."""
+"""The public patterns repositories are made of: the toolkit's and an application's.
+
+* Input: :func:`validate` (a pydantic model, errors as ``InvalidInput`` naming
+  the field), :func:`validate_patch`, :func:`parse_id` / :func:`parse_ids`,
+  :func:`check_limit`, :func:`check_count`, :func:`check_retention`,
+  :func:`check_search_text`, :func:`jsonb`.
+* Keyset paging: :func:`list_page` runs a ``:many`` binding whose SQL holds
+  ``{keyset}`` and ``{order}`` (see :mod:`toolkit.db.registry`) and owns the
+  cursor parameters ``after_value``/``after_id``; cursors are opaque tokens
+  from :func:`encode_cursor`, checked by :func:`decode_cursor`.
+* Writes: :func:`guarded_update` (optimistic, ``expected_version``, partial
+  with :data:`UNSET`), :func:`transition` (a guarded status change),
+  :func:`delete_row`, each with an optional :class:`Audit` event written in
+  the same transaction (:func:`atomic`).
+
+Every error is a toolkit error whose message shows the offending value
+bounded (:func:`toolkit.errors.bounded_repr`).
+"""
 
 from __future__ import annotations
 

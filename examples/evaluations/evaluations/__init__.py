@@ -1,0 +1,1 @@
+"""An example application on the toolkit: evaluations of agent executions."""
