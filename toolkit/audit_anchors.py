@@ -50,13 +50,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal
 from uuid import UUID
 
 import psycopg
 
 from toolkit.config import Settings, load_settings
-from toolkit.errors import IntegrityError, InvalidInput, bounded_repr
+from toolkit.db.bind import Many, OneOrNone, Scalar
+from toolkit.errors import IntegrityError, InvalidInput, ToolkitError, bounded_repr
+from toolkit.records import Record
 
 if TYPE_CHECKING:
     from toolkit.db.database import Connection
@@ -79,24 +81,6 @@ RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
 
 _BATCH: Final = 1000
 _SEQUENCE_DIGITS: Final = 20
-
-_HEAD_SQL: Final = "SELECT seq, hash, created_at FROM audit_events ORDER BY seq DESC LIMIT 1"
-# details::text is jsonb's own text form, the same text audit_event_hash hashes.
-_ROWS_SQL: Final = """
-SELECT seq, id, actor_id, action, entity, entity_id, details::text, created_at, prev_hash, hash
-FROM audit_events
-WHERE seq > %(after)s AND seq <= %(upto)s
-ORDER BY seq
-LIMIT %(limit)s
-"""
-# Diagnosis only (never the verdict): does the database's function agree with the stored hash?
-_DATABASE_AGREES_SQL: Final = """
-SELECT hash = audit_event_hash(
-    prev_hash, seq, id, actor_id, action, entity, entity_id, details, created_at
-)
-FROM audit_events
-WHERE seq = %(seq)s
-"""
 
 
 class FindingKind(StrEnum):
@@ -251,7 +235,7 @@ class AnchorReport:
 # -- the hash, recomputed here ----------------------------------------------------
 
 
-class ChainRow(NamedTuple):
+class ChainRow(Record):
     """One audit row as the verifier reads it (``details`` as jsonb's text form)."""
 
     seq: int
@@ -264,6 +248,19 @@ class ChainRow(NamedTuple):
     created_at: datetime
     prev_hash: bytes
     hash: bytes
+
+
+class ChainHead(Record):
+    """The newest audit row's sequence, hash and time."""
+
+    seq: int
+    hash: bytes
+    created_at: datetime
+
+
+_head = OneOrNone("audit_anchors.head", ChainHead, ())
+_rows_after = Many("audit_anchors.rows", ChainRow, ("after", "upto", "limit"))
+_database_agrees = Scalar("audit_anchors.database_agrees", bool, ("seq",))
 
 
 def event_hash(row: ChainRow) -> bytes:
@@ -370,12 +367,11 @@ class _Walk:
 
 def _rows(conn: Connection, after: int, upto: int) -> Iterator[ChainRow]:
     while True:
-        batch = conn.execute(_ROWS_SQL, {"after": after, "upto": upto, "limit": _BATCH}).fetchall()
-        for values in batch:
-            yield ChainRow(*values)
+        batch = _rows_after(conn, after=after, upto=upto, limit=_BATCH)
+        yield from batch
         if len(batch) < _BATCH:
             return
-        after = batch[-1][0]
+        after = batch[-1].seq
 
 
 def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
@@ -386,10 +382,9 @@ def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
     count = f"{walk.mismatches} row(s) from seq {seq} on"
     try:
         with conn.transaction():
-            row = conn.execute(_DATABASE_AGREES_SQL, {"seq": seq}).fetchone()
-        database_agrees = bool(row and row[0])
+            database_agrees = bool(_database_agrees(conn, seq=seq))
         consulted = ""
-    except psycopg.Error as exc:  # the diagnosis is optional; the finding stands
+    except (psycopg.Error, ToolkitError) as exc:  # the diagnosis is optional; the finding stands
         database_agrees = False
         consulted = f" (the database's audit_event_hash could not be called: {type(exc).__name__})"
     if database_agrees:
@@ -522,10 +517,10 @@ def write_anchor(
             field="retention_mode",
             value=retention_mode,
         )
-    head = conn.execute(_HEAD_SQL).fetchone()
+    head = _head(conn)
     if head is None:
         return None
-    head_seq, head_hash, head_time = head
+    head_seq, head_hash, head_time = head.seq, head.hash, head.created_at
     anchors, bad = _latest_anchors(storage, 1)
     if bad:
         raise IntegrityError(f"refusing to anchor: {bad[0].message}; run toolkit audit verify")

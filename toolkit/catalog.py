@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 
+import toolkit.audit_anchors
 import toolkit.integrations.checkpoint_store
 import toolkit.messaging
 import toolkit.repositories
@@ -24,6 +25,7 @@ TOOLKIT_BINDING_MODULES = (
     toolkit.storage.repository,
     toolkit.messaging,
     toolkit.integrations.checkpoint_store,
+    toolkit.audit_anchors,
 )
 """The toolkit's modules whose import binds every query it runs."""
 
