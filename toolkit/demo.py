@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
-from toolkit.config import Settings
+from toolkit.config import Settings, mask_password
 from toolkit.db.database import Database, connection_failure
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
@@ -43,13 +43,6 @@ from toolkit.repositories import (
     workflows,
 )
 from toolkit.storage.demo import store_demo_report
-
-
-def _safe_url(url: str) -> str:
-    params = conninfo_to_dict(url)
-    if params.get("password"):
-        params["password"] = "***"  # noqa: S105 - masking, not a secret
-    return make_conninfo("", **params)
 
 
 def _reachable(url: str) -> bool:
@@ -110,7 +103,9 @@ def cached_llm_calls(settings: Settings, agent: Agent) -> tuple[str, str]:
         stats = llm.stats()
     how = ["a cache hit" if answer.from_cache else "computed" for answer in (first, second)]
     if stats.breaker_state != "closed":
-        how.append(f"Redis unreachable at {settings.redis_url}: the cache failed open")
+        how.append(
+            f"Redis unreachable at {mask_password(settings.redis_url)}: the cache failed open"
+        )
     line = (
         f"LLM call through the cache: first {how[0]}, second identical call {how[1]}"
         + (f" ({how[2]})" if len(how) > 2 else "")
@@ -211,13 +206,13 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
     if not embedded and not _reachable(url):
         if not embedded_available:
             print(
-                f"toolkit demo: no PostgreSQL answers at {_safe_url(url)}; start one (Debian/"
+                f"toolkit demo: no PostgreSQL answers at {mask_password(url)}; start one (Debian/"
                 "Ubuntu: 'sudo apt-get install postgresql && sudo pg_ctlcluster 15 main start'), "
                 f"set TOOLKIT_DATABASE_URL, or pip install '{DISTRIBUTION}[embedded]' for an "
                 "embedded one"
             )
             return 1
-        print(f"no PostgreSQL at {_safe_url(url)}: using an embedded one (the embedded extra)")
+        print(f"no PostgreSQL at {mask_password(url)}: using an embedded one (the embedded extra)")
         embedded = True
     if embedded and not embedded_available:
         print(f"toolkit demo: --embedded needs the extra: pip install '{DISTRIBUTION}[embedded]'")
@@ -227,7 +222,7 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
             url = stack.enter_context(_embedded_server())
         result = migrate(url)
         applied = ", ".join(result.applied) or "none pending"
-        _step(1, f"migrated {_safe_url(url)} (applied: {applied})")
+        _step(1, f"migrated {mask_password(url)} (applied: {applied})")
         database = stack.enter_context(
             Database(settings.model_copy(update={"database_url": url}), url=url)
         )

@@ -2,8 +2,16 @@
 
 Repository modules bind their queries at import time::
 
-    _get = bind.one("agents.get", Agent, params=("id",))
-    agent = _get(conn, id=agent_id)
+    _get = One("agents.get", Agent, ("id",), entity="agent")
+    agent = _get(conn, agent_id, id=agent_id)            # sync
+    agent = await _get.acall(aconn, agent_id, id=agent_id)  # async
+
+A binding is a value: its statement (rendered once per sort and
+direction), its parameters, its result kind and its row factory, built
+once. It does no I/O itself: calling it hands it to the sync driver,
+``acall`` to the async one (:mod:`toolkit.db.drivers`); each kind's class
+says what to fetch and how to finish the result (PugSQL's one small class
+per kind).
 
 Binding checks that the query exists, has the expected result kind and uses
 exactly the declared parameters, so a mismatch fails when the module is
@@ -24,13 +32,12 @@ from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import psycopg
-from psycopg.abc import Buffer
-from psycopg.adapt import Loader
 from psycopg.rows import RowMaker
 from pydantic import BaseModel, TypeAdapter
 
 from toolkit.config import default_settings
-from toolkit.db.database import Connection, raise_translated
+from toolkit.db.database import Connection
+from toolkit.db.drivers import Fetch, acopy, arun, copy, run
 from toolkit.db.registry import (
     CURSOR_PARAMS,
     Kind,
@@ -43,6 +50,9 @@ from toolkit.errors import NotFound, QueryDefinitionError
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
 
+AsyncConnection = psycopg.AsyncConnection[Any]
+"""What the async forms take: an async connection or transaction."""
+
 
 @lru_cache(maxsize=1)
 def registry() -> QueryRegistry:
@@ -51,11 +61,20 @@ def registry() -> QueryRegistry:
 
 
 class Binding:
-    """A named query with the parameters its caller passes."""
+    """A named query with the parameters its caller passes; a value, run by a driver."""
 
     kind: Kind
+    fetch: Fetch = Fetch.ALL
+    """What the driver reads from the cursor for this kind."""
 
-    def __init__(self, name: str, params: Sequence[str], record: type[BaseModel] | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: Sequence[str],
+        record: type[BaseModel] | None,
+        *,
+        prepare: bool | None = None,
+    ) -> None:
         self.query: NamedQuery = registry()[name]
         if self.query.kind is not self.kind:
             raise QueryDefinitionError(
@@ -68,6 +87,10 @@ class Binding:
         self.name = name
         self.params = tuple(params)
         self.record = record
+        self.row_factory: Any = record_factory(record) if record is not None else None
+        # Queries with optional filters are planned with their actual values
+        # (prepare=False): a generic plan cannot drop the unused filters.
+        self.prepare = False if self.query.sortable else prepare
         # Rendered once per (sort, direction): composing costs more than the round trip.
         self._rendered: dict[tuple[str | None, bool], str] = {}
         BINDINGS.append(self)
@@ -81,35 +104,9 @@ class Binding:
             self._rendered[key] = text
         return text
 
-    def _execute(
-        self,
-        conn: Connection,
-        values: Mapping[str, Any],
-        row_factory: Any = None,
-        sort: str | None = None,
-        descending: bool = False,
-    ) -> psycopg.Cursor[Any]:
-        statement = self.statement_text(sort, descending)
-        try:
-            if row_factory is None:
-                cursor = conn.cursor()
-            else:
-                cursor = conn.cursor(row_factory=row_factory)
-                # The record factory parses json itself, straight into the field's type.
-                cursor.adapters.register_loader("jsonb", _JsonBytes)
-                cursor.adapters.register_loader("json", _JsonBytes)
-            # Queries with optional filters are planned with their actual values
-            # (prepare=False): a generic plan cannot drop the unused filters.
-            return cursor.execute(statement, values, prepare=False if self.query.sortable else None)
-        except psycopg.Error as exc:
-            raise_translated(exc, self.name)
-
-
-class _JsonBytes(Loader):
-    """json/jsonb as the bytes the server sent, for the record factory to parse."""
-
-    def load(self, data: Buffer) -> bytes:
-        return bytes(data)
+    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> Any:
+        """What the caller gets from what the driver fetched (the rows, by default)."""
+        return fetched
 
 
 BINDINGS: list[Binding] = []
@@ -131,8 +128,8 @@ def _converters(
 ) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
     """How each column that needs it becomes its field's value.
 
-    json/jsonb arrive as bytes on the toolkit's cursors (see ``_JsonBytes``):
-    typed fields are validated from JSON in one step, plain ones parsed.
+    json/jsonb arrive as bytes (see :mod:`toolkit.db.drivers`): typed fields
+    are validated from JSON in one step, plain ones parsed.
     """
     names = tuple(record.model_fields)
     description = cursor.description or ()
@@ -155,13 +152,11 @@ def _converters(
 
 
 def _from_json(adapter: TypeAdapter[Any] | None) -> Callable[[Any], Any]:
-    """A json column's converter: bytes from ``_JsonBytes`` are parsed straight into
-    the field's type; values another cursor already parsed are validated as they are."""
+    """A json column's converter: the bytes the drivers fetch, parsed straight into
+    the field's type (or plain JSON for untyped fields)."""
     if adapter is None:
-        return lambda value: json.loads(value) if isinstance(value, bytes) else value
-    from_json = adapter.validate_json
-    from_python = adapter.validate_python
-    return lambda value: from_json(value) if isinstance(value, bytes) else from_python(value)
+        return json.loads
+    return adapter.validate_json
 
 
 def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
@@ -209,31 +204,50 @@ class One(Binding, Generic[R]):
     """A ``:one`` query: exactly one record, or NotFound."""
 
     kind = Kind.ONE
+    fetch = Fetch.ONE
 
-    def __init__(self, name: str, record: type[R], params: Sequence[str], entity: str) -> None:
-        super().__init__(name, params, record)
+    def __init__(
+        self,
+        name: str,
+        record: type[R],
+        params: Sequence[str],
+        entity: str,
+        *,
+        prepare: bool | None = None,
+    ) -> None:
+        super().__init__(name, params, record, prepare=prepare)
         self.entity = entity
-        self._factory = record_factory(record)
+
+    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> R:
+        if fetched is None:
+            raise NotFound(self.entity, key if key is not None else dict(values))
+        return typing.cast(R, fetched)
 
     def __call__(self, conn: Connection, key: Any = None, /, **values: Any) -> R:
-        row: R | None = self._execute(conn, values, self._factory).fetchone()
-        if row is None:
-            raise NotFound(self.entity, key if key is not None else values)
-        return row
+        return typing.cast(R, run(conn, self, values, key=key))
+
+    async def acall(self, conn: AsyncConnection, key: Any = None, /, **values: Any) -> R:
+        """The same, on an async connection."""
+        return typing.cast(R, await arun(conn, self, values, key=key))
 
 
 class OneOrNone(Binding, Generic[R]):
     """An ``:optional`` query: one record or None."""
 
     kind = Kind.OPTIONAL
+    fetch = Fetch.ONE
 
-    def __init__(self, name: str, record: type[R], params: Sequence[str]) -> None:
-        super().__init__(name, params, record)
-        self._factory = record_factory(record)
+    def __init__(
+        self, name: str, record: type[R], params: Sequence[str], *, prepare: bool | None = None
+    ) -> None:
+        super().__init__(name, params, record, prepare=prepare)
 
     def __call__(self, conn: Connection, /, **values: Any) -> R | None:
-        row: R | None = self._execute(conn, values, self._factory).fetchone()
-        return row
+        return typing.cast(R | None, run(conn, self, values))
+
+    async def acall(self, conn: AsyncConnection, /, **values: Any) -> R | None:
+        """The same, on an async connection."""
+        return typing.cast(R | None, await arun(conn, self, values))
 
 
 class Returning(OneOrNone[R]):
@@ -247,9 +261,10 @@ class Many(Binding, Generic[R]):
 
     kind = Kind.MANY
 
-    def __init__(self, name: str, record: type[R], params: Sequence[str]) -> None:
-        super().__init__(name, params, record)
-        self._factory = record_factory(record)
+    def __init__(
+        self, name: str, record: type[R], params: Sequence[str], *, prepare: bool | None = None
+    ) -> None:
+        super().__init__(name, params, record, prepare=prepare)
 
     def __call__(
         self,
@@ -260,34 +275,60 @@ class Many(Binding, Generic[R]):
         descending: bool = False,
         **values: Any,
     ) -> list[R]:
-        rows: list[R] = self._execute(conn, values, self._factory, sort, descending).fetchall()
-        return rows
+        return typing.cast(list[R], run(conn, self, values, sort=sort, descending=descending))
+
+    async def acall(
+        self,
+        conn: AsyncConnection,
+        /,
+        *,
+        sort: str | None = None,
+        descending: bool = False,
+        **values: Any,
+    ) -> list[R]:
+        """The same, on an async connection."""
+        rows = await arun(conn, self, values, sort=sort, descending=descending)
+        return typing.cast(list[R], rows)
 
 
 class Scalar(Binding, Generic[T]):
     """A ``:scalar`` query: the first column of the first row (None without rows)."""
 
     kind = Kind.SCALAR
+    fetch = Fetch.ONE
 
-    def __init__(self, name: str, result: type[T], params: Sequence[str]) -> None:
-        super().__init__(name, params, None)
+    def __init__(
+        self, name: str, result: type[T], params: Sequence[str], *, prepare: bool | None = None
+    ) -> None:
+        super().__init__(name, params, None, prepare=prepare)
         self.result = result
 
+    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> T | None:
+        return None if fetched is None else typing.cast(T, fetched[0])
+
     def __call__(self, conn: Connection, /, **values: Any) -> T | None:
-        row = self._execute(conn, values).fetchone()
-        return None if row is None else typing.cast(T, row[0])
+        return typing.cast(T | None, run(conn, self, values))
+
+    async def acall(self, conn: AsyncConnection, /, **values: Any) -> T | None:
+        """The same, on an async connection."""
+        return typing.cast(T | None, await arun(conn, self, values))
 
 
 class Exec(Binding):
     """An ``:exec`` statement: the number of rows it affected."""
 
     kind = Kind.EXEC
+    fetch = Fetch.ROWCOUNT
 
-    def __init__(self, name: str, params: Sequence[str]) -> None:
-        super().__init__(name, params, None)
+    def __init__(self, name: str, params: Sequence[str], *, prepare: bool | None = None) -> None:
+        super().__init__(name, params, None, prepare=prepare)
 
     def __call__(self, conn: Connection, /, **values: Any) -> int:
-        return self._execute(conn, values).rowcount
+        return typing.cast(int, run(conn, self, values))
+
+    async def acall(self, conn: AsyncConnection, /, **values: Any) -> int:
+        """The same, on an async connection."""
+        return typing.cast(int, await arun(conn, self, values))
 
 
 class Copy(Binding):
@@ -299,12 +340,8 @@ class Copy(Binding):
         super().__init__(name, (), None)
 
     def __call__(self, conn: Connection, rows: Iterable[Sequence[Any]], /) -> int:
-        count = 0
-        try:
-            with conn.cursor() as cursor, cursor.copy(self.query.statement()) as copy:
-                for row in rows:
-                    copy.write_row(row)
-                    count += 1
-        except psycopg.Error as exc:
-            raise_translated(exc, self.name)
-        return count
+        return copy(conn, self, rows)
+
+    async def acall(self, conn: AsyncConnection, rows: Iterable[Sequence[Any]], /) -> int:
+        """The same, on an async connection."""
+        return await acopy(conn, self, rows)

@@ -121,8 +121,10 @@ def validate_patch(model: type[BaseModel], changes: Mapping[str, Any]) -> dict[s
             checked[name] = _field_adapter(model, name).validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]
+            where = ".".join([name, *(str(part) for part in first["loc"])])
+            shown = first.get("input")  # the part that failed, never the whole value
             raise InvalidInput(
-                f"{name}: {first['msg']} (got {bounded_repr(value)})", field=name, value=value
+                f"{where}: {first['msg']} (got {bounded_repr(shown)})", field=name, value=shown
             ) from None
     return checked
 

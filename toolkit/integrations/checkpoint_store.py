@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import psycopg
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from toolkit.db.bind import Binding, Exec, Many, Scalar, record_factory
+from toolkit.db import drivers
+from toolkit.db.bind import Binding, Exec, Many, Scalar
 from toolkit.db.database import Database, raise_translated
-from toolkit.db.registry import Kind
+from toolkit.errors import ToolkitError
 from toolkit.records import Record
 
 T = TypeVar("T")
@@ -121,19 +121,23 @@ PUT = Many(
         "metadata",
         *_BLOB_ARRAYS,
     ),
+    prepare=True,
 )
-PUT_WRITES = Exec("langgraph.put_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS))
-UPSERT_WRITES = Exec("langgraph.upsert_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS))
-GET = Many("langgraph.get", LgRow, ("thread_id", "checkpoint_ns", "upper"))
+# The hot path is prepared on first use (its plan never changes); queries with
+# optional filters are planned with their actual values.
+PUT_WRITES = Exec("langgraph.put_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
+UPSERT_WRITES = Exec("langgraph.upsert_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
+GET = Many("langgraph.get", LgRow, ("thread_id", "checkpoint_ns", "upper"), prepare=True)
 LIST = Many(
     "langgraph.list",
     LgRow,
     ("thread_id", "checkpoint_ns", "checkpoint_id", "before", "filter", "limit"),
+    prepare=False,
 )
 DELETE_THREADS = Exec("langgraph.delete_threads", ("thread_ids",))
 DELETE_RUNS = Many("langgraph.delete_runs", ThreadCount, ("run_ids",))
-KEEP_LAST = Many("langgraph.keep_last", ThreadCount, ("thread_ids", "keep", "skip"))
-DELTA_THREADS = Many("langgraph.delta_threads", ThreadId, ("thread_ids",))
+KEEP_LAST = Many("langgraph.keep_last", ThreadCount, ("thread_ids", "keep", "skip"), prepare=False)
+DELTA_THREADS = Many("langgraph.delta_threads", ThreadId, ("thread_ids",), prepare=False)
 DELETE_IDLE_THREADS = Many("langgraph.delete_idle_threads", ThreadCount, ("idle_for",))
 COLLECT_BLOBS = Exec("langgraph.collect_blobs", ("thread_ids",))
 COPY_THREAD = Exec("langgraph.copy_thread", ("source", "target"))
@@ -148,60 +152,16 @@ class Call(NamedTuple):
 
     binding: Binding
     params: dict[str, Any]
-    prepare: bool | None = None
-    """True for the hot path (prepared on first use, as the plan never changes);
-    False for queries with optional filters (planned with their actual values)."""
 
 
 Op = Generator[Call, Any, T]
 """An operation: yields calls, receives each one's result, returns its own."""
 
-_statements: dict[str, sql.Composed] = {}
 
-
-def _statement(binding: Binding) -> sql.Composed:
-    found = _statements.get(binding.name)
-    if found is None:
-        found = _statements[binding.name] = binding.query.statement()
-    return found
-
-
-def _row_factory(binding: Binding) -> Any:
-    return record_factory(binding.record) if binding.record is not None else None
-
-
-def _execute(conn: psycopg.Connection[Any], call: Call) -> Any:
-    binding = call.binding
-    factory = _row_factory(binding)
-    cursor = conn.cursor(row_factory=factory) if factory else conn.cursor()
-    cursor.execute(_statement(binding), call.params, prepare=call.prepare, binary=True)
-    if binding.kind is Kind.EXEC:
-        return cursor.rowcount
-    if binding.kind is Kind.SCALAR:
-        row = cursor.fetchone()
-        return None if row is None else row[0]
-    return cursor.fetchall()
-
-
-async def _aexecute(conn: psycopg.AsyncConnection[Any], call: Call) -> Any:
-    binding = call.binding
-    factory = _row_factory(binding)
-    cursor = conn.cursor(row_factory=factory) if factory else conn.cursor()
-    await cursor.execute(_statement(binding), call.params, prepare=call.prepare, binary=True)
-    if binding.kind is Kind.EXEC:
-        return cursor.rowcount
-    if binding.kind is Kind.SCALAR:
-        row = await cursor.fetchone()
-        return None if row is None else row[0]
-    return await cursor.fetchall()
-
-
-def _step(op: Op[T], result: Any, error: psycopg.Error | None, name: str) -> Call:
-    """The operation's next call; StopIteration carries its return value."""
-    try:
-        return op.throw(error) if error is not None else op.send(result)
-    except psycopg.Error as exc:
-        raise_translated(exc, name)
+def _step(op: Op[T], result: Any, error: ToolkitError | None) -> Call:
+    """The operation's next call (a failed one's error is thrown into it, to handle or
+    let through); StopIteration carries its return value."""
+    return op.throw(error) if error is not None else op.send(result)
 
 
 def run(db: Database, op: Op[T], *, transaction: bool = False) -> T:
@@ -209,17 +169,16 @@ def run(db: Database, op: Op[T], *, transaction: bool = False) -> T:
     context = db.transaction() if transaction else db.connection()
     with context as conn:
         result: Any = None
-        error: psycopg.Error | None = None
-        name = "langgraph"
+        error: ToolkitError | None = None
         while True:
             try:
-                call = _step(op, result, error, name)
+                call = _step(op, result, error)
             except StopIteration as stop:
                 return cast(T, stop.value)
-            name, error = call.binding.name, None
+            error = None
             try:
-                result = _execute(conn, call)
-            except psycopg.Error as exc:
+                result = drivers.run(conn, call.binding, call.params)
+            except ToolkitError as exc:
                 error = exc
 
 
@@ -238,17 +197,16 @@ async def arun(pool: AsyncConnectionPool[Any], op: Op[T], *, transaction: bool =
 
 async def _adrive(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
     result: Any = None
-    error: psycopg.Error | None = None
-    name = "langgraph"
+    error: ToolkitError | None = None
     while True:
         try:
-            call = _step(op, result, error, name)
+            call = _step(op, result, error)
         except StopIteration as stop:
             return cast(T, stop.value)
-        name, error = call.binding.name, None
+        error = None
         try:
-            result = await _aexecute(conn, call)
-        except psycopg.Error as exc:
+            result = await drivers.arun(conn, call.binding, call.params)
+        except ToolkitError as exc:
             error = exc
 
 

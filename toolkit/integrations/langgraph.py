@@ -82,13 +82,12 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, cast
 
-from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from toolkit.config import Settings, default_settings
 from toolkit.db.database import Database
-from toolkit.errors import ConfigurationError, InvalidInput
+from toolkit.errors import ConfigurationError, InvalidInput, InvalidReference
 from toolkit.integrations.checkpoint_store import (
     COLLECT_BLOBS,
     COPY_THREAD,
@@ -463,7 +462,6 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "checkpoint_ns": checkpoint_ns,
                 "upper": str(wanted) if wanted else _LATEST,
             },
-            prepare=True,
         )
         tuples = self._tuples(rows)
         if not tuples:
@@ -497,7 +495,6 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "filter": _jsonb(filter or {}, "filter"),
                 "limit": None if limit is None else max(0, limit),
             },
-            prepare=False,
         )
         return self._tuples(rows)
 
@@ -540,14 +537,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         }
         try:
             inserted: builtins.list[InsertedChannel] = yield Call(
-                PUT, {**params, **_blob_arrays(rows)}, prepare=True
+                PUT, {**params, **_blob_arrays(rows)}
             )
-        except pg_errors.ForeignKeyViolation:
+        except InvalidReference:
             # A delta's base was deleted meanwhile (retention): store values whole.
             for row in rows:
                 if row.segment is not None:
                     row.segment = plan_list(row.data, row.version, None)
-            inserted = yield Call(PUT, {**params, **_blob_arrays(rows)}, prepare=True)
+            inserted = yield Call(PUT, {**params, **_blob_arrays(rows)})
         written = {item.channel for item in inserted}
         for row in rows:
             if row.segment is None:
@@ -597,7 +594,6 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "types": types,
                 "blobs": blobs,
             },
-            prepare=True,
         )
 
     def _delete_runs(self, run_ids: Sequence[str]) -> Op[None]:
@@ -654,18 +650,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         if keep_last is not None and ids != []:
             # A DeltaChannel rebuilds its value from the writes of earlier checkpoints:
             # trimming them would silently empty it, so such threads are left whole.
-            delta: builtins.list[ThreadId] = yield Call(
-                DELTA_THREADS, {"thread_ids": ids}, prepare=False
-            )
+            delta: builtins.list[ThreadId] = yield Call(DELTA_THREADS, {"thread_ids": ids})
             skipped = sorted(row.thread_id for row in delta)
             if skipped and refuse_delta:
                 raise NotImplementedError(
                     "keep_latest cannot prune threads whose graphs use a DeltaChannel: "
                     + ", ".join(skipped)
                 )
-            trimmed = yield Call(
-                KEEP_LAST, {"thread_ids": ids, "keep": keep_last, "skip": skipped}, prepare=False
-            )
+            trimmed = yield Call(KEEP_LAST, {"thread_ids": ids, "keep": keep_last, "skip": skipped})
             touched = [row.thread_id for row in trimmed]
             if touched:
                 values = yield Call(COLLECT_BLOBS, {"thread_ids": touched})

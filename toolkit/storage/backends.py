@@ -47,6 +47,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from toolkit.config import mask_password
 from toolkit.errors import ConfigurationError, IntegrityError, InvalidInput, bounded_repr
 from toolkit.storage.base import ObjectInfo, Storage, content_disposition
 from toolkit.storage.sniff import download_type
@@ -605,7 +606,7 @@ def open_storage(url: str) -> Storage:
     if url.startswith("file://"):
         path = url[len("file://") :]
         if not path or "?" in path or "#" in path:
-            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: bad file URL {url!r}")
+            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: bad file URL {mask_password(url)!r}")
         return LocalStorage(path)
     if url.startswith("memory://"):
         name = url[len("memory://") :].strip("/")
@@ -615,7 +616,7 @@ def open_storage(url: str) -> Storage:
     if url.startswith("s3://"):
         parts = urlsplit(url)
         if not parts.netloc:
-            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: no bucket in {url!r}")
+            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: no bucket in {mask_password(url)!r}")
         query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
         unknown = set(query) - {"endpoint", "region", "checksum"}
         if unknown:
