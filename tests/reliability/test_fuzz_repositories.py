@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 import toolkit.repositories
 from tests.core.factories import make_agent, make_execution, make_user
+from toolkit.db.patterns import Entity
 from toolkit.errors import (
     Conflict,
     IllegalTransition,
@@ -92,12 +93,17 @@ def _fuzz_cases() -> list[Any]:
 
 
 def public_functions(module: ModuleType) -> list[Callable[..., Any]]:
-    """The functions a caller of ``module`` may call: defined there, not private."""
-    return [
-        function
-        for name, function in inspect.getmembers(module, inspect.isfunction)
-        if function.__module__ == module.__name__ and not name.startswith("_")
-    ]
+    """The functions a caller of ``module`` may call: defined there, or the module's
+    operations from ``toolkit.db.patterns.Entity`` (``get = _entity.get``); not private."""
+
+    def offered(name: str, member: Any) -> bool:
+        if name.startswith("_"):
+            return False
+        if inspect.isfunction(member):
+            return bool(member.__module__ == module.__name__)
+        return inspect.ismethod(member) and isinstance(member.__self__, Entity)
+
+    return [member for name, member in inspect.getmembers(module) if offered(name, member)]
 
 
 # Values

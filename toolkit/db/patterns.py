@@ -20,6 +20,7 @@ bounded (:func:`toolkit.errors.bounded_repr`).
 from __future__ import annotations
 
 import base64
+import builtins
 import binascii
 import json
 from collections.abc import Callable, Iterator, Mapping
@@ -27,7 +28,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Generic, TypeVar
 from uuid import UUID
 
 from psycopg.pq import TransactionStatus
@@ -446,3 +447,157 @@ def record_audit(
         },
     )
     return insert_audit_event(conn, event)
+
+
+F = TypeVar("F", bound=BaseModel)
+
+
+class Entity(Generic[R, F]):
+    """The plain operations of one entity, from its named queries, in one place.
+
+    A repository module declares what differs (table, record, filter model,
+    entity name, create model, jsonb columns, patchable columns, whether it
+    has ``search`` and ``delete``) and exposes these methods as its functions
+    (``get = _entity.get``); only real behaviour (leases, transitions,
+    credentials, chains) is written by hand. The queries it binds are
+    ``<table>.get``, ``.list`` (keyset, filtered by the filter model's
+    fields), ``.count``, and as declared ``.create`` (parameters: the create
+    model's fields), ``.search``, ``.update`` with ``.current_version``
+    (``patchable``), and ``.delete``.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        record: type[R],
+        filters: type[F],
+        *,
+        entity: str,
+        create: type[BaseModel] | None = None,
+        json_columns: tuple[str, ...] = (),
+        audit_fields: tuple[str, ...] = (),
+        search: bool = False,
+        patchable: tuple[str, ...] = (),
+        delete: bool = True,
+    ) -> None:
+        fields = tuple(filters.model_fields)
+        self.entity = entity
+        self.filters = filters
+        self.create_model = create
+        self.json_columns = json_columns
+        self.audit_fields = audit_fields
+        self.patchable = patchable
+        self._get = One(f"{table}.get", record, ("id",), entity=entity)
+        self._list = Many(f"{table}.list", record, (*fields, "limit"))
+        self._count = Scalar(f"{table}.count", int, fields)
+        self._create = (
+            One(f"{table}.create", record, tuple(create.model_fields), entity=entity)
+            if create is not None
+            else None
+        )
+        self._delete = Exec(f"{table}.delete", ("id",)) if delete else None
+        self._search = Many(f"{table}.search", record, ("text", "limit")) if search else None
+        self._update: Returning[R] | None = None
+        if patchable:
+            flags = tuple(f"set_{column}" for column in patchable)
+            self._update = Returning(
+                f"{table}.update", record, ("id", "expected_version", *patchable, *flags)
+            )
+            self._current_version = Scalar(f"{table}.current_version", int, ("id",))
+
+    def _stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        for column in self.json_columns:
+            if column in values:
+                values[column] = jsonb(values[column])
+        return values
+
+    def create(
+        self, conn: Connection, data: BaseModel | Mapping[str, Any], *, audit: Audit | None = None
+    ) -> R:
+        """Validate ``data`` with the create model and insert it, with its audit event;
+        InvalidReference when a foreign key points nowhere, Conflict on a unique rule."""
+        if self.create_model is None or self._create is None:
+            raise NotImplementedError(f"{self.entity} is not created this way")
+        given = validate(self.create_model, data)
+        values = self._stored({name: getattr(given, name) for name in type(given).model_fields})
+        with atomic(conn):
+            created = self._create(conn, **values)
+            details = {name: getattr(created, name) for name in self.audit_fields}
+            record_audit(conn, audit, f"{self.entity}.created", created.id, details)  # type: ignore[attr-defined]
+        return created
+
+    def get(self, conn: Connection, entity_id: UUID | str) -> R:
+        """The row with this id, as its record; NotFound otherwise."""
+        key = parse_id(entity_id)
+        return self._get(conn, key, id=key)
+
+    def list(
+        self,
+        conn: Connection,
+        filters: F | Mapping[str, Any] | None = None,
+        *,
+        sort: str = "created_at",
+        descending: bool = False,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> Page[R]:
+        """A keyset page, filtered by the filter model's fields; sort from the query's
+        ``-- sort:`` whitelist; pass the page's ``next_cursor`` for the next one."""
+        where = validate(self.filters, filters)
+        return list_page(
+            self._list,
+            conn,
+            where.model_dump(),
+            sort=sort,
+            descending=descending,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def count(self, conn: Connection, filters: F | Mapping[str, Any] | None = None) -> int:
+        """How many rows match the filters."""
+        return self._count(conn, **validate(self.filters, filters).model_dump()) or 0
+
+    def search(
+        self, conn: Connection, text: str, *, limit: int = DEFAULT_LIMIT
+    ) -> builtins.list[R]:
+        """Rows whose name or title contains ``text``, case-insensitively; ``%`` and ``_``
+        are literal."""
+        if self._search is None:
+            raise NotImplementedError(f"{self.entity} has no search")
+        return self._search(conn, text=check_search_text(text), limit=check_limit(limit))
+
+    def update(
+        self,
+        conn: Connection,
+        entity_id: UUID | str,
+        *,
+        expected_version: int,
+        changes: Mapping[str, Any],
+        audit: Audit | None = None,
+    ) -> R:
+        """Change the given fields (UNSET ones keep their value; None sets NULL) at
+        ``expected_version``; StaleVersion when the row moved on, NotFound when gone."""
+        if self.create_model is None or self._update is None:
+            raise NotImplementedError(f"{self.entity} has no update")
+        key = parse_id(entity_id)
+        values = self._stored(validate_patch(self.create_model, changed_fields(changes)))
+        return guarded_update(
+            conn,
+            self._update,
+            lambda c, k: self._current_version(c, id=k),
+            entity=self.entity,
+            key=key,
+            expected_version=expected_version,
+            changes=values,
+            columns=self.patchable,
+            audit=audit,
+        )
+
+    def delete(
+        self, conn: Connection, entity_id: UUID | str, *, audit: Audit | None = None
+    ) -> None:
+        """Delete the row (and what cascades from it); NotFound if there is none."""
+        if self._delete is None:
+            raise NotImplementedError(f"{self.entity} rows are never deleted")
+        delete_row(conn, self._delete, entity=self.entity, key=parse_id(entity_id), audit=audit)

@@ -11,65 +11,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from uuid import UUID
 
-from toolkit.db.bind import Many, One, Scalar
+from toolkit.db.bind import Many
 from toolkit.db.database import Connection
 from toolkit.db.patterns import (
-    DEFAULT_LIMIT,
+    Entity,
     insert_audit_event,
-    list_page,
-    parse_id,
     validate,
 )
-from toolkit.records import AuditEvent, AuditEventCreate, AuditFilter, ChainLink, ChainReport, Page
+from toolkit.records import AuditEvent, AuditEventCreate, AuditFilter, ChainLink, ChainReport
 
 ENTITY = "audit event"
-_FILTERS = ("entity", "entity_id", "actor_id")
 _CHAIN_BATCH = 1000
 
-_get = One("audit_events.get", AuditEvent, ("id",), entity=ENTITY)
-_list = Many("audit_events.list", AuditEvent, (*_FILTERS, "limit"))
-_count = Scalar("audit_events.count", int, _FILTERS)
 _chain = Many("audit_events.chain", ChainLink, ("after_seq", "limit"))
+_entity: Entity[AuditEvent, AuditFilter] = Entity(
+    "audit_events",
+    AuditEvent,
+    AuditFilter,
+    entity=ENTITY,
+    delete=False,
+)
+
+get = _entity.get
+list = _entity.list
+count = _entity.count
 
 
 def record(conn: Connection, data: AuditEventCreate | Mapping[str, Any]) -> AuditEvent:
     """Append one event; call it inside the transaction of the change it records."""
     return insert_audit_event(conn, validate(AuditEventCreate, data))
-
-
-def get(conn: Connection, event_id: UUID | str) -> AuditEvent:
-    """The audit event with this id; NotFound otherwise."""
-    key = parse_id(event_id)
-    return _get(conn, key, id=key)
-
-
-def list(
-    conn: Connection,
-    filters: AuditFilter | Mapping[str, Any] | None = None,
-    *,
-    sort: str = "created_at",
-    descending: bool = False,
-    limit: int = DEFAULT_LIMIT,
-    cursor: str | None = None,
-) -> Page[AuditEvent]:
-    """A keyset page of events; filter by ``entity``, ``entity_id``, ``actor_id``."""
-    where = validate(AuditFilter, filters)
-    return list_page(
-        _list,
-        conn,
-        where.model_dump(),
-        sort=sort,
-        descending=descending,
-        limit=limit,
-        cursor=cursor,
-    )
-
-
-def count(conn: Connection, filters: AuditFilter | Mapping[str, Any] | None = None) -> int:
-    """How many events match the filters."""
-    return _count(conn, **validate(AuditFilter, filters).model_dump()) or 0
 
 
 def verify_chain(conn: Connection) -> ChainReport:

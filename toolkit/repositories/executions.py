@@ -16,26 +16,21 @@ from uuid import UUID
 
 from pydantic import Field, StringConstraints
 
-from toolkit.db.bind import Exec, Many, One, Returning, Scalar
+from toolkit.db.bind import Many, Returning, Scalar
 from toolkit.db.database import Connection
 from toolkit.db.patterns import (
-    DEFAULT_LIMIT,
     Audit,
-    atomic,
+    Entity,
     check_limit,
-    delete_row,
     jsonb,
-    list_page,
     parse_id,
-    record_audit,
     transition,
     validate,
 )
-from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject, Page
+from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject
 
 ENTITY = "execution"
 DEFAULT_LEASE_SECONDS = 60.0
-_FILTERS = ("status", "workflow_id")
 _LEASE = ("worker_id", "lease_seconds")
 
 
@@ -51,10 +46,6 @@ class _Outcome(Input):
     error: Annotated[str, StringConstraints(max_length=10000, pattern=r"^[^\x00]*$")] | None = None
 
 
-_create = One("executions.create", Execution, ("workflow_id", "input"), entity=ENTITY)
-_get = One("executions.get", Execution, ("id",), entity=ENTITY)
-_list = Many("executions.list", Execution, (*_FILTERS, "limit"))
-_count = Scalar("executions.count", int, _FILTERS)
 _start = Returning("executions.start", Execution, ("id", *_LEASE))
 _claim_next = Returning("executions.claim_next", Execution, _LEASE)
 _renew_lease = Returning("executions.renew_lease", Execution, ("id", *_LEASE))
@@ -63,51 +54,20 @@ _fail = Returning("executions.fail", Execution, ("id", "error"))
 _cancel = Returning("executions.cancel", Execution, ("id",))
 _requeue_expired = Many("executions.requeue_expired", Execution, ("limit",))
 _current_status = Scalar("executions.current_status", str, ("id",))
-_delete = Exec("executions.delete", ("id",))
+_entity: Entity[Execution, ExecutionFilter] = Entity(
+    "executions",
+    Execution,
+    ExecutionFilter,
+    entity=ENTITY,
+    create=ExecutionCreate,
+    json_columns=("input",),
+)
 
-
-def create(
-    conn: Connection, data: ExecutionCreate | Mapping[str, Any], *, audit: Audit | None = None
-) -> Execution:
-    """Create a pending execution; InvalidReference if the workflow is missing."""
-    execution = validate(ExecutionCreate, data)
-    with atomic(conn):
-        created = _create(conn, workflow_id=execution.workflow_id, input=jsonb(execution.input))
-        record_audit(conn, audit, "execution.created", created.id)
-    return created
-
-
-def get(conn: Connection, execution_id: UUID | str) -> Execution:
-    """The execution with this id; NotFound otherwise."""
-    key = parse_id(execution_id)
-    return _get(conn, key, id=key)
-
-
-def list(
-    conn: Connection,
-    filters: ExecutionFilter | Mapping[str, Any] | None = None,
-    *,
-    sort: str = "created_at",
-    descending: bool = False,
-    limit: int = DEFAULT_LIMIT,
-    cursor: str | None = None,
-) -> Page[Execution]:
-    """A keyset page of executions; filter by ``status`` and ``workflow_id``."""
-    where = validate(ExecutionFilter, filters)
-    return list_page(
-        _list,
-        conn,
-        where.model_dump(),
-        sort=sort,
-        descending=descending,
-        limit=limit,
-        cursor=cursor,
-    )
-
-
-def count(conn: Connection, filters: ExecutionFilter | Mapping[str, Any] | None = None) -> int:
-    """How many executions match the filters."""
-    return _count(conn, **validate(ExecutionFilter, filters).model_dump()) or 0
+create = _entity.create
+get = _entity.get
+list = _entity.list
+count = _entity.count
+delete = _entity.delete
 
 
 def start(
@@ -219,8 +179,3 @@ def cancel(conn: Connection, execution_id: UUID | str, *, audit: Audit | None = 
 def requeue_expired(conn: Connection, *, limit: int = 100) -> builtins.list[Execution]:
     """Return up to ``limit`` running executions whose lease expired to pending."""
     return _requeue_expired(conn, limit=check_limit(limit))
-
-
-def delete(conn: Connection, execution_id: UUID | str, *, audit: Audit | None = None) -> None:
-    """Delete an execution and its checkpoints; NotFound if no such execution."""
-    delete_row(conn, _delete, entity=ENTITY, key=parse_id(execution_id), audit=audit)

@@ -6,48 +6,32 @@ that :func:`touch` extends. An ended or expired session refuses changes.
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
-from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
+from toolkit.db.bind import Exec, OneOrNone, Returning
 from toolkit.db.database import Connection
 from toolkit.db.patterns import (
-    DEFAULT_LIMIT,
     UNSET,
     Audit,
+    Entity,
     Unset,
     atomic,
     changed_fields,
     check_limit,
-    check_search_text,
-    delete_row,
     guarded_update,
     jsonb,
-    list_page,
     parse_id,
     record_audit,
-    validate,
     validate_patch,
 )
 from toolkit.errors import IllegalTransition, NotFound, RetryableConflict
-from toolkit.records import Page, Session, SessionCreate, SessionFilter, SessionState
+from toolkit.records import Session, SessionCreate, SessionFilter, SessionState
 
 ENTITY = "session"
-_FILTERS = ("user_id", "agent_id")
 _PATCHABLE = ("title", "state")
 
-_create = One(
-    "sessions.create",
-    Session,
-    ("user_id", "agent_id", "title", "state", "ttl_seconds"),
-    entity=ENTITY,
-)
-_get = One("sessions.get", Session, ("id",), entity=ENTITY)
-_list = Many("sessions.list", Session, (*_FILTERS, "limit"))
-_count = Scalar("sessions.count", int, _FILTERS)
-_search = Many("sessions.search", Session, ("text", "limit"))
 _update = Returning(
     "sessions.update",
     Session,
@@ -57,63 +41,22 @@ _touch = Returning("sessions.touch", Session, ("id", "ttl_seconds"))
 _end = Returning("sessions.end", Session, ("id",))
 _current_state = OneOrNone("sessions.current_state", SessionState, ("id",))
 _purge_expired = Exec("sessions.purge_expired", ("limit",))
-_delete = Exec("sessions.delete", ("id",))
+_entity: Entity[Session, SessionFilter] = Entity(
+    "sessions",
+    Session,
+    SessionFilter,
+    entity=ENTITY,
+    create=SessionCreate,
+    json_columns=("state",),
+    search=True,
+)
 
-
-def create(
-    conn: Connection, data: SessionCreate | Mapping[str, Any], *, audit: Audit | None = None
-) -> Session:
-    """Open a session expiring ``ttl_seconds`` from now (a day by default)."""
-    session = validate(SessionCreate, data)
-    with atomic(conn):
-        created = _create(
-            conn,
-            user_id=session.user_id,
-            agent_id=session.agent_id,
-            title=session.title,
-            state=jsonb(session.state),
-            ttl_seconds=session.ttl_seconds,
-        )
-        record_audit(conn, audit, "session.created", created.id)
-    return created
-
-
-def get(conn: Connection, session_id: UUID | str) -> Session:
-    """The session with this id; NotFound otherwise."""
-    key = parse_id(session_id)
-    return _get(conn, key, id=key)
-
-
-def list(
-    conn: Connection,
-    filters: SessionFilter | Mapping[str, Any] | None = None,
-    *,
-    sort: str = "created_at",
-    descending: bool = False,
-    limit: int = DEFAULT_LIMIT,
-    cursor: str | None = None,
-) -> Page[Session]:
-    """A keyset page of sessions; filter by ``user_id`` and ``agent_id``."""
-    where = validate(SessionFilter, filters)
-    return list_page(
-        _list,
-        conn,
-        where.model_dump(),
-        sort=sort,
-        descending=descending,
-        limit=limit,
-        cursor=cursor,
-    )
-
-
-def count(conn: Connection, filters: SessionFilter | Mapping[str, Any] | None = None) -> int:
-    """How many sessions match the filters."""
-    return _count(conn, **validate(SessionFilter, filters).model_dump()) or 0
-
-
-def search(conn: Connection, text: str, *, limit: int = DEFAULT_LIMIT) -> builtins.list[Session]:
-    """Sessions whose title contains ``text``, case-insensitively."""
-    return _search(conn, text=check_search_text(text), limit=check_limit(limit))
+create = _entity.create
+get = _entity.get
+list = _entity.list
+count = _entity.count
+search = _entity.search
+delete = _entity.delete
 
 
 def update(
@@ -173,11 +116,6 @@ def end(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None)
 def purge_expired(conn: Connection, *, limit: int = 1000) -> int:
     """Delete up to ``limit`` expired sessions; returns how many went."""
     return _purge_expired(conn, limit=check_limit(limit))
-
-
-def delete(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None) -> None:
-    """Delete a session; NotFound if no such session."""
-    delete_row(conn, _delete, entity=ENTITY, key=parse_id(session_id), audit=audit)
 
 
 def _current_version(conn: Connection, key: UUID) -> int | None:
