@@ -20,8 +20,8 @@ bounded (:func:`toolkit.errors.bounded_repr`).
 from __future__ import annotations
 
 import base64
-import builtins
 import binascii
+import builtins
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
