@@ -108,19 +108,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_relay(args: argparse.Namespace) -> int:
-    from toolkit.messaging.cli import relay_command
+    from toolkit.workflows.commands import relay_command
 
     return relay_command(args)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from toolkit.messaging.cli import worker_command
+    from toolkit.workflows.commands import worker_command
 
     return worker_command(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from toolkit.demo import run_demo
+    from toolkit.workflows.demo import run_demo
 
     return run_demo(_settings(args), embedded=args.embedded)
 
@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run on an embedded PostgreSQL (needs the toolkit[embedded] extra)",
     )
-    from toolkit.messaging.cli import add_relay_arguments, add_worker_arguments
     from toolkit.storage.cli import add_storage_commands
+    from toolkit.workflows.commands import add_relay_arguments, add_worker_arguments
 
     add_relay_arguments(
         command("relay", _cmd_relay, "publish committed outbox messages to RabbitMQ until SIGTERM")

@@ -24,12 +24,12 @@ from toolkit.messaging import (
     WorkflowExecute,
     inbox,
     outbox,
-    service,
 )
-from toolkit.messaging.cli import add_relay_arguments, add_worker_arguments, relay_command
-from toolkit.messaging.demo import run_demo_messaging
 from toolkit.records import Execution
 from toolkit.repositories import Audit, executions
+from toolkit.workflows import service
+from toolkit.workflows.commands import add_relay_arguments, add_worker_arguments, relay_command
+from toolkit.workflows.demo_messaging import run_demo_messaging
 
 from ..core.factories import make_workflow
 from ..support.tcp_proxy import TcpProxy

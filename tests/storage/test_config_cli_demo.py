@@ -14,7 +14,7 @@ from toolkit.errors import ConfigurationError
 from toolkit.storage import FileStore, LocalStorage, MemoryStorage, S3Storage, open_storage
 from toolkit.storage import repository as files
 from toolkit.storage.cli import add_storage_commands
-from toolkit.storage.demo import store_demo_report
+from toolkit.workflows.demo_storage import store_demo_report
 
 from .conftest import PYFS_AVAILABLE, s3_url
 

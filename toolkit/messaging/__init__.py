@@ -2,20 +2,22 @@
 
 ::
 
-    from toolkit.messaging import Topology, outbox, service
+    from toolkit.messaging import AuditLog, outbox
 
     with db.transaction() as tx:
-        execution = service.start_execution(tx, workflow.id, {"paper": "..."})
-    # the relay (``toolkit relay``) publishes workflow.execute once tx commits;
-    # a worker (``toolkit worker``) runs it and enqueues notification.send.
+        ...  # the change
+        outbox.enqueue(tx, AuditLog(action="workflow.viewed", entity="workflow"))
+    # the relay (``toolkit relay``) publishes it once tx commits; a worker
+    # (``toolkit worker``) consumes it.
 
 Modules: :mod:`~toolkit.messaging.topology` (exchanges and queues),
 :mod:`~toolkit.messaging.models` (one model per queue),
 :mod:`~toolkit.messaging.publisher` (confirmed and pipelined publishing),
 :mod:`~toolkit.messaging.outbox` (enqueue in the caller's transaction; the
 relay), :mod:`~toolkit.messaging.inbox` (deduplication),
-:mod:`~toolkit.messaging.consumer` (the worker and its retry ladder),
-:mod:`~toolkit.messaging.service` (the domain wiring and long work).
+:mod:`~toolkit.messaging.consumer` (the worker and its retry ladder).
+The domain's use of them (executions, handlers) is the application layer,
+:mod:`toolkit.workflows`; nothing here imports it.
 """
 
 from toolkit.errors import (
@@ -25,7 +27,7 @@ from toolkit.errors import (
     TopologyDrift,
     Unroutable,
 )
-from toolkit.messaging import inbox, outbox, service
+from toolkit.messaging import inbox, outbox
 from toolkit.messaging.connection import ConnectionOptions
 from toolkit.messaging.consumer import Delivery, Handler, Periodic, Worker, run_worker
 from toolkit.messaging.models import (
@@ -65,5 +67,4 @@ __all__ = [
     "inbox",
     "outbox",
     "run_worker",
-    "service",
 ]

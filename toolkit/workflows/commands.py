@@ -20,10 +20,10 @@ from toolkit.config import Settings, load_settings
 from toolkit.db.database import Database
 from toolkit.messaging import inbox
 from toolkit.messaging.consumer import Periodic, Worker, run_worker
-from toolkit.messaging.handlers import default_handlers, echo_work, load_callable
 from toolkit.messaging.outbox import Relay
-from toolkit.messaging.service import sweep_expired
 from toolkit.messaging.topology import WORK_QUEUES, Topology
+from toolkit.workflows.handlers import default_handlers, echo_work, load_callable
+from toolkit.workflows.service import sweep_expired
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from toolkit.errors import ToolkitError, Unavailable
 from toolkit.messaging import inbox, outbox
 from toolkit.messaging.connection import ConnectionOptions, close_quietly, connect
 from toolkit.messaging.consumer import Delivery, Worker
-from toolkit.messaging.handlers import echo_work, log_audit, notification_line
 from toolkit.messaging.models import NotificationSend
 from toolkit.messaging.outbox import Relay
-from toolkit.messaging.service import WorkFunction, start_execution, workflow_handler
 from toolkit.messaging.topology import Topology, delete
 from toolkit.repositories import executions
+from toolkit.workflows.handlers import echo_work, log_audit, notification_line
+from toolkit.workflows.service import WorkFunction, start_execution, workflow_handler
 
 
 def run_demo_messaging(

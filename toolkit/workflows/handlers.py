@@ -18,8 +18,8 @@ from toolkit.errors import ConfigurationError
 from toolkit.messaging import inbox
 from toolkit.messaging.consumer import Delivery, Handler
 from toolkit.messaging.models import AuditLog, NotificationSend
-from toolkit.messaging.service import WorkFunction, workflow_handler
 from toolkit.records import Execution
+from toolkit.workflows.service import WorkFunction, workflow_handler
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from toolkit.config import Settings, mask_password
 from toolkit.db.database import Database, connection_failure
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
-from toolkit.messaging.demo import run_demo_messaging
 from toolkit.records import Agent
 from toolkit.repositories import (
     Audit,
@@ -42,7 +41,8 @@ from toolkit.repositories import (
     users,
     workflows,
 )
-from toolkit.storage.demo import store_demo_report
+from toolkit.workflows.demo_messaging import run_demo_messaging
+from toolkit.workflows.demo_storage import store_demo_report
 
 
 def _reachable(url: str) -> bool:
