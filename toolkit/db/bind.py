@@ -86,6 +86,7 @@ class Binding:
         check_params(self.query, params)
         self.name = name
         self.params = tuple(params)
+        self.param_set = frozenset(self.params)
         self.record = record
         self.row_factory: Any = record_factory(record) if record is not None else None
         # Queries with optional filters are planned with their actual values
@@ -103,6 +104,21 @@ class Binding:
             text = self.query.statement(sort, descending).as_string(None)
             self._rendered[key] = text
         return text
+
+    def check_values(self, values: Mapping[str, Any]) -> None:
+        """Refuse a call whose parameter names are not exactly the binding's.
+
+        A misspelt or missing keyword at a call site fails on its first run
+        (every public function runs in the test suite), naming the query and
+        the names, before anything is sent.
+        """
+        if values.keys() != self.param_set:
+            given = set(values)
+            raise QueryDefinitionError(
+                f"{self.query.location}: {self.name} called with "
+                f"unknown {sorted(given - self.param_set)} and "
+                f"missing {sorted(self.param_set - given)} parameter(s)"
+            )
 
     def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> Any:
         """What the caller gets from what the driver fetched (the rows, by default)."""

@@ -81,6 +81,7 @@ def run(
     descending: bool = False,
 ) -> Any:
     """Run ``query`` with ``values`` on a sync connection; the kind's result."""
+    query.check_values(values)
     _json_as_bytes(conn)
     statement = query.statement_text(sort, descending)
     try:
@@ -107,6 +108,7 @@ async def arun(
     descending: bool = False,
 ) -> Any:
     """Run ``query`` with ``values`` on an async connection; the kind's result."""
+    query.check_values(values)
     _json_as_bytes(conn)
     statement = query.statement_text(sort, descending)
     try:

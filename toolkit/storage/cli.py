@@ -9,17 +9,13 @@ import argparse
 from typing import Any
 
 from toolkit.config import load_settings
-
-DEFAULT_GRACE_SECONDS = 3600.0
-"""Kept equal to toolkit.storage.filestore.DEFAULT_GRACE_SECONDS (not imported: fast --help)."""
+from toolkit.db.database import Database
+from toolkit.storage.backends import open_storage
+from toolkit.storage.filestore import DEFAULT_GRACE_SECONDS, FileStore
 
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Run one sweep against the configured database and storage; prints what it did."""
-    from toolkit.db.database import Database  # noqa: PLC0415 - fast --help
-    from toolkit.storage.backends import open_storage  # noqa: PLC0415
-    from toolkit.storage.filestore import FileStore  # noqa: PLC0415
-
     overrides: dict[str, Any] = {}
     if getattr(args, "database_url", None):
         overrides["database_url"] = args.database_url
