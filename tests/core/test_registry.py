@@ -146,9 +146,9 @@ def test_statements_carry_their_query_name(conn, superuser) -> None:
 
 
 def test_a_misspelt_or_missing_parameter_fails_before_anything_is_sent(conn) -> None:
-    from toolkit.db.bind import BINDINGS
+    from toolkit.repositories import agents
 
-    get = next(b for b in BINDINGS if b.name == "agents.get")
+    get = agents._entity._get
     with pytest.raises(QueryDefinitionError, match=r"agents\.get called with unknown \['idd'\]"):
         get(conn, idd="00000000-0000-4000-8000-000000000000")
     with pytest.raises(QueryDefinitionError, match=r"missing \['id'\]"):
