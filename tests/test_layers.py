@@ -71,3 +71,14 @@ def test_no_module_imports_another_by_name_except_the_catalog_of_the_application
     # storage loads its own submodules lazily (same layer); the worker loads the
     # application's handlers named on its command line (the top of the house)
     assert by_name == ["toolkit.storage", "toolkit.workflows.handlers"]
+
+
+def test_settings_do_not_import_the_database_driver() -> None:
+    tree = ast.parse((TOOLKIT / "config.py").read_text(encoding="utf-8"))
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {name for name in imported if name.split(".")[0] == "psycopg"}

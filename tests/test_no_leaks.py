@@ -315,7 +315,9 @@ def test_settings_show_no_password(watched, database_url, monkeypatch) -> None:
     monkeypatch.setenv("TOOLKIT_STORAGE_URL", f"s3://bucket?password={STORAGE_PASSWORD}")
     settings = load_settings()
     bad = raised(
-        lambda: load_settings(database_url=f"postgresql://u:{DB_PASSWORD}@h/d?bogus_option=1"),
+        lambda: Database(
+            load_settings(database_url=f"postgresql://u:{DB_PASSWORD}@h/d?bogus_option=1")
+        ),
         ConfigurationError,
     )
     watched(bad, extra=[repr(settings), str(settings)])

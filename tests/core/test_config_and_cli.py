@@ -25,7 +25,6 @@ def test_defaults_reach_a_local_server(monkeypatch) -> None:
         ("TOOLKIT_POOL_MAX_SIZE", "0"),
         ("TOOLKIT_POOL_TIMEOUT", "-1"),
         ("TOOLKIT_DATABASE_URL", "mysql://localhost/db"),
-        ("TOOLKIT_DATABASE_URL", "host=localhost bogus_option=1"),
         ("TOOLKIT_STATEMENT_TIMEOUT_MS", "soon"),
         ("TOOLKIT_REDIS_URL", "http://localhost"),
     ],
@@ -126,3 +125,23 @@ def test_a_missing_database_is_one_line_with_the_fix_and_no_password(capsys) -> 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and SECRET not in err
     assert 'database "toolkit_never_created"' in err and "run `toolkit migrate`" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "host=localhost bogus_option=1",
+        f"postgresql://u:{SECRET}@h/db?bogus=1",
+        f"host='unterminated password={SECRET}",
+    ],
+)
+def test_a_malformed_database_url_is_one_line_at_first_use(url: str, capsys) -> None:
+    from toolkit.db import Database
+
+    settings = load_settings(database_url=url)
+    with pytest.raises(ConfigurationError, match="is not a libpq URL or conninfo string"):
+        Database(settings)
+    for command in (["verify"], ["migrate"], ["relay", "--once"]):
+        assert main([*command, "--database-url", url]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and SECRET not in err and "not a libpq URL" in err

@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from toolkit.config import Settings, default_settings
+from toolkit.config import Settings, default_settings, mask_password
 from toolkit.errors import (
     ConfigurationError,
     Conflict,
@@ -36,6 +36,7 @@ from toolkit.errors import (
     RetryableConflict,
     ToolkitError,
     Unavailable,
+    bounded_repr,
 )
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,28 @@ def raise_translated(exc: BaseException, context: str) -> NoReturn:
 TransactionOutcome = Literal["committed", "aborted", "in progress"]
 
 
+def parse_conninfo(url: str) -> dict[str, Any]:
+    """The parameters of a libpq URL or ``key=value`` string.
+
+    A string libpq cannot parse (an unknown option, bad quoting) is a
+    :class:`ConfigurationError` saying why, with any password masked.
+    """
+    try:
+        return conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(
+            f"the database URL {bounded_repr(mask_password(url))} is not a libpq URL or "
+            f"conninfo string: {reason}"
+        ) from None
+
+
 def describe_target(url: str) -> str:
     """``database "x" as user "u" at host:port``, from a conninfo and the PG* environment.
 
     Never includes the password.
     """
-    params = conninfo_to_dict(url)
+    params = parse_conninfo(url)
     dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default)"
     user = params.get("user") or os.environ.get("PGUSER") or "(default)"
     host = params.get("host") or os.environ.get("PGHOST") or "the local socket"
@@ -139,6 +156,7 @@ def connection_failure(exc: psycopg.Error, url: str, context: str) -> ToolkitErr
 
 def connect(url: str, *, connect_timeout: float, context: str) -> Connection:
     """A new autocommit connection, or one toolkit error line saying why not."""
+    parse_conninfo(url)
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)))
     except psycopg.Error as exc:
@@ -181,7 +199,7 @@ def _warn_if_privileged(conn: Connection) -> None:
 
 def _with_options(url: str, options: list[str]) -> str:
     """``options`` for the server, added after any ``options=`` the URL already has."""
-    given = conninfo_to_dict(url).get("options")
+    given = parse_conninfo(url).get("options")
     return " ".join([str(given), *options] if given else options)
 
 
@@ -233,6 +251,7 @@ class Database:
     ) -> None:
         self.settings = settings or default_settings()
         self.url = url or self.settings.database_url
+        parse_conninfo(self.url)  # a malformed URL fails here, in one line
         self._warn_if_privileged = warn_if_privileged
         options = []
         if self.settings.statement_timeout_ms:

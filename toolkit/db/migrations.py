@@ -27,12 +27,18 @@ from urllib.parse import urlencode
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from yoyo import get_backend, read_migrations
 from yoyo.exceptions import BadMigration, LockTimeout, MigrationConflict
 
 from toolkit.config import default_settings
-from toolkit.db.database import Connection, connect, describe_target, raise_translated
+from toolkit.db.database import (
+    Connection,
+    connect,
+    describe_target,
+    parse_conninfo,
+    raise_translated,
+)
 from toolkit.db.registry import package_directory
 from toolkit.errors import ConfigurationError, DatabaseError, InvalidInput
 
@@ -67,7 +73,7 @@ def _yoyo_url(url: str) -> str:
     yoyo's psycopg backend passes query arguments straight to
     ``psycopg.connect`` (``dbname`` included), so nothing is dropped.
     """
-    params = {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    params = {key: str(value) for key, value in parse_conninfo(url).items()}
     if not params.get("dbname"):
         raise ConfigurationError(f"the database URL names no database ({describe_target(url)})")
     return "postgresql+psycopg://?" + urlencode(params)
@@ -75,7 +81,7 @@ def _yoyo_url(url: str) -> str:
 
 def ensure_database(url: str) -> bool:
     """Create the database named by ``url`` if it does not exist; True if created."""
-    params = conninfo_to_dict(url)
+    params = parse_conninfo(url)
     dbname = str(params.get("dbname") or "")
     if not dbname:
         raise ConfigurationError(f"the database URL names no database ({describe_target(url)})")
