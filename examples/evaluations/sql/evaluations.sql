@@ -24,6 +24,14 @@ WHERE
 ORDER BY {order}
 LIMIT :limit;
 
+-- name: evaluations.count :scalar
+-- Count evaluations, optionally of one execution or one metric.
+SELECT count(*)
+FROM evaluations
+WHERE
+    (:execution_id::uuid IS NULL OR execution_id = :execution_id)
+    AND (:metric::text IS NULL OR metric = :metric);
+
 -- name: evaluations.pass_rate :scalar
 -- The share of passed evaluations for a metric (NULL when there are none).
 SELECT avg(passed::int)::float8
