@@ -39,6 +39,7 @@ OPERATIONS = int(os.environ.get("TOOLKIT_RELIABILITY_OPERATIONS", "2000"))
 TAIL = 60
 # A call slower than this during an outage counts as stalled by it.
 STALL_S = 0.5
+RESTART_DOWN_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,8 @@ def test_connections_cut_repeatedly_during_mixed_writes(
     not postgres_available(), reason="needs root, the postgres user and PostgreSQL 15 binaries"
 )
 def test_postgres_restarted_during_mixed_writes(report) -> None:
-    """A private cluster is crashed and restarted (pg_ctl restart -m immediate) mid-run."""
+    """A private cluster is crashed (pg_ctl stop -m immediate), kept down 1.5 s and started
+    again mid-run."""
     ledger = Ledger()
     window: dict[str, float] = {}
     failures: list[BaseException] = []
@@ -316,7 +318,7 @@ def test_postgres_restarted_during_mixed_writes(report) -> None:
         def restart() -> None:
             window["began"] = time.monotonic()
             try:
-                cluster.restart("immediate")
+                cluster.restart("immediate", down_for=RESTART_DOWN_S)
             except BaseException as exc:  # reported by the test below
                 failures.append(exc)
             window["ended"] = time.monotonic()
@@ -343,7 +345,8 @@ def test_postgres_restarted_during_mixed_writes(report) -> None:
     first_commit = min((t for t in back if t >= 0), default=None)
     report(
         Row(
-            "PostgreSQL restarted (private cluster, pg_ctl restart -m immediate) "
+            "PostgreSQL crashed and restarted (private cluster, pg_ctl stop -m immediate, "
+            f"{RESTART_DOWN_S:g} s down, start) "
             "during mixed writes",
             len(ledger.attempts),
             ledger.count("unavailable"),
