@@ -82,7 +82,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings)
+    database = Database(settings, warn_if_privileged=False)  # tests run as the superuser
     with database:
         yield database
 
