@@ -55,7 +55,7 @@ from uuid import UUID
 
 import psycopg
 
-from toolkit.config import Settings, load_settings
+from toolkit.config import Settings, settings_from_options
 from toolkit.db.bind import Many, OneOrNone, Scalar
 from toolkit.errors import IntegrityError, InvalidInput, ToolkitError, bounded_repr
 from toolkit.records import Record
@@ -603,12 +603,9 @@ def anchor_store_url(settings: Settings) -> str:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    if getattr(args, "anchor_url", None):
-        overrides["audit_anchor_url"] = args.anchor_url
-    return load_settings(**overrides)
+    return settings_from_options(
+        args, {"database_url": "database_url", "anchor_url": "audit_anchor_url"}
+    )
 
 
 def _run(args: argparse.Namespace, action: str) -> int:

@@ -18,19 +18,12 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
-from toolkit.config import Settings, load_settings
+from toolkit.config import settings_from_options
 from toolkit.errors import ToolkitError
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    return load_settings(**overrides)
-
-
 def _migration_url(args: argparse.Namespace) -> str:
-    return str(args.database_url or _settings(args).effective_migration_url)
+    return str(args.database_url or settings_from_options(args).effective_migration_url)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -88,7 +81,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from toolkit.db.database import connect, raise_translated
     from toolkit.db.verify import verify
 
-    settings = _settings(args)
+    settings = settings_from_options(args)
     bindings = load_bindings(settings)
     conn = connect(
         settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
@@ -122,7 +115,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from toolkit.workflows.demo import run_demo
 
-    return run_demo(_settings(args), embedded=args.embedded)
+    return run_demo(settings_from_options(args), embedded=args.embedded)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,23 @@ def load_settings(**overrides: object) -> Settings:
             f"{ENV_PREFIX}POOL_MAX_SIZE ({settings.pool_max_size})"
         )
     return settings
+
+
+def settings_from_options(
+    options: object, names: Mapping[str, str] = {"database_url": "database_url"}
+) -> Settings:
+    """The settings, with the command-line options that were given as overrides.
+
+    ``names`` maps an option's attribute (e.g. of an ``argparse.Namespace``)
+    to the setting it overrides; options left out (None or empty) keep the
+    environment's value.
+    """
+    overrides = {
+        setting: value
+        for option, setting in names.items()
+        if (value := getattr(options, option, None))
+    }
+    return load_settings(**overrides)
 
 
 @lru_cache(maxsize=1)

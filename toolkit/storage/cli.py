@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from toolkit.config import load_settings
+from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.storage.backends import open_storage
 from toolkit.storage.filestore import DEFAULT_GRACE_SECONDS, FileStore
@@ -16,12 +16,9 @@ from toolkit.storage.filestore import DEFAULT_GRACE_SECONDS, FileStore
 
 def sweep_command(args: argparse.Namespace) -> int:
     """Run one sweep against the configured database and storage; prints what it did."""
-    overrides: dict[str, Any] = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    if getattr(args, "storage_url", None):
-        overrides["storage_url"] = args.storage_url
-    settings = load_settings(**overrides)
+    settings = settings_from_options(
+        args, {"database_url": "database_url", "storage_url": "storage_url"}
+    )
     with open_storage(settings.storage_url) as storage, Database(settings) as database:
         store = FileStore(storage)
         with database.connection() as conn:

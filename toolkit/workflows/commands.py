@@ -16,7 +16,7 @@ import threading
 from datetime import timedelta
 from types import FrameType
 
-from toolkit.config import Settings, load_settings
+from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.messaging import inbox
 from toolkit.messaging.consumer import Periodic, Worker, run_worker
@@ -26,13 +26,6 @@ from toolkit.workflows.handlers import default_handlers, echo_work, load_callabl
 from toolkit.workflows.service import sweep_expired
 
 log = logging.getLogger(__name__)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    if getattr(args, "database_url", None):
-        overrides["database_url"] = args.database_url
-    return load_settings(**overrides)
 
 
 def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +43,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
 
 def relay_command(args: argparse.Namespace) -> int:
     """Run the outbox relay until SIGTERM/SIGINT (or, with ``--once``, until drained)."""
-    settings = _settings(args)
+    settings = settings_from_options(args)
     topology = Topology(prefix=settings.queue_prefix)
     with Database(settings) as db:
         relay = Relay(
@@ -129,7 +122,7 @@ def _prune_inbox(db: Database) -> None:
 
 def worker_command(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM/SIGINT, with the lease sweeper alongside."""
-    settings = _settings(args)
+    settings = settings_from_options(args)
     topology = Topology(prefix=settings.queue_prefix)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     with Database(settings) as db:
