@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any, Final
 
-from toolkit.errors import DeserializationRefused, InvalidInput
+from toolkit.errors import DeserializationRefused, InvalidInput, bounded_repr
 
 try:
     from langgraph.checkpoint.serde.event_hooks import (
@@ -86,9 +86,10 @@ def _allow_list(allowed_types: Iterable[AllowedType]) -> tuple[AllowedType, ...]
         ):
             continue
         raise InvalidInput(
-            f"allowed_types entries must be classes or (module, name) pairs, got {entry!r}",
+            f"allowed_types entries must be classes or (module, name) pairs, "
+            f"got {bounded_repr(entry)}",
             field="allowed_types",
-            value=repr(entry)[:100],
+            value=entry,
         )
     return entries
 
