@@ -613,7 +613,8 @@ def _run(args: argparse.Namespace, action: str) -> int:
     from toolkit.storage.backends import open_storage  # noqa: PLC0415
 
     settings = _settings(args)
-    with open_storage(anchor_store_url(settings)) as storage:
+    setting = "TOOLKIT_AUDIT_ANCHOR_URL" if settings.audit_anchor_url else "TOOLKIT_STORAGE_URL"
+    with open_storage(anchor_store_url(settings), setting) as storage:
         conn = connect(
             settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
         )

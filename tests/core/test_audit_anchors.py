@@ -281,3 +281,17 @@ def test_the_audit_commands_exit_0_when_intact_and_1_with_findings(
     refused = _toolkit("anchor", database_url=database_url, anchor_folder=folder)
     assert refused.returncode == 2
     assert "refusing to anchor" in refused.stderr
+
+
+def test_a_bad_anchor_url_is_named_as_such(database_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "audit", "verify", "--database-url", database_url],
+        env={**os.environ, "TOOLKIT_AUDIT_ANCHOR_URL": "ftp://anchors"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("use file://, memory://, s3:// or pyfs:")
+    assert "TOOLKIT_AUDIT_ANCHOR_URL: unsupported scheme" in done.stderr

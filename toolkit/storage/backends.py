@@ -441,8 +441,8 @@ class S3Storage(FsspecStorage):
             checksum = "when_required"
         if checksum not in (None, "when_required", "when_supported"):
             raise ConfigurationError(
-                f"TOOLKIT_STORAGE_URL: checksum must be when_required or when_supported, "
-                f"got {checksum!r}"
+                "the s3 storage's checksum must be when_required or when_supported "
+                f"(checksum= in its URL), got {bounded_repr(checksum)}"
             )
         config: dict[str, Any] = {}
         if checksum:
@@ -599,29 +599,30 @@ def _symlink_refused(key: str, segment: str) -> InvalidInput:
     )
 
 
-def open_storage(url: str) -> Storage:
-    """The Storage a ``TOOLKIT_STORAGE_URL`` names; ConfigurationError for a bad URL."""
+def open_storage(url: str, setting: str = "TOOLKIT_STORAGE_URL") -> Storage:
+    """The Storage a storage URL names; a ConfigurationError naming ``setting`` (the
+    variable the URL came from) for a bad one."""
     if not isinstance(url, str) or not url:
-        raise ConfigurationError("TOOLKIT_STORAGE_URL: must not be empty")
+        raise ConfigurationError(f"{setting}: must not be empty")
     if url.startswith("file://"):
         path = url[len("file://") :]
         if not path or "?" in path or "#" in path:
-            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: bad file URL {mask_password(url)!r}")
+            raise ConfigurationError(f"{setting}: bad file URL {mask_password(url)!r}")
         return LocalStorage(path)
     if url.startswith("memory://"):
         name = url[len("memory://") :].strip("/")
         if name and not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: bad memory root {name!r}")
+            raise ConfigurationError(f"{setting}: bad memory root {name!r}")
         return MemoryStorage(name or None)
     if url.startswith("s3://"):
         parts = urlsplit(url)
         if not parts.netloc:
-            raise ConfigurationError(f"TOOLKIT_STORAGE_URL: no bucket in {mask_password(url)!r}")
+            raise ConfigurationError(f"{setting}: no bucket in {mask_password(url)!r}")
         query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
         unknown = set(query) - {"endpoint", "region", "checksum"}
         if unknown:
             raise ConfigurationError(
-                f"TOOLKIT_STORAGE_URL: unknown parameter(s) {', '.join(sorted(unknown))}; "
+                f"{setting}: unknown parameter(s) {', '.join(sorted(unknown))}; "
                 "known: endpoint, region, checksum"
             )
         return S3Storage(
@@ -638,6 +639,6 @@ def open_storage(url: str) -> Storage:
     if "://" not in url:
         return LocalStorage(url)
     raise ConfigurationError(
-        f"TOOLKIT_STORAGE_URL: unsupported scheme in {url.split('://', 1)[0]!r}; "
+        f"{setting}: unsupported scheme in {url.split('://', 1)[0]!r}; "
         "use file://, memory://, s3:// or pyfs:"
     )
