@@ -20,9 +20,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql import factories
 
+from tests.support.modes import Mode, both, running
 from toolkit import DISTRIBUTION
 from toolkit.config import Settings, load_settings
-from toolkit.db import Database, migrate
+from toolkit.db import migrate
 
 PG_HOST = os.environ.get("TOOLKIT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TOOLKIT_TEST_PG_PORT", "5432"))
@@ -80,15 +81,32 @@ def settings(database_url: str) -> Settings:
     )
 
 
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> Iterator[Mode]:
+    """The API a dual-mode test runs against (see tests/support/modes.py)."""
+    with running(Mode(request.param)) as chosen:
+        yield chosen
+
+
+def _mode_of(request: pytest.FixtureRequest) -> Mode | None:
+    if "mode" in request.fixturenames:
+        chosen: Mode = request.getfixturevalue("mode")
+        return chosen
+    return None
+
+
 @pytest.fixture
-def db(settings: Settings) -> Iterator[Database]:
-    database = Database(settings, warn_if_privileged=False)  # tests run as the superuser
+def db(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """This test's pool: a Database, or in an async run an AsyncDatabase used through sync calls."""
+    _mode_of(request)  # the run's mode is chosen before the pool is made
+    database = both("toolkit.db.database").Database(settings, warn_if_privileged=False)
     with database:
         yield database
 
 
 @pytest.fixture
-def conn(db: Database) -> Iterator[psycopg.Connection[Any]]:
+def conn(db: Any) -> Iterator[Any]:
+    """A pooled connection: a Connection, or in an async run an AsyncConnection."""
     with db.connection() as connection:
         yield connection
 

@@ -11,18 +11,35 @@ import pytest
 TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 
 # What each layer may import from the toolkit (besides itself).
+# toolkit.aio.X is layer X: the async twin obeys the same rules; the
+# concurrency primitives (sync and async) sit under every layer.
 ALLOWED = {
+    "toolkit.concurrency": set(),
     "toolkit.errors": set(),
-    "toolkit.config": {"toolkit.errors"},
-    "toolkit.records": {"toolkit.errors"},
-    "toolkit.db": {"toolkit.errors", "toolkit.config", "toolkit.records"},
-    "toolkit.cache": {"toolkit.errors", "toolkit.config"},
-    "toolkit.messaging": {"toolkit.errors", "toolkit.config", "toolkit.records", "toolkit.db"},
-    "toolkit.storage": {"toolkit.errors", "toolkit.config", "toolkit.records", "toolkit.db"},
+    "toolkit.config": {"toolkit.errors", "toolkit.concurrency"},
+    "toolkit.records": {"toolkit.errors", "toolkit.concurrency"},
+    "toolkit.db": {"toolkit.errors", "toolkit.config", "toolkit.records", "toolkit.concurrency"},
+    "toolkit.cache": {"toolkit.errors", "toolkit.config", "toolkit.concurrency"},
+    "toolkit.messaging": {
+        "toolkit.errors",
+        "toolkit.config",
+        "toolkit.records",
+        "toolkit.db",
+        "toolkit.concurrency",
+    },
+    "toolkit.storage": {
+        "toolkit.errors",
+        "toolkit.config",
+        "toolkit.records",
+        "toolkit.db",
+        "toolkit.concurrency",
+    },
 }
 
 
 def layer_of(module: str) -> str:
+    if module.startswith("toolkit.aio."):
+        module = "toolkit." + module.removeprefix("toolkit.aio.")
     for layer in sorted(ALLOWED, key=len, reverse=True):
         if module == layer or module.startswith(layer + "."):
             return layer

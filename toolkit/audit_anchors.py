@@ -609,7 +609,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(args: argparse.Namespace, action: str) -> int:
-    from toolkit.db.database import connect, raise_translated  # noqa: PLC0415 - fast --help
+    from toolkit.db.database import connect  # noqa: PLC0415 - fast --help
+    from toolkit.db.errors import raise_translated  # noqa: PLC0415
     from toolkit.storage.backends import open_storage  # noqa: PLC0415
 
     settings = _settings(args)

@@ -78,7 +78,8 @@ def _cmd_queries(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from toolkit.catalog import load_bindings
-    from toolkit.db.database import connect, raise_translated
+    from toolkit.db.database import connect
+    from toolkit.db.errors import raise_translated
     from toolkit.db.verify import verify
 
     settings = settings_from_options(args)

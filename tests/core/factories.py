@@ -5,9 +5,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from toolkit.db import Connection
+from tests.support.modes import both
 from toolkit.records import Agent, Execution, User, Workflow
-from toolkit.repositories import agents, executions, users, workflows
+
+# Sync or async repositories, as the running test's mode says.
+agents = both("toolkit.repositories.agents")
+executions = both("toolkit.repositories.executions")
+users = both("toolkit.repositories.users")
+workflows = both("toolkit.repositories.workflows")
+Connection = Any  # a Connection, or an AsyncConnection in an async run
 
 _counter = itertools.count()
 

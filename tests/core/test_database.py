@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -13,9 +14,9 @@ from psycopg.conninfo import make_conninfo
 
 from tests.conftest import PG_PORT, server_url
 from tests.core.factories import make_agent, make_user
+from tests.support.modes import both, execute, fetchone
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
-from toolkit.db import Database
 from toolkit.errors import (
     ConfigurationError,
     Conflict,
@@ -26,7 +27,17 @@ from toolkit.errors import (
     RetryableConflict,
     Unavailable,
 )
-from toolkit.repositories import agents, users
+
+# Every test runs against Database and AsyncDatabase (tests/support/modes.py).
+pytestmark = pytest.mark.usefixtures("mode")
+agents = both("toolkit.repositories.agents")
+users = both("toolkit.repositories.users")
+database_module = both("toolkit.db.database")
+
+
+def Database(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - reads as the class it makes
+    """A Database, or an AsyncDatabase used through sync calls in an async run."""
+    return database_module.Database(*args, **kwargs)
 
 
 def test_reads_run_in_autocommit_and_keep_prepared_statements(db) -> None:
@@ -40,9 +51,10 @@ def test_reads_run_in_autocommit_and_keep_prepared_statements(db) -> None:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     with db.connection() as conn:
         assert conn.info.backend_pid == backend  # min_size 0, one connection reused
-        prepared = conn.execute(
-            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '/* agents.get */%%'"
-        ).fetchone()
+        prepared = fetchone(
+            conn,
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '/* agents.get */%%'",
+        )
     assert prepared == (1,)
 
 
@@ -51,9 +63,9 @@ def test_application_name_and_statement_timeout(database_url) -> None:
         database_url=database_url, application_name="toolkit-test", statement_timeout_ms=100
     )
     with Database(settings) as database, database.connection() as conn:
-        assert conn.execute("SHOW application_name").fetchone() == ("toolkit-test",)
+        assert fetchone(conn, "SHOW application_name") == ("toolkit-test",)
         with pytest.raises(Unavailable, match="timed out"), database.transaction() as tx:
-            tx.execute("SELECT pg_sleep(1)")
+            execute(tx, "SELECT pg_sleep(1)")
 
 
 def test_transaction_commits_or_rolls_back_as_a_unit(db) -> None:
@@ -69,8 +81,8 @@ def test_transaction_commits_or_rolls_back_as_a_unit(db) -> None:
 
 def test_a_left_open_transaction_is_not_pooled(db) -> None:
     with db.connection() as conn:
-        conn.execute("BEGIN")
-        conn.execute("SELECT 1")
+        execute(conn, "BEGIN")
+        execute(conn, "SELECT 1")
     with db.connection() as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
@@ -207,8 +219,8 @@ def test_options_in_the_url_are_kept_beside_the_toolkits_own(database_url: str) 
     url = make_conninfo(database_url, options="-c search_path=pg_catalog,public")
     settings = load_settings(database_url=url, statement_timeout_ms=4321)
     with Database(settings) as database, database.connection() as conn:
-        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,public",)
-        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+        assert fetchone(conn, "SHOW search_path") == ("pg_catalog,public",)
+        assert fetchone(conn, "SHOW statement_timeout") == ("4321ms",)
 
 
 def test_serialization_failures_are_retryable_conflicts(db) -> None:
@@ -218,7 +230,7 @@ def test_serialization_failures_are_retryable_conflicts(db) -> None:
         pytest.raises(RetryableConflict, match="retry the whole transaction"),
         db.transaction() as first,
     ):
-        first.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        execute(first, "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
         agents.get(first, agent.id)
         with db.connection() as other:
             agents.update(other, agent.id, expected_version=agent.version, description="x")
@@ -289,12 +301,12 @@ def test_commit_cut_with_an_unknowable_outcome_says_so_and_can_be_asked_later(
 
 def test_transaction_status_answers_for_known_transactions_and_rejects_junk(db) -> None:
     with db.connection() as conn:
-        conn.execute("BEGIN")
-        xid = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
-        conn.execute("ROLLBACK")
-        conn.execute("BEGIN")
-        committed = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
-        conn.execute("COMMIT")
+        execute(conn, "BEGIN")
+        xid = int(fetchone(conn, "SELECT pg_current_xact_id()::text")[0])
+        execute(conn, "ROLLBACK")
+        execute(conn, "BEGIN")
+        committed = int(fetchone(conn, "SELECT pg_current_xact_id()::text")[0])
+        execute(conn, "COMMIT")
     assert db.transaction_status(xid) == "aborted"
     assert db.transaction_status(committed) == "committed"
     for junk in (0, -1, True, "12", 2**64):

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.core.factories import make_agent, make_execution, make_user, make_workflow
+from tests.support.modes import both
 from toolkit.errors import (
     Conflict,
     IllegalTransition,
@@ -18,17 +19,17 @@ from toolkit.errors import (
     StaleVersion,
 )
 from toolkit.records import AgentCreate
-from toolkit.repositories import (
-    UNSET,
-    Audit,
-    agents,
-    audit_events,
-    checkpoints,
-    executions,
-    sessions,
-    users,
-    workflows,
-)
+from toolkit.repositories import UNSET, Audit
+
+# Every test runs against the sync and the async repositories (tests/support/modes.py).
+pytestmark = pytest.mark.usefixtures("mode")
+agents = both("toolkit.repositories.agents")
+audit_events = both("toolkit.repositories.audit_events")
+checkpoints = both("toolkit.repositories.checkpoints")
+executions = both("toolkit.repositories.executions")
+sessions = both("toolkit.repositories.sessions")
+users = both("toolkit.repositories.users")
+workflows = both("toolkit.repositories.workflows")
 
 # Users
 
@@ -232,6 +233,7 @@ def test_failed_and_cancelled_executions(conn) -> None:
     assert [e.id for e in executions.list(conn, {"status": "failed"}).items] == [failed.id]
 
 
+@pytest.mark.parametrize("mode", ["sync"], indirect=True)  # threads; tasks in test_async_api.py
 def test_claim_next_gives_each_execution_to_one_worker(db) -> None:
     with db.connection() as conn:
         workflow = make_workflow(conn)

@@ -94,7 +94,11 @@ class Binding:
         self.prepare = False if self.query.sortable else prepare
         # Rendered once per (sort, direction): composing costs more than the round trip.
         self._rendered: dict[tuple[str | None, bool], str] = {}
-        BINDINGS.append(self)
+        # A sync module and its async source bind the same queries: verify each once.
+        signature = (name, record, self.params, self.kind)
+        if signature not in _BOUND:
+            _BOUND.add(signature)
+            BINDINGS.append(self)
 
     def statement_text(self, sort: str | None = None, descending: bool = False) -> str:
         """The statement as sent, for a sort column from the whitelist (cached)."""
@@ -126,7 +130,8 @@ class Binding:
 
 
 BINDINGS: list[Binding] = []
-"""Every binding made so far, in import order (for ``toolkit verify``)."""
+"""Every distinct binding made so far, in import order (for ``toolkit verify``)."""
+_BOUND: set[tuple[str, type[BaseModel] | None, tuple[str, ...], Kind]] = set()
 
 
 def _needs_validation(annotation: Any) -> bool:

@@ -1,4 +1,6 @@
-"""A pooled PostgreSQL database and the translation of driver errors.
+# Generated from toolkit/aio/db/database.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
+"""A pooled PostgreSQL database.
 
 Pooled connections run in autocommit: a single read costs one round trip,
 and psycopg's prepared statements survive the return to the pool (a
@@ -7,37 +9,46 @@ ROLLBACK on return would throw them away). Multi-step work is explicit::
     with db.transaction() as tx:
         user = users.create(tx, email="ada@example.com", display_name="Ada")
         agents.create(tx, owner_id=user.id, name="helper", type="assistant")
+
+A task cancelled mid-query or mid-transaction leaves the pool healthy:
+psycopg cancels the statement on the server, the transaction is rolled back
+and the connection goes back to the pool clean (or is discarded if broken).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, NoReturn
+from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from toolkit.config import Settings, default_settings, mask_password
-from toolkit.errors import (
-    ConfigurationError,
-    Conflict,
-    DatabaseError,
-    InvalidInput,
-    InvalidReference,
-    OutcomeUnknown,
-    RetryableConflict,
-    ToolkitError,
-    Unavailable,
-    bounded_repr,
+from toolkit.concurrency import sleep
+from toolkit.config import Settings, default_settings
+from toolkit.db.errors import (
+    TransactionOutcome,
+    connection_failure,
+    describe_target,
+    parse_conninfo,
+    raise_translated,
+    translate_error,
+    with_options,
 )
+from toolkit.errors import DatabaseError, InvalidInput, OutcomeUnknown, ToolkitError, Unavailable
+
+__all__ = [
+    "Connection",
+    "Database",
+    "TransactionOutcome",
+    "connect",
+    "is_alive",
+    "translate_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,120 +56,13 @@ Connection = psycopg.Connection[Any]
 """What repository functions take first: a pooled connection or a transaction."""
 
 
-def translate_error(exc: BaseException, context: str) -> ToolkitError:
-    """The toolkit exception for a psycopg or pool error; ``context`` says what ran.
-
-    The server's DETAIL (which can quote row values, e.g. a duplicate email)
-    is kept on the exception's ``detail`` attribute for debugging, never in
-    its message.
-    """
-    if isinstance(exc, ToolkitError):
-        return exc
-    if isinstance(exc, PoolTimeout):
-        return Unavailable(f"{context}: no database connection free or reachable in time ({exc})")
-    if not isinstance(exc, psycopg.Error):
-        return DatabaseError(f"{context}: {exc}")
-    error = _translated(exc, context)
-    error.detail = exc.diag.message_detail
-    return error
-
-
-def _translated(exc: psycopg.Error, context: str) -> ToolkitError:
-    state = exc.sqlstate or ""
-    primary = exc.diag.message_primary or str(exc).strip().splitlines()[0]
-    if isinstance(exc, pg_errors.UniqueViolation):
-        return Conflict(f"{context}: {primary}")
-    if isinstance(exc, pg_errors.ForeignKeyViolation):
-        return InvalidReference(f"{context}: {primary}")
-    if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)):
-        return RetryableConflict(
-            f"{context}: aborted by a concurrent transaction, nothing of it was written; "
-            f"retry the whole transaction ({primary})"
-        )
-    if isinstance(exc, pg_errors.QueryCanceled):
-        return Unavailable(f"{context}: statement timed out or was cancelled ({primary})")
-    if state.startswith(("22", "23")) or (isinstance(exc, psycopg.DataError) and not state):
-        return InvalidInput(f"{context}: {primary}")
-    if state.startswith(("08", "57P", "53")) or isinstance(
-        exc, (psycopg.OperationalError, psycopg.InterfaceError)
-    ):
-        return Unavailable(f"{context}: database unavailable ({primary})")
-    return DatabaseError(f"{context}: {primary} [SQLSTATE {state or 'none'}]")
-
-
-def raise_translated(exc: BaseException, context: str) -> NoReturn:
-    """Raise the toolkit exception for ``exc``, chained to it."""
-    raise translate_error(exc, context) from exc
-
-
-TransactionOutcome = Literal["committed", "aborted", "in progress"]
-
-
-def parse_conninfo(url: str) -> dict[str, Any]:
-    """The parameters of a libpq URL or ``key=value`` string.
-
-    A string libpq cannot parse (an unknown option, bad quoting) is a
-    :class:`ConfigurationError` saying why, with any password masked.
-    """
-    try:
-        return conninfo_to_dict(url)
-    except psycopg.ProgrammingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigurationError(
-            f"the database URL {bounded_repr(mask_password(url))} is not a libpq URL or "
-            f"conninfo string: {reason}"
-        ) from None
-
-
-def describe_target(url: str) -> str:
-    """``database "x" as user "u" at host:port``, from a conninfo and the PG* environment.
-
-    Never includes the password.
-    """
-    params = parse_conninfo(url)
-    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or "(default)"
-    user = params.get("user") or os.environ.get("PGUSER") or "(default)"
-    host = params.get("host") or os.environ.get("PGHOST") or "the local socket"
-    port = params.get("port") or os.environ.get("PGPORT") or "5432"
-    return f'database "{dbname}" as user "{user}" at {host}:{port}'
-
-
-def connection_failure(exc: psycopg.Error, url: str, context: str) -> ToolkitError:
-    """One line saying which database could not be reached and the likely fix.
-
-    libpq reports connection failures as text without a SQLSTATE, so the
-    cause is told from the server's (English) message; anything else keeps
-    the server's words.
-    """
-    target = describe_target(url)
-    text = str(exc).strip()
-    reason = text.rsplit("failed: ", 1)[-1].splitlines()[0].removeprefix("FATAL:").strip()
-    if "database" in text and "does not exist" in text:
-        return ConfigurationError(
-            f"{context}: {target}: the database does not exist; "
-            "run `toolkit migrate`, which creates it"
-        )
-    if any(
-        sign in text
-        for sign in ("password authentication failed", "role", "no pg_hba.conf entry", "password")
-    ):
-        return ConfigurationError(
-            f"{context}: {target}: authentication failed ({reason}); "
-            "check the user and password in the database URL and pg_hba.conf"
-        )
-    if any(sign in text for sign in ("Connection refused", "timeout expired", "No such file")):
-        return Unavailable(
-            f"{context}: {target}: nothing answers there ({reason}); "
-            "is PostgreSQL running and listening on that host and port?"
-        )
-    return Unavailable(f"{context}: {target}: cannot connect ({reason})")
-
-
 def connect(url: str, *, connect_timeout: float, context: str) -> Connection:
     """A new autocommit connection, or one toolkit error line saying why not."""
     parse_conninfo(url)
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)))
+        return psycopg.Connection.connect(
+            url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+        )
     except psycopg.Error as exc:
         raise connection_failure(exc, url, context) from exc
 
@@ -175,7 +79,8 @@ FROM pg_roles AS r WHERE r.rolname = current_user
 def _warn_if_privileged(conn: Connection) -> None:
     """Log one warning when the role bypasses what the toolkit_app role enforces."""
     try:
-        row = conn.execute(_PRIVILEGES).fetchone()
+        cursor = conn.execute(_PRIVILEGES)
+        row = cursor.fetchone()
     except psycopg.Error as exc:
         raise_translated(exc, "checking the role's privileges")
     if not row:
@@ -195,12 +100,6 @@ def _warn_if_privileged(conn: Connection) -> None:
             describe_target(str(conn.info.dsn)),
             " and ".join(reasons),
         )
-
-
-def _with_options(url: str, options: list[str]) -> str:
-    """``options`` for the server, added after any ``options=`` the URL already has."""
-    given = parse_conninfo(url).get("options")
-    return " ".join([str(given), *options] if given else options)
 
 
 def _rollback_quietly(conn: Connection) -> None:
@@ -267,7 +166,7 @@ class Database:
                 "autocommit": True,
                 "application_name": self.settings.application_name,
                 "connect_timeout": max(1, round(self.settings.connect_timeout)),
-                "options": _with_options(self.url, options),
+                "options": with_options(self.url, options),
             },
             reconnect_timeout=max(self.settings.pool_timeout, 5.0),
             name=self.settings.application_name,
@@ -365,6 +264,7 @@ class Database:
                 _rollback_quietly(conn)
                 raise_translated(exc, "transaction")
             except BaseException:
+                # Includes a cancelled task: the statement was cancelled, now the transaction.
                 _rollback_quietly(conn)
                 raise
             self._commit(conn)
@@ -376,7 +276,8 @@ class Database:
                 "transaction: a statement failed inside it, so it was rolled back, not committed"
             )
         try:
-            row = conn.execute("SELECT pg_current_xact_id_if_assigned()::text").fetchone()
+            cursor = conn.execute("SELECT pg_current_xact_id_if_assigned()::text")
+            row = cursor.fetchone()
         except psycopg.Error as exc:
             # COMMIT was never sent: the server rolls the transaction back.
             _rollback_quietly(conn)
@@ -399,7 +300,7 @@ class Database:
                 ) from exc
             raise OutcomeUnknown(
                 f"COMMIT: connection lost and the outcome of transaction {xid} is unknown "
-                f"({outcome}): it may have committed; ask Database.transaction_status({xid}) "
+                f"({outcome}): it may have committed; ask transaction_status({xid}) "
                 "later before retrying",
                 xid=xid,
             ) from exc
@@ -422,7 +323,8 @@ class Database:
         )
         try:
             with probe:
-                row = probe.execute("SELECT pg_xact_status(%s::text::xid8)", [str(xid)]).fetchone()
+                cursor = probe.execute("SELECT pg_xact_status(%s::text::xid8)", [str(xid)])
+                row = cursor.fetchone()
         except psycopg.Error as exc:
             raise_translated(exc, "transaction_status")
         status = row[0] if row else None
@@ -449,7 +351,7 @@ class Database:
                 status = "the database is unreachable"
             if status in ("committed", "aborted") or time.monotonic() > deadline:
                 return status
-            time.sleep(0.05)
+            sleep(0.05)
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (size, available, waiting, ...)."""

@@ -29,7 +29,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
-from toolkit.db.database import raise_translated
+from toolkit.db.errors import raise_translated
 
 if TYPE_CHECKING:
     from toolkit.db.bind import Binding, Copy

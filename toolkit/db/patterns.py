@@ -1,9 +1,11 @@
+# Generated from toolkit/aio/db/patterns.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """The public patterns repositories are made of: the toolkit's and an application's.
 
-* Input: :func:`validate` (a pydantic model, errors as ``InvalidInput`` naming
-  the field), :func:`validate_patch`, :func:`parse_id` / :func:`parse_ids`,
-  :func:`check_limit`, :func:`check_count`, :func:`check_retention`,
-  :func:`check_search_text`, :func:`jsonb`.
+* Input checks (no I/O, from :mod:`toolkit.db.inputs`, re-exported here):
+  :func:`validate`, :func:`validate_patch`, :func:`parse_id` /
+  :func:`parse_ids`, :func:`check_limit`, :func:`check_count`,
+  :func:`check_retention`, :func:`check_search_text`, :func:`jsonb`.
 * Keyset paging: :func:`list_page` runs a ``:many`` binding whose SQL holds
   ``{keyset}`` and ``{order}`` (see :mod:`toolkit.db.registry`) and owns the
   cursor parameters ``after_value``/``after_id``; cursors are opaque tokens
@@ -12,6 +14,7 @@
   with :data:`UNSET`), :func:`transition` (a guarded status change),
   :func:`delete_row`, each with an optional :class:`Audit` event written in
   the same transaction (:func:`atomic`).
+* :class:`Entity`: create/get/list/count/search/update/delete of one table.
 
 Every error is a toolkit error whose message shows the offending value
 bounded (:func:`toolkit.errors.bounded_repr`).
@@ -19,242 +22,74 @@ bounded (:func:`toolkit.errors.bounded_repr`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
-import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from functools import cache
-from typing import Annotated, Any, Final, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from psycopg.pq import TransactionStatus
-from psycopg.types.json import Jsonb
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection
+from toolkit.db.inputs import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_PRUNE_BATCH,
+    MAX_SEARCH_TEXT,
+    UNSET,
+    Audit,
+    Unset,
+    changed_fields,
+    check_count,
+    check_limit,
+    check_retention,
+    check_search_text,
+    decode_cursor,
+    encode_cursor,
+    jsonb,
+    parse_id,
+    parse_ids,
+    patch_params,
+    validate,
+    validate_patch,
+)
 from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion, bounded_repr
 from toolkit.records import AuditEvent, AuditEventCreate, Page
 
-M = TypeVar("M", bound=BaseModel)
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_PRUNE_BATCH",
+    "MAX_SEARCH_TEXT",
+    "UNSET",
+    "Audit",
+    "Entity",
+    "Unset",
+    "atomic",
+    "changed_fields",
+    "check_count",
+    "check_limit",
+    "check_retention",
+    "check_search_text",
+    "decode_cursor",
+    "delete_row",
+    "encode_cursor",
+    "guarded_update",
+    "insert_audit_event",
+    "jsonb",
+    "list_page",
+    "parse_id",
+    "parse_ids",
+    "patch_params",
+    "record_audit",
+    "transition",
+    "validate",
+    "validate_patch",
+]
+
 R = TypeVar("R", bound=BaseModel)
-
-DEFAULT_LIMIT: Final = 50
-MAX_LIMIT: Final = 1000
-MAX_SEARCH_TEXT: Final = 200
-MAX_PRUNE_BATCH: Final = 100_000
-
-
-class Unset:
-    """The type of :data:`UNSET`: "leave this field as it is" in an update."""
-
-    _instance: Unset | None = None
-
-    def __new__(cls) -> Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Final = Unset()
-"""Default of every update argument: the field is not changed. ``None`` sets NULL."""
-
-
-@dataclass(frozen=True)
-class Audit:
-    """Who made a change, for the audit event a repository write records with it."""
-
-    actor_id: UUID | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _location(loc: tuple[int | str, ...], model: type[BaseModel]) -> str:
-    """Where a validation error is, e.g. ``config.tools.0``; odd or long keys shown bounded."""
-    parts = [
-        str(part)
-        if isinstance(part, int) or (part.isidentifier() and len(part) <= 64)
-        else bounded_repr(part, 40)
-        for part in loc
-    ]
-    return ".".join(parts) or model.__name__
-
-
-def validate(model: type[M], data: Mapping[str, Any] | M | None) -> M:
-    """``data`` as ``model``; a validation failure becomes InvalidInput naming the field."""
-    if isinstance(data, model):
-        return data
-    try:
-        return model.model_validate(data or {})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = _location(first["loc"], model)
-        raise InvalidInput(
-            f"{model.__name__}: {where}: {first['msg']} (got {bounded_repr(first.get('input'))})",
-            field=where,
-            value=first.get("input"),
-        ) from None
-
-
-@cache
-def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
-    info = model.model_fields[name]
-    annotation: Any = info.annotation
-    if info.metadata:
-        annotation = Annotated[annotation, *info.metadata]
-    return TypeAdapter(annotation)
-
-
-def validate_patch(model: type[BaseModel], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate each given field of an update like ``model`` (its create input) would."""
-    checked = {}
-    for name, value in changes.items():
-        try:
-            checked[name] = _field_adapter(model, name).validate_python(value)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join([name, *(str(part) for part in first["loc"])])
-            shown = first.get("input")  # the part that failed, never the whole value
-            raise InvalidInput(
-                f"{where}: {first['msg']} (got {bounded_repr(shown)})", field=name, value=shown
-            ) from None
-    return checked
-
-
-def parse_id(value: Any, name: str = "id") -> UUID:
-    """``value`` as a UUID; anything else is InvalidInput."""
-    if isinstance(value, UUID):
-        return value
-    if isinstance(value, str) and len(value) <= 64:
-        try:
-            return UUID(value)
-        except ValueError:
-            pass
-    raise InvalidInput(f"{name} must be a UUID, got {bounded_repr(value)}", field=name, value=value)
-
-
-def check_limit(limit: Any) -> int:
-    """A page size between 1 and MAX_LIMIT."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(
-            f"limit must be an integer from 1 to {MAX_LIMIT}, got {bounded_repr(limit)}",
-            field="limit",
-            value=limit,
-        )
-    return limit
-
-
-def check_count(value: Any, name: str, maximum: int) -> int:
-    """A whole number from 1 to ``maximum`` (a batch size, a bound)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
-        raise InvalidInput(
-            f"{name} must be an integer from 1 to {maximum}, got {bounded_repr(value)}",
-            field=name,
-            value=value,
-        )
-    return value
-
-
-def check_retention(value: Any, name: str = "retention") -> float:
-    """A non-negative ``timedelta`` of at most ten years, as seconds."""
-    if not isinstance(value, timedelta) or not timedelta(0) <= value <= timedelta(days=3660):
-        raise InvalidInput(
-            f"{name} must be a timedelta from 0 to 10 years, got {bounded_repr(value)}",
-            field=name,
-            value=value,
-        )
-    return value.total_seconds()
-
-
-def parse_ids(values: Any, name: str = "ids", maximum: int = MAX_LIMIT) -> list[UUID]:
-    """A list of at most ``maximum`` UUIDs from a list or tuple of ids."""
-    if not isinstance(values, (list, tuple)) or len(values) > maximum:
-        raise InvalidInput(
-            f"{name} must be a list of at most {maximum} ids, got {bounded_repr(values)}",
-            field=name,
-            value=values,
-        )
-    return [parse_id(value, name) for value in values]
-
-
-def check_search_text(text: Any) -> str:
-    """Search text: 1 to MAX_SEARCH_TEXT characters of storable text."""
-    if not isinstance(text, str) or not 1 <= len(text) <= MAX_SEARCH_TEXT:
-        raise InvalidInput(
-            f"search text must be 1 to {MAX_SEARCH_TEXT} characters, got {bounded_repr(text)}",
-            field="text",
-            value=text,
-        )
-    if "\x00" in text:
-        raise InvalidInput("search text must not contain NUL", field="text", value=text)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("search text must be valid Unicode", field="text", value=text) from None
-    return text
-
-
-def jsonb(value: Any) -> Jsonb | None:
-    """A parameter for a jsonb column: models dumped as JSON, None kept as NULL."""
-    if value is None:
-        return None
-    if isinstance(value, BaseModel):
-        return Jsonb(value.model_dump(mode="json"))
-    return Jsonb(value)
-
-
-# Keyset cursors: an opaque, URL-safe token holding the sort, direction,
-# and the last row's sort value and id.
-
-
-def encode_cursor(sort: str, descending: bool, value: Any, row_id: UUID) -> str:
-    """The token that resumes a list after the row with ``value`` and ``row_id``."""
-    text = value.isoformat() if isinstance(value, datetime) else str(value)
-    payload = json.dumps([sort, descending, text, str(row_id)], separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, sort: str, descending: bool) -> tuple[str, UUID]:
-    """The (sort value, id) of ``cursor``; InvalidInput if malformed or for another sort."""
-    bad = InvalidInput(f"malformed cursor {bounded_repr(cursor)}", field="cursor", value=cursor)
-    if not isinstance(cursor, str) or len(cursor) > 2048:
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise bad from None
-    if not (
-        isinstance(payload, list)
-        and len(payload) == 4
-        and isinstance(payload[0], str)
-        and isinstance(payload[1], bool)
-        and isinstance(payload[2], str)
-        and isinstance(payload[3], str)
-    ):
-        raise bad
-    if payload[0] != sort or payload[1] != descending:
-        raise InvalidInput(
-            f"cursor belongs to sort {bounded_repr(payload[0])} (descending={payload[1]}), "
-            f"not {sort!r} (descending={descending})",
-            field="cursor",
-            value=cursor,
-        )
-    if "\x00" in payload[2]:
-        raise bad
-    try:
-        return payload[2], UUID(payload[3])
-    except ValueError:
-        raise bad from None
 
 
 def list_page(
@@ -296,21 +131,6 @@ def list_page(
         next_cursor = encode_cursor(column, descending, getattr(last, column), last.id)  # type: ignore[attr-defined]
     # The rows are records already: no validation, and no generic class built per call.
     return Page.model_construct(items=rows, next_cursor=next_cursor)
-
-
-def patch_params(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """``name``/``set_name`` pairs for an update: set_name is False for UNSET fields."""
-    params: dict[str, Any] = {}
-    for name, value in changes.items():
-        given = value is not UNSET
-        params[f"set_{name}"] = given
-        params[name] = value if given else None
-    return params
-
-
-def changed_fields(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of ``changes`` that are not UNSET."""
-    return {name: value for name, value in changes.items() if value is not UNSET}
 
 
 @contextmanager
@@ -512,7 +332,11 @@ class Entity(Generic[R, F]):
         return values
 
     def create(
-        self, conn: Connection, data: BaseModel | Mapping[str, Any], *, audit: Audit | None = None
+        self,
+        conn: Connection,
+        data: BaseModel | Mapping[str, Any],
+        *,
+        audit: Audit | None = None,
     ) -> R:
         """Validate ``data`` with the create model and insert it, with its audit event;
         InvalidReference when a foreign key points nowhere, Conflict on a unique rule."""

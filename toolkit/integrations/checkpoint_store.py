@@ -30,7 +30,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from toolkit.db import drivers
 from toolkit.db.bind import Binding, Exec, Many, Scalar
-from toolkit.db.database import Database, raise_translated
+from toolkit.db.database import Database
+from toolkit.db.errors import raise_translated
 from toolkit.errors import ToolkitError
 from toolkit.records import Record
 

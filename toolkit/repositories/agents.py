@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/agents.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Agents: AI agents owned by users (queries in ``sql/agents.sql``)."""
 
 from __future__ import annotations
@@ -78,12 +80,12 @@ def by_type(
     conn: Connection, agent_type: str, *, limit: int = DEFAULT_LIMIT
 ) -> builtins.list[Agent]:
     """The first agents of a type, oldest first."""
-    return _entity.list(conn, {"type": agent_type}, limit=limit).items
+    return (_entity.list(conn, {"type": agent_type}, limit=limit)).items
 
 
 def active(conn: Connection, *, limit: int = DEFAULT_LIMIT) -> builtins.list[Agent]:
     """The first active agents, oldest first."""
-    return _entity.list(conn, {"is_active": True}, limit=limit).items
+    return (_entity.list(conn, {"is_active": True}, limit=limit)).items
 
 
 def update(

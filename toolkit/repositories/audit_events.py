@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/audit_events.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Audit events (queries in ``sql/audit_events.sql``).
 
 The log is append-only (a trigger refuses UPDATE, DELETE and TRUNCATE) and

@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/checkpoints.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Checkpoints (queries in ``sql/checkpoints.sql``).
 
 Checkpoints are immutable snapshots appended per execution with a monotonic

@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/executions.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Executions (queries in ``sql/executions.sql``).
 
 Status: pending -> running -> succeeded | failed | cancelled, and pending ->

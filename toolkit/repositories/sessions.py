@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/sessions.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Sessions (queries in ``sql/sessions.sql``).
 
 A session is a user's conversation with an agent: jsonb state and an expiry

@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/users.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Users (queries in ``sql/users.sql``).
 
 Ordinary reads return :class:`~toolkit.records.User`, which has no password

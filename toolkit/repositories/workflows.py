@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/repositories/workflows.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Workflows (queries in ``sql/workflows.sql``).
 
 Status: draft -> published -> archived; a draft may be archived directly.

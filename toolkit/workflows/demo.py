@@ -28,7 +28,8 @@ from psycopg.conninfo import make_conninfo
 from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings, mask_password
-from toolkit.db.database import Database, connection_failure
+from toolkit.db.database import Database
+from toolkit.db.errors import connection_failure
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
 from toolkit.records import Agent

@@ -1,0 +1,126 @@
+"""tools/async_to_sync.py: what it turns async code into, and its staleness check.
+
+Runs in ``tox -e lint`` (the transform formats with ruff).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "async_to_sync.py"
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("ruff") is None, reason="the transform needs ruff (tox -e lint)"
+)
+
+
+def _tool() -> object:
+    if "async_to_sync" in sys.modules:
+        return sys.modules["async_to_sync"]
+    spec = importlib.util.spec_from_file_location("async_to_sync", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["async_to_sync"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def transform(source: str) -> str:
+    tool = _tool()
+    path = ROOT / "toolkit" / "aio" / "db" / "example.py"
+    return tool.transform(textwrap.dedent(source), path)  # type: ignore[attr-defined]
+
+
+def test_async_code_becomes_the_sync_twin() -> None:
+    generated = transform(
+        '''
+        """Example: ``await agents.get(conn, id)`` inside ``async with db.transaction()``."""
+
+        from collections.abc import AsyncIterator, Awaitable, Callable
+        from contextlib import asynccontextmanager
+
+        from toolkit.aio.concurrency import ASYNC, sleep
+        from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
+
+        __all__ = ["AsyncDatabase", "fetch"]
+
+
+        async def fetch(db: AsyncDatabase, check: Callable[[], Awaitable[int]]) -> int:
+            async with db.connection() as conn:  # a comment survives
+                total = await _count.acall(conn, id=1)
+            async for row in rows(conn):
+                total += await check()
+            if ASYNC:
+                await sleep(0)
+            else:
+                total += 0
+            return total
+
+
+        class Keeper:
+            async def __aenter__(self) -> "Keeper":
+                return self
+
+            async def aclose(self) -> None:
+                await sleep(0.1)
+
+
+        @asynccontextmanager
+        async def opened(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+            yield conn
+        '''
+    )
+    assert generated.startswith("# Generated from toolkit/aio/db/example.py")
+    assert '"""Example: ``agents.get(conn, id)`` inside ``with db.transaction()``."""' in generated
+    code = generated.split("\n", 2)[2]  # after the header
+    assert "async " not in code and "await" not in code
+    assert "from toolkit.concurrency import sleep" in generated
+    assert "from toolkit.db.database import Connection, Database" in generated
+    assert '__all__ = ["Database", "fetch"]' in generated
+    assert "def fetch(db: Database, check: Callable[[], int]) -> int:" in generated
+    assert "with db.connection() as conn:  # a comment survives" in generated
+    assert "total = _count(conn, id=1)" in generated
+    assert "for row in rows(conn):" in generated
+    assert "total += 0" in generated and "sleep(0)\n" not in generated
+    assert "def __enter__(self)" in generated and "def close(self)" in generated
+    assert "@contextmanager" in generated
+    assert "def opened(conn: Connection) -> Iterator[Connection]:" in generated
+    compile(generated, "generated.py", "exec")
+
+
+def test_what_cannot_be_transformed_is_refused() -> None:
+    tool = _tool()
+    with pytest.raises(tool.TransformError, match="async comprehensions"):  # type: ignore[attr-defined]
+        transform(
+            """
+            async def f(rows):
+                return [row async for row in rows]
+            """
+        )
+
+
+def test_the_check_names_a_stale_generated_module(tmp_path: Path) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "toolkit", copy / "toolkit")
+    shutil.copytree(ROOT / "tools", copy / "tools")
+    shutil.copy(ROOT / "ruff.toml", copy / "ruff.toml")
+    check = [sys.executable, str(copy / "tools" / "async_to_sync.py"), "--check"]
+    fresh = subprocess.run(check, capture_output=True, text=True, check=False, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    source = copy / "toolkit" / "aio" / "repositories" / "agents.py"
+    source.write_text(source.read_text().replace('ENTITY = "agent"', 'ENTITY = "robot"'))
+    stale = subprocess.run(check, capture_output=True, text=True, check=False, timeout=300)
+    assert stale.returncode == 1
+    assert "toolkit/repositories/agents.py is stale" in stale.stderr
+    regenerate = [sys.executable, str(copy / "tools" / "async_to_sync.py")]
+    subprocess.run(regenerate, check=True, capture_output=True, timeout=300)
+    assert 'ENTITY = "robot"' in (copy / "toolkit" / "repositories" / "agents.py").read_text()
+    assert subprocess.run(check, capture_output=True, check=False, timeout=300).returncode == 0

@@ -1,0 +1,356 @@
+"""A pooled PostgreSQL database.
+
+Pooled connections run in autocommit: a single read costs one round trip,
+and psycopg's prepared statements survive the return to the pool (a
+ROLLBACK on return would throw them away). Multi-step work is explicit::
+
+    async with db.transaction() as tx:
+        user = await users.create(tx, email="ada@example.com", display_name="Ada")
+        await agents.create(tx, owner_id=user.id, name="helper", type="assistant")
+
+A task cancelled mid-query or mid-transaction leaves the pool healthy:
+psycopg cancels the statement on the server, the transaction is rolled back
+and the connection goes back to the pool clean (or is discarded if broken).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from toolkit.aio.concurrency import sleep
+from toolkit.config import Settings, default_settings
+from toolkit.db.errors import (
+    TransactionOutcome,
+    connection_failure,
+    describe_target,
+    parse_conninfo,
+    raise_translated,
+    translate_error,
+    with_options,
+)
+from toolkit.errors import DatabaseError, InvalidInput, OutcomeUnknown, ToolkitError, Unavailable
+
+__all__ = [
+    "AsyncConnection",
+    "AsyncDatabase",
+    "TransactionOutcome",
+    "connect",
+    "is_alive",
+    "translate_error",
+]
+
+log = logging.getLogger(__name__)
+
+AsyncConnection = psycopg.AsyncConnection[Any]
+"""What repository functions take first: a pooled connection or a transaction."""
+
+
+async def connect(url: str, *, connect_timeout: float, context: str) -> AsyncConnection:
+    """A new autocommit connection, or one toolkit error line saying why not."""
+    parse_conninfo(url)
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+        )
+    except psycopg.Error as exc:
+        raise connection_failure(exc, url, context) from exc
+
+
+_PRIVILEGES = """
+SELECT r.rolsuper, r.rolbypassrls, EXISTS (
+    SELECT 1 FROM pg_class AS c
+    WHERE c.relowner = r.oid AND c.relname = 'audit_events' AND c.relkind = 'r'
+)
+FROM pg_roles AS r WHERE r.rolname = current_user
+"""
+
+
+async def _warn_if_privileged(conn: AsyncConnection) -> None:
+    """Log one warning when the role bypasses what the toolkit_app role enforces."""
+    try:
+        cursor = await conn.execute(_PRIVILEGES)
+        row = await cursor.fetchone()
+    except psycopg.Error as exc:
+        raise_translated(exc, "checking the role's privileges")
+    if not row:
+        return
+    reasons = [
+        reason
+        for held, reason in zip(
+            row, ("a superuser", "BYPASSRLS", "the owner of the tables"), strict=True
+        )
+        if held
+    ]
+    if reasons:
+        log.warning(
+            "connected to %s, which is %s: the application role's protections "
+            "(no DDL, append-only audit events, hidden password hashes) are off; "
+            "connect as a login role in toolkit_app",
+            describe_target(str(conn.info.dsn)),
+            " and ".join(reasons),
+        )
+
+
+async def _rollback_quietly(conn: AsyncConnection) -> None:
+    """Roll back if the connection still can; a broken one is discarded by the pool."""
+    if conn.closed:
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except psycopg.Error:
+        await conn.close()
+
+
+async def is_alive(conn: AsyncConnection) -> bool:
+    """Whether a pooled connection survived its idle time, mostly without a round trip.
+
+    An idle autocommit connection has nothing to read: if its socket is
+    readable the server has spoken first (a termination notice after a
+    restart, or end of file), and only then is a real query spent to decide.
+    """
+    pgconn = conn.pgconn
+    if conn.closed or pgconn.status != ConnStatus.OK:
+        return False
+    readable, _, _ = select.select([pgconn.socket], [], [], 0)
+    if not readable:
+        return True
+    try:
+        await conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+class AsyncDatabase:
+    """A connection pool to one PostgreSQL database.
+
+    The pool opens lazily on first use, waits at most ``pool_timeout``
+    seconds for a free or new connection (then raises
+    :class:`~toolkit.errors.Unavailable`), and replaces connections that a
+    server restart has closed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        url: str | None = None,
+        warn_if_privileged: bool = True,
+    ) -> None:
+        self.settings = settings or default_settings()
+        self.url = url or self.settings.database_url
+        parse_conninfo(self.url)  # a malformed URL fails here, in one line
+        self._warn_if_privileged = warn_if_privileged
+        options = []
+        if self.settings.statement_timeout_ms:
+            options.append(f"-c statement_timeout={self.settings.statement_timeout_ms}")
+        # The pool's own reconnect attempts log a warning each; one clear
+        # error from open() is what the caller sees instead.
+        self._pool = AsyncConnectionPool(
+            self.url,
+            min_size=self.settings.pool_min_size,
+            max_size=self.settings.pool_max_size,
+            timeout=self.settings.pool_timeout,
+            kwargs={
+                "autocommit": True,
+                "application_name": self.settings.application_name,
+                "connect_timeout": max(1, round(self.settings.connect_timeout)),
+                "options": with_options(self.url, options),
+            },
+            reconnect_timeout=max(self.settings.pool_timeout, 5.0),
+            name=self.settings.application_name,
+            open=False,
+        )
+        self._opened = False
+
+    async def open(self) -> None:
+        """Open the pool (done on first use; call it to fail early).
+
+        One connection is tried first, within ``connect_timeout``: a database
+        that does not exist, refused credentials or a server that does not
+        answer raise one :class:`ConfigurationError` or :class:`Unavailable`
+        naming the database and the likely fix, instead of a pool retrying
+        in the background until ``pool_timeout``.
+        """
+        if self._opened:
+            return
+        async with await connect(
+            self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
+        ) as probe:
+            if self._warn_if_privileged:
+                await _warn_if_privileged(probe)
+        await self._pool.open(wait=False)
+        self._opened = True
+
+    async def close(self) -> None:
+        """Close every connection of the pool."""
+        if self._opened:
+            await self._pool.close()
+            self._opened = False
+
+    async def __aenter__(self) -> AsyncDatabase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled autocommit connection for reads or single statements."""
+        await self.open()
+        conn = await self._checked_out()
+        try:
+            yield conn
+        finally:
+            if conn.info.transaction_status != TransactionStatus.IDLE and not conn.closed:
+                # A caller left a transaction open: end it rather than pool it.
+                try:
+                    await conn.rollback()
+                except psycopg.Error:
+                    await conn.close()
+            await self._pool.putconn(conn)
+
+    async def _checked_out(self) -> AsyncConnection:
+        """A live connection from the pool, within ``pool_timeout``.
+
+        Dead ones (closed by a server restart or a network cut while idle)
+        are discarded and the next one taken at once; psycopg_pool's own
+        check would sleep a second or more between attempts.
+        """
+        deadline = time.monotonic() + self.settings.pool_timeout
+        while True:
+            try:
+                conn = await self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            except (PoolTimeout, psycopg.Error) as exc:
+                raise_translated(exc, "getting a connection")
+            if await is_alive(conn):
+                return conn
+            await conn.close()
+            await self._pool.putconn(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside BEGIN ... COMMIT; an exception rolls it back.
+
+        Driver errors raised inside, or by the COMMIT itself, come out as
+        toolkit exceptions. When the connection is lost during COMMIT, the
+        outcome is looked up by transaction id on a fresh connection: the
+        call returns normally if the transaction committed, raises
+        :class:`Unavailable` if it was rolled back (nothing was written), and
+        raises :class:`OutcomeUnknown` (carrying the transaction id) if the
+        server still shows it in progress or cannot be reached before
+        ``pool_timeout``; ask :meth:`transaction_status` later.
+        """
+        async with self.connection() as conn:
+            try:
+                await conn.execute("BEGIN")
+            except psycopg.Error as exc:
+                raise_translated(exc, "BEGIN")
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                await _rollback_quietly(conn)
+                raise_translated(exc, "transaction")
+            except BaseException:
+                # Includes a cancelled task: the statement was cancelled, now the transaction.
+                await _rollback_quietly(conn)
+                raise
+            await self._commit(conn)
+
+    async def _commit(self, conn: AsyncConnection) -> None:
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            await _rollback_quietly(conn)
+            raise DatabaseError(
+                "transaction: a statement failed inside it, so it was rolled back, not committed"
+            )
+        try:
+            cursor = await conn.execute("SELECT pg_current_xact_id_if_assigned()::text")
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            # COMMIT was never sent: the server rolls the transaction back.
+            await _rollback_quietly(conn)
+            raise_translated(exc, "transaction (before COMMIT; nothing was written)")
+        xid = int(row[0]) if row and row[0] is not None else None
+        try:
+            await conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            if xid is None or not isinstance(exc, psycopg.OperationalError):
+                # No xid: the transaction wrote nothing, so it cannot have committed a change.
+                raise_translated(exc, "COMMIT")
+            outcome = await self._outcome_of(xid)
+            if outcome == "committed":
+                log.warning("connection lost during COMMIT; transaction %s did commit", xid)
+                return
+            if outcome == "aborted":
+                raise Unavailable(
+                    f"COMMIT: connection lost; transaction {xid} was rolled back, "
+                    "nothing was written"
+                ) from exc
+            raise OutcomeUnknown(
+                f"COMMIT: connection lost and the outcome of transaction {xid} is unknown "
+                f"({outcome}): it may have committed; ask transaction_status({xid}) "
+                "later before retrying",
+                xid=xid,
+            ) from exc
+
+    async def transaction_status(self, xid: int) -> TransactionOutcome:
+        """Whether transaction ``xid`` (from :class:`OutcomeUnknown`) committed.
+
+        Returns ``"committed"``, ``"aborted"`` or ``"in progress"``. Raises
+        :class:`Unavailable` when the database cannot be reached,
+        :class:`OutcomeUnknown` when the server no longer remembers a
+        transaction that old, and :class:`InvalidInput` for a value that is
+        not a transaction id or one the server has not issued yet.
+        """
+        if isinstance(xid, bool) or not isinstance(xid, int) or not 0 < xid < 2**63:
+            raise InvalidInput(
+                "xid must be a positive 64-bit transaction id", field="xid", value=str(xid)[:40]
+            )
+        probe = await connect(
+            self.url, connect_timeout=self.settings.connect_timeout, context="transaction_status"
+        )
+        try:
+            async with probe:
+                cursor = await probe.execute("SELECT pg_xact_status(%s::text::xid8)", [str(xid)])
+                row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise_translated(exc, "transaction_status")
+        status = row[0] if row else None
+        if status not in ("committed", "aborted", "in progress"):
+            raise OutcomeUnknown(
+                f"transaction {xid} is too old (or too new) for the server to know its outcome",
+                xid=xid,
+            )
+        return status  # type: ignore[no-any-return]
+
+    async def _outcome_of(self, xid: int) -> str:
+        """The status of a transaction whose COMMIT went unanswered, polled until known.
+
+        "in progress" means the old backend has not finished its COMMIT yet;
+        the lookup retries until ``pool_timeout`` and then says what it saw.
+        """
+        deadline = time.monotonic() + self.settings.pool_timeout
+        while True:
+            try:
+                status: str = await self.transaction_status(xid)
+            except OutcomeUnknown:
+                return "unknown to the server"
+            except ToolkitError:
+                status = "the database is unreachable"
+            if status in ("committed", "aborted") or time.monotonic() > deadline:
+                return status
+            await sleep(0.05)
+
+    def stats(self) -> dict[str, int]:
+        """The pool's counters (size, available, waiting, ...)."""
+        return dict(self._pool.get_stats())

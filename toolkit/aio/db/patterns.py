@@ -1,0 +1,431 @@
+"""The public patterns repositories are made of: the toolkit's and an application's.
+
+* Input checks (no I/O, from :mod:`toolkit.db.inputs`, re-exported here):
+  :func:`validate`, :func:`validate_patch`, :func:`parse_id` /
+  :func:`parse_ids`, :func:`check_limit`, :func:`check_count`,
+  :func:`check_retention`, :func:`check_search_text`, :func:`jsonb`.
+* Keyset paging: :func:`list_page` runs a ``:many`` binding whose SQL holds
+  ``{keyset}`` and ``{order}`` (see :mod:`toolkit.db.registry`) and owns the
+  cursor parameters ``after_value``/``after_id``; cursors are opaque tokens
+  from :func:`encode_cursor`, checked by :func:`decode_cursor`.
+* Writes: :func:`guarded_update` (optimistic, ``expected_version``, partial
+  with :data:`UNSET`), :func:`transition` (a guarded status change),
+  :func:`delete_row`, each with an optional :class:`Audit` event written in
+  the same transaction (:func:`atomic`).
+* :class:`Entity`: create/get/list/count/search/update/delete of one table.
+
+Every error is a toolkit error whose message shows the offending value
+bounded (:func:`toolkit.errors.bounded_repr`).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, nullcontext
+from typing import Any, Generic, TypeVar
+from uuid import UUID
+
+from psycopg.pq import TransactionStatus
+from pydantic import BaseModel
+
+from toolkit.aio.db.database import AsyncConnection
+from toolkit.db.bind import Exec, Many, One, Returning, Scalar
+from toolkit.db.inputs import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    MAX_PRUNE_BATCH,
+    MAX_SEARCH_TEXT,
+    UNSET,
+    Audit,
+    Unset,
+    changed_fields,
+    check_count,
+    check_limit,
+    check_retention,
+    check_search_text,
+    decode_cursor,
+    encode_cursor,
+    jsonb,
+    parse_id,
+    parse_ids,
+    patch_params,
+    validate,
+    validate_patch,
+)
+from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion, bounded_repr
+from toolkit.records import AuditEvent, AuditEventCreate, Page
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "MAX_PRUNE_BATCH",
+    "MAX_SEARCH_TEXT",
+    "UNSET",
+    "Audit",
+    "Entity",
+    "Unset",
+    "atomic",
+    "changed_fields",
+    "check_count",
+    "check_limit",
+    "check_retention",
+    "check_search_text",
+    "decode_cursor",
+    "delete_row",
+    "encode_cursor",
+    "guarded_update",
+    "insert_audit_event",
+    "jsonb",
+    "list_page",
+    "parse_id",
+    "parse_ids",
+    "patch_params",
+    "record_audit",
+    "transition",
+    "validate",
+    "validate_patch",
+]
+
+R = TypeVar("R", bound=BaseModel)
+
+
+async def list_page(
+    query: Many[R],
+    conn: AsyncConnection,
+    filters: Mapping[str, Any],
+    *,
+    sort: str,
+    descending: bool,
+    limit: int,
+    cursor: str | None,
+) -> Page[R]:
+    """One keyset page of ``query``: fetch one row more than asked to know if more follow."""
+    column = query.query.sort_column(sort).column
+    if not isinstance(descending, bool):
+        raise InvalidInput(
+            f"descending must be True or False, got {bounded_repr(descending)}",
+            field="descending",
+            value=descending,
+        )
+    limit = check_limit(limit)
+    after_value: str | None = None
+    after_id: UUID | None = None
+    if cursor is not None:
+        after_value, after_id = decode_cursor(cursor, column, descending)
+    rows = await query.acall(
+        conn,
+        sort=column,
+        descending=descending,
+        limit=limit + 1,
+        after_value=after_value,
+        after_id=after_id,
+        **filters,
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor(column, descending, getattr(last, column), last.id)  # type: ignore[attr-defined]
+    # The rows are records already: no validation, and no generic class built per call.
+    return Page.model_construct(items=rows, next_cursor=next_cursor)
+
+
+@asynccontextmanager
+async def atomic(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """Make a change and its audit event one unit.
+
+    Inside the caller's transaction nothing more is needed; on a bare
+    autocommit connection the two statements get a transaction of their own.
+    """
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    async with conn.transaction() if idle else nullcontext():
+        yield conn
+
+
+async def transition(
+    conn: AsyncConnection,
+    change: Returning[R],
+    current_status: Scalar[str],
+    *,
+    entity: str,
+    key: UUID,
+    target: str,
+    audit: Audit | None,
+    params: Mapping[str, Any] | None = None,
+) -> R:
+    """Run a guarded status change; IllegalTransition or NotFound when it matches nothing."""
+    async with atomic(conn):
+        changed = await change.acall(conn, id=key, **(params or {}))
+        if changed is None:
+            current = await current_status.acall(conn, id=key)
+            if current is None:
+                raise NotFound(entity, key)
+            raise IllegalTransition(entity, key, current, target)
+        await record_audit(conn, audit, f"{entity}.{target}", key)
+    return changed
+
+
+async def guarded_update(
+    conn: AsyncConnection,
+    update: Returning[R],
+    current_version: Callable[[AsyncConnection, UUID], Awaitable[int | None]],
+    *,
+    entity: str,
+    key: UUID,
+    expected_version: int,
+    changes: Mapping[str, Any],
+    columns: tuple[str, ...],
+    audit: Audit | None,
+) -> R:
+    """Run an optimistic partial update of ``columns`` from already-validated ``changes``.
+
+    Columns missing from ``changes`` keep their value. StaleVersion when the
+    row moved on, NotFound when it is gone.
+    """
+    if (
+        isinstance(expected_version, bool)
+        or not isinstance(expected_version, int)
+        or not 1 <= expected_version < 2**31
+    ):
+        raise InvalidInput(
+            f"expected_version must be a positive integer, got {bounded_repr(expected_version)}",
+            field="expected_version",
+            value=expected_version,
+        )
+    params = patch_params({column: changes.get(column, UNSET) for column in columns})
+    async with atomic(conn):
+        updated = await update.acall(conn, id=key, expected_version=expected_version, **params)
+        if updated is None:
+            current = await current_version(conn, key)
+            if current is None:
+                raise NotFound(entity, key)
+            raise StaleVersion(entity, key, expected_version, current)
+        await record_audit(conn, audit, f"{entity}.updated", key, {"fields": sorted(changes)})
+    return updated
+
+
+async def delete_row(
+    conn: AsyncConnection, delete: Exec, *, entity: str, key: UUID, audit: Audit | None
+) -> None:
+    """Delete one row by id (NotFound if there is none) with its audit event."""
+    async with atomic(conn):
+        if await delete.acall(conn, id=key) == 0:
+            raise NotFound(entity, key)
+        await record_audit(conn, audit, f"{entity}.deleted", key)
+
+
+_record_event = One(
+    "audit_events.record",
+    AuditEvent,
+    ("actor_id", "action", "entity", "entity_id", "details"),
+    entity="audit event",
+)
+
+
+async def insert_audit_event(conn: AsyncConnection, event: AuditEventCreate) -> AuditEvent:
+    """Append one validated audit event (the trigger links it into the chain)."""
+    return await _record_event.acall(
+        conn,
+        actor_id=event.actor_id,
+        action=event.action,
+        entity=event.entity,
+        entity_id=event.entity_id,
+        details=jsonb(event.details),
+    )
+
+
+async def record_audit(
+    conn: AsyncConnection,
+    audit: Audit | None,
+    action: str,
+    entity_id: UUID | None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent | None:
+    """Append the audit event of a change, when the caller asked for one.
+
+    Called inside :func:`atomic` after the change, so a bad ``audit`` undoes it.
+    """
+    if audit is None:
+        return None
+    if not isinstance(audit, Audit) or not isinstance(audit.details, Mapping):
+        raise InvalidInput(
+            f"audit must be an Audit(actor_id, details mapping), got {bounded_repr(audit)}",
+            field="audit",
+            value=audit,
+        )
+    event = validate(
+        AuditEventCreate,
+        {
+            "actor_id": audit.actor_id,
+            "action": action,
+            "entity": action.split(".", 1)[0],
+            "entity_id": entity_id,
+            "details": {**(details or {}), **audit.details},
+        },
+    )
+    return await insert_audit_event(conn, event)
+
+
+F = TypeVar("F", bound=BaseModel)
+
+
+class Entity(Generic[R, F]):
+    """The plain operations of one entity, from its named queries, in one place.
+
+    A repository module declares what differs (table, record, filter model,
+    entity name, create model, jsonb columns, patchable columns, whether it
+    has ``search`` and ``delete``) and exposes these methods as its functions
+    (``get = _entity.get``); only real behaviour (leases, transitions,
+    credentials, chains) is written by hand. The queries it binds are
+    ``<table>.get``, ``.list`` (keyset, filtered by the filter model's
+    fields), ``.count``, and as declared ``.create`` (parameters: the create
+    model's fields), ``.search``, ``.update`` with ``.current_version``
+    (``patchable``), and ``.delete``.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        record: type[R],
+        filters: type[F],
+        *,
+        entity: str,
+        create: type[BaseModel] | None = None,
+        json_columns: tuple[str, ...] = (),
+        audit_fields: tuple[str, ...] = (),
+        search: bool = False,
+        patchable: tuple[str, ...] = (),
+        delete: bool = True,
+    ) -> None:
+        fields = tuple(filters.model_fields)
+        self.entity = entity
+        self.filters = filters
+        self.create_model = create
+        self.json_columns = json_columns
+        self.audit_fields = audit_fields
+        self.patchable = patchable
+        self._get = One(f"{table}.get", record, ("id",), entity=entity)
+        self._list = Many(f"{table}.list", record, (*fields, "limit"))
+        self._count = Scalar(f"{table}.count", int, fields)
+        self._create = (
+            One(f"{table}.create", record, tuple(create.model_fields), entity=entity)
+            if create is not None
+            else None
+        )
+        self._delete = Exec(f"{table}.delete", ("id",)) if delete else None
+        self._search = Many(f"{table}.search", record, ("text", "limit")) if search else None
+        self._update: Returning[R] | None = None
+        if patchable:
+            flags = tuple(f"set_{column}" for column in patchable)
+            self._update = Returning(
+                f"{table}.update", record, ("id", "expected_version", *patchable, *flags)
+            )
+            self._current_version = Scalar(f"{table}.current_version", int, ("id",))
+
+    def _stored(self, values: dict[str, Any]) -> dict[str, Any]:
+        for column in self.json_columns:
+            if column in values:
+                values[column] = jsonb(values[column])
+        return values
+
+    async def create(
+        self,
+        conn: AsyncConnection,
+        data: BaseModel | Mapping[str, Any],
+        *,
+        audit: Audit | None = None,
+    ) -> R:
+        """Validate ``data`` with the create model and insert it, with its audit event;
+        InvalidReference when a foreign key points nowhere, Conflict on a unique rule."""
+        if self.create_model is None or self._create is None:
+            raise NotImplementedError(f"{self.entity} is not created this way")
+        given = validate(self.create_model, data)
+        values = self._stored({name: getattr(given, name) for name in type(given).model_fields})
+        async with atomic(conn):
+            created = await self._create.acall(conn, **values)
+            details = {name: getattr(created, name) for name in self.audit_fields}
+            await record_audit(conn, audit, f"{self.entity}.created", created.id, details)  # type: ignore[attr-defined]
+        return created
+
+    async def get(self, conn: AsyncConnection, entity_id: UUID | str) -> R:
+        """The row with this id, as its record; NotFound otherwise."""
+        key = parse_id(entity_id)
+        return await self._get.acall(conn, key, id=key)
+
+    async def list(
+        self,
+        conn: AsyncConnection,
+        filters: F | Mapping[str, Any] | None = None,
+        *,
+        sort: str = "created_at",
+        descending: bool = False,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> Page[R]:
+        """A keyset page, filtered by the filter model's fields; sort from the query's
+        ``-- sort:`` whitelist; pass the page's ``next_cursor`` for the next one."""
+        where = validate(self.filters, filters)
+        return await list_page(
+            self._list,
+            conn,
+            where.model_dump(),
+            sort=sort,
+            descending=descending,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def count(
+        self, conn: AsyncConnection, filters: F | Mapping[str, Any] | None = None
+    ) -> int:
+        """How many rows match the filters."""
+        return await self._count.acall(conn, **validate(self.filters, filters).model_dump()) or 0
+
+    async def search(
+        self, conn: AsyncConnection, text: str, *, limit: int = DEFAULT_LIMIT
+    ) -> builtins.list[R]:
+        """Rows whose name or title contains ``text``, case-insensitively; ``%`` and ``_``
+        are literal."""
+        if self._search is None:
+            raise NotImplementedError(f"{self.entity} has no search")
+        return await self._search.acall(
+            conn, text=check_search_text(text), limit=check_limit(limit)
+        )
+
+    async def update(
+        self,
+        conn: AsyncConnection,
+        entity_id: UUID | str,
+        *,
+        expected_version: int,
+        changes: Mapping[str, Any],
+        audit: Audit | None = None,
+    ) -> R:
+        """Change the given fields (UNSET ones keep their value; None sets NULL) at
+        ``expected_version``; StaleVersion when the row moved on, NotFound when gone."""
+        if self.create_model is None or self._update is None:
+            raise NotImplementedError(f"{self.entity} has no update")
+        key = parse_id(entity_id)
+        values = self._stored(validate_patch(self.create_model, changed_fields(changes)))
+        return await guarded_update(
+            conn,
+            self._update,
+            lambda c, k: self._current_version.acall(c, id=k),
+            entity=self.entity,
+            key=key,
+            expected_version=expected_version,
+            changes=values,
+            columns=self.patchable,
+            audit=audit,
+        )
+
+    async def delete(
+        self, conn: AsyncConnection, entity_id: UUID | str, *, audit: Audit | None = None
+    ) -> None:
+        """Delete the row (and what cascades from it); NotFound if there is none."""
+        if self._delete is None:
+            raise NotImplementedError(f"{self.entity} rows are never deleted")
+        await delete_row(
+            conn, self._delete, entity=self.entity, key=parse_id(entity_id), audit=audit
+        )
