@@ -9,7 +9,8 @@ Repository modules bind their queries at import time::
 A binding is a value: its statement (rendered once per sort and
 direction), its parameters, its result kind and its row factory, built
 once. It does no I/O itself: calling it hands it to the sync driver,
-``acall`` to the async one (:mod:`toolkit.db.drivers`); each kind's class
+``acall`` to the async one (:mod:`toolkit.aio.db.drivers`, whose sync twin
+:mod:`toolkit.db.drivers` is generated from it); each kind's class
 says what to fetch and how to finish the result (PugSQL's one small class
 per kind).
 
@@ -35,9 +36,10 @@ import psycopg
 from psycopg.rows import RowMaker
 from pydantic import BaseModel, TypeAdapter
 
+from toolkit.aio.db import drivers as async_drivers
 from toolkit.config import default_settings
+from toolkit.db import drivers
 from toolkit.db.database import Connection
-from toolkit.db.drivers import Fetch, acopy, arun, copy, run
 from toolkit.db.registry import (
     CURSOR_PARAMS,
     Kind,
@@ -45,6 +47,7 @@ from toolkit.db.registry import (
     QueryRegistry,
     check_params,
 )
+from toolkit.db.results import Fetch
 from toolkit.errors import NotFound, QueryDefinitionError
 
 R = TypeVar("R", bound=BaseModel)
@@ -245,11 +248,11 @@ class One(Binding, Generic[R]):
         return typing.cast(R, fetched)
 
     def __call__(self, conn: Connection, key: Any = None, /, **values: Any) -> R:
-        return typing.cast(R, run(conn, self, values, key=key))
+        return typing.cast(R, drivers.run(conn, self, values, key=key))
 
     async def acall(self, conn: AsyncConnection, key: Any = None, /, **values: Any) -> R:
         """The same, on an async connection."""
-        return typing.cast(R, await arun(conn, self, values, key=key))
+        return typing.cast(R, await async_drivers.run(conn, self, values, key=key))
 
 
 class OneOrNone(Binding, Generic[R]):
@@ -264,11 +267,11 @@ class OneOrNone(Binding, Generic[R]):
         super().__init__(name, params, record, prepare=prepare)
 
     def __call__(self, conn: Connection, /, **values: Any) -> R | None:
-        return typing.cast(R | None, run(conn, self, values))
+        return typing.cast(R | None, drivers.run(conn, self, values))
 
     async def acall(self, conn: AsyncConnection, /, **values: Any) -> R | None:
         """The same, on an async connection."""
-        return typing.cast(R | None, await arun(conn, self, values))
+        return typing.cast(R | None, await async_drivers.run(conn, self, values))
 
 
 class Returning(OneOrNone[R]):
@@ -296,7 +299,9 @@ class Many(Binding, Generic[R]):
         descending: bool = False,
         **values: Any,
     ) -> list[R]:
-        return typing.cast(list[R], run(conn, self, values, sort=sort, descending=descending))
+        return typing.cast(
+            list[R], drivers.run(conn, self, values, sort=sort, descending=descending)
+        )
 
     async def acall(
         self,
@@ -308,7 +313,7 @@ class Many(Binding, Generic[R]):
         **values: Any,
     ) -> list[R]:
         """The same, on an async connection."""
-        rows = await arun(conn, self, values, sort=sort, descending=descending)
+        rows = await async_drivers.run(conn, self, values, sort=sort, descending=descending)
         return typing.cast(list[R], rows)
 
 
@@ -328,11 +333,11 @@ class Scalar(Binding, Generic[T]):
         return None if fetched is None else typing.cast(T, fetched[0])
 
     def __call__(self, conn: Connection, /, **values: Any) -> T | None:
-        return typing.cast(T | None, run(conn, self, values))
+        return typing.cast(T | None, drivers.run(conn, self, values))
 
     async def acall(self, conn: AsyncConnection, /, **values: Any) -> T | None:
         """The same, on an async connection."""
-        return typing.cast(T | None, await arun(conn, self, values))
+        return typing.cast(T | None, await async_drivers.run(conn, self, values))
 
 
 class Exec(Binding):
@@ -345,11 +350,11 @@ class Exec(Binding):
         super().__init__(name, params, None, prepare=prepare)
 
     def __call__(self, conn: Connection, /, **values: Any) -> int:
-        return typing.cast(int, run(conn, self, values))
+        return typing.cast(int, drivers.run(conn, self, values))
 
     async def acall(self, conn: AsyncConnection, /, **values: Any) -> int:
         """The same, on an async connection."""
-        return typing.cast(int, await arun(conn, self, values))
+        return typing.cast(int, await async_drivers.run(conn, self, values))
 
 
 class Copy(Binding):
@@ -361,8 +366,8 @@ class Copy(Binding):
         super().__init__(name, (), None)
 
     def __call__(self, conn: Connection, rows: Iterable[Sequence[Any]], /) -> int:
-        return copy(conn, self, rows)
+        return drivers.copy(conn, self, rows)
 
     async def acall(self, conn: AsyncConnection, rows: Iterable[Sequence[Any]], /) -> int:
         """The same, on an async connection."""
-        return await acopy(conn, self, rows)
+        return await async_drivers.copy(conn, self, rows)

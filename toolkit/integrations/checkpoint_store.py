@@ -28,6 +28,7 @@ from typing import Any, Final, NamedTuple, TypeVar, cast
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from toolkit.aio.db import drivers as async_drivers
 from toolkit.db import drivers
 from toolkit.db.bind import Binding, Exec, Many, Scalar
 from toolkit.db.database import Database
@@ -206,7 +207,7 @@ async def _adrive(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
             return cast(T, stop.value)
         error = None
         try:
-            result = await drivers.arun(conn, call.binding, call.params)
+            result = await async_drivers.run(conn, call.binding, call.params)
         except ToolkitError as exc:
             error = exc
 

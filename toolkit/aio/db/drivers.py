@@ -1,0 +1,72 @@
+"""The driver: run a bound query on a psycopg connection.
+
+A binding (:mod:`toolkit.db.bind`) is a value: its statement per sort, its
+parameters, its result kind and its row factory, and no I/O. :func:`run`
+and :func:`copy` here (async) and in ``toolkit.db.drivers`` (sync,
+generated from this module) are the only places a named query is executed,
+so every repository, the LangGraph saver and an application's own queries
+run the same way, sync or async:
+
+1. the statement (rendered once per sort and direction) is sent with bound
+   parameters, results in binary format, prepared as the binding says;
+2. the rows are fetched as the result kind needs (:class:`Fetch`);
+3. the binding's ``finish`` turns them into what the caller gets (a record
+   or NotFound, a list, a scalar, a row count).
+
+json and jsonb results arrive as the bytes the server sent (see
+:mod:`toolkit.db.results`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from toolkit.aio.db.database import AsyncConnection
+from toolkit.db.errors import raise_translated
+from toolkit.db.results import Fetch, json_as_bytes
+
+if TYPE_CHECKING:
+    from toolkit.db.bind import Binding, Copy
+
+
+async def run(
+    conn: AsyncConnection,
+    query: Binding,
+    values: Mapping[str, Any],
+    *,
+    key: Any = None,
+    sort: str | None = None,
+    descending: bool = False,
+) -> Any:
+    """Run ``query`` with ``values`` on ``conn``; the kind's result."""
+    query.check_values(values)
+    json_as_bytes(conn)
+    statement = query.statement_text(sort, descending)
+    try:
+        cursor = conn.cursor(row_factory=query.row_factory)
+        await cursor.execute(statement, values, prepare=query.prepare, binary=True)
+        if query.fetch is Fetch.ALL:
+            fetched: Any = await cursor.fetchall()
+        elif query.fetch is Fetch.ONE:
+            fetched = await cursor.fetchone()
+        else:
+            fetched = cursor.rowcount
+    except psycopg.Error as exc:
+        raise_translated(exc, query.name)
+    return query.finish(fetched, key, values)
+
+
+async def copy(conn: AsyncConnection, query: Copy, rows: Iterable[Sequence[Any]]) -> int:
+    """Feed ``rows`` to a ``:copy`` statement on ``conn``; how many were sent."""
+    count = 0
+    try:
+        async with conn.cursor() as cursor, cursor.copy(query.statement_text()) as feed:
+            for row in rows:
+                await feed.write_row(row)
+                count += 1
+    except psycopg.Error as exc:
+        raise_translated(exc, query.name)
+    return count
