@@ -39,8 +39,8 @@ from toolkit.errors import (
 )
 from toolkit.messaging import outbox
 from toolkit.messaging.models import NotificationSend
-from toolkit.messaging.outbox import Relay
 from toolkit.messaging.publisher import Publisher
+from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import Topology
 from toolkit.repositories import agents, users
 from toolkit.storage import open_storage

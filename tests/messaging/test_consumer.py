@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import uuid
 from typing import Any
@@ -14,6 +16,9 @@ from typing import Any
 import pika
 import pytest
 
+from toolkit.aio.db import AsyncConnection, AsyncDatabase
+from toolkit.aio.messaging import inbox as ainbox
+from toolkit.config import Settings
 from toolkit.db import Connection, Database
 from toolkit.messaging import AuditLog, Delivery, Publisher, Topology, Worker, inbox
 from toolkit.messaging.connection import ConnectionOptions
@@ -248,6 +253,99 @@ def test_worker_reconnects_after_the_connection_is_cut(
         publisher.publish(EVENT)
     wait_for(lambda: effect_count(effects) == 2, timeout=15)
     assert worker.stats.reconnects >= 1
+
+
+# -- async handlers: run on the worker's own event loop ------------------------
+
+
+def test_async_handlers_await_longer_than_the_heartbeat_on_one_loop_of_their_own(
+    topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    seen: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
+
+    async def long_work(delivery: Delivery) -> None:
+        await asyncio.sleep(2.6)  # more than two heartbeat intervals
+        seen.append((asyncio.get_running_loop(), threading.current_thread()))
+
+    worker = Worker(
+        AMQP_URL,
+        topology,
+        {"audit.log": long_work},
+        options=ConnectionOptions(heartbeat=1, name="test-async-heartbeat"),
+    )
+    running = run_worker(worker)
+    with Publisher(AMQP_URL, topology) as publisher:
+        publisher.publish(EVENT)
+        publisher.publish(EVENT)
+    wait_for(lambda: worker.stats.handled == 2, timeout=15)
+    time.sleep(0.3)
+    assert worker.stats.reconnects == 0  # the connection survived the long awaits
+    assert worker.stats.errors == worker.stats.retried == 0
+    assert depth(broker, topology.queue_name("audit.log")) == 0  # both acked
+    [(loop, thread), (loop2, thread2)] = seen
+    assert loop is loop2 and thread is thread2  # one loop, created once
+    assert thread is not running.thread  # not the connection's thread
+    running.stop()
+    assert loop.is_closed() and not thread.is_alive()  # closed on stop
+
+
+def test_an_async_handlers_exception_goes_down_the_ladder_then_is_parked(
+    topology: Topology, broker: pika.BlockingConnection, run_worker: Any
+) -> None:
+    counts: list[int] = []
+
+    async def always_fails(delivery: Delivery) -> None:
+        await asyncio.sleep(0)
+        counts.append(delivery.retry_count)
+        raise ValueError("the model refused the prompt")
+
+    worker = Worker(AMQP_URL, topology, {"audit.log": always_fails})
+    run_worker(worker)
+    with Publisher(AMQP_URL, topology) as publisher:
+        message_id = publisher.publish(EVENT)
+    [(props, _)] = get_all(broker, topology.parking_queue("audit.log"), expect=1, timeout=10)
+    assert props.message_id == message_id
+    assert props.headers["x-parked-reason"] == "retries-exhausted"
+    assert "ValueError: the model refused the prompt" in props.headers["x-error"]
+    assert counts == [0, 1, 2]
+    assert worker.stats.retried == 2 and worker.stats.parked == 1 and worker.stats.handled == 0
+
+
+def test_async_inbox_handler_applies_a_duplicate_once_and_closes_its_pool(
+    effects: Database,
+    settings: Settings,
+    topology: Topology,
+    broker: pika.BlockingConnection,
+    run_worker: Any,
+) -> None:
+    adb = AsyncDatabase(settings, warn_if_privileged=False)  # opens on the worker's loop
+    closed: list[asyncio.AbstractEventLoop] = []
+
+    async def apply(tx: AsyncConnection, delivery: Delivery) -> None:
+        await tx.execute(
+            "INSERT INTO test_effects (message_id, queue, payload) VALUES (%s, %s, '{}')",
+            (delivery.message_id, delivery.queue),
+        )
+
+    async def cleanup() -> None:
+        await adb.close()
+        closed.append(asyncio.get_running_loop())
+
+    handler = ainbox.transactional(adb, "test-consumer", apply)
+    worker = Worker(AMQP_URL, topology, {"audit.log": handler}, prefetch=5, async_cleanup=cleanup)
+    running = run_worker(worker)
+    message_id = str(uuid.uuid4())
+    with Publisher(AMQP_URL, topology) as publisher:
+        publisher.publish(EVENT, message_id=message_id)
+        publisher.publish(EVENT, message_id=message_id)  # a duplicate, same id
+    wait_for(lambda: worker.stats.handled == 2)
+    assert worker.stats.duplicates == 1
+    assert effect_count(effects, message_id) == 1
+    with effects.connection() as conn:
+        assert inbox.seen(conn, "test-consumer", message_id)
+    running.stop()
+    [loop] = closed
+    assert loop.is_closed()  # the cleanup ran on the handlers' loop, before it closed
 
 
 def test_unknown_queue_handler_is_refused(topology: Topology) -> None:

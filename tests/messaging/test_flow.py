@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
 import time
 import uuid
@@ -12,6 +13,9 @@ from typing import Any
 import pika
 import pytest
 
+from toolkit.aio.db import AsyncConnection, AsyncDatabase
+from toolkit.aio.messaging import inbox as ainbox
+from toolkit.aio.workflows import service as aservice
 from toolkit.config import Settings
 from toolkit.db import Connection, Database
 from toolkit.messaging import (
@@ -113,6 +117,58 @@ def test_end_to_end_execution_flow(
         wait_for(lambda: outbox.stats(conn).pending == 0)
     wait_for(lambda: len(sink.audit) == 2)
     assert {event.action for event in sink.audit} == {"execution.created", "workflow.viewed"}
+
+
+def test_end_to_end_with_async_handlers_on_the_workers_loop(
+    db: Database, settings: Settings, full_topology: Topology, run_relay: Any, run_worker: Any
+) -> None:
+    """The async service's handler and an async inbox handler, with long awaited work
+    under a renewed lease, from an execution started through the async API."""
+    adb = AsyncDatabase(settings, warn_if_privileged=False)  # opens on the worker's loop
+    notes: list[NotificationSend] = []
+
+    async def notify(_tx: AsyncConnection, delivery: Delivery) -> None:
+        assert isinstance(delivery.message, NotificationSend)
+        notes.append(delivery.message)
+
+    async def work(execution: Execution) -> Mapping[str, Any]:
+        await asyncio.sleep(1.0)  # longer than the lease: renewed beside the work
+        return {"summary": f"read {execution.input['paper']}"}
+
+    with db.transaction() as tx:
+        workflow_id = make_workflow(tx).id
+
+    async def start_execution() -> Execution:
+        async with (
+            AsyncDatabase(settings, warn_if_privileged=False) as own,
+            own.transaction() as tx,
+        ):
+            return await aservice.start_execution(tx, workflow_id, {"paper": "Computing Machinery"})
+
+    execution = asyncio.run(start_execution())
+    run_relay(Relay(db, AMQP_URL, full_topology, poll_interval=0.2))
+    worker = Worker(
+        AMQP_URL,
+        full_topology,
+        {
+            "workflow.execute": aservice.workflow_handler(
+                adb, work, worker_id="w-async", lease_seconds=0.5, renew_every=0.1
+            ),
+            "notification.send": ainbox.transactional(adb, "notifier", notify),
+            "audit.log": ainbox.transactional(adb, "auditor", notify),
+        },
+        async_cleanup=adb.close,
+    )
+    run_worker(worker)
+    wait_for(lambda: notes, timeout=15)
+    [note] = notes
+    assert note.kind == "execution.succeeded" and note.execution_id == execution.id
+    assert "read Computing Machinery" in note.text
+    assert not service.sweep_expired(db)
+    with db.connection() as conn:
+        done = executions.get(conn, execution.id)
+    assert done.status == "succeeded" and done.attempt == 1 and done.worker_id == "w-async"
+    assert worker.stats.errors == 0 and worker.stats.retried == 0
 
 
 def test_a_rolled_back_start_sends_nothing(

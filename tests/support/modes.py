@@ -90,6 +90,8 @@ def _as_coroutine_function(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _adapt_arg(value: Any) -> Any:
+    if isinstance(value, Synced):
+        return value.target  # a wrapped AsyncDatabase passed back into the async API
     if isinstance(value, (types.FunctionType, functools.partial)) and not (
         inspect.iscoroutinefunction(value)
     ):

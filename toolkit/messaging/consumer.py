@@ -3,7 +3,20 @@
 One :class:`Worker` holds one connection and one channel with a consumer per
 queue it handles. Deliveries are handed to a thread pool, so a long handler
 never stops the connection's thread from answering heartbeats; acks travel
-back through ``add_callback_threadsafe``. For each delivery:
+back through ``add_callback_threadsafe``.
+
+A handler may be a coroutine function (:data:`AsyncHandler`, e.g.
+:func:`toolkit.aio.messaging.inbox.transactional`): the worker runs it on an
+event loop of its own, on a thread of its own, created once and closed when
+the worker stops. The pool thread that took the delivery waits for the
+coroutine (``asyncio.run_coroutine_threadsafe``), so ``concurrency`` bounds
+async handlers as it bounds sync ones, the connection's thread is never
+blocked, and what the coroutine returns or raises takes the same path as a
+sync handler's. A blocking call inside an async handler stalls the other
+async handlers (never the heartbeats): await, or use ``asyncio.to_thread``.
+Async resources a handler uses (an ``AsyncDatabase``'s pool) open on that
+loop on first use; pass ``async_cleanup`` (``db.close``) to close them there
+when the worker stops. For each delivery:
 
 * a body that is not JSON, fails its model or lacks a UUID ``message_id`` is
   parked at once, with the reason in its headers;
@@ -26,18 +39,20 @@ not yet started go back to the queue.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import pika
@@ -59,6 +74,7 @@ log = logging.getLogger(__name__)
 RETRY_HEADER = "x-retry-count"
 _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange")
 _MAX_ERROR = 1000
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,6 +103,9 @@ class Delivery:
 
 Handler = Callable[[Delivery], None]
 """Handles one delivery; returning acks it, raising sends it down the retry ladder."""
+
+AsyncHandler = Callable[[Delivery], Awaitable[None]]
+"""The same as a coroutine function, run on the worker's event loop."""
 
 
 @dataclass
@@ -147,6 +166,55 @@ class _Incoming:
     body: bytes
 
 
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+class _HandlerLoop:
+    """An event loop on a thread of its own, where a worker's async handlers run."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="toolkit-handler-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            # Tasks a handler started and left running are cancelled, not abandoned.
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for it from this (pool) thread."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self, cleanup: Callable[[], Awaitable[object]] | None) -> None:
+        """Await ``cleanup`` on the loop, then stop and close it."""
+        if cleanup is not None:
+            future = asyncio.run_coroutine_threadsafe(_awaited(cleanup()), self.loop)
+            try:
+                future.result(timeout=30)
+            except TimeoutError:
+                future.cancel()
+                log.error("worker: async_cleanup did not finish within 30s; cancelled")
+            except Exception:
+                log.exception("worker: async_cleanup failed")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.warning("worker: the handlers' event loop did not stop within 30s")
+
+
 def _text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
@@ -155,15 +223,17 @@ def _text(exc: BaseException) -> str:
 class Worker:
     """Consumes the handled queues until stopped; see the module docstring.
 
-    ``handlers`` maps logical queue names to handlers. ``prefetch`` bounds
-    the unacked deliveries per queue, ``concurrency`` the handler threads.
+    ``handlers`` maps logical queue names to handlers, sync or async.
+    ``prefetch`` bounds the unacked deliveries per queue, ``concurrency``
+    the handlers running at once. ``async_cleanup`` is awaited on the async
+    handlers' event loop when the worker stops, after the last handler.
     """
 
     def __init__(
         self,
         url: str,
         topology: Topology,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, Handler | AsyncHandler],
         *,
         prefetch: int = 10,
         concurrency: int = 4,
@@ -171,18 +241,20 @@ class Worker:
         options: ConnectionOptions | None = None,
         models: Mapping[str, type[Message]] | None = None,
         max_reconnect_delay: float = 10.0,
+        async_cleanup: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         for queue in handlers:
             topology.check(queue)
         self.url = url
         self.topology = topology
-        self.handlers = dict(handlers)
+        self.handlers: dict[str, Handler | AsyncHandler] = dict(handlers)
         self.prefetch = prefetch
         self.concurrency = concurrency
         self.grace_period = grace_period
         self.options = options or ConnectionOptions(name="toolkit-worker")
         self.models = dict(models or MODELS)
         self.max_reconnect_delay = max_reconnect_delay
+        self.async_cleanup = async_cleanup
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self.ready = threading.Event()
@@ -194,6 +266,8 @@ class Worker:
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._loop: _HandlerLoop | None = None
+        self._loop_lock = threading.Lock()
 
     # -- control -----------------------------------------------------------
 
@@ -220,6 +294,10 @@ class Worker:
         """Consume until :meth:`stop`; reconnects (with backoff) after a lost connection."""
         delay = 0.1
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="toolkit-handler")
+        if self.async_cleanup is not None or any(
+            inspect.iscoroutinefunction(handler) for handler in self.handlers.values()
+        ):
+            self._handler_loop()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -237,7 +315,17 @@ class Worker:
         finally:
             self.ready.clear()
             self._executor.shutdown(wait=True)
+            if self._loop is not None:
+                self._loop.close(self.async_cleanup)
+                self._loop = None
             self._publisher.close()
+
+    def _handler_loop(self) -> _HandlerLoop:
+        """The async handlers' event loop, started on first need."""
+        with self._loop_lock:
+            if self._loop is None:
+                self._loop = _HandlerLoop()
+            return self._loop
 
     # -- the connection's thread ---------------------------------------------
 
@@ -338,7 +426,10 @@ class Worker:
             _ack=acker.ack,
         )
         try:
-            self.handlers[queue](delivery)
+            outcome = self.handlers[queue](delivery)
+            if inspect.isawaitable(outcome):
+                # On the handlers' loop; this pool thread waits, the connection's runs on.
+                self._handler_loop().run(_awaited(outcome))
         except Exception as exc:
             if acker.done:
                 self.stats.errors += 1
@@ -453,6 +544,7 @@ def run_worker(worker: Worker, *, periodic: list[Periodic] | None = None) -> Non
 
 
 __all__ = [
+    "AsyncHandler",
     "Delivery",
     "Handler",
     "Periodic",

@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/messaging/inbox.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """The consumers' inbox: a message applied once, however often it is delivered.
 
 A handler records the message_id in the ``inbox`` table in the same
@@ -9,7 +11,6 @@ back, so does the record, and the next delivery applies it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -17,13 +18,8 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Returning, Scalar
 from toolkit.db.database import Connection, Database
-from toolkit.db.patterns import (
-    MAX_PRUNE_BATCH,
-    check_count,
-    check_retention,
-    parse_id,
-)
-from toolkit.errors import InvalidInput, bounded_repr
+from toolkit.db.inputs import MAX_PRUNE_BATCH, check_count, check_retention, parse_id
+from toolkit.messaging.inputs import check_consumer
 from toolkit.messaging.records import InboxEntry
 
 if TYPE_CHECKING:
@@ -32,17 +28,6 @@ if TYPE_CHECKING:
 _record = Returning("inbox.record", InboxEntry, ("consumer", "message_id", "queue"))
 _seen = Scalar("inbox.seen", bool, ("consumer", "message_id"))
 _prune = Exec("inbox.prune", ("retention_seconds", "limit"))
-_CONSUMER = re.compile(r"^[a-z][a-z0-9_.-]{0,199}$")
-
-
-def _consumer(name: str) -> str:
-    if not isinstance(name, str) or not _CONSUMER.match(name):
-        raise InvalidInput(
-            f"consumer name must match {_CONSUMER.pattern}, got {bounded_repr(name)}",
-            field="consumer",
-            value=name,
-        )
-    return name
 
 
 def record(tx: Connection, consumer: str, message_id: UUID | str, queue: str) -> bool:
@@ -52,7 +37,10 @@ def record(tx: Connection, consumer: str, message_id: UUID | str, queue: str) ->
     it returns False.
     """
     entry = _record(
-        tx, consumer=_consumer(consumer), message_id=parse_id(message_id, "message_id"), queue=queue
+        tx,
+        consumer=check_consumer(consumer),
+        message_id=parse_id(message_id, "message_id"),
+        queue=queue,
     )
     return entry is not None
 
@@ -60,7 +48,9 @@ def record(tx: Connection, consumer: str, message_id: UUID | str, queue: str) ->
 def seen(conn: Connection, consumer: str, message_id: UUID | str) -> bool:
     """Whether ``consumer`` already applied ``message_id``."""
     return bool(
-        _seen(conn, consumer=_consumer(consumer), message_id=parse_id(message_id, "message_id"))
+        _seen(
+            conn, consumer=check_consumer(consumer), message_id=parse_id(message_id, "message_id")
+        )
     )
 
 
@@ -75,14 +65,16 @@ def prune(conn: Connection, retention: timedelta, *, limit: int = 10_000) -> int
 
 
 def transactional(
-    db: Database, consumer: str, apply: Callable[[Connection, Delivery], None]
+    db: Database,
+    consumer: str,
+    apply: Callable[[Connection, Delivery], None],
 ) -> Handler:
     """A handler that runs ``apply(tx, delivery)`` once per message_id.
 
     The inbox record and everything ``apply`` writes commit together; a
     duplicate delivery commits nothing and is acknowledged.
     """
-    name = _consumer(consumer)
+    name = check_consumer(consumer)
 
     def handle(delivery: Delivery) -> None:
         with db.transaction() as tx:

@@ -20,7 +20,7 @@ from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.messaging import inbox
 from toolkit.messaging.consumer import Periodic, Worker, run_worker
-from toolkit.messaging.outbox import Relay
+from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import WORK_QUEUES, Topology
 from toolkit.workflows.handlers import default_handlers, echo_work, load_callable
 from toolkit.workflows.service import sweep_expired

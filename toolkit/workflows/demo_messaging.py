@@ -23,7 +23,7 @@ from toolkit.messaging import inbox, outbox
 from toolkit.messaging.connection import ConnectionOptions, close_quietly, connect
 from toolkit.messaging.consumer import Delivery, Worker
 from toolkit.messaging.models import NotificationSend
-from toolkit.messaging.outbox import Relay
+from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import Topology, delete
 from toolkit.repositories import executions
 from toolkit.workflows.handlers import echo_work, log_audit, notification_line

@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/workflows/service.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """The domain wired to messaging, and long work that outlives the consumer timeout.
 
 Each change and its message commit together through the outbox:
@@ -13,7 +15,7 @@ An agent workflow can run longer than the broker's consumer timeout (30
 minutes by default), so the ``workflow.execute`` handler
 (:func:`workflow_handler`) never keeps its message unacked while it works:
 it claims the execution in PostgreSQL (pending -> running with a lease),
-acks, runs the work while a thread renews the lease, then finishes the
+acks, runs the work while the lease is renewed beside it, then finishes the
 execution and enqueues the notification in one transaction. A worker that
 dies leaves a running execution whose lease expires; :func:`sweep_expired`
 returns it to pending and enqueues it again. The state machine is the
@@ -29,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
+from toolkit.concurrency import Event
 from toolkit.db.database import Connection, Database
 from toolkit.db.patterns import validate
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
@@ -104,7 +107,11 @@ def _summary(output: Mapping[str, Any] | None) -> str:
 
 
 def _enqueue_audit(
-    tx: Connection, action: str, entity: str, entity_id: UUID | None, actor_id: UUID | None
+    tx: Connection,
+    action: str,
+    entity: str,
+    entity_id: UUID | None,
+    actor_id: UUID | None,
 ) -> None:
     outbox.enqueue(
         tx, AuditLog(action=action, entity=entity, entity_id=entity_id, actor_id=actor_id)
@@ -152,27 +159,37 @@ def sweep_expired(db: Database, *, limit: int = 100) -> list[Execution]:
 
 
 class _LeaseKeeper:
-    """Renews an execution's lease on a thread until stopped; notes a lost lease."""
+    """Renews an execution's lease until stopped; notes a lost lease.
+
+    It runs beside the work: on a thread of its own in the sync API, as a
+    task on the running event loop in the async one.
+    """
 
     def __init__(
         self, db: Database, execution_id: UUID, worker_id: str, lease: float, every: float
     ) -> None:
         self.lost = False
-        self._stop = threading.Event()
+        # A threading.Event or an asyncio.Event: waited on with a timeout in _stopped.
+        self._stop: Any = Event()
         self._args = (db, execution_id, worker_id, lease, every)
-        self._thread = threading.Thread(target=self._loop, name="toolkit-lease", daemon=True)
+        self._runner: Any = None
 
     def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
+        self._runner = threading.Thread(target=self._loop, name="toolkit-lease", daemon=True)
+        self._runner.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._runner.join(timeout=10)
+
+    def _stopped(self, timeout: float) -> bool:
+        """True once stopped; False when ``timeout`` seconds passed first."""
+        return bool(self._stop.wait(timeout))
 
     def _loop(self) -> None:
         db, execution_id, worker_id, lease, every = self._args
-        while not self._stop.wait(every):
+        while not self._stopped(every):
             try:
                 with db.connection() as conn:
                     executions.renew_lease(

@@ -1,0 +1,263 @@
+"""The domain wired to messaging, and long work that outlives the consumer timeout.
+
+Each change and its message commit together through the outbox:
+
+* :func:`start_execution` creates a pending execution and enqueues
+  ``workflow.execute``;
+* :func:`finish_execution` records the outcome and enqueues
+  ``notification.send``;
+* :func:`record_audit_event` appends to the audit chain and enqueues
+  ``audit.log``.
+
+An agent workflow can run longer than the broker's consumer timeout (30
+minutes by default), so the ``workflow.execute`` handler
+(:func:`workflow_handler`) never keeps its message unacked while it works:
+it claims the execution in PostgreSQL (pending -> running with a lease),
+acks, runs the work while the lease is renewed beside it, then finishes the
+execution and enqueues the notification in one transaction. A worker that
+dies leaves a running execution whose lease expires; :func:`sweep_expired`
+returns it to pending and enqueues it again. The state machine is the
+handler's inbox: a duplicate message finds the execution no longer pending
+and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from uuid import UUID
+
+from toolkit.aio.concurrency import ASYNC, Event
+from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
+from toolkit.aio.db.patterns import validate
+from toolkit.aio.messaging import outbox
+from toolkit.aio.repositories import Audit, audit_events, executions, workflows
+from toolkit.errors import IllegalTransition, NotFound, ToolkitError
+from toolkit.messaging.consumer import AsyncHandler, Delivery
+from toolkit.messaging.models import AuditLog, NotificationSend, WorkflowExecute
+from toolkit.records import AuditEvent, AuditEventCreate, Execution
+
+log = logging.getLogger(__name__)
+
+WorkFunction = Callable[[Execution], Awaitable[Mapping[str, Any]]]
+"""Runs one execution and returns its output; raising marks it failed."""
+
+
+async def start_execution(
+    tx: AsyncConnection,
+    workflow_id: UUID | str,
+    input: Mapping[str, Any] | None = None,
+    *,
+    audit: Audit | None = None,
+) -> Execution:
+    """Create a pending execution and enqueue ``workflow.execute`` for it, in ``tx``."""
+    execution = await executions.create(
+        tx, {"workflow_id": workflow_id, "input": dict(input or {})}, audit=audit
+    )
+    await outbox.enqueue(
+        tx, WorkflowExecute(execution_id=execution.id, workflow_id=execution.workflow_id)
+    )
+    if audit is not None:
+        await _enqueue_audit(tx, "execution.created", "execution", execution.id, audit.actor_id)
+    return execution
+
+
+async def finish_execution(
+    tx: AsyncConnection,
+    execution_id: UUID | str,
+    *,
+    output: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    audit: Audit | None = None,
+) -> Execution:
+    """Succeed (or, with ``error``, fail) a running execution and enqueue its notification."""
+    if error is None:
+        execution = await executions.succeed(tx, execution_id, output, audit=audit)
+    else:
+        execution = await executions.fail(tx, execution_id, error, audit=audit)
+    workflow = await workflows.get(tx, execution.workflow_id)
+    summary = error if error is not None else _summary(execution.output)
+    await outbox.enqueue(
+        tx,
+        NotificationSend(
+            kind=f"execution.{execution.status}",
+            subject=f"Workflow {workflow.name!r} {execution.status}",
+            text=summary[:10_000],
+            recipient_id=workflow.owner_id,
+            execution_id=execution.id,
+            data={"workflow_id": str(workflow.id), "attempt": execution.attempt},
+        ),
+    )
+    if audit is not None:
+        await _enqueue_audit(
+            tx, f"execution.{execution.status}", "execution", execution.id, audit.actor_id
+        )
+    return execution
+
+
+def _summary(output: Mapping[str, Any] | None) -> str:
+    if not output:
+        return "finished with no output"
+    text = ", ".join(f"{key}: {value}" for key, value in output.items())
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+async def _enqueue_audit(
+    tx: AsyncConnection,
+    action: str,
+    entity: str,
+    entity_id: UUID | None,
+    actor_id: UUID | None,
+) -> None:
+    await outbox.enqueue(
+        tx, AuditLog(action=action, entity=entity, entity_id=entity_id, actor_id=actor_id)
+    )
+
+
+async def record_audit_event(
+    tx: AsyncConnection, data: AuditEventCreate | Mapping[str, Any]
+) -> AuditEvent:
+    """Append an audit event to the chain and enqueue it for ``audit.log``, in ``tx``."""
+    event = await audit_events.record(tx, validate(AuditEventCreate, data))
+    await outbox.enqueue(
+        tx,
+        AuditLog(
+            action=event.action,
+            entity=event.entity,
+            entity_id=event.entity_id,
+            actor_id=event.actor_id,
+            event_id=event.id,
+            occurred_at=event.created_at,
+            details=dict(event.details),
+        ),
+    )
+    return event
+
+
+async def sweep_expired(db: AsyncDatabase, *, limit: int = 100) -> list[Execution]:
+    """Return executions whose lease expired to pending and enqueue them again.
+
+    One transaction: an execution is back in pending exactly when its new
+    ``workflow.execute`` message is in the outbox.
+    """
+    async with db.transaction() as tx:
+        expired = await executions.requeue_expired(tx, limit=limit)
+        for execution in expired:
+            await outbox.enqueue(
+                tx,
+                WorkflowExecute(
+                    execution_id=execution.id,
+                    workflow_id=execution.workflow_id,
+                    attempt=execution.attempt,
+                ),
+            )
+    if expired:
+        log.warning("sweeper: %d execution(s) with an expired lease re-enqueued", len(expired))
+    return expired
+
+
+class _LeaseKeeper:
+    """Renews an execution's lease until stopped; notes a lost lease.
+
+    It runs beside the work: on a thread of its own in the sync API, as a
+    task on the running event loop in the async one.
+    """
+
+    def __init__(
+        self, db: AsyncDatabase, execution_id: UUID, worker_id: str, lease: float, every: float
+    ) -> None:
+        self.lost = False
+        # A threading.Event or an asyncio.Event: waited on with a timeout in _stopped.
+        self._stop: Any = Event()
+        self._args = (db, execution_id, worker_id, lease, every)
+        self._runner: Any = None
+
+    async def __aenter__(self) -> _LeaseKeeper:
+        if ASYNC:
+            self._runner = asyncio.ensure_future(self._loop())
+        else:
+            self._runner = threading.Thread(target=self._loop, name="toolkit-lease", daemon=True)
+            self._runner.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if ASYNC:
+            _, running = await asyncio.wait({self._runner}, timeout=10)
+            for task in running:
+                task.cancel()
+        else:
+            self._runner.join(timeout=10)
+
+    async def _stopped(self, timeout: float) -> bool:
+        """True once stopped; False when ``timeout`` seconds passed first."""
+        if ASYNC:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout)
+            return bool(self._stop.is_set())
+        else:
+            return bool(self._stop.wait(timeout))
+
+    async def _loop(self) -> None:
+        db, execution_id, worker_id, lease, every = self._args
+        while not await self._stopped(every):
+            try:
+                async with db.connection() as conn:
+                    await executions.renew_lease(
+                        conn, execution_id, worker_id=worker_id, lease_seconds=lease
+                    )
+            except IllegalTransition:
+                log.error("execution %s: lease lost (swept or cancelled)", execution_id)
+                self.lost = True
+                return
+            except ToolkitError as exc:
+                log.warning("execution %s: lease renewal failed: %s", execution_id, exc)
+
+
+def workflow_handler(
+    db: AsyncDatabase,
+    work: WorkFunction,
+    *,
+    worker_id: str,
+    lease_seconds: float = 60.0,
+    renew_every: float | None = None,
+) -> AsyncHandler:
+    """The ``workflow.execute`` handler: claim, ack, work under a renewed lease, finish.
+
+    A message for an execution that is not pending (a duplicate, or one
+    already swept and claimed elsewhere) is acked and ignored.
+    """
+    every = renew_every if renew_every is not None else lease_seconds / 3
+
+    async def handle(delivery: Delivery) -> None:
+        message = delivery.message
+        assert isinstance(message, WorkflowExecute)
+        try:
+            async with db.transaction() as tx:
+                execution = await executions.start(
+                    tx, message.execution_id, worker_id=worker_id, lease_seconds=lease_seconds
+                )
+        except (IllegalTransition, NotFound) as exc:
+            delivery.duplicate = True
+            log.info("workflow.execute %s ignored: %s", delivery.message_id, exc)
+            return
+        delivery.ack_now()
+        async with _LeaseKeeper(db, execution.id, worker_id, lease_seconds, every) as keeper:
+            try:
+                output: Mapping[str, Any] | None = await work(execution)
+                error = None
+            except Exception as exc:
+                output, error = None, f"{type(exc).__name__}: {exc}"[:10_000]
+        if keeper.lost:
+            return
+        try:
+            async with db.transaction() as tx:
+                await finish_execution(tx, execution.id, output=output, error=error)
+        except IllegalTransition:
+            log.error("execution %s was taken from this worker before it finished", execution.id)
+
+    return handle

@@ -1,0 +1,246 @@
+"""The outbox relay: publishes committed outbox rows (``toolkit relay``).
+
+A :class:`Relay` publishes what :func:`toolkit.messaging.outbox.enqueue`
+wrote, once its transaction committed:
+
+1. in one transaction it claims up to ``batch_size`` unsent, due rows with
+   ``FOR UPDATE SKIP LOCKED`` (several relays share the work; a row is
+   never skipped for good, as an ``id > last_seen`` cursor would when
+   sequences commit out of order);
+2. publishes them with pipelined confirms;
+3. marks the confirmed ones sent, holds back the refused ones (unroutable,
+   rejected) with a growing delay and the error, and commits. A relay that
+   dies before the commit leaves its rows unsent: they go out again (the
+   consumers' inbox absorbs the duplicates). No row is ever dropped.
+
+It wakes on ``LISTEN toolkit_outbox`` (the insert trigger sends at most one
+NOTIFY per transaction, at commit) and polls as a fallback; while the broker
+is down it backs off, with the rows waiting in the table. Sent rows are
+pruned after ``retention``.
+
+The relay is a process of its own (a thread loop over a blocking pika
+connection), so it exists in the sync API only; async applications enqueue
+with :mod:`toolkit.aio.messaging.outbox` and run ``toolkit relay`` beside them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from toolkit.db.bind import Exec, Many
+from toolkit.db.database import Database
+from toolkit.errors import ToolkitError, Unavailable
+from toolkit.messaging.inputs import NOTIFY_CHANNEL
+from toolkit.messaging.outbox import prune
+from toolkit.messaging.publisher import Outgoing, PipelinedPublisher
+from toolkit.messaging.records import OutboxRow
+from toolkit.messaging.topology import Topology
+
+__all__ = ["NOTIFY_CHANNEL", "Relay", "RelayStats"]
+
+log = logging.getLogger(__name__)
+
+_claim = Many("outbox.claim", OutboxRow, ("limit",))
+_mark_sent = Exec("outbox.mark_sent", ("ids",))
+_mark_failed = Exec("outbox.mark_failed", ("ids", "error", "delay_seconds"))
+
+
+def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
+    return Outgoing(
+        exchange=topology.exchange,
+        routing_key=row.queue,
+        body=row.body.encode(),
+        message_id=str(row.id),
+        message_type=row.message_type,
+        timestamp=int(row.created_at.timestamp()),
+        headers=row.headers,
+    )
+
+
+@dataclass
+class RelayStats:
+    """Counters of one relay since it started."""
+
+    published: int = 0
+    failed: int = 0
+    batches: int = 0
+    broker_outages: int = 0
+    pruned: int = 0
+
+
+class Relay:
+    """Publishes committed outbox rows; see the module docstring.
+
+    ``after_publish(rows)`` (optional) is called after the broker confirmed a
+    batch and before the rows are marked sent: tests use it to kill a relay
+    at the worst moment.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        url: str,
+        topology: Topology,
+        *,
+        publisher: Any = None,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        confirm_timeout: float = 30.0,
+        max_backoff: float = 30.0,
+        retention: timedelta = timedelta(days=7),
+        prune_interval: float = 300.0,
+        listen: bool = True,
+        after_publish: Callable[[Sequence[OutboxRow]], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.url = url
+        self.topology = topology
+        self.publisher = publisher or PipelinedPublisher(url, topology)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.confirm_timeout = confirm_timeout
+        self.max_backoff = max_backoff
+        self.retention = retention
+        self.prune_interval = prune_interval
+        self.listen = listen
+        self.after_publish = after_publish
+        self.stats = RelayStats()
+        self._listener: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        """Close the publisher's connection and the LISTEN connection."""
+        self.publisher.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run_once(self) -> int:
+        """Claim, publish and mark one batch; returns how many rows were claimed.
+
+        Raises Unavailable when the broker cannot be reached (the rows stay
+        unsent) or a batch was cut short by a lost connection (the confirmed
+        part is marked sent first).
+        """
+        with self.db.transaction() as tx:
+            rows = _claim(tx, limit=self.batch_size)
+            if not rows:
+                return 0
+            by_id = {str(row.id): row for row in rows}
+            result = self.publisher.publish_batch(
+                [_outgoing(self.topology, row) for row in rows], timeout=self.confirm_timeout
+            )
+            if self.after_publish is not None:
+                self.after_publish(rows)
+            if result.acked:
+                _mark_sent(tx, ids=[by_id[i].id for i in result.acked])
+            for message_id, reason in result.failed.items():
+                row = by_id[message_id]
+                delay = min(self.max_backoff * 10, 2.0 ** min(row.attempts, 10))
+                log.error("outbox message %s refused by the broker: %s", message_id, reason)
+                _mark_failed(tx, ids=[row.id], error=reason, delay_seconds=delay)
+        self.stats.batches += 1
+        self.stats.published += len(result.acked)
+        self.stats.failed += len(result.failed)
+        if result.unconfirmed:
+            raise Unavailable(
+                f"outbox relay: {len(result.unconfirmed)} message(s) unconfirmed "
+                f"({result.error}); they stay in the outbox"
+            )
+        return len(rows)
+
+    def drain(self, timeout: float = 30.0) -> int:
+        """Publish until no due row is left; returns how many were published.
+
+        Raises Unavailable when the broker stays unreachable past ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        before = self.stats.published
+        delay = 0.05
+        while True:
+            try:
+                if self.run_once() == 0:
+                    return self.stats.published - before
+                delay = 0.05
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def run(self, stop: threading.Event) -> None:
+        """Relay until ``stop`` is set: batches back to back while rows wait, then
+        sleep until a NOTIFY or ``poll_interval``; back off while the broker is down.
+        """
+        backoff = 0.0
+        next_prune = time.monotonic() + min(self.prune_interval, 5.0)
+        while not stop.is_set():
+            try:
+                claimed = self.run_once()
+                backoff = 0.0
+            except Unavailable as exc:
+                self.stats.broker_outages += 1
+                backoff = min(self.max_backoff, max(0.1, backoff * 2))
+                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                stop.wait(backoff)
+                continue
+            except Exception as exc:  # a relay must outlive any one failure; rows stay unsent
+                backoff = min(self.max_backoff, max(0.5, backoff * 2))
+                log.error("outbox relay: %s; retrying in %.1fs", exc, backoff, exc_info=True)
+                stop.wait(backoff)
+                continue
+            if time.monotonic() >= next_prune:
+                self._prune()
+                next_prune = time.monotonic() + self.prune_interval
+            if claimed < self.batch_size:
+                self._wait(stop)
+
+    def _prune(self) -> None:
+        try:
+            with self.db.connection() as conn:
+                self.stats.pruned += prune(conn, self.retention)
+        except ToolkitError as exc:
+            log.warning("outbox relay: pruning failed: %s", exc)
+
+    def _wait(self, stop: threading.Event) -> None:
+        """Sleep until a NOTIFY arrives, ``stop`` is set, or ``poll_interval`` passes."""
+        if not self.listen:
+            stop.wait(self.poll_interval)
+            return
+        listener = self._listener
+        if listener is None or listener.closed:
+            try:
+                listener = psycopg.connect(self.db.url, autocommit=True, connect_timeout=5)
+                listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self._listener = listener
+            except psycopg.Error as exc:
+                log.warning("outbox relay: LISTEN failed (%s); polling", exc)
+                self._listener = None
+                stop.wait(self.poll_interval)
+                return
+        # Wake at least every 0.25 s to notice ``stop``.
+        deadline = time.monotonic() + self.poll_interval
+        try:
+            while not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                for _ in listener.notifies(timeout=min(0.25, remaining), stop_after=1):
+                    return
+        except psycopg.Error as exc:
+            log.warning("outbox relay: LISTEN connection lost (%s); polling", exc)
+            listener.close()
+            self._listener = None
