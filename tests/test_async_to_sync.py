@@ -47,7 +47,8 @@ def test_async_code_becomes_the_sync_twin() -> None:
         from collections.abc import AsyncIterator, Awaitable, Callable
         from contextlib import asynccontextmanager
 
-        from toolkit.aio.concurrency import ASYNC, sleep
+        from toolkit.aio.concurrency import ASYNC
+        from toolkit.aio.concurrency import sleep as nap
         from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 
         __all__ = ["AsyncDatabase", "fetch"]
@@ -59,7 +60,7 @@ def test_async_code_becomes_the_sync_twin() -> None:
             async for row in rows(conn):
                 total += await check()
             if ASYNC:
-                await sleep(0)
+                await nap(0)
             else:
                 total += 0
             return total
@@ -70,7 +71,7 @@ def test_async_code_becomes_the_sync_twin() -> None:
                 return self
 
             async def aclose(self) -> None:
-                await sleep(0.1)
+                await nap(0.1)
 
 
         @asynccontextmanager
@@ -82,14 +83,15 @@ def test_async_code_becomes_the_sync_twin() -> None:
     assert '"""Example: ``agents.get(conn, id)`` inside ``with db.transaction()``."""' in generated
     code = generated.split("\n", 2)[2]  # after the header
     assert "async " not in code and "await" not in code
-    assert "from toolkit.concurrency import sleep" in generated
+    assert "from toolkit.concurrency import sleep as nap" in generated
+    assert "ASYNC" not in generated
     assert "from toolkit.db.database import Connection, Database" in generated
     assert '__all__ = ["Database", "fetch"]' in generated
     assert "def fetch(db: Database, check: Callable[[], int]) -> int:" in generated
     assert "with db.connection() as conn:  # a comment survives" in generated
     assert "total = _count(conn, id=1)" in generated
     assert "for row in rows(conn):" in generated
-    assert "total += 0" in generated and "sleep(0)\n" not in generated
+    assert "total += 0" in generated and "nap(0)\n" not in generated
     assert "def __enter__(self)" in generated and "def close(self)" in generated
     assert "@contextmanager" in generated
     assert "def opened(conn: Connection) -> Iterator[Connection]:" in generated

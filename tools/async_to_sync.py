@@ -282,15 +282,15 @@ class _Collector(ast.NodeVisitor):
         module = node.module or ""
         new_module = sync_module(module)
         start = self.offsets.start(node)
+        if all(alias.name == "ASYNC" for alias in node.names):
+            self.edits.append(Edit(start, self.offsets.end(node), ""))  # only ASYNC: drop it
+            return
         if new_module != module:
             match = re.match(rf"from\s+{re.escape(module)}\b", self.offsets.source[start:])
             if match is None:
                 raise self.fail(node, f"cannot find the module {module}")
             self.edits.append(Edit(start, start + match.end(), f"from {new_module}"))
         kept = [alias for alias in node.names if alias.name != "ASYNC"]
-        if not kept:
-            self.edits.append(Edit(start, self.offsets.end(node), ""))
-            return
         if len(kept) != len(node.names):
             names = ", ".join(
                 f"{sync_name(a.name)} as {a.asname}" if a.asname else sync_name(a.name)

@@ -1,4 +1,5 @@
-"""CacheClient against the real Redis: values, TTLs, JSON, batches, namespaces."""
+"""CacheClient and AsyncCacheClient against the real Redis: values, TTLs, JSON, batches,
+namespaces. Every test runs in both modes (tests/support/modes.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,22 @@ from typing import Any
 import pytest
 import redis
 
+from toolkit.aio.cache import AsyncCacheClient
 from toolkit.cache import HIREDIS_AVAILABLE, CacheClient
 from toolkit.config import Settings
 from toolkit.errors import InvalidInput
 
+from .conftest import Api
 from .redis_env import REDIS_URL, free_port
+
+pytestmark = pytest.mark.usefixtures("mode")
+
+
+def test_the_run_uses_the_api_of_its_mode(client: CacheClient, api: Api) -> None:
+    """Guards the harness: an [async] run really drives an AsyncCacheClient."""
+    target = getattr(client, "target", client)
+    expected = AsyncCacheClient if api.is_async else CacheClient
+    assert type(target) is expected
 
 
 def test_set_get_delete(client: CacheClient, raw_redis: redis.Redis) -> None:
@@ -110,20 +122,20 @@ def test_counters(client: CacheClient) -> None:
     assert client.stats().hits == 0
 
 
-def test_from_settings_uses_redis_settings(namespace: str) -> None:
+def test_from_settings_uses_redis_settings(namespace: str, api: Api) -> None:
     settings = Settings(
         redis_url=REDIS_URL,
         cache_namespace=namespace,
         redis_connect_timeout=0.2,
         redis_socket_timeout=0.3,
     )
-    with CacheClient.from_settings(settings) as cache:
+    with api.client_from_settings(settings) as cache:
         assert cache.namespace == namespace
         kwargs = cache.redis.connection_pool.connection_kwargs
         assert kwargs["socket_connect_timeout"] == 0.2
         assert kwargs["socket_timeout"] == 0.3
         assert cache.ping()
-    with CacheClient.from_settings(settings, namespace="other") as cache:
+    with api.client_from_settings(settings, namespace="other") as cache:
         assert cache.namespace == "other"
 
 
@@ -132,7 +144,7 @@ def _retries(retry: Any) -> int:
     return int(retry.get_retries() if hasattr(retry, "get_retries") else retry._retries)
 
 
-def test_redis_py_retries_and_health_checks_are_off(client: CacheClient) -> None:
+def test_redis_py_retries_and_health_checks_are_off(client: CacheClient, api: Api) -> None:
     kwargs = client.redis.connection_pool.connection_kwargs
     assert _retries(kwargs["retry"]) == 0
     assert kwargs["health_check_interval"] == 0
@@ -140,7 +152,7 @@ def test_redis_py_retries_and_health_checks_are_off(client: CacheClient) -> None
     assert _retries(connection.retry) == 0
     assert connection.health_check_interval == 0
     # A dead server costs one refused connect, not ten retries with backoff.
-    dead = CacheClient.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="dead")
+    dead = api.raw_client(f"redis://127.0.0.1:{free_port()}/0", namespace="dead")
     began = time.perf_counter()
     assert dead.get("k") is None
     assert time.perf_counter() - began < 0.05
@@ -195,30 +207,32 @@ def test_bad_input_is_invalid_input(client: CacheClient, call: object, field: st
 
 
 @pytest.mark.parametrize("namespace_value", ["", "a:b", "a*", "has space", "x" * 65, None])
-def test_bad_namespace(namespace_value: object) -> None:
+def test_bad_namespace(namespace_value: object, api: Api) -> None:
     with pytest.raises(InvalidInput):
-        CacheClient.from_url(REDIS_URL, namespace=namespace_value)  # type: ignore[arg-type]
+        api.raw_client(REDIS_URL, namespace=namespace_value)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [{"connect_timeout": 0}, {"socket_timeout": -1}, {"connect_timeout": "1"}],
 )
-def test_bad_timeouts(kwargs: dict[str, object]) -> None:
+def test_bad_timeouts(kwargs: dict[str, object], api: Api) -> None:
     with pytest.raises(InvalidInput):
-        CacheClient.from_url(REDIS_URL, **kwargs)  # type: ignore[arg-type]
+        api.raw_client(REDIS_URL, **kwargs)
 
 
-def test_bad_url() -> None:
+def test_bad_url(api: Api) -> None:
     with pytest.raises(InvalidInput):
-        CacheClient.from_url("http://127.0.0.1:6379")
+        api.raw_client("http://127.0.0.1:6379")
 
 
-def test_the_cache_stands_alone() -> None:
+def test_the_cache_stands_alone(api: Api) -> None:
     """Importing the cache loads neither the database layer nor its driver."""
+    package = "toolkit.aio.cache" if api.is_async else "toolkit.cache"
     code = (
-        "import sys, toolkit.cache; "
-        "bad = [m for m in sys.modules if m.startswith(('toolkit.db', 'psycopg'))]; "
+        f"import sys, {package}; "
+        "bad = [m for m in sys.modules "
+        "if m.startswith(('toolkit.db', 'toolkit.aio.db', 'psycopg'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     root = pathlib.Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""LLMCache against the real Redis: values, TTLs, invalidation, policies, corrupt entries."""
+"""LLMCache and AsyncLLMCache against the real Redis: values, TTLs, invalidation, policies,
+corrupt entries. Every test runs in both modes (tests/support/modes.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from toolkit.cache import (
     SecretPattern,
 )
 from toolkit.errors import InvalidInput
+
+from .conftest import Api
+from .test_detector import SECRETS
+
+pytestmark = pytest.mark.usefixtures("mode")
 
 
 def request(
@@ -93,8 +99,10 @@ def test_default_ttl_is_a_day_minus_a_little_jitter(
     assert 55 <= raw_redis.ttl(llm.key(request("short"))) <= 60
 
 
-def test_constructor_ttl_and_no_jitter(client: CacheClient, raw_redis: redis.Redis) -> None:
-    cache = LLMCache(client, ttl=120, ttl_jitter=0)
+def test_constructor_ttl_and_no_jitter(
+    client: CacheClient, raw_redis: redis.Redis, api: Api
+) -> None:
+    cache = api.llm(client, ttl=120, ttl_jitter=0)
     cache.set(request(), "a")
     assert 118 <= raw_redis.ttl(cache.key(request())) <= 120
 
@@ -145,11 +153,11 @@ def test_invalidate_all(llm: LLMCache) -> None:
 
 
 def test_invalidate_all_spares_other_namespaces(
-    llm: LLMCache, raw_redis: redis.Redis, namespace: str
+    llm: LLMCache, raw_redis: redis.Redis, namespace: str, api: Api
 ) -> None:
-    other = CacheClient.from_url("redis://127.0.0.1:6379/0", namespace=f"{namespace}-other")
+    other = api.client("redis://127.0.0.1:6379/0", namespace=f"{namespace}-other")
     try:
-        other_llm = LLMCache(other)
+        other_llm = api.llm(other)
         other_llm.set(request(), "other")
         llm.set(request(), "mine")
         llm.invalidate_all()
@@ -197,37 +205,6 @@ def test_sensitive_requests_are_never_stored(
     assert llm.key(secret_request) == llm.key(request())
 
 
-SECRETS = {
-    "api_key_sk": "use sk-proj-abcdefghijklmnopqrstuvwxyz0123",
-    "aws_access_key_id": "key AKIAIOSFODNN7EXAMPLE here",
-    "aws_secret_access_key": "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-    "bearer_token": "Authorization: Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6",
-    "private_key_block": "-----BEGIN RSA PRIVATE KEY-----\nMIIEow...",
-    "github_token": "ghp_" + "a" * 36,
-    "slack_token": "xoxb-1234567890-abcdef",
-    "google_api_key": "AIza" + "B" * 35,
-}
-
-
-@pytest.mark.parametrize("name", sorted(SECRETS))
-def test_default_detector_finds_common_secret_shapes(name: str) -> None:
-    assert SecretDetector().find(f"prefix {SECRETS[name]} suffix") == name
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "a task-oriented risk-free desk-based plan",
-        "ask-me-anything",
-        "the bearer of bad news",
-        "private key concepts are explained in chapter 3",
-        "AKIA",
-    ],
-)
-def test_default_detector_ignores_ordinary_text(text: str) -> None:
-    assert SecretDetector().find(text) is None
-
-
 def test_secret_in_request_bypasses(
     llm: LLMCache, client: CacheClient, raw_redis: redis.Redis
 ) -> None:
@@ -251,8 +228,8 @@ def test_secret_in_response_is_not_stored(
     assert llm.stats().bypass_reasons == {BypassReason.SECRET_IN_RESPONSE: 2}
 
 
-def test_custom_and_disabled_detectors(client: CacheClient) -> None:
-    custom = LLMCache(
+def test_custom_and_disabled_detectors(client: CacheClient, api: Api) -> None:
+    custom = api.llm(
         client,
         secret_detector=SecretDetector(
             extra_patterns=[SecretPattern("acme", r"ACME-\d{6}", hints=("acme-",))]
@@ -260,15 +237,10 @@ def test_custom_and_disabled_detectors(client: CacheClient) -> None:
     )
     assert not custom.set(request("ticket ACME-123456"), "x")
     assert not custom.set(request("key sk-proj-abcdefghijklmnopqrstuvwxyz0123"), "x")
-    only_mine = LLMCache(client, secret_detector=SecretDetector({"acme": r"ACME-\d{6}"}))
+    only_mine = api.llm(client, secret_detector=SecretDetector({"acme": r"ACME-\d{6}"}))
     assert only_mine.set(request("key sk-proj-abcdefghijklmnopqrstuvwxyz0123"), "x")
-    off = LLMCache(client, secret_detector=None)
+    off = api.llm(client, secret_detector=None)
     assert off.set(request("ticket ACME-123456"), "x")
-
-
-def test_bad_secret_pattern() -> None:
-    with pytest.raises(InvalidInput):
-        SecretDetector({"broken": "(unclosed"})
 
 
 def test_nondeterministic_requests_bypass_by_default(llm: LLMCache) -> None:
@@ -284,8 +256,8 @@ def test_nondeterministic_requests_bypass_by_default(llm: LLMCache) -> None:
     assert llm.stats().bypass_reasons == {BypassReason.NONDETERMINISTIC: 4}
 
 
-def test_nondeterministic_requests_cached_when_asked(client: CacheClient) -> None:
-    cache = LLMCache(client, cache_nondeterministic=True)
+def test_nondeterministic_requests_cached_when_asked(client: CacheClient, api: Api) -> None:
+    cache = api.llm(client, cache_nondeterministic=True)
     sampled = request(temperature=0.7)
     assert cache.set(sampled, "x")
     hit = cache.get(sampled)
@@ -293,9 +265,9 @@ def test_nondeterministic_requests_cached_when_asked(client: CacheClient) -> Non
 
 
 def test_large_values_are_compressed_small_ones_not(
-    client: CacheClient, raw_redis: redis.Redis
+    client: CacheClient, raw_redis: redis.Redis, api: Api
 ) -> None:
-    cache = LLMCache(client, compress_threshold=4096)
+    cache = api.llm(client, compress_threshold=4096)
     big = "the quick brown fox jumps over the lazy dog " * 500
     cache.set(request("big"), big)
     cache.set(request("small"), "tiny")
@@ -439,11 +411,11 @@ def test_bad_arguments_are_invalid_input(llm: LLMCache, call: Any) -> None:
         {"compress_threshold": -1},
     ],
 )
-def test_bad_constructor_arguments(client: CacheClient, kwargs: dict[str, Any]) -> None:
+def test_bad_constructor_arguments(client: CacheClient, kwargs: dict[str, Any], api: Api) -> None:
     with pytest.raises(InvalidInput):
-        LLMCache(client, **kwargs)
+        api.llm(client, **kwargs)
 
 
-def test_constructor_needs_a_cache_client() -> None:
+def test_constructor_needs_a_cache_client(api: Api) -> None:
     with pytest.raises(InvalidInput):
-        LLMCache(redis.Redis())  # type: ignore[arg-type]
+        api.llm(redis.Redis())

@@ -183,6 +183,23 @@ class Synced:
         return repr(self._target)
 
 
+class _SyncClass:
+    """An async class used through sync calls: constructors and classmethods alike."""
+
+    def __init__(self, cls: type, mode: Mode) -> None:
+        self._cls = cls
+        self._mode = mode
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _call(self._cls, self._mode)(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cls, name)
+        if callable(value) and not isinstance(value, type):
+            return _call(value, self._mode)
+        return value
+
+
 class _Both(types.ModuleType):
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -205,7 +222,7 @@ class _Both(types.ModuleType):
             return value
         if isinstance(value, type):
             if value.__module__.startswith("toolkit.aio."):
-                return _call(value, mode)
+                return _SyncClass(value, mode)
             return value
         if callable(value) and inspect.iscoroutinefunction(value):
             return _call(value, mode)

@@ -19,6 +19,12 @@ Every state change is logged once, never once per call: opening and
 recovering at WARNING (so an operator filtering on warnings sees both ends of
 an outage), the open/half-open probe cycle of a long outage at DEBUG. Each
 change is also reported to an optional callback.
+
+One class serves both APIs: :class:`~toolkit.cache.CacheClient` and
+:class:`~toolkit.aio.cache.AsyncCacheClient` take the same breaker (one
+instance may even guard both). Its lock is a thread lock held for a few
+attribute updates and never across I/O or an ``await``, so tasks on an event
+loop use it without blocking the loop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
+# Generated from toolkit/aio/cache/client.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """A fail-open Redis cache client.
 
-:class:`CacheClient` wraps one redis-py client (with the hiredis parser when
-it is installed) and puts every call behind a :class:`CircuitBreaker`:
+:class:`CacheClient` wraps one redis-py client (with the hiredis parser
+when it is installed) and puts every call behind a :class:`CircuitBreaker`:
 
 * connect and socket timeouts are short (50 ms by default) and redis-py's own
   retries are switched off, so a dead or stalled Redis costs one bounded
@@ -21,120 +23,64 @@ the caller's format and are not signed.
 Keys live under a namespace (``<namespace>:<key>``). Writes are one atomic
 ``SET key value EX ttl``. Clearing a namespace uses ``SCAN`` + ``UNLINK``;
 the client never sends ``FLUSHDB`` or ``FLUSHALL``.
+
+The sync and the async client share the breaker class (one state machine),
+the counters and the checks (:mod:`toolkit.cache.breaker`,
+:mod:`toolkit.cache.stats`, :mod:`toolkit.cache.inputs`). In the async API a
+task cancelled mid-call leaves no half-read reply behind: redis-py drops a
+connection interrupted while reading.
 """
 
 from __future__ import annotations
 
-import enum
 import inspect
 import json
 import logging
-import math
-import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import redis
-from redis import Redis
+from redis import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.utils import HIREDIS_AVAILABLE
 
 from toolkit.cache.breaker import CircuitBreaker
-from toolkit.cache.codec import MIN_KEY_BYTES, Signer
+from toolkit.cache.codec import Signer
+from toolkit.cache.inputs import (
+    CONNECTIVITY_ERRORS,
+    DEFAULT_TTL,
+    SCAN_BATCH,
+    Outcome,
+    as_bytes,
+    check_timeouts,
+    dumps_json,
+    make_signer,
+    namespaced_key,
+    ttl_seconds,
+    validate_namespace,
+)
 from toolkit.cache.stats import BypassReason, CacheStats, StatsRecorder
 from toolkit.errors import InvalidInput
 
 if TYPE_CHECKING:
     from toolkit.config import Settings
 
-__all__ = ["HIREDIS_AVAILABLE", "CacheClient", "validate_namespace"]
+__all__ = [
+    "DEFAULT_TTL",
+    "HIREDIS_AVAILABLE",
+    "CacheClient",
+    "Outcome",
+    "build_redis",
+    "command",
+    "make_signer",
+    "ttl_seconds",
+    "validate_namespace",
+]
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DEFAULT_TTL: Final = 3600.0
-"""Seconds a value set without an explicit TTL lives."""
-
-# A colon would let namespace "a" clear namespace "a:b"; glob characters would
-# widen the SCAN pattern. Both are refused.
-_NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_MAX_KEY_LENGTH: Final = 1024
-_SCAN_BATCH: Final = 500
-
-# Connection trouble: these trip the breaker. Other RedisErrors (WRONGTYPE,
-# OOM, NOSCRIPT) mean the server answered, so they are errors but not outages.
-_CONNECTIVITY_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
-class Outcome(enum.Enum):
-    """Why :meth:`CacheClient.execute` returned no result."""
-
-    BYPASSED = "bypassed"
-    """The breaker is open; Redis was not called."""
-    FAILED = "failed"
-    """Redis was called and the call failed."""
-
-
-def validate_namespace(namespace: object) -> str:
-    """Return ``namespace`` if it is 1-64 of ``[A-Za-z0-9_.-]``, else raise InvalidInput."""
-    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
-        raise InvalidInput(
-            "namespace must be 1-64 characters from A-Z a-z 0-9 _ . - (no ':' or glob characters)",
-            field="namespace",
-            value=namespace,
-        )
-    return namespace
-
-
-def ttl_seconds(ttl: object, default: float, field: str = "ttl") -> int:
-    """Turn a TTL argument into whole seconds for ``EX`` (rounded up, at least 1)."""
-    if ttl is None:
-        ttl = default
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise InvalidInput("ttl must be a number of seconds", field=field, value=ttl)
-    if not math.isfinite(ttl) or ttl <= 0:
-        raise InvalidInput("ttl must be positive and finite", field=field, value=ttl)
-    return max(1, math.ceil(ttl))
-
-
-def make_signer(hmac_key: object) -> Signer | None:
-    """A :class:`Signer` for an integrity key (str or bytes, at least 16 bytes), or None."""
-    if hmac_key is None:
-        return None
-    key = hmac_key.encode("utf-8") if isinstance(hmac_key, str) else hmac_key
-    if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-        # The key itself never goes into the error.
-        raise InvalidInput(
-            f"hmac_key must be a str or bytes of at least {MIN_KEY_BYTES} bytes", field="hmac_key"
-        )
-    return Signer(key)
-
-
-def _as_bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise InvalidInput(
-        "cache values must be bytes or str (use set_json for other values)",
-        field="value",
-        value=type(value).__name__,
-    )
-
-
-def _dumps_json(value: object) -> bytes:
-    try:
-        return json.dumps(
-            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(
-            f"value is not JSON-serialisable: {exc}", field="value", value=type(value).__name__
-        ) from None
 
 
 def _pool_wants_command() -> bool:
@@ -143,9 +89,7 @@ def _pool_wants_command() -> bool:
     redis-py before 5.3 requires it; later versions deprecate passing it.
     """
     try:
-        parameter = inspect.signature(redis.ConnectionPool.get_connection).parameters.get(
-            "command_name"
-        )
+        parameter = inspect.signature(ConnectionPool.get_connection).parameters.get("command_name")
     except (TypeError, ValueError):  # pragma: no cover - an unusual build
         return False
     return parameter is not None and parameter.default is inspect.Parameter.empty
@@ -165,8 +109,9 @@ def command(r: Redis, *args: str | bytes | int) -> Any:
     connection disconnects itself on any error while sending or reading, and
     goes back to the pool either way. Server errors raise ResponseError.
     """
-    pool = r.connection_pool
-    connection = pool.get_connection(args[0]) if _POOL_WANTS_COMMAND else pool.get_connection()
+    pool: Any = r.connection_pool  # get_connection is untyped in redis.asyncio
+    acquiring = pool.get_connection(args[0]) if _POOL_WANTS_COMMAND else pool.get_connection()
+    connection = acquiring
     try:
         send: Callable[..., None] = connection.send_command  # untyped in redis-py
         send(*args)
@@ -188,11 +133,9 @@ def build_redis(
     by default; a cache must not, so the retry policy is zero retries with no
     backoff. There is no health-check PING before commands either.
     """
-    for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise InvalidInput(f"{name} must be a positive number of seconds", field=name)
+    check_timeouts(connect_timeout, socket_timeout)
     try:
-        pool = redis.ConnectionPool.from_url(
+        pool = ConnectionPool.from_url(
             url,
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
@@ -211,7 +154,8 @@ class CacheClient:
     Build one with :meth:`from_settings` or :meth:`from_url`; the constructor
     takes an existing ``Redis``, whose timeouts and retry policy are
     then the caller's responsibility. One client is safe to share between
-    threads (redis-py pools connections); after ``fork`` redis-py opens new
+    threads, or for the async client between the tasks of one event loop
+    (redis-py pools connections); after ``fork`` redis-py opens new
     connections in the child.
     """
 
@@ -247,7 +191,10 @@ class CacheClient:
         max_connections: int = 64,
         hmac_key: str | bytes | None = None,
     ) -> CacheClient:
-        """A client for the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+        """A client for the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        No connection is opened here: the first call connects.
+        """
         validate_namespace(namespace)
         make_signer(hmac_key)  # refuse a bad key before connecting
         client = build_redis(
@@ -328,13 +275,7 @@ class CacheClient:
 
     def key(self, name: str) -> str:
         """The full Redis key for ``name``: ``<namespace>:<name>``."""
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("a cache key must be a non-empty str", field="key", value=name)
-        if len(name) > _MAX_KEY_LENGTH:
-            raise InvalidInput(
-                f"a cache key is limited to {_MAX_KEY_LENGTH} characters", field="key"
-            )
-        return self._prefix + name
+        return namespaced_key(self._prefix, name)
 
     # -- the guarded call ------------------------------------------------------
 
@@ -377,7 +318,7 @@ class CacheClient:
     def _failed(self, exc: Exception) -> Outcome:
         """Count a failed call, tell the breaker whether Redis is at fault."""
         self._stats.error()
-        if isinstance(exc, _CONNECTIVITY_ERRORS):
+        if isinstance(exc, CONNECTIVITY_ERRORS):
             self._breaker.record_failure()
             _log.debug("redis call failed (%s): %s", type(exc).__name__, exc)
         elif isinstance(exc, redis.RedisError):
@@ -398,7 +339,7 @@ class CacheClient:
     def get(self, key: str) -> bytes | None:
         """The bytes stored at ``key``, or None on a miss (or while Redis is down)."""
         full = self.key(key)
-        result = self.execute(lambda r: cast("bytes | None", command(r, "GET", full)))
+        result = self.execute(lambda r: command(r, "GET", full))
         return self._count_read(result)
 
     def set(self, key: str, value: bytes | str, ttl: float | None = None) -> bool:
@@ -408,7 +349,7 @@ class CacheClient:
         dropped because Redis is down; the caller need not care.
         """
         full = self.key(key)
-        data = _as_bytes(value)
+        data = as_bytes(value)
         seconds = ttl_seconds(ttl, self._default_ttl)
         return self._count_write(self.execute(lambda r: r.set(full, data, ex=seconds)))
 
@@ -430,7 +371,7 @@ class CacheClient:
         if not names:
             return {}
         full = [self.key(k) for k in names]
-        result = self.execute(lambda r: cast("list[bytes | None]", command(r, "MGET", *full)))
+        result = self.fetch(*full)
         if result is Outcome.BYPASSED:
             return {}
         found: dict[str, bytes] = {}
@@ -455,7 +396,7 @@ class CacheClient:
         if not items:
             return True
         seconds = ttl_seconds(ttl, self._default_ttl)
-        pairs = [(self.key(k), _as_bytes(v)) for k, v in items.items()]
+        pairs = [(self.key(k), as_bytes(v)) for k, v in items.items()]
 
         def op(r: Redis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
@@ -474,7 +415,7 @@ class CacheClient:
         and reported as a miss.
         """
         full = self.key(key)
-        result = self.execute(lambda r: cast("bytes | None", command(r, "GET", full)))
+        result = self.execute(lambda r: command(r, "GET", full))
         if isinstance(result, Outcome) or result is None:
             self._count_read(result)
             return default
@@ -489,7 +430,7 @@ class CacheClient:
     def set_json(self, key: str, value: Any, ttl: float | None = None) -> bool:
         """Store ``value`` as compact JSON; InvalidInput if it is not serialisable."""
         full = self.key(key)
-        data = _dumps_json(value)
+        data = dumps_json(value)
         seconds = ttl_seconds(ttl, self._default_ttl)
         return self._count_write(self.execute(lambda r: r.set(full, data, ex=seconds)))
 
@@ -507,9 +448,9 @@ class CacheClient:
 
         def op(r: Redis) -> int:
             batch: list[bytes] = []
-            for name in r.scan_iter(match=pattern, count=_SCAN_BATCH):
+            for name in r.scan_iter(match=pattern, count=SCAN_BATCH):
                 batch.append(name)
-                if len(batch) >= _SCAN_BATCH:
+                if len(batch) >= SCAN_BATCH:
                     deleted[0] += r.unlink(*batch)
                     batch.clear()
             if batch:
@@ -521,7 +462,11 @@ class CacheClient:
 
     def ping(self) -> bool:
         """Whether Redis answers (False while the breaker is open)."""
-        return self.call(lambda r: bool(r.ping()), False)
+
+        def op(r: Redis) -> bool:
+            return bool(r.ping())
+
+        return self.call(op, False)
 
     # -- stats and lifecycle -------------------------------------------------
 
@@ -548,9 +493,12 @@ class CacheClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"CacheClient(namespace={self._namespace!r}, breaker={self._breaker.state.value})"
+        return (
+            f"{type(self).__name__}(namespace={self._namespace!r}, "
+            f"breaker={self._breaker.state.value})"
+        )
 
-    # -- helpers shared with LLMCache -----------------------------------------
+    # -- helpers shared with the LLM cache -----------------------------------------
 
     def discard_corrupt(self, full_key: str) -> None:
         """Count a value that failed to decode as corrupt and a miss, and delete it."""

@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/cache/llm.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """A cache of LLM responses keyed on a canonical fingerprint of the request.
 
 See :class:`LLMCache`. Keys (``<ns>`` is the client's namespace, ``<fp>`` the
@@ -22,25 +24,44 @@ corrupt; with an integrity key on the client (``TOOLKIT_CACHE_HMAC_KEY``)
 an entry without a valid HMAC for its key is a forgery. Either is a miss,
 deleted and counted (``corrupt`` / ``integrity_failures``). Nothing of a
 sensitive or secret-bearing request is kept in the in-process memos.
+
+The lease of a computation is renewed while it runs (every third of
+``lease_ttl``), so a call slower than ``lease_ttl`` is still computed once.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, Final, cast
 
 from redis import Redis
 
 from toolkit.cache import codec, fingerprint
-from toolkit.cache.client import CacheClient, Outcome, ttl_seconds
+from toolkit.cache.client import CacheClient
+from toolkit.cache.entries import (
+    CLEAN_MEMORY,
+    DEFAULT,
+    DEFAULT_LLM_TTL,
+    EXTEND_LUA,
+    RELEASE_LUA,
+    CachedResponse,
+    Default,
+    Job,
+    Lookup,
+    Plan,
+    encode_body,
+    is_nondeterministic,
+    lease_key,
+    new_generation_value,
+    usage_of,
+    valid_generations,
+)
 from toolkit.cache.fingerprint import (
     KEY_VERSION,
     Canonical,
@@ -48,85 +69,21 @@ from toolkit.cache.fingerprint import (
     RequestFingerprinter,
     model_scope,
 )
+from toolkit.cache.inputs import Outcome, positive_seconds, ttl_seconds
 from toolkit.cache.secrets import SecretDetector
 from toolkit.cache.stats import BypassReason, CacheStats
+from toolkit.concurrency import sleep
 from toolkit.errors import InvalidInput
 
-__all__ = ["DEFAULT_LLM_TTL", "CachedResponse", "LLMCache", "is_nondeterministic"]
+__all__ = ["LLMCache"]
+# Shared with the other API (toolkit.cache.entries); apart, so both spellings sort.
+__all__ += ["DEFAULT_LLM_TTL", "CachedResponse", "is_nondeterministic"]
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_LLM_TTL: Final = 24 * 3600.0
-"""Seconds an LLM response lives by default."""
-
 _DEFAULT_DETECTOR: Final = SecretDetector()
-_CLEAN_MEMORY: Final = 16_384
-"""How many request fingerprints found free of secrets are remembered."""
 
-# Compare-and-delete: release a lease only if it is still ours (it may have
-# expired and been taken by another caller meanwhile).
-_RELEASE_LUA: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
-class _Default(enum.Enum):
-    TOKEN = 0
-
-
-_DEFAULT: Final = _Default.TOKEN
-
-
-def is_nondeterministic(request: Mapping[str, Any]) -> bool:
-    """Whether ``request`` samples: a temperature above zero and no seed.
-
-    A request without a temperature uses the provider's default, which is
-    above zero for the common providers, so it counts as sampling too. A
-    ``seed`` makes any temperature count as deterministic.
-    """
-    if request.get("seed") is not None:
-        return False
-    temperature = request.get("temperature")
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-        return True
-    return temperature > 0
-
-
-class CachedResponse(NamedTuple):
-    """A response with its metadata, from the cache or just computed (immutable)."""
-
-    response: Any
-    """The response as stored: a str, or any JSON value (tuples come back as lists)."""
-    model: str
-    created_at: float
-    """When the response was stored (or computed), in Unix seconds."""
-    usage: dict[str, Any] | None
-    """Token usage when it was given (or found as ``response["usage"]``)."""
-    from_cache: bool
-    """False when this call ran the compute function."""
-
-
-class _Plan(NamedTuple):
-    key: str
-    model: str
-    model_gen_key: str
-    bypass: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    plan: _Plan
-    fn: Callable[[], Any]
-    usage: Mapping[str, Any] | None
-    seconds: int
-
-
-class _Lookup(enum.Enum):
-    MISS = "miss"  # Redis answered: nothing usable
-    UNAVAILABLE = "unavailable"  # Redis did not answer (or the breaker is open)
+Generations = tuple[bytes | None, bytes | None]
 
 
 class LLMCache:
@@ -170,7 +127,7 @@ class LLMCache:
         ttl: float = DEFAULT_LLM_TTL,
         ttl_jitter: float = 0.05,
         cache_nondeterministic: bool = False,
-        secret_detector: SecretDetector | _Default | None = _DEFAULT,
+        secret_detector: SecretDetector | Default | None = DEFAULT,
         fingerprinter: RequestFingerprinter | None = None,
         compress_threshold: int | None = 128 * 1024,
         max_entry_bytes: int = codec.DEFAULT_MAX_ENTRY_BYTES,
@@ -179,7 +136,7 @@ class LLMCache:
         poll_interval: float = 0.005,
     ) -> None:
         if not isinstance(client, CacheClient):
-            raise InvalidInput("client must be a CacheClient", field="client")
+            raise InvalidInput(f"client must be a {CacheClient.__name__}", field="client")
         self._ttl = float(ttl_seconds(ttl, DEFAULT_LLM_TTL))
         if isinstance(ttl_jitter, bool) or not 0 <= ttl_jitter < 1:
             raise InvalidInput("ttl_jitter must be in [0, 1)", field="ttl_jitter", value=ttl_jitter)
@@ -188,7 +145,7 @@ class LLMCache:
             ("wait_timeout", wait_timeout),
             ("poll_interval", poll_interval),
         ):
-            _positive(value, name)
+            positive_seconds(value, name)
         if compress_threshold is not None and (
             isinstance(compress_threshold, bool) or compress_threshold < 0
         ):
@@ -206,7 +163,7 @@ class LLMCache:
         self._signer = client.signer
         self._jitter = float(ttl_jitter)
         self.cache_nondeterministic = bool(cache_nondeterministic)
-        self._detector = _DEFAULT_DETECTOR if secret_detector is _DEFAULT else secret_detector
+        self._detector = _DEFAULT_DETECTOR if secret_detector is DEFAULT else secret_detector
         self._fingerprinter = fingerprinter or RequestFingerprinter()
         self._compress_threshold = compress_threshold
         self._lease_ttl = float(lease_ttl)
@@ -217,7 +174,8 @@ class LLMCache:
         self._model_gen_key = lru_cache(maxsize=256)(self._make_model_gen_key)
         self._stats = client.recorder
         self._clean_requests: set[str] = set()
-        self._release_script = client.redis.register_script(_RELEASE_LUA)
+        self._release_script = client.redis.register_script(RELEASE_LUA)
+        self._extend_script = client.redis.register_script(EXTEND_LUA)
 
     # -- public API ------------------------------------------------------------
 
@@ -260,8 +218,8 @@ class LLMCache:
         ``ttl`` is not a positive number.
         """
         plan = self._plan(request)
-        body = _encode_body(response)
-        usage_dict = _usage(response, usage)
+        body = encode_body(response)
+        usage_dict = usage_of(response, usage)
         seconds = self._ttl_with_jitter(ttl)
         if plan.bypass is not None:
             self._stats.bypass(plan.bypass)
@@ -287,12 +245,15 @@ class LLMCache:
     ) -> CachedResponse:
         """The cached response to ``request``, or ``fn()``'s result, stored.
 
-        When many threads or processes miss on the same request at once,
-        ``fn`` runs once: the first takes a lease (``SET NX PX lease_ttl``),
-        the others poll for its result for up to ``wait_timeout`` seconds. If
-        the lease holder fails or dies (its lease is released or expires) a
-        waiter takes the lease and computes; a waiter that runs out of time
-        computes without it. While Redis is down ``fn`` simply runs.
+        When many callers (tasks, threads or processes) miss on the same
+        request at once, ``fn`` runs once: the first takes a lease
+        (``SET NX PX lease_ttl``), the others poll for its result for up to
+        ``wait_timeout`` seconds. While ``fn`` runs the lease is renewed every
+        third of ``lease_ttl``, so a computation slower than ``lease_ttl`` is
+        not started again by a waiter. If the lease holder fails or dies (its
+        lease is released or expires) a waiter takes the lease and computes;
+        a waiter that runs out of time computes without it. While Redis is
+        down ``fn`` simply runs.
 
         ``fn`` takes no arguments and returns the response (a str or any JSON
         value); an exception from it propagates unchanged. ``usage`` defaults
@@ -301,39 +262,41 @@ class LLMCache:
         plan = self._plan(request)
         seconds = self._ttl_with_jitter(ttl)
         wait = (
-            self._wait_timeout if wait_timeout is None else _positive(wait_timeout, "wait_timeout")
+            self._wait_timeout
+            if wait_timeout is None
+            else positive_seconds(wait_timeout, "wait_timeout")
         )
-        lease = self._lease_ttl if lease_ttl is None else _positive(lease_ttl, "lease_ttl")
+        lease = self._lease_ttl if lease_ttl is None else positive_seconds(lease_ttl, "lease_ttl")
         if usage is not None:
-            _usage(None, usage)  # refuse a bad usage before running fn
-        job = _Job(plan, fn, usage, seconds)
+            usage_of(None, usage)  # refuse a bad usage before running fn
+        job = Job(plan, fn, usage, seconds)
         if plan.bypass is not None:
             self._stats.bypass(plan.bypass)
             return self._compute(job, store=False)
         found, _ = self._lookup(plan, count=True)
         if isinstance(found, CachedResponse):
             return found
-        if found is _Lookup.UNAVAILABLE:
+        if found is Lookup.UNAVAILABLE:
             return self._compute(job, store=False)
         return self._coalesce(job, wait, max(1, int(lease * 1000)))
 
-    def _coalesce(self, job: _Job, wait: float, lease_ms: int) -> CachedResponse:
+    def _coalesce(self, job: Job, wait: float, lease_ms: int) -> CachedResponse:
         """After a miss: compute under the lease, or wait for whoever holds it."""
         plan = job.plan
-        lease_key = self._prefix + "lease:" + plan.key[len(self._prefix) :]
+        lease = lease_key(self._prefix, plan.key)
         token = secrets.token_hex(16)
         deadline = time.monotonic() + wait
         store = False  # unless we end up computing on a Redis that answers
         while True:
-            acquired = self._client.execute(lambda r: r.set(lease_key, token, nx=True, px=lease_ms))
+            acquired = self._client.execute(lambda r: r.set(lease, token, nx=True, px=lease_ms))
             if isinstance(acquired, Outcome):
                 break
             if acquired:
-                return self._compute_under_lease(job, lease_key, token)
-            found, generations = self._wait_for(plan, lease_key, deadline)
+                return self._compute_under_lease(job, lease, token, lease_ms)
+            found, generations = self._wait_for(plan, lease, deadline)
             if isinstance(found, CachedResponse):
                 return found
-            if found is _Lookup.UNAVAILABLE:
+            if found is Lookup.UNAVAILABLE:
                 break
             if generations is None:  # timed out: compute without the lease
                 store = True
@@ -344,7 +307,11 @@ class LLMCache:
     def invalidate(self, request: Mapping[str, Any]) -> bool:
         """Delete the entry of ``request``; returns whether one existed."""
         key = self.key(request)
-        return self._client.call(lambda r: bool(r.unlink(key)), False)
+
+        def op(r: Redis) -> bool:
+            return bool(r.unlink(key))
+
+        return self._client.call(op, False)
 
     def invalidate_model(self, model: str) -> bool:
         """Invalidate every entry of ``model`` (any namespace generation) in O(1).
@@ -369,7 +336,7 @@ class LLMCache:
     def _make_model_gen_key(self, model: str) -> str:
         return self._prefix + "gen:" + model_scope(model)
 
-    def _plan(self, request: Mapping[str, Any]) -> _Plan:
+    def _plan(self, request: Mapping[str, Any]) -> Plan:
         canonical = self._fingerprinter.canonical(request)
         bypass: str | None = None
         if request.get("sensitive"):
@@ -382,7 +349,7 @@ class LLMCache:
             self._forget(canonical)
         else:
             fingerprint.remember(canonical)
-        return _Plan(
+        return Plan(
             self._prefix + canonical.fingerprint,
             canonical.model,
             self._model_gen_key(canonical.model),
@@ -418,7 +385,7 @@ class LLMCache:
                 strings = self._fingerprinter.strings(request)
             if detector.scan_strings(strings):
                 return True
-        if len(self._clean_requests) >= _CLEAN_MEMORY:
+        if len(self._clean_requests) >= CLEAN_MEMORY:
             self._clean_requests = set()  # start afresh rather than grow
         self._clean_requests.add(fingerprint)
         return False
@@ -431,8 +398,8 @@ class LLMCache:
         return max(1, seconds)
 
     def _lookup(
-        self, plan: _Plan, *, count: bool
-    ) -> tuple[CachedResponse | _Lookup, tuple[bytes | None, bytes | None] | None]:
+        self, plan: Plan, *, count: bool
+    ) -> tuple[CachedResponse | Lookup, Generations | None]:
         """Read the entry and both generations in one round trip.
 
         Returns the response or why there is none, and the generations (None
@@ -442,7 +409,7 @@ class LLMCache:
         if isinstance(result, Outcome):
             if count and result is Outcome.FAILED:
                 self._stats.miss()
-            return _Lookup.UNAVAILABLE, None
+            return Lookup.UNAVAILABLE, None
         entry, ns_gen, model_gen = result
         generations = (ns_gen, model_gen)
         found = self._decode(plan, entry, ns_gen, model_gen, count)
@@ -450,16 +417,16 @@ class LLMCache:
 
     def _decode(
         self,
-        plan: _Plan,
+        plan: Plan,
         entry: bytes | None,
         ns_gen: bytes | None,
         model_gen: bytes | None,
         count: bool,
-    ) -> CachedResponse | _Lookup:
+    ) -> CachedResponse | Lookup:
         if entry is None:
             if count:
                 self._stats.miss()
-            return _Lookup.MISS
+            return Lookup.MISS
         try:
             meta = codec.decode(
                 entry,
@@ -472,11 +439,11 @@ class LLMCache:
         except codec.ForgedEntryError:
             _log.warning("deleting a cache entry that failed its integrity check: %s", plan.key)
             self._client.discard_forged(plan.key)
-            return _Lookup.MISS
+            return Lookup.MISS
         except codec.CorruptEntryError:
             _log.debug("deleting a corrupt cache entry %s", plan.key)
             self._client.discard_corrupt(plan.key)
-            return _Lookup.MISS
+            return Lookup.MISS
         if meta is None:
             # Written under an older generation: invalidated. Deleting it may
             # race with a fresh write of the same key; that costs a miss,
@@ -484,25 +451,25 @@ class LLMCache:
             if count:
                 self._stats.miss()
             self._client.execute(lambda r: r.unlink(plan.key))
-            return _Lookup.MISS
+            return Lookup.MISS
         if count:
             self._stats.hit()
         return CachedResponse(meta[3], meta[0], meta[1], meta[2], True)
 
     def _store(
         self,
-        plan: _Plan,
+        plan: Plan,
         *,
         response: Any,
         body: codec.Body,
         usage: dict[str, Any] | None,
         seconds: int,
-        generations: tuple[bytes | None, bytes | None] | None,
+        generations: Generations | None,
     ) -> bool:
         if self._detector is not None and self._detector.scan_value(response):
             self._stats.bypass(BypassReason.SECRET_IN_RESPONSE)
             return False
-        current = _valid_generations(generations) or self._ensure_generations(plan)
+        current = valid_generations(generations) or self._ensure_generations(plan)
         if current is None:
             self._stats.dropped_write()
             return False
@@ -531,10 +498,10 @@ class LLMCache:
         self._stats.write()
         return True
 
-    def _ensure_generations(self, plan: _Plan) -> tuple[bytes, bytes] | None:
+    def _ensure_generations(self, plan: Plan) -> tuple[bytes, bytes] | None:
         """The current generations, creating missing ones (``SET NX GET``)."""
         keys = (self._ns_gen_key, plan.model_gen_key)
-        fresh = (_new_generation_value(), _new_generation_value())
+        fresh = (new_generation_value(), new_generation_value())
 
         def op(r: Redis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
@@ -548,23 +515,27 @@ class LLMCache:
         ns_gen, model_gen = (
             fresh[i] if old is None else cast(bytes, old) for i, old in enumerate(result)
         )
-        return _valid_generations((ns_gen, model_gen))
+        return valid_generations((ns_gen, model_gen))
 
     def _new_generation(self, key: str) -> bool:
-        value = _new_generation_value()
-        return self._client.call(lambda r: bool(r.set(key, value)), False)
+        value = new_generation_value()
+
+        def op(r: Redis) -> bool:
+            return bool(r.set(key, value))
+
+        return self._client.call(op, False)
 
     def _compute(
         self,
-        job: _Job,
+        job: Job,
         *,
         store: bool,
-        generations: tuple[bytes | None, bytes | None] | None = None,
+        generations: Generations | None = None,
     ) -> CachedResponse:
         response = job.fn()
-        usage = _usage(response, job.usage)
+        usage = usage_of(response, job.usage)
         if store:
-            body = _encode_body(response)
+            body = encode_body(response)
             self._store(
                 job.plan,
                 response=response,
@@ -575,97 +546,106 @@ class LLMCache:
             )
         return CachedResponse(response, job.plan.model, time.time(), usage, False)
 
-    def _compute_under_lease(self, job: _Job, lease_key: str, token: str) -> CachedResponse:
+    def _compute_under_lease(
+        self, job: Job, lease: str, token: str, lease_ms: int
+    ) -> CachedResponse:
+        keeper = _LeaseKeeper(self._client, self._extend_script, lease, token, lease_ms)
         try:
             # Someone may have stored the entry between our miss and our lease.
             found, generations = self._lookup(job.plan, count=False)
             if isinstance(found, CachedResponse):
                 return found
+            keeper.start()
             return self._compute(job, store=True, generations=generations)
         finally:
-            self._client.execute(lambda r: self._release_script(keys=[lease_key], args=[token]))
+            try:
+                keeper.stop()
+            finally:  # released even if a second cancellation interrupts the stop
+                self._client.execute(lambda r: self._release_script(keys=[lease], args=[token]))
 
     def _wait_for(
-        self, plan: _Plan, lease_key: str, deadline: float
-    ) -> tuple[CachedResponse | _Lookup, tuple[bytes | None, bytes | None] | None]:
+        self, plan: Plan, lease: str, deadline: float
+    ) -> tuple[CachedResponse | Lookup, Generations | None]:
         """Poll until the entry appears, the lease goes, or ``deadline``.
 
         Returns the response; or MISS with generations when the lease is gone
         (the caller may take it); or MISS with None on timeout; or UNAVAILABLE.
         """
         delay = self._poll_interval
-        keys = (plan.key, self._ns_gen_key, plan.model_gen_key, lease_key)
+        keys = (plan.key, self._ns_gen_key, plan.model_gen_key, lease)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return _Lookup.MISS, None
+                return Lookup.MISS, None
             # Jitter keeps waiters from polling in lock step.
-            time.sleep(min(delay * (0.5 + random.random()), remaining))  # noqa: S311
+            sleep(min(delay * (0.5 + random.random()), remaining))  # noqa: S311
             delay = min(delay * 2, 0.05)
             result = self._client.fetch(*keys)
             if isinstance(result, Outcome):
-                return _Lookup.UNAVAILABLE, None
-            entry, ns_gen, model_gen, lease = result
+                return Lookup.UNAVAILABLE, None
+            entry, ns_gen, model_gen, lease_value = result
             found = self._decode(plan, entry, ns_gen, model_gen, count=False)
             if isinstance(found, CachedResponse):
                 return found, (ns_gen, model_gen)
-            if lease is None:
-                return _Lookup.MISS, (ns_gen, model_gen)
+            if lease_value is None:
+                return Lookup.MISS, (ns_gen, model_gen)
 
     def __repr__(self) -> str:
-        return f"LLMCache(namespace={self._client.namespace!r}, ttl={self._ttl:g})"
+        return f"{type(self).__name__}(namespace={self._client.namespace!r}, ttl={self._ttl:g})"
 
 
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise InvalidInput(f"{name} must be a positive number of seconds", field=name, value=value)
-    return float(value)
+class _LeaseKeeper:
+    """Renews a stampede lease while its holder computes.
 
+    Every third of the lease's TTL it runs a compare-token-and-``PEXPIRE``
+    script through the client (behind its breaker), so a computation slower
+    than ``lease_ttl`` keeps its lease and the waiters keep waiting for its
+    result. It stops when told to, or once the lease is no longer ours
+    (expired, and perhaps taken by another caller). The async API runs it as
+    a task, cancelled at the end; the sync API as a daemon thread, woken by an
+    event at the end. A renewal that lands after the release is harmless: the
+    script only extends a lease that still holds our token.
+    """
 
-def _encode_body(response: Any) -> codec.Body:
-    try:
-        return codec.encode_body(response)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(
-            f"the response is not JSON-serialisable: {exc}",
-            field="response",
-            value=type(response).__name__,
-        ) from None
+    def __init__(
+        self, client: CacheClient, script: Any, lease: str, token: str, lease_ms: int
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._keys = [lease]
+        self._args: list[str | int] = [token, lease_ms]
+        self._interval = max(lease_ms / 3000, 0.001)  # a third of the TTL; never a spin
+        self._stopping = False
+        self.renewals = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Begin renewing in the background."""
+        self._thread = threading.Thread(target=self._run, name="toolkit-lease-keeper", daemon=True)
+        self._thread.start()
 
-def _usage(response: Any, usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if usage is None and isinstance(response, dict):
-        found = response.get("usage")
-        usage = found if isinstance(found, Mapping) else None
-    if usage is None:
-        return None
-    if not isinstance(usage, Mapping):
-        raise InvalidInput("usage must be a dict", field="usage", value=type(usage).__name__)
-    result = dict(usage)
-    try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"usage is not JSON-serialisable: {exc}", field="usage") from None
-    return result
+    def stop(self) -> None:
+        """Stop renewing and wait for the keeper to end (a no-op if never started)."""
+        self._stopping = True
+        self._stopped.set()
+        if self._thread is not None:
+            # A renewal in flight is bounded by the client's socket timeout.
+            self._thread.join(timeout=max(1.0, self._interval))
 
-
-def _new_generation_value() -> bytes:
-    """64 random bits as 16 hex digits (see the module docstring for why random)."""
-    return secrets.token_hex(codec.GENERATION_BYTES // 2).encode("ascii")
-
-
-def _valid_generations(
-    generations: tuple[bytes | None, bytes | None] | None,
-) -> tuple[bytes, bytes] | None:
-    """Both generations if both are present and well-formed, else None."""
-    if generations is None:
-        return None
-    ns_gen, model_gen = generations
-    if (
-        ns_gen is None
-        or model_gen is None
-        or len(ns_gen) != codec.GENERATION_BYTES
-        or len(model_gen) != codec.GENERATION_BYTES
-    ):
-        return None
-    return ns_gen, model_gen
+    def _run(self) -> None:
+        while True:
+            self._stopped.wait(self._interval)  # stop() sets the event
+            if self._stopping:
+                return
+            renewed = self._client.execute(lambda r: self._script(keys=self._keys, args=self._args))
+            if self._stopping:
+                # Stopped while renewing. (redis.asyncio can swallow a cancellation
+                # that lands mid-command, redis-py#2028: the flag ends the task anyway.)
+                return
+            if isinstance(renewed, Outcome):
+                continue  # Redis is down: try again next time, the lease may survive
+            if not renewed:
+                _log.debug("lost the lease %s while computing", self._keys[0])
+                return
+            self.renewals += 1
