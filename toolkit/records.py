@@ -31,13 +31,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
-    ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    model_validator,
 )
 
-from toolkit.errors import IntegrityError, bounded_repr
+from toolkit.errors import bounded_repr
 
 MAX_JSON_DEPTH = 32
 MAX_JSON_BYTES = 1 << 20
@@ -121,29 +117,11 @@ class StoredJson(BaseModel):
     """Base of a model stored in a jsonb column: read tolerantly, written strictly.
 
     Unknown keys are kept on read (``model_extra``); :data:`WrittenJson`
-    rejects them on write. Read from JSON, a value that does not fit raises
-    IntegrityError instead of a pydantic error.
+    rejects them on write. Read from a row, a value that does not fit raises
+    IntegrityError (see :func:`toolkit.db.bind.record_factory`).
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _unreadable_is_integrity_error(
-        cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
-    ) -> Any:
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            if info.mode != "json":  # a caller's value: the input's InvalidInput handles it
-                raise
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "value"
-            raise IntegrityError(
-                f"stored JSON does not fit {cls.__name__}: {bounded_repr(where, 60)}: "
-                f"{first['msg']} (got {bounded_repr(first.get('input'))}); "
-                "was the row written outside the toolkit?"
-            ) from None
 
 
 def _unknown_keys(value: BaseModel, path: str = "") -> list[str]:

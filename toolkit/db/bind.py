@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import RowMaker
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from toolkit.aio.db import drivers as async_drivers
 from toolkit.config import default_settings
@@ -48,7 +48,7 @@ from toolkit.db.registry import (
     check_params,
 )
 from toolkit.db.results import Fetch
-from toolkit.errors import NotFound, QueryDefinitionError
+from toolkit.errors import IntegrityError, NotFound, QueryDefinitionError, bounded_repr
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -169,18 +169,40 @@ def _converters(
         annotation: Any = info.annotation
         typed = _needs_validation(annotation)
         if column.type_code in json_oids:
-            found.append((name, _from_json(TypeAdapter(annotation) if typed else None)))
+            adapter = TypeAdapter(annotation) if typed else None
+            found.append((name, _from_json(adapter, annotation)))
         elif typed:
             found.append((name, TypeAdapter(annotation).validate_python))
     return tuple(found)
 
 
-def _from_json(adapter: TypeAdapter[Any] | None) -> Callable[[Any], Any]:
+def _from_json(adapter: TypeAdapter[Any] | None, annotation: Any) -> Callable[[Any], Any]:
     """A json column's converter: the bytes the drivers fetch, parsed straight into
-    the field's type (or plain JSON for untyped fields)."""
+    the field's type (or plain JSON for untyped fields).
+
+    A stored value that does not fit the type (a row written outside the
+    toolkit) raises IntegrityError, not a pydantic error. Translated here, on
+    the one path that reads stored JSON, rather than by a wrap validator on
+    the model, which would cost a Python call per row and per nested model.
+    """
     if adapter is None:
         return json.loads
-    return adapter.validate_json
+    validate = adapter.validate_json
+    type_name = getattr(annotation, "__name__", repr(annotation))
+
+    def convert(data: Any) -> Any:
+        try:
+            return validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "value"
+            raise IntegrityError(
+                f"stored JSON does not fit {type_name}: {bounded_repr(where, 60)}: "
+                f"{first['msg']} (got {bounded_repr(first.get('input'))}); "
+                "was the row written outside the toolkit?"
+            ) from None
+
+    return convert
 
 
 def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
@@ -193,23 +215,26 @@ def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[
     fields are converted.
     """
     names = tuple(record.model_fields)
+    width = len(names)
     fields_set = frozenset(names)
     new = object.__new__
     setattr_ = object.__setattr__
-    planned: list[tuple[tuple[str, Callable[[Any], Any]], ...]] = []
+    planned: list[tuple[tuple[int, str, Callable[[Any], Any]], ...]] = []
 
     def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[R]:
         result = cursor.pgresult
         if result is None or result.nfields == 0:
             return lambda values: None  # type: ignore[return-value]
-        if not planned or result.nfields != len(names):
-            planned[:] = [_converters(record, cursor)]
-        converters = planned[0]
+        if not planned or result.nfields != width:
+            # _converters checks the columns' names and order against the fields.
+            converters = _converters(record, cursor)
+            planned[:] = [tuple((names.index(name), name, fn) for name, fn in converters)]
+        by_index = planned[0]
 
         def make(values: Sequence[Any]) -> R:
-            data = dict(zip(names, values, strict=True))
-            for field_name, convert in converters:
-                value = data[field_name]
+            data = dict(zip(names, values, strict=False))  # same width: checked when planned
+            for index, field_name, convert in by_index:
+                value = values[index]
                 if value is not None:
                     data[field_name] = convert(value)
             instance = new(record)
