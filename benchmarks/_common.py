@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import inspect
+import math
 import os
 import platform
 import statistics
@@ -44,6 +46,38 @@ def interleaved(
             if round_index >= warmup:
                 times[name].append(seconds)
     return times
+
+
+async def interleaved_async(
+    contenders: Mapping[str, Batch],
+    rounds: int,
+    *,
+    warmup: int = 1,
+) -> dict[str, list[float]]:
+    """:func:`interleaved` on the running event loop: an awaitable batch is awaited
+    on the clock; a plain one (e.g. a sync contender driving its own threads) is
+    simply called, with the loop idle while it runs."""
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            gc.collect()
+            start = time.perf_counter()
+            outcome = contenders[name](round_index)
+            if inspect.isawaitable(outcome):
+                await outcome
+            seconds = time.perf_counter() - start
+            if round_index >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank, e.g. 0.99 for p99)."""
+    ordered = sorted(values)
+    rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered)))) - 1
+    return ordered[rank]
 
 
 def median(values: Sequence[float]) -> float:

@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "messaging": [],
     "storage": ["--size-mib", "1024", "--s3-size-mib", "256", "--rounds", "2"],
     "integrations": ["--rounds", "3"],
+    "async": [],
 }
 
 
