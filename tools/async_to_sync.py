@@ -408,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path, help="async sources (default: all)")
     args = parser.parse_args(argv)
     chosen = [f.resolve() for f in args.files] or sources()
+    for source in chosen:
+        if source.name in HAND_WRITTEN or not source.is_relative_to(ASYNC_ROOT):
+            print(f"error: {source} is not an async source under toolkit/aio/", file=sys.stderr)
+            return 2
     stale = []
     for source in chosen:
         try:

@@ -2,35 +2,58 @@
 
 Each crash point of the protocol is reproduced by stopping after a step (a
 real killed writer is in test_crash.py): a committed row always finds its
-bytes, and the sweep leaves storage and rows consistent.
+bytes, and the sweep leaves storage and rows consistent. Every test runs
+against the sync FileStore and the AsyncFileStore (tests/support/modes.py);
+the async-only behaviour (streams, cancellation) is in test_async_filestore.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
 
 from tests.core.factories import make_execution, make_user
-from toolkit.db import Database
+from tests.support.modes import Mode, Synced, both
 from toolkit.errors import Conflict, IntegrityError, InvalidInput, InvalidReference, NotFound
 from toolkit.records import User
-from toolkit.repositories import Audit, audit_events
-from toolkit.storage import FileStore, LocalStorage, Storage
-from toolkit.storage import repository as files
+from toolkit.repositories import Audit
+from toolkit.storage import LocalStorage, Storage
 from toolkit.storage.keys import staging_key
+
+pytestmark = pytest.mark.usefixtures("mode")
+
+filestore = both("toolkit.storage.filestore")
+files = both("toolkit.storage.repository")
+audit_events = both("toolkit.repositories.audit_events")
+Database = Any  # a Database, or an AsyncDatabase used through sync calls
+FileStore = Any
 
 REPORT = b"# Report\n\nAll good.\n"
 LATER = datetime.now(UTC) + timedelta(days=1)
 
 
 @pytest.fixture
-def store(storage: Storage) -> FileStore:
-    return FileStore(storage, max_bytes=10 << 20)
+def store(storage: Storage, mode: Mode) -> Iterator[FileStore]:
+    """A FileStore, or in an async run an AsyncFileStore over the same kind of Storage."""
+    with filestore.FileStore(storage, max_bytes=10 << 20) as made:
+        yield made
+
+
+def backend_of(store: FileStore) -> Storage:
+    """The back end under the store (an AsyncFileStore's ``storage`` is its async facade)."""
+    storage = store.storage
+    return getattr(storage, "sync", storage)  # type: ignore[no-any-return]
+
+
+def pool(db: Database) -> Any:
+    """The pool to hand to the store: an async run's AsyncDatabase itself, not its wrapper."""
+    return db.target if isinstance(db, Synced) else db
 
 
 @pytest.fixture
@@ -49,7 +72,7 @@ def test_store_records_promotes_and_reads_back_verified(
     with db.connection() as conn:
         execution = make_execution(conn)
     stored = store.store(
-        db,
+        pool(db),
         io.BytesIO(REPORT),
         owner_id=owner.id,
         purpose="generated",
@@ -66,7 +89,7 @@ def test_store_records_promotes_and_reads_back_verified(
     assert stored.sha256 == hashlib.sha256(REPORT).hexdigest()
     assert stored.size == len(REPORT)
     assert stored.execution_id == execution.id
-    assert objects(store.storage) == [stored.key]
+    assert objects(backend_of(store)) == [stored.key]
     assert store.read(stored) == REPORT
     with store.open(stored) as stream:
         assert stream.read() == REPORT
@@ -89,29 +112,29 @@ def test_a_row_links_to_a_session_and_bad_links_are_refused(
     db: Database, store: FileStore, owner: User
 ) -> None:
     with pytest.raises(InvalidReference):
-        store.store(db, b"x", owner_id=owner.id, purpose="attachment", execution_id=uuid4())
+        store.store(pool(db), b"x", owner_id=owner.id, purpose="attachment", execution_id=uuid4())
     with pytest.raises(InvalidInput, match="execution_id must be a UUID"):
-        store.store(db, b"x", owner_id=owner.id, purpose="attachment", execution_id="nope")
+        store.store(pool(db), b"x", owner_id=owner.id, purpose="attachment", execution_id="nope")
     with pytest.raises(InvalidInput, match="purpose must be one of"):
-        store.store(db, b"x", owner_id=owner.id, purpose="secret")
+        store.store(pool(db), b"x", owner_id=owner.id, purpose="secret")
     # Every refused store left nothing behind: the staged bytes were discarded.
-    assert objects(store.storage) == []
+    assert objects(backend_of(store)) == []
 
 
 def test_upload_limit_and_type_checks_apply(db: Database, store: FileStore, owner: User) -> None:
     with pytest.raises(InvalidInput, match="larger than the limit"):
-        store.store(db, b"a" * 2000, owner_id=owner.id, purpose="attachment", max_bytes=1000)
+        store.store(pool(db), b"a" * 2000, owner_id=owner.id, purpose="attachment", max_bytes=1000)
     with pytest.raises(InvalidInput, match="not allowed"):
-        store.store(db, b"\x7fELF\x00\x00", owner_id=owner.id, purpose="attachment")
-    assert objects(store.storage) == []
+        store.store(pool(db), b"\x7fELF\x00\x00", owner_id=owner.id, purpose="attachment")
+    assert objects(backend_of(store)) == []
     with db.connection() as conn:
         assert files.list(conn).items == []
 
 
 def test_checksum_is_verified_on_read(db: Database, store: FileStore, owner: User) -> None:
-    stored = store.store(db, b"original bytes", owner_id=owner.id, purpose="attachment")
-    store.storage.delete(stored.key)
-    store.storage._put(stored.key, b"tampered bytes", None, None, None)
+    stored = store.store(pool(db), b"original bytes", owner_id=owner.id, purpose="attachment")
+    backend_of(store).delete(stored.key)
+    backend_of(store)._put(stored.key, b"tampered bytes", None, None, None)
     with pytest.raises(IntegrityError, match="does not match the recorded"):
         store.read(stored)
     with pytest.raises(IntegrityError), store.open(stored) as stream:
@@ -126,16 +149,16 @@ def test_rolled_back_transaction_leaves_no_row_and_the_sweep_removes_the_bytes(
     with pytest.raises(RuntimeError), db.transaction() as tx:
         store.record(tx, staged)
         raise RuntimeError("the caller's transaction fails")
-    assert objects(store.storage) == [staged.staging_key]
+    assert objects(backend_of(store)) == [staged.staging_key]
     with db.connection() as conn:
         with pytest.raises(NotFound):
             store.promote(conn, staged)  # a late promote discards instead
-        assert objects(store.storage) == []
+        assert objects(backend_of(store)) == []
         staged = store.stage(b"crash before commit", owner_id=owner.id, purpose="attachment")
         assert store.sweep(conn).staged_without_row == []  # within the grace period: kept
         report = store.sweep(conn, grace_seconds=0, now=LATER)
         assert report.staged_without_row == [staged.staging_key]
-    assert objects(store.storage) == []
+    assert objects(backend_of(store)) == []
 
 
 def test_crash_after_commit_before_promote(db: Database, store: FileStore, owner: User) -> None:
@@ -153,7 +176,7 @@ def test_crash_after_commit_before_promote(db: Database, store: FileStore, owner
         assert report.promoted == [row.id]
         promoted = files.get(conn, row.id)
     assert promoted.status == "stored"
-    assert objects(store.storage) == [row.key]
+    assert objects(backend_of(store)) == [row.key]
     assert store.read(promoted) == REPORT
 
 
@@ -163,25 +186,25 @@ def test_crash_after_the_move_before_marking_stored(
     staged = store.stage(REPORT, owner_id=owner.id, purpose="generated")
     with db.transaction() as tx:
         row = store.record(tx, staged)
-    store.storage._move_internal(staged.staging_key, staged.key)  # internal: a staging key
+    backend_of(store)._move_internal(staged.staging_key, staged.key)  # internal: a staging key
     # ... dies before the UPDATE: the row says staged, the bytes are at the final key.
     assert store.read(row) == REPORT
     with db.connection() as conn:
         assert store.sweep(conn, grace_seconds=0).promoted == [row.id]
         assert files.get(conn, row.id).status == "stored"
-    assert objects(store.storage) == [row.key]
+    assert objects(backend_of(store)) == [row.key]
 
 
 def test_crash_between_copy_and_delete_on_s3(db: Database, store: FileStore, owner: User) -> None:
     staged = store.stage(REPORT, owner_id=owner.id, purpose="generated")
     with db.transaction() as tx:
         row = store.record(tx, staged)
-    store.storage._put(staged.key, REPORT, None, None, None)  # copied, staging not yet deleted
+    backend_of(store)._put(staged.key, REPORT, None, None, None)  # copied, staging not yet deleted
     assert store.read(row) == REPORT
     with db.connection() as conn:
         promoted = store.promote(conn, staged)
     assert promoted.status == "stored"
-    assert objects(store.storage) == [row.key]
+    assert objects(backend_of(store)) == [row.key]
 
 
 def test_promote_twice_is_harmless(db: Database, store: FileStore, owner: User) -> None:
@@ -200,7 +223,9 @@ def test_a_staged_row_whose_bytes_vanished_is_removed_by_the_sweep(
     staged = store.stage(REPORT, owner_id=owner.id, purpose="generated")
     with db.transaction() as tx:
         row = store.record(tx, staged)
-    store.storage._delete_internal(staged.staging_key)  # someone removed the bytes behind our back
+    backend_of(store)._delete_internal(
+        staged.staging_key
+    )  # someone removed the bytes behind our back
     with db.connection() as conn:
         report = store.sweep(conn, grace_seconds=0)
         assert report.lost_rows == [row.id]
@@ -209,22 +234,22 @@ def test_a_staged_row_whose_bytes_vanished_is_removed_by_the_sweep(
 
 
 def test_delete_and_orphans(db: Database, store: FileStore, owner: User) -> None:
-    kept = store.store(db, b"kept", owner_id=owner.id, purpose="attachment")
-    gone = store.store(db, b"gone", owner_id=owner.id, purpose="attachment")
-    store.delete(db, gone.id)
-    assert objects(store.storage) == [kept.key]
+    kept = store.store(pool(db), b"kept", owner_id=owner.id, purpose="attachment")
+    gone = store.store(pool(db), b"gone", owner_id=owner.id, purpose="attachment")
+    store.delete(pool(db), gone.id)
+    assert objects(backend_of(store)) == [kept.key]
     with pytest.raises(NotFound):
-        store.delete(db, gone.id)
+        store.delete(pool(db), gone.id)
     # A crash between deleting the row and the bytes leaves an orphan:
-    orphan = store.store(db, b"orphan", owner_id=owner.id, purpose="attachment")
+    orphan = store.store(pool(db), b"orphan", owner_id=owner.id, purpose="attachment")
     with db.connection() as conn:
         files.delete(conn, orphan.id)
-    store.storage.put("unrelated/keep-me.txt", b"not a file row")
+    backend_of(store).put("unrelated/keep-me.txt", b"not a file row")
     with db.connection() as conn:
         assert store.sweep(conn).orphans == []
         report = store.sweep(conn, grace_seconds=0, now=LATER)
     assert report.orphans == [orphan.key]
-    assert sorted(objects(store.storage)) == sorted([kept.key, "unrelated/keep-me.txt"])
+    assert sorted(objects(backend_of(store))) == sorted([kept.key, "unrelated/keep-me.txt"])
     assert store.read(kept) == b"kept"
 
 
@@ -278,7 +303,7 @@ def test_sweep_removes_partial_local_writes(
 ) -> None:
     storage = make_storage("local")
     assert isinstance(storage, LocalStorage)
-    store = FileStore(storage)
+    store = filestore.FileStore(storage)
     partial = f"{storage.root}/_staging/.tmp-crashed"
     import os
 

@@ -141,5 +141,3 @@ def with_options(url: str, options: list[str]) -> str:
     """``options`` for the server, added after any ``options=`` the URL already has."""
     given = parse_conninfo(url).get("options")
     return " ".join([str(given), *options] if given else options)
-
-

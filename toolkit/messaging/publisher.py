@@ -428,6 +428,8 @@ class PipelinedPublisher:
             log.exception("publisher I/O loop failed")
         finally:
             self._ready.clear()
+            # Release the loop's own wake-up socket pair now, not at garbage collection.
+            connection.ioloop.close()
             batch = self._batch
             if batch is not None:
                 self._fail_batch(batch, "publisher connection closed")

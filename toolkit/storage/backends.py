@@ -21,7 +21,8 @@
   ``response_checksum_validation`` (``when_required`` for S3-compatible
   servers that reject the new default checksums; it is the default when an
   endpoint is given). Credentials come from the usual AWS chain, never
-  from the URL.
+  from the URL. The multipart code is :mod:`toolkit.storage.s3`, generated
+  from the async source the async API runs natively on the event loop.
 
 Any other fsspec filesystem can be wrapped with :class:`FsspecStorage`
 (create-only is then guaranteed within one process only).
@@ -35,6 +36,7 @@ import os
 import posixpath
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -50,6 +52,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from toolkit.config import mask_password
 from toolkit.errors import ConfigurationError, IntegrityError, InvalidInput, bounded_repr
 from toolkit.storage.base import ObjectInfo, Storage, content_disposition
+from toolkit.storage.s3 import write_object
 from toolkit.storage.sniff import download_type
 
 TMP_PREFIX: Final = ".tmp-"
@@ -455,13 +458,15 @@ class S3Storage(FsspecStorage):
             client["endpoint_url"] = endpoint_url
         if region:
             client["region_name"] = region
-        fs = s3fs.S3FileSystem(
-            session=_s3_session(),
-            skip_instance_cache=True,
-            use_listings_cache=False,
-            client_kwargs=client,
-            config_kwargs=config,
-        )
+        self._fs_options: dict[str, Any] = {
+            "session": _s3_session(),
+            "skip_instance_cache": True,
+            "use_listings_cache": False,
+            "client_kwargs": client,
+            "config_kwargs": config,
+        }
+        self._async_filesystems: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        fs = s3fs.S3FileSystem(**self._fs_options)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = max(part_size, 5 << 20)
@@ -475,64 +480,41 @@ class S3Storage(FsspecStorage):
         return path[len(self.root) + 1 :]
 
     def _write(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
-        call = self.fs.call_s3
-        target = {"Bucket": self.bucket, "Key": self._object_key(key)}
-        buffer = bytearray()
-        upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
-        try:
-            for chunk in chunks:
-                buffer += chunk
-                while len(buffer) >= self.part_size:
-                    if upload_id is None:
-                        started = call(
-                            "create_multipart_upload",
-                            **target,
-                            ContentType=content_type,
-                            ContentDisposition="attachment",
-                        )
-                        upload_id = started["UploadId"]
-                    number = len(parts) + 1
-                    body = bytes(buffer[: self.part_size])
-                    del buffer[: self.part_size]
-                    sent = call(
-                        "upload_part", **target, UploadId=upload_id, PartNumber=number, Body=body
-                    )
-                    del body
-                    parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-            if upload_id is None:
-                call(
-                    "put_object",
-                    **target,
-                    Body=bytes(buffer),
-                    ContentType=content_type,
-                    ContentDisposition="attachment",
-                    IfNoneMatch="*",
-                )
-                return
-            if buffer:
-                number = len(parts) + 1
-                body = bytes(buffer)
-                sent = call(
-                    "upload_part", **target, UploadId=upload_id, PartNumber=number, Body=body
-                )
-                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-            call(
-                "complete_multipart_upload",
-                **target,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-                IfNoneMatch="*",
-            )
-            upload_id = None
-        except OSError as exc:
-            if "PreconditionFailed" in str(exc) or "If-None-Match" in str(exc):
-                raise FileExistsError(errno.EEXIST, "exists", key) from exc
-            raise
-        finally:
-            if upload_id is not None:
-                with contextlib.suppress(Exception):
-                    call("abort_multipart_upload", **target, UploadId=upload_id)
+        write_object(
+            self.fs.call_s3,
+            chunks,
+            bucket=self.bucket,
+            object_key=self._object_key(key),
+            key=key,
+            content_type=content_type,
+            part_size=self.part_size,
+        )
+
+    def _async_filesystem(self) -> Any:
+        """An s3fs filesystem in asynchronous mode for the running event loop (one per loop).
+
+        The async API's native S3 path (``_call_s3`` on the loop); close it
+        with :meth:`_close_async_filesystem` on the same loop.
+        """
+        import asyncio  # noqa: PLC0415 - only the async API needs it
+
+        import s3fs  # noqa: PLC0415 - the optional extra toolkit[s3]
+
+        loop = asyncio.get_running_loop()
+        fs = self._async_filesystems.get(loop)
+        if fs is None:
+            fs = s3fs.S3FileSystem(asynchronous=True, loop=loop, **self._fs_options)
+            self._async_filesystems[loop] = fs
+        return fs
+
+    async def _close_async_filesystem(self) -> None:
+        """Close the running loop's asynchronous filesystem's client, if one was made."""
+        import asyncio  # noqa: PLC0415 - only the async API needs it
+
+        fs = self._async_filesystems.pop(asyncio.get_running_loop(), None)
+        client = getattr(fs, "_s3", None)
+        if client is not None:
+            await client.__aexit__(None, None, None)
 
     def _open(self, key: str) -> IO[bytes]:
         stream: IO[bytes] = self.fs.open(

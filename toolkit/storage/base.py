@@ -2,7 +2,8 @@
 
 A back end implements a handful of primitives (write a stream of chunks
 atomically, open for reading, stat, list, delete, move, URL); the pipeline
-around them is the same everywhere:
+around them (:mod:`toolkit.storage.pipeline`, generated from its async
+source, so the async API runs the same code) is the same everywhere:
 
 * the source (bytes or any object with ``read(n)``) is read in chunks of
   :attr:`Storage.chunk_size` (128 KiB), never whole;
@@ -27,10 +28,11 @@ import hashlib
 import io
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import AsyncIterable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 from typing import IO, Any, Final, Protocol
 
 from toolkit.errors import (
@@ -51,10 +53,7 @@ from toolkit.storage.keys import (
 )
 from toolkit.storage.sniff import (
     DEFAULT_ALLOWED_TYPES,
-    SNIFF_BYTES,
     download_type,
-    normalise_type,
-    sniff,
 )
 
 CHUNK_SIZE: Final = 128 << 10
@@ -69,6 +68,17 @@ class Readable(Protocol):
 
 
 Source = bytes | bytearray | memoryview | Readable
+
+
+class AsyncReadable(Protocol):
+    """Anything with ``async read(n)`` returning bytes, such as FastAPI's ``UploadFile``."""
+
+    async def read(self, size: int = -1, /) -> bytes: ...
+
+
+AsyncSource = bytes | bytearray | memoryview | AsyncReadable | AsyncIterable[bytes] | Readable
+"""What the async API uploads: bytes, an object with ``async read(n)``, an async iterable of
+bytes (an async generator, a request's ``stream()``), or a sync stream (read in a thread)."""
 
 
 @dataclass(frozen=True)
@@ -117,114 +127,64 @@ def translating(action: str, key: str) -> Iterator[None]:
         raise Unavailable(f"{action} {bounded_repr(key)}: {type(exc).__name__}: {exc}") from exc
 
 
-class UploadPipeline:
-    """Chunks of an upload, with its type sniffed up front and size, hash and limit on the way.
+def check_max_bytes(max_bytes: int | None) -> int | None:
+    """``max_bytes`` if it is None or a non-negative integer; InvalidInput otherwise."""
+    if max_bytes is not None and (
+        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
+    ):
+        raise InvalidInput(
+            f"max_bytes must be a non-negative integer, got {bounded_repr(max_bytes)}",
+            field="max_bytes",
+            value=max_bytes,
+        )
+    return max_bytes
 
-    :meth:`prepare` reads the first bytes, sniffs and checks the type; then
-    iterating yields every chunk (the first bytes included), updating
-    :attr:`size` and :attr:`sha256`, and raises InvalidInput as soon as a
-    chunk would cross ``max_bytes`` — that chunk is never yielded.
+
+def reader(source: Source) -> Readable:
+    """``source`` as something to ``read(n)`` from: bytes are wrapped, streams used as they are."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source)
+    if callable(getattr(source, "read", None)):
+        return source
+    raise InvalidInput(
+        f"data must be bytes or a readable binary stream, got {type(source).__name__}",
+        field="data",
+        value=type(source).__name__,
+    )
+
+
+def as_bytes(chunk: object, what: str = "the upload stream") -> bytes:
+    """A chunk read from a source, as bytes; InvalidInput if the source returned something else."""
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        raise InvalidInput(f"{what} returned {type(chunk).__name__}, not bytes", field="data")
+    return bytes(chunk) if not isinstance(chunk, bytes) else chunk
+
+
+class Sha256Check:
+    """The SHA-256 of bytes read so far, checked against the recorded one at the end.
+
+    Shared by the sync :class:`VerifyingReader` and the async API's reader, so
+    both raise the same :class:`~toolkit.errors.IntegrityError`.
     """
 
-    def __init__(
-        self,
-        source: Source,
-        *,
-        max_bytes: int | None,
-        allowed_types: Collection[str] | None,
-        claimed_type: str | None,
-        chunk_size: int = CHUNK_SIZE,
-    ) -> None:
-        if max_bytes is not None and (
-            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
-        ):
-            raise InvalidInput(
-                f"max_bytes must be a non-negative integer, got {bounded_repr(max_bytes)}",
-                field="max_bytes",
-                value=max_bytes,
-            )
-        if isinstance(source, bytes | bytearray | memoryview):
-            self._reader: Readable = io.BytesIO(source)
-        elif callable(getattr(source, "read", None)):
-            self._reader = source
-        else:
-            raise InvalidInput(
-                f"data must be bytes or a readable binary stream, got {type(source).__name__}",
-                field="data",
-                value=type(source).__name__,
-            )
-        self.max_bytes = max_bytes
-        self.allowed_types = allowed_types
-        self.claimed_type = normalise_type(claimed_type)
-        self.chunk_size = chunk_size
-        self.size = 0
+    def __init__(self, key: str, expected: str) -> None:
+        self.key = key
+        self.expected = expected
         self._hash = hashlib.sha256()
-        self._head = b""
-        self._eof = False
-        self.content_type = ""
+        self.checked = False
 
-    def _read(self, size: int) -> bytes:
-        with translating("reading the upload", "<source>"):
-            chunk = self._reader.read(size)
-        if not isinstance(chunk, bytes | bytearray | memoryview):
-            raise InvalidInput(
-                f"the upload stream returned {type(chunk).__name__}, not bytes", field="data"
+    def update(self, data: bytes) -> None:
+        if data:
+            self._hash.update(data)
+
+    def check(self) -> None:
+        """IntegrityError unless what was read hashes to the recorded SHA-256 (checked once)."""
+        self.checked = True
+        if self._hash.hexdigest() != self.expected:
+            raise IntegrityError(
+                f"object {self.key!r}: SHA-256 {self._hash.hexdigest()} does not match "
+                f"the recorded {self.expected}"
             )
-        return bytes(chunk) if not isinstance(chunk, bytes) else chunk
-
-    def _check_limit(self, more: int) -> None:
-        if self.max_bytes is not None and self.size + more > self.max_bytes:
-            raise InvalidInput(
-                f"upload is larger than the limit of {self.max_bytes} bytes",
-                field="size",
-                value=self.size + more,
-            )
-
-    def prepare(self) -> str:
-        """Read up to :data:`SNIFF_BYTES`, sniff the type, check it; returns the type."""
-        parts: list[bytes] = []
-        have = 0
-        while have < SNIFF_BYTES:
-            chunk = self._read(SNIFF_BYTES - have)
-            if not chunk:
-                self._eof = True
-                break
-            parts.append(chunk)
-            have += len(chunk)
-            if self.max_bytes is not None and have > self.max_bytes:
-                break
-        self._head = b"".join(parts)
-        self._check_limit(len(self._head))
-        self.content_type = sniff(self._head, complete=self._eof)
-        if self.allowed_types is not None and self.content_type not in self.allowed_types:
-            raise InvalidInput(
-                f"content type {self.content_type} (sniffed from the first bytes; "
-                f"claimed {self.claimed_type or 'nothing'}) is not allowed",
-                field="content_type",
-                value=self.content_type,
-            )
-        return self.content_type
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._head:
-            self.size += len(self._head)
-            self._hash.update(self._head)
-            yield self._head
-            self._head = b""
-        while not self._eof:
-            chunk = self._read(self.chunk_size)
-            if not chunk:
-                self._eof = True
-                break
-            self._check_limit(len(chunk))
-            self.size += len(chunk)
-            self._hash.update(chunk)
-            yield chunk
-
-    @property
-    def sha256(self) -> str:
-        """The hex SHA-256 of what was yielded so far."""
-        return self._hash.hexdigest()
 
 
 class VerifyingReader(io.RawIOBase):
@@ -239,9 +199,7 @@ class VerifyingReader(io.RawIOBase):
         super().__init__()
         self._raw = raw
         self._key = key
-        self._expected = sha256
-        self._hash = hashlib.sha256() if sha256 else None
-        self._checked = False
+        self._check = Sha256Check(key, sha256) if sha256 else None
 
     def readable(self) -> bool:
         return True
@@ -251,21 +209,11 @@ class VerifyingReader(io.RawIOBase):
         whole = wanted < 0
         with translating("reading", self._key):
             data = self._raw.read(wanted)
-        if self._hash is not None:
-            if data:
-                self._hash.update(data)
-            if (whole or not data) and not self._checked:
-                self._check()
+        if self._check is not None:
+            self._check.update(data)
+            if (whole or not data) and not self._check.checked:
+                self._check.check()
         return bytes(data)
-
-    def _check(self) -> None:
-        assert self._hash is not None
-        self._checked = True
-        if self._hash.hexdigest() != self._expected:
-            raise IntegrityError(
-                f"object {self._key!r}: SHA-256 {self._hash.hexdigest()} does not match "
-                f"the recorded {self._expected}"
-            )
 
     def readall(self) -> bytes:
         parts: list[bytes] = []
@@ -286,6 +234,81 @@ class VerifyingReader(io.RawIOBase):
                 self._raw.close()
         finally:
             super().close()
+
+
+class AsyncRawReader(Protocol):
+    """A back end's async byte stream (an S3 body, a file read in a thread)."""
+
+    async def read(self, size: int, /) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncVerifyingReader:
+    """:class:`VerifyingReader` for the async API: ``async for chunk in reader``, ``await read(n)``.
+
+    With a SHA-256, reading to the end (the last chunk, or ``read()``)
+    raises :class:`~toolkit.errors.IntegrityError` if the bytes do not hash
+    to it (the same :class:`Sha256Check`); a partial read checks nothing.
+    Driver errors come out as toolkit errors. Use it as an async context
+    manager (or call :meth:`aclose`) to release the connection or file.
+    """
+
+    def __init__(
+        self, raw: AsyncRawReader, key: str, sha256: str | None = None, chunk_size: int = CHUNK_SIZE
+    ) -> None:
+        self._raw = raw
+        self._key = key
+        self._check = Sha256Check(key, sha256) if sha256 else None
+        self._chunk_size = chunk_size
+        self.closed = False
+
+    async def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (``-1``: all that is left); ``b""`` at the end."""
+        if size is None or size < 0:
+            parts: list[bytes] = []
+            while chunk := await self.read(self._chunk_size):
+                parts.append(chunk)
+            return b"".join(parts)
+        with translating("reading", self._key):
+            data = as_bytes(await self._raw.read(size), "the object stream")
+        if self._check is not None:
+            self._check.update(data)
+            if not data and not self._check.checked:
+                self._check.check()
+        return data
+
+    def __aiter__(self) -> AsyncVerifyingReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.read(self._chunk_size)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """Release the underlying stream (safe to repeat)."""
+        if self.closed:
+            return
+        self.closed = True
+        with translating("closing", self._key):
+            await self._raw.close()
+
+    async def __aenter__(self) -> AsyncVerifyingReader:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+# Its public home is the async API's storage package (toolkit.aio.storage).
+AsyncVerifyingReader.__module__ = "toolkit.aio.storage"
 
 
 def content_disposition(filename: str | None) -> str:
@@ -405,22 +428,17 @@ class Storage(ABC):
         allowed_types: Collection[str] | None,
         claimed_type: str | None,
     ) -> PutResult:
-        pipeline = UploadPipeline(
-            data,
+        from toolkit.storage.pipeline import put_stream  # noqa: PLC0415 - it imports this module
+
+        max_bytes = check_max_bytes(max_bytes)
+        return put_stream(
+            self._write,
+            key,
+            reader(data),
             max_bytes=max_bytes,
             allowed_types=allowed_types,
             claimed_type=claimed_type,
             chunk_size=self.chunk_size,
-        )
-        content_type = pipeline.prepare()
-        with translating("writing", key):
-            self._write(key, iter(pipeline), content_type)
-        return PutResult(
-            key=key,
-            size=pipeline.size,
-            sha256=pipeline.sha256,
-            content_type=content_type,
-            claimed_type=pipeline.claimed_type,
         )
 
     def open(self, key: str, *, sha256: str | None = None) -> io.RawIOBase:
@@ -462,7 +480,7 @@ class Storage(ABC):
     # The public methods above refuse those keys (the grammar says they are internal);
     # FileStore reaches its staging area through these.
 
-    def _open_internal(self, key: str, *, sha256: str | None = None) -> io.RawIOBase:
+    def _open_internal(self, key: str, *, sha256: str | None = None) -> VerifyingReader:
         key = check_internal_or_key(key)
         with translating("opening", key):
             raw = self._open(key)

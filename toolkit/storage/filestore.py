@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/storage/filestore.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Files whose bytes and row stay consistent: stage, record, promote, sweep.
 
 The protocol (every step may crash; none leaves a row pointing at missing bytes):
@@ -34,24 +36,31 @@ exceed the longest transaction between stage and commit):
 
 Reads verify the SHA-256 recorded in the row by default
 (:class:`~toolkit.errors.IntegrityError` on a mismatch).
+
+The async API (this module's twin under ``toolkit/aio/``, over the same
+Storage objects) uploads from bytes, an ``async read(n)`` object such
+as FastAPI's ``UploadFile``, an async iterable of bytes or a sync stream,
+and ``open`` returns an async iterator of chunks, checked at the end. On
+S3 the bytes move with s3fs's native asyncio (aiobotocore on the event
+loop); on local disk (and the memory and pyfilesystem2 back ends) the
+back end's blocking code runs in a worker thread, one ``read``/``write``
+at a time, so the loop never waits on the disk. Listing, moving, deleting
+and existence checks go through a worker thread on every back end.
 """
 
 from __future__ import annotations
 
-import io
-import re
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from types import TracebackType
 from uuid import UUID
 
 from toolkit.db.database import Connection, Database
 from toolkit.db.patterns import Audit, parse_id
 from toolkit.errors import Conflict, InvalidInput, NotFound
 from toolkit.storage import repository as files
-from toolkit.storage.base import Source, Storage, download_headers
+from toolkit.storage.base import Source, Storage, VerifyingReader, download_headers
 from toolkit.storage.keys import (
     STAGING_PREFIX,
     check_key,
@@ -60,60 +69,37 @@ from toolkit.storage.keys import (
     file_key,
     staging_key,
 )
+from toolkit.storage.protocol import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_MAX_BYTES,
+    FILE_KEY,
+    SWEEP_BATCH,
+    StagedFile,
+    SweepReport,
+    describe,
+)
 from toolkit.storage.records import File
 from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
 
-DEFAULT_MAX_BYTES: Final = 100 << 20
-"""The upload limit unless the FileStore or the call says otherwise (100 MiB)."""
-
-DEFAULT_GRACE_SECONDS: Final = 3600.0
-
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_FILE_KEY = re.compile(rf"^{_UUID}/(attachment|generated)/{_UUID}$")
-_BATCH = 500
-
-
-@dataclass(frozen=True)
-class StagedFile:
-    """Bytes waiting at their staging key for their row to be committed."""
-
-    id: UUID
-    owner_id: UUID
-    purpose: str
-    key: str
-    staging_key: str
-    original_name: str | None
-    size: int
-    sha256: str
-    content_type: str
-    claimed_type: str | None
-
-
-@dataclass
-class SweepReport:
-    """What a sweep did, by kind, with the keys it touched."""
-
-    partial_uploads: list[str] = field(default_factory=list)
-    promoted: list[UUID] = field(default_factory=list)
-    lost_rows: list[UUID] = field(default_factory=list)
-    staged_without_row: list[str] = field(default_factory=list)
-    staged_leftovers: list[str] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line of counts."""
-        return (
-            f"{len(self.partial_uploads)} unfinished upload(s) removed, "
-            f"{len(self.promoted)} staged file(s) promoted, "
-            f"{len(self.staged_without_row)} staged object(s) without a row removed, "
-            f"{len(self.staged_leftovers)} staging leftover(s) removed, "
-            f"{len(self.orphans)} orphaned object(s) removed, "
-            f"{len(self.lost_rows)} row(s) without bytes deleted"
-        )
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_MAX_BYTES",
+    "FileStore",
+    "StagedFile",
+    "SweepReport",
+    "describe",
+]
 
 
 class FileStore:
-    """A Storage and the files table, kept consistent (see the module docstring)."""
+    """A Storage and the files table, kept consistent (see the module docstring).
+
+    ``storage`` is a back end (:func:`~toolkit.storage.open_storage`), the
+    same objects in both APIs; in the async API :attr:`storage` is that
+    back end behind an async facade, whose methods are awaited. There,
+    close the store (or use it as a context manager) to release the S3
+    client it opened on the event loop; the back end stays open.
+    """
 
     def __init__(
         self,
@@ -125,6 +111,21 @@ class FileStore:
         self.storage = storage
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
+
+    def close(self) -> None:
+        """Release what the async API opened on this event loop; the Storage stays open."""
+        pass
+
+    def __enter__(self) -> FileStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -141,7 +142,10 @@ class FileStore:
     ) -> StagedFile:
         """Stream ``data`` to a staging key through the safe pipeline (step 1).
 
-        ``allowed_types=True`` uses the store's allow-list, ``None`` allows any.
+        ``data`` is bytes or a stream (``read(n)``); in the async API also an
+        object with ``async read(n)`` (FastAPI's ``UploadFile``) or an async
+        iterable of bytes. ``allowed_types=True`` uses the store's
+        allow-list, ``None`` allows any.
         """
         owner = parse_id(owner_id, "owner_id")
         purpose = check_purpose(purpose)
@@ -243,7 +247,11 @@ class FileStore:
         max_bytes: int | None = None,
         audit: Audit | None = None,
     ) -> File:
-        """Stage, record in a transaction of its own, and promote: the whole protocol."""
+        """Stage, record in a transaction of its own, and promote: the whole protocol.
+
+        A failure (or, in the async API, a cancellation) before the commit
+        leaves nothing: no row, and the staged bytes removed.
+        """
         staged = self.stage(
             data,
             owner_id=owner_id,
@@ -273,8 +281,15 @@ class FileStore:
             return staging
         return file.key
 
-    def open(self, file: File, *, verify: bool = True) -> io.RawIOBase:
-        """A streaming read of a file's bytes; reading to the end checks the SHA-256."""
+    def open(self, file: File, *, verify: bool = True) -> VerifyingReader:
+        """A streaming read of a file's bytes; reading to the end checks the SHA-256.
+
+        In the async API, an async iterator of chunks::
+
+            with store.open(row) as chunks:
+                for chunk in chunks:  # IntegrityError after the last one on a mismatch
+                    ...
+        """
         return self.storage._open_internal(
             self._location(file), sha256=file.sha256 if verify else None
         )
@@ -348,7 +363,7 @@ class FileStore:
 
     def _sweep_staged_rows(self, conn: Connection, grace: float, report: SweepReport) -> None:
         while True:
-            rows = files.staged_before(conn, grace, limit=_BATCH)
+            rows = files.staged_before(conn, grace, limit=SWEEP_BATCH)
             for row in rows:
                 try:
                     self._promote_row(conn, row)
@@ -356,20 +371,17 @@ class FileStore:
                 except NotFound:
                     files.delete(conn, row.id)
                     report.lost_rows.append(row.id)
-            if len(rows) < _BATCH:
+            if len(rows) < SWEEP_BATCH:
                 return
 
     def _sweep_staged_objects(
         self, conn: Connection, cutoff: datetime, report: SweepReport
     ) -> None:
-        staged = [
-            info.key
-            for info in self.storage._list_internal(STAGING_PREFIX)
-            if info.modified is None or info.modified < cutoff
-        ]
-        for start in range(0, len(staged), _BATCH):
+        listed = self.storage._list_internal(STAGING_PREFIX)
+        staged = [info.key for info in listed if info.modified is None or info.modified < cutoff]
+        for start in range(0, len(staged), SWEEP_BATCH):
             ids: dict[UUID, str] = {}
-            for key in staged[start : start + _BATCH]:
+            for key in staged[start : start + SWEEP_BATCH]:
                 try:
                     ids[UUID(key[len(STAGING_PREFIX) :])] = key
                 except ValueError:
@@ -401,10 +413,10 @@ class FileStore:
             if info.modified is None or info.modified < cutoff
         ]
         candidates = [
-            (key, canonical) for key, canonical in candidates if _FILE_KEY.match(canonical)
+            (key, canonical) for key, canonical in candidates if FILE_KEY.match(canonical)
         ]
-        for start in range(0, len(candidates), _BATCH):
-            batch = candidates[start : start + _BATCH]
+        for start in range(0, len(candidates), SWEEP_BATCH):
+            batch = candidates[start : start + SWEEP_BATCH]
             known = {
                 row.key for row in files.with_keys(conn, [canonical for _, canonical in batch])
             }
@@ -412,15 +424,3 @@ class FileStore:
                 if canonical not in known:
                     self.storage.delete(key)
                     report.orphans.append(key)
-
-
-def describe(file: File) -> dict[str, Any]:
-    """A short, printable view of a file row."""
-    return {
-        "id": str(file.id),
-        "key": file.key,
-        "size": file.size,
-        "content_type": file.content_type,
-        "sha256": file.sha256,
-        "status": file.status,
-    }

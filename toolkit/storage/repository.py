@@ -1,3 +1,5 @@
+# Generated from toolkit/aio/storage/repository.py by tools/async_to_sync.py: do not edit.
+# Edit the async source and run `tox -e generate`.
 """Files: the metadata rows of stored objects (queries in ``sql/files.sql``).
 
 Thin typed functions; the protocol that keeps rows and bytes consistent is
