@@ -100,7 +100,13 @@ def _adapt_arg(value: Any) -> Any:
 
 
 def _is_async_object(value: Any) -> bool:
-    return type(value).__module__.startswith("toolkit.aio.")
+    """An object of the toolkit's async API: its class has coroutine methods."""
+    cls = type(value)
+    if not cls.__module__.startswith("toolkit."):
+        return False
+    return cls.__module__.startswith("toolkit.aio.") or any(
+        inspect.iscoroutinefunction(getattr(cls, name, None)) for name in dir(cls)
+    )
 
 
 class _SyncContext:

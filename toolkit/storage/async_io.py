@@ -416,8 +416,3 @@ class AsyncStorage:
 
     def __repr__(self) -> str:
         return f"AsyncStorage({self.sync!r})"
-
-
-# Its public home (the async API's storage package); also lets the test harness see it
-# as an object of the async API.
-AsyncStorage.__module__ = "toolkit.aio.storage"

@@ -307,10 +307,6 @@ class AsyncVerifyingReader:
         await self.aclose()
 
 
-# Its public home is the async API's storage package (toolkit.aio.storage).
-AsyncVerifyingReader.__module__ = "toolkit.aio.storage"
-
-
 def content_disposition(filename: str | None) -> str:
     """``attachment`` with an ASCII fallback name and the RFC 5987 UTF-8 name."""
     name = clean_filename(filename)
