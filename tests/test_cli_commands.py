@@ -29,7 +29,9 @@ from toolkit.messaging import inbox, outbox
 from toolkit.messaging.connection import close_quietly, connect
 from toolkit.messaging.models import AuditLog
 from toolkit.messaging.topology import Topology, delete
+from toolkit.repositories import executions, users, workflows
 from toolkit.storage.keys import STAGING_PREFIX
+from toolkit.workflows import service
 
 pytestmark = pytest.mark.packaging
 
@@ -74,13 +76,13 @@ class Cli:
         assert "Traceback" not in done.stderr, f"toolkit {args}: {done.stderr}"
         return done
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``toolkit ARGS`` in the background; its output goes to files (no pipe fills)."""
         name = "-".join(args)
         return subprocess.Popen(
             [str(self.script), *args],
             cwd=self.cwd,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=(self.cwd / f"{name}.out").open("w"),
             stderr=(self.cwd / f"{name}.err").open("w"),
             text=True,
@@ -272,6 +274,36 @@ def test_relay_once_then_worker_and_relay_stop_cleanly_on_sigterm(cli: Cli) -> N
     )
     out, _ = cli.stop(relay, "relay")
     assert "stopped after publishing 1 message(s)" in out, out
+
+
+ASYNC_WORK = """
+import asyncio
+
+
+async def work(execution):
+    await asyncio.sleep(0.05)  # an await: this runs on the worker's event loop
+    return {"ran": "async", "input": execution.input}
+"""
+
+
+def test_worker_runs_a_coroutine_work_function(cli: Cli) -> None:
+    (cli.cwd / "async_work.py").write_text(ASYNC_WORK)
+    with psycopg.connect(cli.database_url) as conn, conn.transaction():
+        owner = users.create(conn, {"email": "cli-async@example.com", "display_name": "Cli"})
+        workflow = workflows.create(conn, {"owner_id": owner.id, "name": "async work"})
+        execution = service.start_execution(conn, workflow.id, {"n": 1})
+    cli.run("relay", "--once")
+
+    def finished() -> bool:
+        with psycopg.connect(cli.database_url, autocommit=True) as conn:
+            return executions.get(conn, execution.id).status == "succeeded"
+
+    worker = cli.start("worker", "--work", "async_work:work", env={"PYTHONPATH": str(cli.cwd)})
+    wait_until(finished, worker, "running the coroutine work function")
+    cli.stop(worker, "worker", "--work", "async_work:work")
+    with psycopg.connect(cli.database_url, autocommit=True) as conn:
+        done = executions.get(conn, execution.id)
+    assert done.output == {"ran": "async", "input": {"n": 1}}
 
 
 def test_storage_sweep_honours_the_grace_period(cli: Cli) -> None:

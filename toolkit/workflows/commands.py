@@ -8,6 +8,7 @@ then stop gracefully. Exit code 0 after a clean stop.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import signal
@@ -16,10 +17,12 @@ import threading
 from datetime import timedelta
 from types import FrameType
 
+from toolkit.aio.db.database import AsyncDatabase
+from toolkit.aio.workflows import service as async_service
 from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.messaging import inbox
-from toolkit.messaging.consumer import Periodic, Worker, run_worker
+from toolkit.messaging.consumer import AsyncHandler, Handler, Periodic, Worker, run_worker
 from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import WORK_QUEUES, Topology
 from toolkit.workflows.handlers import default_handlers, echo_work, load_callable
@@ -99,7 +102,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace-period", type=float, default=30.0, help="seconds to finish work on SIGTERM"
     )
-    parser.add_argument("--work", help="the workflow work function, as module:function")
+    parser.add_argument(
+        "--work",
+        help="the workflow work function, as module:function (a coroutine function runs "
+        "on the worker's event loop with an AsyncDatabase)",
+    )
     # dest "handlers": "handler" is the subcommand's function in the namespace.
     parser.add_argument(
         "--handler",
@@ -126,10 +133,21 @@ def worker_command(args: argparse.Namespace) -> int:
     topology = Topology(prefix=settings.queue_prefix)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     with Database(settings) as db:
-        work = load_callable(args.work) if args.work else echo_work
-        handlers = default_handlers(
-            db, worker_id=worker_id, work=work, lease_seconds=args.lease_seconds
-        )
+        work = load_callable(args.work) if args.work else None
+        async_db = AsyncDatabase(settings) if inspect.iscoroutinefunction(work) else None
+        handlers: dict[str, Handler | AsyncHandler] = {
+            **default_handlers(
+                db,
+                worker_id=worker_id,
+                work=echo_work if work is None or async_db is not None else work,
+                lease_seconds=args.lease_seconds,
+            )
+        }
+        if work is not None and async_db is not None:
+            # Its pool opens on the worker's event loop and is closed there (async_cleanup).
+            handlers["workflow.execute"] = async_service.workflow_handler(
+                async_db, work, worker_id=worker_id, lease_seconds=args.lease_seconds
+            )
         for spec in args.handlers:
             queue, _, target = spec.partition("=")
             topology.check(queue)
@@ -142,6 +160,7 @@ def worker_command(args: argparse.Namespace) -> int:
             prefetch=args.prefetch,
             concurrency=args.concurrency,
             grace_period=args.grace_period,
+            async_cleanup=async_db.close if async_db is not None else None,
         )
         periodic = [Periodic("inbox pruning", 3600.0, lambda: _prune_inbox(db))]
         if args.sweep_interval > 0:
