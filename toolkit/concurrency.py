@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
 
 ASYNC = False
 """False here, True in :mod:`toolkit.aio.concurrency`."""
@@ -19,10 +15,4 @@ ASYNC = False
 sleep = time.sleep
 """Block the thread for a number of seconds."""
 
-Lock = threading.Lock
 Event = threading.Event
-
-
-def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
-    """Run blocking ``fn``: in the sync API, right here."""
-    return fn(*args)

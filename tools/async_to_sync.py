@@ -50,7 +50,7 @@ SYNC_ROOT = ROOT / "toolkit"
 
 HAND_WRITTEN = {"__init__.py", "concurrency.py"}
 """Files under toolkit/aio/ that are not sources: package files and the
-primitives module (``sleep``, ``to_thread``, ...) whose two forms differ."""
+primitives module (``sleep``, ``Event``, ...) whose two forms differ."""
 
 RENAMES = {
     "AsyncIterator": "Iterator",

@@ -59,10 +59,6 @@ class Mode:
         return self.name
 
 
-def current() -> Mode | None:
-    return _State.current
-
-
 @contextmanager
 def running(mode: Mode) -> Iterator[Mode]:
     """Make ``mode`` the one :func:`both` dispatches to, for one test."""

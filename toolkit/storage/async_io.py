@@ -14,7 +14,7 @@ so the generated sync modules never import this module).
 * **Local disk, memory, pyfilesystem2**: there is no async file I/O worth
   having on Linux, so the back end's own blocking write (``O_NOFOLLOW``
   walk, temp file, ``fsync``, ``link``) runs in one worker thread
-  (:func:`toolkit.aio.concurrency.to_thread`) that pulls each chunk from
+  (:func:`asyncio.to_thread`) that pulls each chunk from
   the upload pipeline on the event loop; reads are ``read(n)`` calls on the
   back end's stream, each in a thread. The loop never blocks on disk, but
   every chunk costs a thread hop.
@@ -35,11 +35,11 @@ import contextlib
 import functools
 import inspect
 import io
+from asyncio import to_thread
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
 from datetime import datetime
 from typing import Any
 
-from toolkit.aio.concurrency import to_thread
 from toolkit.aio.storage.s3 import write_object
 from toolkit.errors import InvalidInput
 from toolkit.storage.backends import S3Storage
