@@ -29,7 +29,7 @@ from toolkit.messaging import inbox, outbox
 from toolkit.messaging.connection import close_quietly, connect
 from toolkit.messaging.models import AuditLog
 from toolkit.messaging.topology import Topology, delete
-from toolkit.repositories import executions, users, workflows
+from toolkit.repositories import audit_events, executions, users, workflows
 from toolkit.storage.keys import STAGING_PREFIX
 from toolkit.workflows import service
 
@@ -315,6 +315,114 @@ def test_storage_sweep_honours_the_grace_period(cli: Cli) -> None:
     assert "0 staged object(s) without a row removed" in kept and stray.exists()
     swept = cli.run("storage", "sweep", "--grace-seconds", "0").stdout
     assert "1 staged object(s) without a row removed" in swept and not stray.exists()
+
+
+@pytest.fixture
+def own_database(cli: Cli) -> Iterator[str]:
+    """A database of one test's own (its URL), not yet created; dropped afterwards."""
+    dbname = f"{cli.dbname}_{uuid.uuid4().hex[:6]}"
+    try:
+        yield server_url(dbname)
+    finally:
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def app_tables(database_url: str) -> set[str]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'app\\_%'")
+        return {row[0] for row in rows}
+
+
+def test_rollback_of_a_migration_without_rollback_exits_non_zero_naming_it(
+    cli: Cli, own_database: str
+) -> None:
+    # The application's migrations: the older one has no rollback file.
+    folder = cli.cwd / f"app-migrations-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "app-0001.notes.sql").write_text("CREATE TABLE app_notes (id int PRIMARY KEY);\n")
+    (folder / "app-0002.tags.sql").write_text("CREATE TABLE app_tags (id int PRIMARY KEY);\n")
+    (folder / "app-0002.tags.rollback.sql").write_text("DROP TABLE app_tags;\n")
+    env = {"TOOLKIT_DATABASE_URL": own_database, "TOOLKIT_MIGRATIONS_PATH": str(folder)}
+    missing = str(folder / "app-0001.notes.rollback.sql")
+
+    applied = migration_lines(cli.run("migrate", env=env).stdout, "applied")
+    assert applied[-2:] == ["app-0001.notes", "app-0002.tags"]
+    for args in (["--all"], ["--count", "2"]):
+        # app-0002.tags has a rollback, but is not reverted alone: nothing or all.
+        refused = cli.run("rollback", *args, expect=2, env=env)
+        assert refused.stdout == "", "nothing may be reported as rolled back"
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and missing in lines[0], refused.stderr
+    assert app_tables(own_database) == {"app_notes", "app_tags"}
+    assert cli.run("rollback", env=env).stdout.strip() == "rolled back app-0002.tags"
+    refused = cli.run("rollback", expect=2, env=env)
+    assert refused.stdout == "" and missing in refused.stderr
+    assert app_tables(own_database) == {"app_notes"}
+    # The refused migration stayed applied, so migrate does not trip over its table.
+    assert cli.run("migrate", env=env).stdout.strip() == "applied app-0002.tags"
+    status = cli.run("migrate", "--status", env=env).stdout
+    assert migration_lines(status, "pending") == []
+
+
+def record_audit_events(database_url: str, count: int) -> None:
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        for n in range(count):
+            event = {"action": "cli.audited", "entity": "cli", "details": {"n": n}}
+            audit_events.record(conn, event)
+
+
+def rewrite_and_rechain(database_url: str, seq: int) -> None:
+    """As the database owner could: edit row ``seq`` and recompute every later hash."""
+    with psycopg.connect(database_url, autocommit=True) as owner:
+        owner.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update")
+        owner.execute("UPDATE audit_events SET details = '{\"n\": 99}' WHERE seq = %s", [seq])
+        (last,) = owner.execute("SELECT max(seq) FROM audit_events").fetchone() or (0,)
+        for row in range(seq, last + 1):
+            owner.execute(
+                "UPDATE audit_events SET prev_hash = coalesce("
+                "(SELECT hash FROM audit_events WHERE seq = %(seq)s - 1), '\\x'::bytea) "
+                "WHERE seq = %(seq)s",
+                {"seq": row},
+            )
+            owner.execute(
+                "UPDATE audit_events SET hash = audit_event_hash(prev_hash, seq, id, actor_id, "
+                "action, entity, entity_id, details, created_at) WHERE seq = %(seq)s",
+                {"seq": row},
+            )
+
+
+def test_audit_anchor_and_verify(cli: Cli, own_database: str) -> None:
+    cli.run("migrate", env={"TOOLKIT_DATABASE_URL": own_database})
+    store = cli.cwd / f"anchors-{uuid.uuid4().hex[:6]}"
+    where = ["--database-url", own_database, "--anchor-url", f"file://{store}"]
+
+    empty = cli.run("audit", "anchor", *where).stdout
+    assert "the audit chain is empty; nothing to anchor" in empty
+    record_audit_events(own_database, 5)
+    first = cli.run("audit", "anchor", *where).stdout
+    assert re.search(r"^audit anchor: seq 5 hash [0-9a-f]{64} written to audit-anchors/", first)
+    assert "create-only" in first
+    assert len(list((store / "audit-anchors").glob("*.json"))) == 1
+    intact = cli.run("audit", "verify", *where).stdout
+    assert "5 rows recomputed and linked; 1 anchor(s) agree (newest at seq 5" in intact
+
+    record_audit_events(own_database, 3)
+    second = cli.run("audit", "anchor", *where).stdout
+    key = re.search(r"written to (\S+)", second)
+    assert "seq 8" in second and key is not None
+    intact = cli.run("audit", "verify", *where).stdout
+    assert "8 rows recomputed and linked; 2 anchor(s) agree (newest at seq 8" in intact
+
+    rewrite_and_rechain(own_database, 7)
+    broken = cli.run("audit", "verify", *where, expect=1).stdout
+    assert "rewritten at seq 7" in broken and "row 7 was rewritten" in broken, broken
+    assert key.group(1) in broken, "the finding names the anchor it was checked against"
+    assert "audit verify: 1 finding(s) in 8 rows against 2 anchor(s)" in broken
+    refused = cli.run("audit", "anchor", *where, expect=2)
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to anchor" in lines[0], refused.stderr
+    assert len(list((store / "audit-anchors").glob("*.json"))) == 2
 
 
 @pytest.mark.parametrize(

@@ -46,15 +46,59 @@ def layer_of(module: str) -> str:
     return module
 
 
-def toolkit_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def is_toolkit_module(name: str) -> bool:
+    """True if ``name`` is a module or package of the toolkit's source tree."""
+    relative = Path(*name.split("."))
+    return (TOOLKIT.parent / relative.with_suffix(".py")).is_file() or (
+        TOOLKIT.parent / relative / "__init__.py"
+    ).is_file()
+
+
+def absolute_imports(node: ast.ImportFrom, module: str, is_package: bool) -> set[str]:
+    """What ``from ... import ...`` in ``module`` names, as absolute module names.
+
+    A relative import resolves as Python resolves it: against the module's
+    package (the module itself for an ``__init__``), one package up per extra
+    dot. ``from . import x`` names the submodule ``x`` when there is one, else
+    the package (``x`` is then one of its attributes).
+    """
+    if node.level == 0:
+        return {node.module} if node.module else set()
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level > len(package):
+        raise AssertionError(f"{module}: 'from {'.' * node.level}' goes above the toolkit")
+    base = ".".join(package[: len(package) - (node.level - 1)])
+    if node.module:
+        return {f"{base}.{node.module}"}
+    return {
+        f"{base}.{alias.name}" if is_toolkit_module(f"{base}.{alias.name}") else base
+        for alias in node.names
+    }
+
+
+def toolkit_imports(source: str, module: str, is_package: bool = False) -> set[str]:
+    """The toolkit modules that ``module`` (whose text is ``source``) imports, relative
+    imports resolved to absolute names."""
+    tree = ast.parse(source)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            found.update(absolute_imports(node, module, is_package))
     return {name for name in found if name == "toolkit" or name.startswith("toolkit.")}
+
+
+def upward_imports(module: str, source: str, is_package: bool = False) -> set[str]:
+    """The imports of ``module`` that its layer does not allow (none above the layers)."""
+    layer = layer_of(module)
+    if layer not in ALLOWED:
+        return set()  # the top of the house (repositories, workflows, integrations, cli)
+    return {
+        name
+        for name in toolkit_imports(source, module, is_package)
+        if layer_of(name) != layer and layer_of(name) not in ALLOWED[layer]
+    }
 
 
 def modules() -> list[tuple[str, Path]]:
@@ -68,15 +112,39 @@ def modules() -> list[tuple[str, Path]]:
 
 @pytest.mark.parametrize(("module", "path"), modules(), ids=[m for m, _ in modules()])
 def test_lower_layers_never_import_upward(module: str, path: Path) -> None:
-    layer = layer_of(module)
-    if layer not in ALLOWED:
-        return  # the top of the house (repositories, workflows, integrations, cli) may import down
-    upward = {
-        name
-        for name in toolkit_imports(path)
-        if layer_of(name) != layer and layer_of(name) not in ALLOWED[layer]
+    source = path.read_text(encoding="utf-8")
+    upward = upward_imports(module, source, is_package=path.name == "__init__.py")
+    assert upward == set(), f"{module} ({layer_of(module)}) imports {sorted(upward)}"
+
+
+@pytest.mark.parametrize(
+    ("module", "is_package", "statement", "resolved"),
+    [
+        ("toolkit.db.fake", False, "from ..workflows import service", {"toolkit.workflows"}),
+        ("toolkit.db.fake", False, "from .. import workflows", {"toolkit.workflows"}),
+        ("toolkit.db.fake", False, "from . import database", {"toolkit.db.database"}),
+        ("toolkit.db.fake", False, "from . import not_a_module", {"toolkit.db"}),
+        ("toolkit.db", True, "from .database import connect", {"toolkit.db.database"}),
+        ("toolkit.aio.db.fake", False, "from ...workflows import x", {"toolkit.workflows"}),
+        ("toolkit.aio.db.fake", False, "from ..messaging import x", {"toolkit.aio.messaging"}),
+    ],
+)
+def test_relative_imports_resolve_to_absolute_names(
+    module: str, is_package: bool, statement: str, resolved: set[str]
+) -> None:
+    assert toolkit_imports(statement, module, is_package) == resolved
+
+
+def test_an_upward_relative_import_is_caught_like_an_absolute_one() -> None:
+    relative = "from ..workflows import service\nfrom . import database\n"
+    absolute = "from toolkit.workflows import service\nfrom toolkit.db import database\n"
+    assert upward_imports("toolkit.db.fake", relative) == {"toolkit.workflows"}
+    assert upward_imports("toolkit.db.fake", absolute) == {"toolkit.workflows"}
+    assert upward_imports("toolkit.aio.storage.fake", "from ..repositories import x") == {
+        "toolkit.aio.repositories"
     }
-    assert upward == set(), f"{module} ({layer}) imports {sorted(upward)}"
+    with pytest.raises(AssertionError, match="goes above the toolkit"):
+        toolkit_imports("from .... import x", "toolkit.db.fake")
 
 
 def test_no_module_imports_another_by_name_except_the_catalog_of_the_applications() -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,7 +19,7 @@ from yoyo import get_backend
 from tests.conftest import server_url
 from toolkit.db.migrations import MigrationState, _yoyo_url, migrate, rollback, status
 from toolkit.db.registry import package_directory
-from toolkit.errors import InvalidInput
+from toolkit.errors import ConfigurationError, InvalidInput
 
 ALL = tuple(
     sorted(
@@ -175,3 +176,79 @@ def test_a_migrate_killed_mid_way_leaves_nothing_that_blocks_the_next(scratch_ur
     assert again.returncode == 0, again.stderr
     assert f"applied {ALL[-1]}" in again.stdout
     assert time.monotonic() - started < 8  # yoyo's own lock would have waited 10 s and failed
+
+
+# An application's migrations: the older one has no rollback file, the newer one has.
+APP_MIGRATIONS = {
+    "app-0001.notes.sql": "CREATE TABLE app_notes (id int PRIMARY KEY);\n",
+    "app-0002.tags.sql": "CREATE TABLE app_tags (id int PRIMARY KEY);\n",
+    "app-0002.tags.rollback.sql": "DROP TABLE app_tags;\n",
+}
+
+
+@pytest.fixture
+def app_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "app-migrations"
+    folder.mkdir()
+    for name, text in APP_MIGRATIONS.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def app_tables(url: str) -> set[str]:
+    return {name for name in objects(url) if name.startswith("table app_")}
+
+
+def test_rollback_refuses_a_migration_without_rollback_before_reverting_any(
+    scratch_url, app_folder
+) -> None:
+    folders = [app_folder]
+    assert migrate(scratch_url, folders).applied == (*ALL, "app-0001.notes", "app-0002.tags")
+    missing = str(app_folder / "app-0001.notes.rollback.sql")
+    for count in (None, 2, len(ALL) + 2):
+        # app-0002.tags could be reverted, but it is not: no partial state.
+        with pytest.raises(ConfigurationError, match=r"app-0001\.notes") as refused:
+            rollback(scratch_url, count, folders)
+        assert missing in str(refused.value) and "nothing was rolled back" in str(refused.value)
+        assert app_tables(scratch_url) == {"table app_notes", "table app_tags"}
+        assert all(state.applied for state in status(scratch_url, folders))
+    assert rollback(scratch_url, 1, folders).rolled_back == ("app-0002.tags",)
+    with pytest.raises(ConfigurationError, match=r"app-0001\.notes"):
+        rollback(scratch_url, 1, folders)
+    assert app_tables(scratch_url) == {"table app_notes"}
+    # What was refused is still recorded as applied: migrate applies only what was reverted.
+    assert migrate(scratch_url, folders).applied == ("app-0002.tags",)
+
+
+def test_cli_rollback_of_a_migration_without_rollback_exits_non_zero_naming_it(
+    scratch_url, app_folder
+) -> None:
+    env = {
+        **os.environ,
+        "TOOLKIT_MIGRATION_DATABASE_URL": scratch_url,
+        "TOOLKIT_MIGRATIONS_PATH": str(app_folder),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "toolkit.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+
+    assert run("migrate").returncode == 0
+    assert run("rollback").stdout.strip() == "rolled back app-0002.tags"
+    for args in (["rollback"], ["rollback", "--count", "3"], ["rollback", "--all"]):
+        refused = run(*args)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stdout == ""  # nothing reported as rolled back
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(app_folder / "app-0001.notes.rollback.sql") in lines[0]
+        assert app_tables(scratch_url) == {"table app_notes"}
+    again = run("migrate")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "applied app-0002.tags"

@@ -3,7 +3,9 @@
 ``migrate`` creates the target database when it is missing, then applies
 what is pending: the toolkit's migrations first, then the application's
 (``TOOLKIT_MIGRATIONS_PATH``), in file-name order within each;
-``rollback`` reverts the newest N (or all), the application's first;
+``rollback`` reverts the newest N (or all), the application's first, and
+refuses, before reverting any, when one of them has no rollback (yoyo would
+forget it without undoing it, and the next ``migrate`` would fail on what it left);
 ``status`` lists what is applied and pending. Runs hold a PostgreSQL advisory lock for
 their whole run, so concurrent runs queue up instead of racing. The lock
 dies with its session, so a crashed run never leaves a stale lock behind;
@@ -180,10 +182,41 @@ def migrate(url: str, app_folders: Sequence[Path] | None = None) -> MigrationRes
     return MigrationResult(applied=applied, rolled_back=(), database_created=created)
 
 
+def _has_rollback(step: Any) -> bool:
+    """True if yoyo's ``step`` (a wrapper, a group or a single step) undoes anything."""
+    if hasattr(step, "steps"):  # StepGroup
+        return any(_has_rollback(inner) for inner in step.steps)
+    if hasattr(step, "step"):  # TransactionWrapper, Transactionless
+        return _has_rollback(step.step)
+    return bool(getattr(step, "_rollback", None))
+
+
+def _refuse_without_rollback(chosen: Sequence[Any]) -> None:
+    """Raise ConfigurationError naming the first of ``chosen`` that has no rollback.
+
+    yoyo "rolls back" such a migration by deleting its log row alone, which
+    leaves its tables behind; so nothing is rolled back when one would be.
+    """
+    for migration in chosen:
+        migration.load()
+        if not any(_has_rollback(step) for step in migration.steps):
+            path = Path(migration.path)
+            if path.suffix == ".sql":
+                where = f"{path.with_name(path.stem + '.rollback.sql')} is missing or empty"
+            else:
+                where = f"no step in {path} has a rollback"
+            raise ConfigurationError(
+                f"migration {migration.id} cannot be rolled back: {where}; nothing was rolled back"
+            )
+
+
 def rollback(
     url: str, count: int | None = 1, app_folders: Sequence[Path] | None = None
 ) -> MigrationResult:
-    """Revert the newest ``count`` applied migrations (one by default; all when None)."""
+    """Revert the newest ``count`` applied migrations (one by default; all when None).
+
+    Raises ConfigurationError, having reverted none, when one of them has no rollback.
+    """
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise InvalidInput(
             f"rollback count must be a whole number of at least 1, got {str(count)[:40]}",
@@ -193,6 +226,7 @@ def rollback(
     with _locked_backend(url) as backend:
         applied = backend.to_rollback(migrations)
         chosen = applied if count is None else applied[:count]
+        _refuse_without_rollback(chosen)
         backend.rollback_migrations(chosen)
     return MigrationResult(
         applied=(), rolled_back=tuple(m.id for m in chosen), database_created=False
