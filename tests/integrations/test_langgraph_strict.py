@@ -165,6 +165,56 @@ def test_a_forged_type_nested_in_an_allowed_value_is_refused(
     assert CALLS == []
 
 
+UNKNOWN_EXT = ormsgpack.Ext(42, b"opaque")
+TIMESTAMP_EXT = b"\xd6\xff\x00\x00\x00\x00"  # msgpack's own timestamp (code -1), 1970-01-01
+
+# (stored msgpack bytes, what LangGraph itself reads from them, the code refused)
+UNKNOWN_EXTENSIONS = {
+    "top level": (ormsgpack.packb(UNKNOWN_EXT), None, 42),
+    "in a dict": (ormsgpack.packb({"note": UNKNOWN_EXT}), {"note": None}, 42),
+    "in an allowed type's arguments": (
+        ormsgpack.packb(
+            ormsgpack.Ext(
+                EXT_CONSTRUCTOR_SINGLE_ARG, ormsgpack.packb(("builtins", "set", [UNKNOWN_EXT]))
+            )
+        ),
+        {None},
+        42,
+    ),
+    "msgpack timestamp": (TIMESTAMP_EXT, None, -1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNKNOWN_EXTENSIONS))
+def test_an_unknown_msgpack_extension_code_is_refused_never_read_as_none(
+    strict_saver: ToolkitCheckpointSaver, shared_settings: Settings, case: str
+) -> None:
+    blob, langgraph_reads, code = UNKNOWN_EXTENSIONS[case]
+    # LangGraph, strict or not, turns the unknown extension into None silently.
+    assert JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(("msgpack", blob)) == (
+        langgraph_reads
+    )
+    with pytest.raises(DeserializationRefused, match=rf"extension code\(s\) {code}\b") as refused:
+        StrictSerializer().loads_typed(("msgpack", blob))
+    assert refused.value.refused == (f"msgpack-ext-{code}",)
+
+    config, thread_id = put_thread(strict_saver)
+    for table in ("lg_blobs", "lg_writes"):
+        overwrite(shared_settings.database_url, table, thread_id, "msgpack", blob)
+    with pytest.raises(DeserializationRefused, match="not decoded") as refused:
+        strict_saver.get_tuple(config)
+    assert refused.value.refused == (f"msgpack-ext-{code}",)
+    assert len(str(refused.value)) < 300
+
+
+def test_many_unknown_extension_codes_are_named_boundedly() -> None:
+    blob = ormsgpack.packb([ormsgpack.Ext(code, b"") for code in range(8, 128)])
+    with pytest.raises(DeserializationRefused) as refused:
+        StrictSerializer().loads_typed(("msgpack", blob))
+    assert refused.value.refused == tuple(f"msgpack-ext-{code}" for code in range(8, 13))
+    assert len(str(refused.value)) < 300
+
+
 @pytest.mark.parametrize("format_", ["pickle", "json"])
 def test_formats_the_saver_never_writes_are_refused_undecoded(
     strict_saver: ToolkitCheckpointSaver, shared_settings: Settings, format_: str

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import multiprocessing
 import os
 import signal
+import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pika
+import pika.data
 import pytest
 
 from toolkit.aio.db import AsyncConnection, AsyncDatabase
@@ -22,10 +27,11 @@ from toolkit.config import Settings
 from toolkit.db import Connection, Database
 from toolkit.messaging import AuditLog, Delivery, Publisher, Topology, Worker, inbox
 from toolkit.messaging.connection import ConnectionOptions
+from toolkit.messaging.consumer import INVALID_RETRY_HEADER
 
 from ..support.tcp_proxy import TcpProxy
 from . import _procs
-from .conftest import AMQP_URL, amqp_url_for, depth, get_all, wait_for
+from .conftest import AMQP_URL, FAST_LADDER, amqp_url_for, depth, get_all, wait_for
 
 EVENT = AuditLog(action="user.created", entity="user")
 
@@ -43,7 +49,11 @@ def effect_count(db: Database, message_id: Any = None) -> int:
 
 
 def raw_publish(
-    broker: pika.BlockingConnection, topology: Topology, body: bytes, message_id: str | None
+    broker: pika.BlockingConnection,
+    topology: Topology,
+    body: bytes,
+    message_id: str | None,
+    headers: dict[str, Any] | None = None,
 ) -> None:
     channel = broker.channel()
     channel.confirm_delivery()
@@ -51,10 +61,23 @@ def raw_publish(
         topology.exchange,
         "audit.log",
         body,
-        pika.BasicProperties(delivery_mode=2, message_id=message_id),
+        pika.BasicProperties(delivery_mode=2, message_id=message_id, headers=headers),
         mandatory=True,
     )
     channel.close()
+
+
+def encoding_doubles(encode_value: Callable[[list[bytes], Any], int]) -> Any:
+    """pika's header encoder plus AMQP doubles (``d``), which pika cannot send but
+    RabbitMQ carries and pika decodes: how another client could send a float."""
+
+    def encode(pieces: list[bytes], value: Any) -> int:
+        if isinstance(value, float):
+            pieces.append(struct.pack(">cd", b"d", value))
+            return 9
+        return encode_value(pieces, value)
+
+    return encode
 
 
 def test_handled_once_even_when_delivered_twice(
@@ -104,6 +127,80 @@ def test_poison_message_goes_down_the_ladder_then_is_parked(
     time.sleep(0.5)
     assert len(calls) == 3
     assert worker.stats.retried == 2 and worker.stats.parked == 1
+
+
+INVALID = "invalid-retry-count"
+EXHAUSTED = "retries-exhausted"
+LADDER = len(FAST_LADDER)
+
+# (x-retry-count as published, handler tries, parked reason). 10**30 has no
+# AMQP encoding; 2**63 - 1 (the largest AMQP integer) and the double 1e30
+# stand for "huge". pika decodes a double as its integer part (1.5 arrives as
+# 1, 1e30 as a 31-digit int), so a float counts as that integer. NaN and
+# infinity never arrive: RabbitMQ closes the publisher's connection.
+RETRY_HEADERS: list[tuple[Any, int, str]] = [
+    (-1, 1, INVALID),
+    (-1000, 1, INVALID),
+    (-1.5, 1, INVALID),
+    ("3", 1, INVALID),
+    ("", 1, INVALID),
+    (True, 1, INVALID),
+    (False, 1, INVALID),
+    (None, 1, INVALID),
+    (Decimal("1"), 1, INVALID),
+    (b"1", 1, INVALID),
+    ({"count": 1}, 1, INVALID),
+    ([1, 2], 1, INVALID),
+    (2**63 - 1, 1, EXHAUSTED),
+    (1e30, 1, EXHAUSTED),
+    (LADDER, 1, EXHAUSTED),
+    (1.5, 2, EXHAUSTED),
+    (LADDER - 1, 2, EXHAUSTED),
+]
+
+
+def test_a_forged_retry_count_never_buys_retries_and_is_parked_with_its_headers(
+    topology: Topology,
+    broker: pika.BlockingConnection,
+    run_worker: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tries: collections.Counter[str] = collections.Counter()
+
+    def always_fails(delivery: Delivery) -> None:
+        tries[str(delivery.message_id)] += 1
+        assert 0 <= delivery.retry_count <= LADDER
+        raise ValueError("the handler always fails")
+
+    worker = Worker(AMQP_URL, topology, {"audit.log": always_fails})
+    run_worker(worker)
+    monkeypatch.setattr(pika.data, "encode_value", encoding_doubles(pika.data.encode_value))
+    sent: dict[str, tuple[Any, int, str]] = {}
+    for value, expected_tries, reason in RETRY_HEADERS:
+        message_id = str(uuid.uuid4())
+        sent[message_id] = (value, expected_tries, reason)
+        raw_publish(broker, topology, EVENT.body(), message_id, {"x-retry-count": value})
+
+    parking = topology.parking_queue("audit.log")
+    parked = get_all(broker, parking, expect=len(sent), timeout=15)
+    time.sleep(1.0)  # longer than the whole ladder: a message still looping would show
+    parked += get_all(broker, parking)
+    by_id = {props.message_id: props.headers for props, _ in parked}
+    assert len(parked) == len(by_id) == len(sent)
+    for message_id, (value, expected_tries, reason) in sent.items():
+        headers = by_id[message_id]
+        assert (value, tries[message_id]) == (value, expected_tries)
+        assert (value, headers["x-parked-reason"]) == (value, reason)
+        assert headers["x-retry-count"] == LADDER
+        assert "ValueError: the handler always fails" in headers["x-error"]
+        assert (INVALID_RETRY_HEADER in headers) == (reason == INVALID)
+    [minus_one] = [h for h in by_id.values() if h.get(INVALID_RETRY_HEADER) == "-1"]
+    assert minus_one["x-parked-reason"] == INVALID
+    assert sum(tries.values()) == sum(expected for _, expected, _ in RETRY_HEADERS)
+    assert worker.stats.errors == 0 and worker.stats.parked == len(sent)
+    assert depth(broker, topology.queue_name("audit.log")) == 0
+    for step in range(LADDER):
+        assert depth(broker, topology.retry_queue("audit.log", step)) == 0
 
 
 def test_a_handler_that_recovers_on_retry_is_applied_once(

@@ -1,8 +1,14 @@
 """RabbitMQ goes away while outbox messages flow: none is lost, none applied twice.
 
-Half the messages are enqueued and applied first; then the broker is taken
-away, the other half is enqueued while it is gone, and it comes back. The
-row's columns are read from the database (outbox, effects) and the broker
+Half the messages are enqueued; while the worker is in the middle of them
+the broker is taken away, the other half is enqueued while it is gone, and it
+comes back. The cut lands with messages in flight: deliveries prefetched or
+running, and (made certain by :class:`Gate`) handlers whose transaction
+committed and whose ack has not reached the broker. The broker redelivers
+all of those, so "duplicates applied" counts what the inbox let through, and
+the scenario fails unless redeliveries happened and the inbox absorbed some.
+
+The row's columns are read from the database (outbox, effects) and the broker
 (queue depths) afterwards. The fault is proven to have hit: messages
 enqueued while the broker was away were applied only after it came back,
 none of them earlier.
@@ -11,6 +17,7 @@ none of them earlier.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +36,7 @@ from tests.reliability.private_servers import (
 )
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.db import Database
-from toolkit.messaging import Relay, Topology, Worker, inbox, outbox
+from toolkit.messaging import Delivery, Handler, Relay, Topology, Worker, inbox, outbox
 from toolkit.messaging.connection import close_quietly, connect
 from toolkit.messaging.models import AuditLog
 
@@ -38,6 +45,41 @@ MESSAGES = int(os.environ.get("TOOLKIT_RELIABILITY_OPERATIONS", "2000"))
 BATCHES = 20
 OUTAGE_S = 2.0
 SETTLE_S = 240.0
+
+
+class Gate:
+    """Wraps the worker's handler: counts redeliveries, and holds a committed delivery
+    before its ack until the broker has been cut off.
+
+    From the ``hold_after``-th delivery on, a handler that has committed waits
+    (its ack not yet sent) until :meth:`release`: the cut then lands while the
+    effect is in the database and the broker still counts the message unacked,
+    the window the inbox exists for.
+    """
+
+    def __init__(self, handler: Handler, hold_after: int) -> None:
+        self._handler = handler
+        self._hold_after = hold_after
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self.holding = threading.Event()
+        """Set once a handler has committed and is holding back its ack."""
+        self.deliveries = 0
+        self.redelivered = 0
+        """Deliveries the broker flagged as redelivered."""
+
+    def __call__(self, delivery: Delivery) -> None:
+        with self._lock:
+            self.deliveries += 1
+            self.redelivered += delivery.redelivered
+            hold = self.deliveries >= self._hold_after and not self._released.is_set()
+        self._handler(delivery)
+        if hold:
+            self.holding.set()
+            self._released.wait(SETTLE_S)
+
+    def release(self) -> None:
+        self._released.set()
 
 
 @dataclass(frozen=True)
@@ -58,6 +100,12 @@ class Outcome:
     restart_s: float
     relay_outages: int
     worker_reconnects: int
+    cut_in_flight: bool
+    """A committed delivery was still unacked when the broker went away."""
+    redelivered: int
+    """Deliveries flagged redelivered by the broker."""
+    absorbed: int
+    """Deliveries whose message_id the inbox already had (applied nothing)."""
 
     def proven(self) -> bool:
         return (
@@ -67,6 +115,11 @@ class Outcome:
             and self.relay_outages + self.worker_reconnects > 0
         )
 
+    def duplicates_were_possible(self) -> bool:
+        """Whether "duplicates applied" can mean anything: a committed delivery was
+        unacked at the cut, and the broker redelivered messages."""
+        return self.cut_in_flight and self.redelivered > 0
+
     def recovery(self) -> str:
         took = (
             "never all delivered"
@@ -74,9 +127,11 @@ class Outcome:
             else f"all delivered {self.delivered_after_s:.1f} s after it came back"
         )
         return (
-            f"{took} ({self.held_by_outage:,} messages held by the outage; relay saw "
-            f"{self.relay_outages} outages, worker reconnected {self.worker_reconnects} times; "
-            f"coming back took {self.restart_s:.1f} s)"
+            f"{took} ({self.held_by_outage:,} messages held by the outage; "
+            f"{self.redelivered:,} redelivered, {self.absorbed:,} already applied and "
+            f"absorbed by the inbox; relay saw {self.relay_outages} outages, worker "
+            f"reconnected {self.worker_reconnects} times; coming back took "
+            f"{self.restart_s:.1f} s)"
         )
 
 
@@ -136,12 +191,16 @@ def flow(
     take_down: Callable[[], None],
     bring_back: Callable[[], None],
 ) -> Outcome:
-    """Half the messages before the outage, half during it; then measure everything."""
+    """Half the messages, cut off in their midst, half during the outage; then measure."""
     relay = Relay(effects, url, topology, batch_size=500, poll_interval=0.1, max_backoff=0.5)
+    gate = Gate(
+        inbox.transactional(effects, "reliability", _procs.record_effect),
+        hold_after=max(1, MESSAGES // 4),
+    )
     worker = Worker(
         url,
         topology,
-        {"audit.log": inbox.transactional(effects, "reliability", _procs.record_effect)},
+        {"audit.log": gate},
         prefetch=100,
         concurrency=2,
         max_reconnect_delay=0.5,
@@ -149,9 +208,11 @@ def flow(
     run_relay(relay)
     run_worker(worker)
     ids = enqueue(effects, MESSAGES // 2, "before")
-    settle(lambda: applied(effects) >= len(ids), SETTLE_S)
+    # Cut while a committed delivery holds its ack, the rest of the half in flight.
+    cut_in_flight = gate.holding.wait(SETTLE_S)
     take_down()
     down = datetime.now(UTC)
+    gate.release()
     ids |= enqueue(effects, MESSAGES - MESSAGES // 2, "during")
     time.sleep(max(0.0, OUTAGE_S - (datetime.now(UTC) - down).total_seconds()))
     up = datetime.now(UTC)
@@ -195,6 +256,9 @@ def flow(
         restart_s=back - began,
         relay_outages=relay.stats.broker_outages,
         worker_reconnects=worker.stats.reconnects,
+        cut_in_flight=cut_in_flight,
+        redelivered=gate.redelivered,
+        absorbed=worker.stats.duplicates,
     )
 
 
@@ -215,9 +279,12 @@ def record(report: Any, scenario: str, outcome: Outcome) -> None:
 
 def verdict(outcome: Outcome) -> None:
     assert outcome.proven(), f"the outage did not visibly hit the flow: {outcome}"
+    assert outcome.duplicates_were_possible(), f"no message was in flight at the cut: {outcome}"
     assert outcome.delivered_after_s is not None, f"not everything was delivered: {outcome}"
     assert (outcome.lost, outcome.twice, outcome.wrong, outcome.left_behind) == (0, 0, 0, 0)
     assert (outcome.refused, outcome.parked) == (0, 0)
+    # The committed-but-unacked deliveries came back and the inbox turned them away.
+    assert outcome.absorbed > 0, f"the inbox saw no redelivered message: {outcome}"
 
 
 def test_broker_cut_off_during_outbox_flow(

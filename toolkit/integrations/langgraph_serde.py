@@ -16,18 +16,24 @@ hands back the raw payload of a refused type, this raises
 never passes as state. A refused type is never imported or called: LangGraph
 checks the allow-list before it imports. Only the formats this saver writes
 (``msgpack``, ``bytes``, ``bytearray``, ``null``) are read; ``pickle`` and
-``json`` rows are refused the same way.
+``json`` rows are refused the same way. So is a msgpack value holding an
+extension code LangGraph does not write (LangGraph's reader would turn it
+into ``None`` without a word): every extension, nested ones included, is
+checked before anything is decoded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
 from contextvars import ContextVar
 from typing import Any, Final
 
 from toolkit.errors import DeserializationRefused, InvalidInput, bounded_repr
 
 try:
+    import ormsgpack
+    from langgraph.checkpoint.serde import jsonplus as _jsonplus
     from langgraph.checkpoint.serde.event_hooks import (
         SerdeEvent,
         register_serde_event_listener,
@@ -39,7 +45,13 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "pip install 'agent-persistence-toolkit[langgraph]'"
     ) from exc
 
-__all__ = ["READABLE_FORMATS", "AllowedType", "StrictSerializer"]
+__all__ = [
+    "KNOWN_EXT_CODES",
+    "READABLE_FORMATS",
+    "AllowedType",
+    "StrictSerializer",
+    "unknown_ext_codes",
+]
 
 AllowedType = tuple[str, str] | type
 """An allow-list entry: a class, or its ``(module, name)``."""
@@ -50,6 +62,14 @@ READABLE_FORMATS: Final = frozenset({"null", "bytes", "bytearray", "msgpack"})
 _REFUSAL_EVENTS: Final = frozenset({"msgpack_blocked", "msgpack_method_blocked"})
 _NAME_LIMIT: Final = 120
 _NAMES_SHOWN: Final = 5
+
+# The extension codes the installed LangGraph writes and reads (EXT_CONSTRUCTOR_*,
+# EXT_PYDANTIC_*, ...); each one's payload is msgpack again.
+KNOWN_EXT_CODES: Final = frozenset(
+    value
+    for name, value in vars(_jsonplus).items()
+    if name.startswith("EXT_") and type(value) is int
+)
 
 _refusals: ContextVar[list[str] | None] = ContextVar("toolkit_serde_refusals", default=None)
 """The names LangGraph refused during the current ``loads_typed`` (None outside one)."""
@@ -66,6 +86,27 @@ def _note_refusal(event: SerdeEvent) -> None:
 # LangGraph reports each refusal to its listeners before falling back to the
 # raw payload; listening is the only way to learn of one nested in a value.
 register_serde_event_listener(_note_refusal)
+
+
+def unknown_ext_codes(payload: bytes) -> tuple[int, ...]:
+    """The msgpack extension codes in ``payload``, at any depth, that LangGraph does not write.
+
+    Decodes structure only: no type is imported or called. A payload that is
+    not msgpack gives ``()``; LangGraph's own reader then reports it.
+    """
+    unknown: list[int] = []
+
+    def visit(code: int, data: bytes) -> None:
+        if code not in KNOWN_EXT_CODES:
+            unknown.append(code)
+            return
+        # A known extension's payload is msgpack holding the nested values.
+        with suppress(ormsgpack.MsgpackDecodeError, ValueError):
+            ormsgpack.unpackb(data, ext_hook=visit, option=ormsgpack.OPT_NON_STR_KEYS)
+
+    with suppress(ormsgpack.MsgpackDecodeError, ValueError):
+        ormsgpack.unpackb(payload, ext_hook=visit, option=ormsgpack.OPT_NON_STR_KEYS)
+    return tuple(dict.fromkeys(unknown))
 
 
 def _allow_list(allowed_types: Iterable[AllowedType]) -> tuple[AllowedType, ...]:
@@ -113,7 +154,7 @@ class StrictSerializer(JsonPlusSerializer):
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
         """The stored value; DeserializationRefused if it names a type outside the list."""
-        format_, _ = data
+        format_, payload = data
         if format_ not in READABLE_FORMATS:
             raise DeserializationRefused(
                 f"a stored checkpoint value is in format {str(format_)[:40]!r}, which this "
@@ -121,6 +162,16 @@ class StrictSerializer(JsonPlusSerializer):
                 "it was not decoded",
                 refused=(str(format_)[:40],),
             )
+        if format_ == "msgpack":
+            codes = unknown_ext_codes(payload)[:_NAMES_SHOWN]
+            if codes:
+                raise DeserializationRefused(
+                    "a stored checkpoint value holds msgpack extension code(s) "
+                    f"{', '.join(map(str, codes))}, which LangGraph does not write "
+                    f"(it writes {', '.join(map(str, sorted(KNOWN_EXT_CODES)))}); "
+                    "it was not decoded",
+                    refused=tuple(f"msgpack-ext-{code}" for code in codes),
+                )
         refused: list[str] = []
         token = _refusals.set(refused)
         try:

@@ -31,6 +31,17 @@ when the worker stops. For each delivery:
   message cannot spin in a hot loop; the quorum queue's delivery limit
   parks a message that crashes workers outright.
 
+``x-retry-count`` arrives with the message, so anyone who can publish can
+forge it. Only a non-negative integer is trusted (one above the ladder's
+length counts as the ladder done: it may come from a longer ladder).
+Anything else (negative, bool, string, decimal, null, a table or array) is
+treated as the ladder done too: the handler still gets its one try, and if it
+raises, the message is parked at once with reason ``invalid-retry-count`` and
+the forged value in ``x-invalid-retry-count``. Parking is the choice that
+cannot loop; starting such a message over at 0 would let a sender buy
+retries. (pika hands a float header over as its integer part, so 1.5 counts
+as 1 and -1.5 as the invalid -1; RabbitMQ refuses NaN and infinity.)
+
 :meth:`Worker.run` reconnects after a lost connection. On SIGTERM (or
 :meth:`Worker.stop`) it cancels its consumers, lets the handlers in progress
 finish (up to ``grace_period``), acks them, and closes: prefetched messages
@@ -58,7 +69,7 @@ from uuid import UUID
 import pika
 import pika.exceptions as pex
 
-from toolkit.errors import ToolkitError, Unavailable
+from toolkit.errors import ToolkitError, Unavailable, bounded_repr
 from toolkit.messaging.connection import (
     ConnectionOptions,
     close_quietly,
@@ -72,6 +83,7 @@ from toolkit.messaging.topology import Topology, declare
 log = logging.getLogger(__name__)
 
 RETRY_HEADER = "x-retry-count"
+INVALID_RETRY_HEADER = "x-invalid-retry-count"
 _BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-exchange")
 _MAX_ERROR = 1000
 T = TypeVar("T")
@@ -86,7 +98,8 @@ class Delivery:
     message: Message
     message_id: UUID
     retry_count: int
-    """How many times it went down the retry ladder before this delivery."""
+    """How many times it went down the retry ladder before this delivery, from
+    0 to the ladder's length; a forged ``x-retry-count`` reads as the length."""
     redelivered: bool
     headers: dict[str, Any]
     duplicate: bool = False
@@ -213,6 +226,24 @@ class _HandlerLoop:
         self._thread.join(timeout=30)
         if self._thread.is_alive():
             log.warning("worker: the handlers' event loop did not stop within 30s")
+
+
+def _retry_step(headers: Mapping[str, Any], ladder_length: int) -> tuple[int, bool]:
+    """The delivery's place on the retry ladder, and whether its header could be trusted.
+
+    A missing header is 0. A non-negative int is used as is, capped at
+    ``ladder_length`` (the ladder done). Anything else cannot have been
+    written by a worker (bools, negatives, strings, decimals, nulls, tables):
+    it reads as ``ladder_length``, so a failure parks the message instead of
+    buying it retries or an index off the ladder.
+    """
+    if RETRY_HEADER not in headers:
+        return 0, True
+    raw = headers[RETRY_HEADER]
+    # bool is an int subclass; pika decodes 64-bit integers as its own int subclass.
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return min(int(raw), ladder_length), True
+    return ladder_length, False
 
 
 def _text(exc: BaseException) -> str:
@@ -402,10 +433,7 @@ class Worker:
     def _handle(self, incoming: _Incoming) -> None:
         acker, queue, properties = incoming.acker, incoming.queue, incoming.properties
         headers = dict(properties.headers or {})
-        try:
-            retry_count = int(headers.get(RETRY_HEADER, 0))
-        except (TypeError, ValueError):
-            retry_count = 0
+        retry_count, trusted = _retry_step(headers, len(self.topology.retry_delays))
         try:
             message_id = UUID(str(properties.message_id))
         except ValueError:
@@ -436,6 +464,15 @@ class Worker:
                 log.exception("worker: %s handler failed after acking %s", queue, message_id)
                 return
             log.warning("worker: %s handler failed on %s: %s", queue, message_id, exc)
+            if not trusted:
+                self._park(
+                    incoming,
+                    "invalid-retry-count",
+                    _text(exc),
+                    retry_count,
+                    {INVALID_RETRY_HEADER: bounded_repr(headers[RETRY_HEADER])},
+                )
+                return
             self._retry_or_park(incoming, retry_count, exc)
             return
         if delivery.duplicate:
@@ -486,7 +523,14 @@ class Worker:
         ):
             self.stats.retried += 1
 
-    def _park(self, incoming: _Incoming, reason: str, error: str, retry_count: int = 0) -> None:
+    def _park(
+        self,
+        incoming: _Incoming,
+        reason: str,
+        error: str,
+        retry_count: int = 0,
+        extra_headers: Mapping[str, Any] | None = None,
+    ) -> None:
         queue = incoming.queue
         log.error("worker: parking a %s message (%s): %s", queue, reason, error)
         if self._republish(
@@ -494,6 +538,7 @@ class Worker:
             self.topology.dead_letter_exchange,
             queue,
             {
+                **(extra_headers or {}),
                 "x-parked-reason": reason,
                 "x-error": error[:_MAX_ERROR],
                 RETRY_HEADER: retry_count,
