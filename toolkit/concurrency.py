@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ASYNC = False
 """False here, True in :mod:`toolkit.aio.concurrency`."""
@@ -16,3 +20,11 @@ sleep = time.sleep
 """Block the thread for a number of seconds."""
 
 Event = threading.Event
+
+Lock = threading.Lock
+"""A mutual-exclusion lock for threads."""
+
+
+def run_blocking(fn: Callable[..., T], /, *args: Any) -> T:
+    """``fn(*args)``, here in the calling thread (a worker thread in the async API)."""
+    return fn(*args)

@@ -97,9 +97,15 @@ class ToolkitError(Exception):
     ``detail`` holds what the server added for debugging (PostgreSQL's
     DETAIL, which can quote row values such as a duplicate email); it is
     never part of the message, so logging ``str(error)`` leaks no data.
+
+    ``driver_error`` holds the driver exception (psycopg's) the error was
+    translated from, for debugging. It is kept off the exception chain
+    (no ``__cause__``, no ``__context__``): its text can quote DETAIL and so
+    row values, and tracebacks print every link of a chain.
     """
 
     detail: str | None = None
+    driver_error: BaseException | None = None
 
 
 class ConfigurationError(ToolkitError):
@@ -199,6 +205,14 @@ class OutcomeUnknown(ToolkitError):
         self.xid = xid
 
 
+class Closed(ToolkitError):
+    """A ``Database`` (or ``AsyncDatabase``) was used after its ``close()``.
+
+    A closed one cannot be reopened and retrying will not help: make a new
+    one. Nothing was run.
+    """
+
+
 class QueryDefinitionError(ToolkitError):
     """A named query in ``sql/`` is malformed, or a binding disagrees with it."""
 
@@ -220,6 +234,23 @@ class DeserializationRefused(IntegrityError):
     def __init__(self, message: str, *, refused: Sequence[str]) -> None:
         super().__init__(message)
         self.refused = tuple(refused)
+
+
+class SourceFailed(ToolkitError):
+    """The caller's own upload source raised (a client disconnect, a broken generator).
+
+    Nothing was stored. Not an outage: retrying with the same source will
+    not help, the bytes must be sent again. ``original`` (also the
+    ``__cause__``) is the exception the source raised; the message names only
+    its type, never its text.
+    """
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(
+            f"the upload's source raised {type(original).__name__} while being read; "
+            "nothing was stored"
+        )
+        self.original = original
 
 
 # Messaging

@@ -37,9 +37,11 @@ async def _owner(adb: AsyncDatabase) -> Any:
 
 
 def _running_sleeps(superuser: psycopg.Connection[Any]) -> int:
+    """Sleeps still running in this test's own database (other clients of the server aside)."""
     row = superuser.execute(
         "SELECT count(*) FROM pg_stat_activity "
-        "WHERE query LIKE 'SELECT pg_sleep%%' AND state = 'active' AND pid <> pg_backend_pid()"
+        "WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%%' "
+        "AND state = 'active' AND pid <> pg_backend_pid()"
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -90,9 +92,10 @@ async def test_a_task_cancelled_mid_transaction_rolls_it_back(
         assert _running_sleeps(superuser) == 0
         async with adb.connection() as conn:
             assert await agents.count(conn) == 0
-    # Nothing is left idle in a transaction on the server either.
+    # Nothing is left idle in a transaction in this test's database either.
     row = superuser.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%%'"
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND state LIKE 'idle in transaction%%'"
     ).fetchone()
     assert row == (0,)
     async with adb.transaction() as tx:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from tests.support.modes import both, execute, fetchone
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
 from toolkit.errors import (
+    Closed,
     ConfigurationError,
     Conflict,
     DatabaseError,
@@ -326,3 +328,177 @@ def test_row_values_from_the_server_stay_out_of_error_messages(db) -> None:
     assert "private.person" not in str(raised.value).lower()
     assert "private.person@example.com" in (raised.value.detail or "").lower()
     assert "00000000-0000-4000-8000-00000000abcd" not in str(dangling.value)
+
+
+def _sessions_in(dbname: str, stop: threading.Event, peak: list[int]) -> None:
+    """Sample how many other sessions ``dbname`` has, keeping the highest, until ``stop``."""
+    with psycopg.connect(server_url(dbname), autocommit=True) as watcher:
+        while not stop.is_set():
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [dbname],
+            ).fetchone()
+            peak.append(max(peak[-1], int(row[0]) if row else 0))
+
+
+def _use_all_at_once(mode: Any, database: Any, workers: int) -> list[BaseException]:
+    """``workers`` threads (sync) or tasks (async) each run one query, all starting together.
+
+    Returns what they raised.
+    """
+    if mode.is_async:
+        adb = database.target
+
+        async def work() -> None:
+            async with adb.connection() as conn:
+                await conn.execute("SELECT pg_sleep(0.02)")
+
+        async def all_at_once() -> list[Any]:
+            return await asyncio.gather(*(work() for _ in range(workers)), return_exceptions=True)
+
+        return [result for result in mode.run(all_at_once()) if result is not None]
+    start = threading.Barrier(workers)
+    failures: list[BaseException] = []
+
+    def work_in_thread() -> None:
+        start.wait()
+        try:
+            with database.connection() as conn:
+                conn.execute("SELECT pg_sleep(0.02)")
+        except BaseException as exc:  # returned to the test, which asserts on it
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work_in_thread) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return failures
+
+
+@pytest.mark.parametrize(("workers", "pool_max_size"), [(16, 2), (200, 4)])
+def test_first_use_at_once_opens_the_pool_once(
+    mode, database_url: str, pg_client: psycopg.Connection[Any], workers: int, pool_max_size: int
+) -> None:
+    dbname = pg_client.info.dbname
+    baseline = int(
+        pg_client.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [dbname]
+        ).fetchone()[0]
+    )
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_sessions_in, args=(dbname, stop, peak))
+    watcher.start()
+    # Through a proxy that counts every connection made, however short-lived.
+    with TcpProxy(upstream_port=PG_PORT) as proxy:
+        settings = load_settings(
+            database_url=make_conninfo(database_url, host=proxy.host, port=proxy.port),
+            pool_min_size=0,
+            pool_max_size=pool_max_size,
+            pool_timeout=20.0,
+        )
+        database = Database(settings, warn_if_privileged=False)  # not opened: first use opens it
+        try:
+            failures = _use_all_at_once(mode, database, workers)
+        finally:
+            stop.set()
+            watcher.join(10)
+            database.close()
+        opened = proxy.stats.accepted
+    assert not failures, failures[0]
+    # The pool's connections plus the one probe of opening, never one probe per caller.
+    assert opened <= pool_max_size + 1, f"{opened} sessions opened"
+    assert peak[-1] - baseline <= pool_max_size + 1, f"{peak[-1] - baseline} at once"
+
+
+def test_a_closed_database_refuses_every_use_with_a_toolkit_error(settings) -> None:
+    database = Database(settings, warn_if_privileged=False)
+    with database, database.connection() as conn:
+        assert fetchone(conn, "SELECT 1") == (1,)
+    database.close()  # a second close is harmless
+
+    def enter(manager: Any) -> None:
+        with manager:
+            pass
+
+    uses = {
+        "open": database.open,
+        "with": lambda: enter(database),
+        "connection": lambda: enter(database.connection()),
+        "transaction": lambda: enter(database.transaction()),
+        "stats": database.stats,
+        "transaction_status": lambda: database.transaction_status(1),
+    }
+    for name, use in uses.items():
+        with pytest.raises(Closed, match=r"closed by close\(\).*make a new") as raised:
+            use()
+        assert "Database" in str(raised.value), name
+
+
+def test_a_database_closed_before_first_use_refuses_it_too(settings) -> None:
+    database = Database(settings, warn_if_privileged=False)
+    database.close()
+    with pytest.raises(Closed), database.connection():
+        pass
+
+
+def test_callers_waiting_on_a_failed_opening_share_its_error(mode, database_url: str) -> None:
+    with TcpProxy(upstream_port=PG_PORT) as proxy:
+        settings = load_settings(
+            database_url=make_conninfo(database_url, host=proxy.host, port=proxy.port),
+            connect_timeout=1,
+            pool_timeout=1,
+        )
+        database = Database(settings, warn_if_privileged=False)
+        proxy.stall()  # a server that accepts and never answers
+        started = time.monotonic()
+        failures = _use_all_at_once(mode, database, 16)
+        elapsed = time.monotonic() - started
+    assert len(failures) == 16
+    assert all(isinstance(failure, Unavailable) for failure in failures), failures
+    # Not 16 probes of connect_timeout one after another.
+    assert elapsed < 5, f"{elapsed:.1f}s"
+    with pytest.raises(Unavailable):  # a later caller tries again itself
+        database.open()
+    database.close()
+
+
+def test_a_caller_waiting_for_a_connection_when_close_runs_gets_closed(
+    mode, database_url: str
+) -> None:
+    settings = load_settings(database_url=database_url, pool_max_size=1, pool_timeout=10.0)
+    database = Database(settings, warn_if_privileged=False)
+    if mode.is_async:
+        adb = database.target
+
+        async def close_under_a_waiter() -> BaseException | None:
+            async with adb.connection():
+                waiter = asyncio.create_task(adb.connection().__aenter__())
+                await asyncio.sleep(0.2)  # the waiter is queued for the only connection
+                closing = asyncio.create_task(adb.close())
+                raised = (await asyncio.gather(waiter, return_exceptions=True))[0]
+            await closing
+            return raised if isinstance(raised, BaseException) else None
+
+        raised = mode.run(close_under_a_waiter())
+    else:
+        outcome: list[BaseException] = []
+
+        def wait_for_a_connection() -> None:
+            try:
+                with database.connection():
+                    pass
+            except BaseException as exc:  # returned to the test, which asserts on it
+                outcome.append(exc)
+
+        with database.connection():
+            waiter = threading.Thread(target=wait_for_a_connection)
+            waiter.start()
+            time.sleep(0.2)  # the waiter is queued for the only connection
+            closing = threading.Thread(target=database.close)
+            closing.start()
+            waiter.join(10)
+        closing.join(10)
+        raised = outcome[0] if outcome else None
+    assert isinstance(raised, Closed), raised

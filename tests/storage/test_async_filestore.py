@@ -21,13 +21,21 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
 
 from toolkit.aio.db.database import AsyncDatabase
 from toolkit.aio.repositories import users
 from toolkit.aio.storage import AsyncFileStore, AsyncStorage, AsyncVerifyingReader
 from toolkit.aio.storage import repository as files
 from toolkit.config import Settings
-from toolkit.errors import Conflict, IntegrityError, InvalidInput, NotFound
+from toolkit.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    SourceFailed,
+    Unavailable,
+)
 from toolkit.records import User
 from toolkit.storage import Storage
 
@@ -156,6 +164,51 @@ async def test_crossing_the_limit_mid_stream_leaves_no_row_and_no_object(
     assert produced <= 12 * MIB  # stopped at the limit, not read to the end
     assert await row_count(adb) == 0
     assert leftovers(store.storage.sync) == []  # no object, temp file or multipart upload
+
+
+async def test_an_async_generator_that_raises_mid_stream_is_source_failed(
+    adb: AsyncDatabase, store: AsyncFileStore, owner: User
+) -> None:
+    broken = RuntimeError("a bug in the caller's generator")
+
+    async def producer() -> AsyncIterator[bytes]:
+        async for piece in generate(payload(9 * MIB), 300_000):  # past one 8 MiB part on S3
+            yield piece
+        raise broken
+
+    with pytest.raises(SourceFailed, match="source raised RuntimeError") as raised:
+        await asyncio.wait_for(
+            store.store(adb, producer(), owner_id=owner.id, purpose="attachment"), BOUND
+        )
+    assert not isinstance(raised.value, Unavailable)  # not an outage to retry with backoff
+    assert raised.value.original is broken
+    assert raised.value.__cause__ is broken
+    assert await row_count(adb) == 0
+    assert leftovers(store.storage.sync) == []  # no object, temp file or multipart upload
+
+
+async def test_a_starlette_client_disconnect_mid_upload_is_source_failed(
+    adb: AsyncDatabase, store: AsyncFileStore, owner: User
+) -> None:
+    messages = [
+        {"type": "http.request", "body": piece, "more_body": True}
+        for piece in (payload(9 * MIB)[start : start + 65536] for start in range(0, 9 * MIB, 65536))
+    ]
+    messages.append({"type": "http.disconnect"})
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return messages.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    with pytest.raises(SourceFailed, match="source raised ClientDisconnect") as raised:
+        await asyncio.wait_for(
+            store.store(adb, request.stream(), owner_id=owner.id, purpose="attachment"), BOUND
+        )
+    assert isinstance(raised.value.original, ClientDisconnect)
+    assert messages == []  # read up to the disconnect
+    assert await row_count(adb) == 0
+    assert leftovers(store.storage.sync) == []
 
 
 async def test_a_cancelled_upload_leaves_nothing_committed_and_nothing_behind(

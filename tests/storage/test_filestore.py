@@ -20,11 +20,21 @@ import pytest
 
 from tests.core.factories import make_execution, make_user
 from tests.support.modes import Mode, Synced, both
-from toolkit.errors import Conflict, IntegrityError, InvalidInput, InvalidReference, NotFound
+from toolkit.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    InvalidReference,
+    NotFound,
+    SourceFailed,
+    Unavailable,
+)
 from toolkit.records import User
 from toolkit.repositories import Audit
 from toolkit.storage import LocalStorage, Storage
 from toolkit.storage.keys import staging_key
+
+from .conftest import leftovers
 
 pytestmark = pytest.mark.usefixtures("mode")
 
@@ -127,6 +137,45 @@ def test_upload_limit_and_type_checks_apply(db: Database, store: FileStore, owne
     with pytest.raises(InvalidInput, match="not allowed"):
         store.store(pool(db), b"\x7fELF\x00\x00", owner_id=owner.id, purpose="attachment")
     assert objects(backend_of(store)) == []
+    with db.connection() as conn:
+        assert files.list(conn).items == []
+
+
+class GeneratorStream:
+    """A caller's ``read(n)`` stream over a generator: what a request body reader looks like."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._buffer = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buffer += piece
+        cut = len(self._buffer) if size < 0 else size
+        chunk, self._buffer = self._buffer[:cut], self._buffer[cut:]
+        return chunk
+
+
+def test_a_source_that_raises_mid_stream_is_source_failed_and_leaves_nothing(
+    db: Database, store: FileStore, owner: User
+) -> None:
+    disconnect = ConnectionResetError("the client went away")
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(36):  # 9 MiB: past the first 8 MiB multipart part on S3
+            yield b"plain text, line after line\n" * 9039
+        raise disconnect
+
+    with pytest.raises(SourceFailed, match="source raised ConnectionResetError") as raised:
+        store.store(pool(db), GeneratorStream(pieces()), owner_id=owner.id, purpose="attachment")
+    assert not isinstance(raised.value, Unavailable)  # not an outage to retry with backoff
+    assert raised.value.original is disconnect
+    assert raised.value.__cause__ is disconnect
+    assert "went away" not in str(raised.value)  # the source's own text is not repeated
+    assert leftovers(backend_of(store)) == []  # no object, temp file or multipart upload
     with db.connection() as conn:
         assert files.list(conn).items == []
 

@@ -47,6 +47,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from toolkit.cache.breaker import CircuitBreaker
 from toolkit.cache.codec import Signer
+from toolkit.cache.entries import GenerationMemory
 from toolkit.cache.inputs import (
     CONNECTIVITY_ERRORS,
     DEFAULT_TTL,
@@ -175,6 +176,7 @@ class CacheClient:
         self._default_ttl = float(ttl_seconds(default_ttl, DEFAULT_TTL, "default_ttl"))
         self._breaker = breaker if breaker is not None else CircuitBreaker()
         self._stats = StatsRecorder()
+        self._generation_memory = GenerationMemory()
 
     # -- construction ----------------------------------------------------
 
@@ -267,6 +269,11 @@ class CacheClient:
     def signer(self) -> Signer | None:
         """The integrity key's signer (None without a key); LLMCache signs entries with it."""
         return self._signer
+
+    @property
+    def generation_memory(self) -> GenerationMemory:
+        """The newest LLM cache generation seen per key through this client (rollback checks)."""
+        return self._generation_memory
 
     @property
     def recorder(self) -> StatsRecorder:

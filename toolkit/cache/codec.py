@@ -4,14 +4,20 @@ An entry is one marker byte followed by the payload::
 
     0x01 <payload>            plain
     0x02 zlib(<payload>)      compressed
-    0x03 <tag> <entry>        signed: a plain or compressed entry behind its HMAC
+    0x04 <tag> <expiry> <entry>   signed: a plain or compressed entry behind its HMAC
 
 ``tag`` is HMAC-SHA256 (32 bytes), keyed with the cache's integrity key,
-over the Redis key name (4-byte big-endian length, then UTF-8) and the
-inner entry, so an entry forged, altered or copied to another key fails it.
-A reader with a :class:`Signer` takes nothing but a signed entry whose tag
-verifies (:class:`ForgedEntryError` otherwise); a reader without one reads
-a signed entry without checking it, as it reads any other.
+over the Redis key name (4-byte big-endian length, then UTF-8), the
+absolute expiry (8 bytes, big-endian Unix milliseconds) and the inner
+entry, so an entry forged, altered or copied to another key fails it, and
+one kept past its expiry (a ``PERSIST``, a restored dump) is stale however
+long Redis keeps it. The generations the entry was written under are in
+the inner entry, so they are signed too. A reader with a :class:`Signer`
+takes nothing but a signed entry whose tag verifies
+(:class:`ForgedEntryError` otherwise); an entry of the earlier signed
+format (``0x03 <tag> <entry>``, no expiry) is stale to it, a miss. A reader
+without a signer reads a signed entry without checking its tag, as it
+reads any other, but honours its expiry.
 
 No payload may exceed the maximum entry size (``max_bytes``): a larger
 entry is not written (:class:`EntryTooLargeError`), and a compressed one is
@@ -50,6 +56,7 @@ from __future__ import annotations
 import hmac
 import json
 import json.scanner
+import time
 import zlib
 from typing import Any, Final, NamedTuple, TypeAlias, cast
 
@@ -63,6 +70,7 @@ __all__ = [
     "ForgedEntryError",
     "Meta",
     "Signer",
+    "StaleEntryError",
     "decode",
     "encode_body",
     "encode_entry",
@@ -71,10 +79,15 @@ __all__ = [
 
 MARK_PLAIN: Final = 0x01
 MARK_ZLIB: Final = 0x02
-MARK_SIGNED: Final = 0x03
+MARK_SIGNED_V1: Final = 0x03
+"""The earlier signed format, without a signed expiry: stale to a reader with a signer."""
+MARK_SIGNED: Final = 0x04
 _SIGNED_PREFIX: Final = bytes((MARK_SIGNED,))
 TAG_BYTES: Final = 32
 """Length of an entry's HMAC-SHA256 tag."""
+EXPIRY_BYTES: Final = 8
+"""Length of a signed entry's expiry (big-endian Unix milliseconds)."""
+_SIGNED_HEADER: Final = 1 + TAG_BYTES + EXPIRY_BYTES
 MIN_KEY_BYTES: Final = 16
 """The shortest integrity key accepted (128 bits)."""
 DEFAULT_MAX_ENTRY_BYTES: Final = 32 << 20
@@ -118,6 +131,10 @@ class ForgedEntryError(CorruptEntryError):
     """A stored entry carries no HMAC, or one that does not verify."""
 
 
+class StaleEntryError(ValueError):
+    """A signed entry past its signed expiry, or of the earlier signed format: a miss."""
+
+
 class EntryTooLargeError(Exception):
     """An entry's payload exceeds the maximum entry size, so it is not written."""
 
@@ -145,17 +162,32 @@ class Signer:
         mac.update(entry)
         return mac.digest()
 
-    def seal(self, name: str, entry: bytes) -> bytes:
-        """``entry`` signed for the Redis key ``name``."""
-        return b"".join((_SIGNED_PREFIX, self.tag(name, entry), entry))
+    def seal(self, name: str, entry: bytes, expires_ms: int) -> bytes:
+        """``entry`` signed for the Redis key ``name``, valid until ``expires_ms``."""
+        signed = b"".join((expires_ms.to_bytes(EXPIRY_BYTES, "big"), entry))
+        return b"".join((_SIGNED_PREFIX, self.tag(name, signed), signed))
 
     def verify(self, name: str, data: bytes) -> None:
-        """Raise :class:`ForgedEntryError` unless ``data`` is signed for ``name``."""
-        if len(data) <= 1 + TAG_BYTES or data[0] != MARK_SIGNED:
+        """Raise :class:`ForgedEntryError` unless ``data`` is signed for ``name``.
+
+        :class:`StaleEntryError` for an entry of the earlier signed format
+        (its tag is not checked: it is not served either way).
+        """
+        if data[:1] == bytes((MARK_SIGNED_V1,)) and len(data) > 1 + TAG_BYTES:
+            raise StaleEntryError("an entry of the earlier signed format")
+        if len(data) <= _SIGNED_HEADER or data[0] != MARK_SIGNED:
             raise ForgedEntryError("the entry carries no HMAC")
         expected = self.tag(name, memoryview(data)[1 + TAG_BYTES :])
         if not hmac.compare_digest(expected, data[1 : 1 + TAG_BYTES]):
             raise ForgedEntryError("the entry's HMAC does not match")
+
+    def tag_generation(self, name: str, generation: bytes) -> bytes:
+        """The HMAC of a generation value stored under the Redis key ``name``.
+
+        A generation key's name never equals an entry's, so neither tag
+        can stand in for the other.
+        """
+        return self.tag(name, b"generation:" + generation)
 
     def __repr__(self) -> str:
         return "Signer(<key hidden>)"
@@ -246,10 +278,12 @@ def encode_entry(
     max_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     signer: Signer | None = None,
     name: str = "",
+    expires_at: float = 0.0,
 ) -> bytes:
     """Frame a body from :func:`encode_body` into an entry, compressing it if large.
 
-    With a ``signer`` the entry is signed for the Redis key ``name``. Raises
+    With a ``signer`` the entry is signed for the Redis key ``name``, valid
+    until ``expires_at`` (Unix seconds). Raises
     TypeError/ValueError if ``usage`` is not JSON, ValueError if a
     generation is not :data:`GENERATION_BYTES` long, and
     :class:`EntryTooLargeError` if the payload exceeds ``max_bytes``.
@@ -284,7 +318,9 @@ def encode_entry(
         packed = zlib.compress(payload, compress_level)
         if len(packed) <= len(payload) * (1 - _MIN_SAVING):
             entry = bytes((MARK_ZLIB,)) + packed
-    return entry if signer is None else signer.seal(name, entry)
+    if signer is None:
+        return entry
+    return signer.seal(name, entry, int(expires_at * 1000))
 
 
 def decode(
@@ -295,15 +331,26 @@ def decode(
     max_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
     signer: Signer | None = None,
     name: str = "",
+    now: float | None = None,
 ) -> Meta | None:
-    """Decode an entry; None if it was written under other generations (stale).
+    """Decode an entry; None if it is stale.
 
-    With a ``signer``, the entry must be signed for the Redis key ``name``.
-    Raises :class:`ForgedEntryError` if it is not, :class:`CorruptEntryError`
-    if the entry cannot be decoded or its payload exceeds ``max_bytes``.
+    Stale: written under other generations, past its signed expiry (at
+    ``now``, Unix seconds, default the clock), or, with a ``signer``, of the
+    earlier signed format. With a ``signer``, the entry must be signed for
+    the Redis key ``name``. Raises :class:`ForgedEntryError` if it is not,
+    :class:`CorruptEntryError` if the entry cannot be decoded or its payload
+    exceeds ``max_bytes``.
     """
-    if signer is not None:
-        signer.verify(name, data)
+    try:
+        if signer is not None:
+            signer.verify(name, data)
+        if data[:1] == _SIGNED_PREFIX and len(data) > _SIGNED_HEADER:
+            expires_ms = int.from_bytes(data[1 + TAG_BYTES : _SIGNED_HEADER], "big")
+            if expires_ms <= (time.time() if now is None else now) * 1000:
+                return None
+    except StaleEntryError:
+        return None
     payload, start = _payload(data, max_bytes)
     if len(payload) - start <= _META_START:
         raise CorruptEntryError("entry too short")
@@ -345,9 +392,14 @@ def _own_usage(response: Any) -> dict[str, Any] | None:
 def _payload(data: bytes, max_bytes: int) -> tuple[bytes, int]:
     """The payload of an entry and where it starts, decompressed if need be.
 
-    A signed entry's tag is skipped here: :meth:`Signer.verify` checks it.
+    A signed entry's tag (and expiry) is skipped here: :func:`decode` checks them.
     """
-    offset = 1 + TAG_BYTES if data[:1] == _SIGNED_PREFIX else 0
+    if data[:1] == _SIGNED_PREFIX:
+        offset = _SIGNED_HEADER
+    elif data[:1] == bytes((MARK_SIGNED_V1,)):
+        offset = 1 + TAG_BYTES
+    else:
+        offset = 0
     if len(data) <= offset:
         raise CorruptEntryError("empty entry")
     mark = data[offset]

@@ -10,8 +10,11 @@ re-export) them, so the two caches share one type and one body of each.
 from __future__ import annotations
 
 import enum
+import hmac
 import json
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
@@ -24,18 +27,22 @@ __all__ = [
     "DEFAULT",
     "DEFAULT_LLM_TTL",
     "EXTEND_LUA",
+    "OFF_LOOP_BYTES",
     "RELEASE_LUA",
     "CachedResponse",
     "Default",
+    "GenerationMemory",
     "Job",
     "Lookup",
     "Plan",
     "encode_body",
+    "generation_time",
     "is_nondeterministic",
     "lease_key",
     "new_generation_value",
+    "open_generation",
+    "seal_generation",
     "usage_of",
-    "valid_generations",
 ]
 
 DEFAULT_LLM_TTL: Final = 24 * 3600.0
@@ -164,23 +171,91 @@ def usage_of(response: Any, usage: Mapping[str, Any] | None) -> dict[str, Any] |
     return result
 
 
-def new_generation_value() -> bytes:
-    """64 random bits as 16 hex digits (random, so an evicted generation never comes back)."""
-    return secrets.token_hex(codec.GENERATION_BYTES // 2).encode("ascii")
+_TIME_DIGITS: Final = 12
+"""Hex digits of a generation's issue time (48 bits of Unix milliseconds)."""
+OFF_LOOP_BYTES: Final = 64 << 10
+"""Entries (and responses) at least this large are encoded, scanned and decoded in a worker
+thread by the async cache, so the event loop is never held up for long."""
 
 
-def valid_generations(
-    generations: tuple[bytes | None, bytes | None] | None,
-) -> tuple[bytes, bytes] | None:
-    """Both generations if both are present and well-formed, else None."""
-    if generations is None:
+def new_generation_value(after_ms: int = 0) -> bytes:
+    """A new generation id: its issue time (Unix ms, later than ``after_ms``) and 16 random bits.
+
+    16 hex digits. The time orders generations (a rolled-back one is older
+    than one already seen); the time and the random bits together make an
+    evicted generation never come back.
+    """
+    issued = max(time.time_ns() // 1_000_000, after_ms + 1)
+    return f"{issued:0{_TIME_DIGITS}x}".encode("ascii") + secrets.token_hex(
+        (codec.GENERATION_BYTES - _TIME_DIGITS) // 2
+    ).encode("ascii")
+
+
+def generation_time(generation: bytes) -> int:
+    """The issue time (Unix ms) of a generation id; 0 if it has none (an earlier format)."""
+    try:
+        return int(generation[:_TIME_DIGITS], 16)
+    except ValueError:
+        return 0
+
+
+def seal_generation(generation: bytes, signer: codec.Signer | None, name: str) -> bytes:
+    """The value stored at the generation key ``name``: the id, then its HMAC with a signer."""
+    if signer is None:
+        return generation
+    return generation + signer.tag_generation(name, generation)
+
+
+def open_generation(value: bytes | None, signer: codec.Signer | None, name: str) -> bytes | None:
+    """The generation id stored at ``name``; None if missing, malformed or (with a signer) its
+    HMAC does not verify. Without a signer a signed value's id is taken unchecked."""
+    if value is None or len(value) < codec.GENERATION_BYTES:
         return None
-    ns_gen, model_gen = generations
-    if (
-        ns_gen is None
-        or model_gen is None
-        or len(ns_gen) != codec.GENERATION_BYTES
-        or len(model_gen) != codec.GENERATION_BYTES
+    generation = value[: codec.GENERATION_BYTES]
+    if signer is None:
+        return generation if len(value) in (codec.GENERATION_BYTES, _SEALED_BYTES) else None
+    if len(value) != _SEALED_BYTES or not hmac.compare_digest(
+        value[codec.GENERATION_BYTES :], signer.tag_generation(name, generation)
     ):
         return None
-    return ns_gen, model_gen
+    return generation
+
+
+_SEALED_BYTES: Final = codec.GENERATION_BYTES + codec.TAG_BYTES
+
+
+class GenerationMemory:
+    """The newest generation seen per generation key, in this process, for one Redis.
+
+    With an integrity key, a generation older than one already seen means
+    the key was rolled back (someone with write access to Redis restored an
+    earlier value to revive entries invalidated since): the cache treats it
+    as a miss, counts an integrity failure and writes a newer generation.
+    Only what this process has seen is known: a process that never saw the
+    newer generation cannot tell (see the README's cache section).
+    """
+
+    __slots__ = ("_lock", "_newest")
+
+    _LIMIT: Final = 4096
+
+    def __init__(self) -> None:
+        self._newest: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def newest(self, name: str) -> int:
+        """The newest issue time seen at ``name`` (Unix ms), 0 if none."""
+        return self._newest.get(name, 0)
+
+    def observe(self, name: str, generation: bytes) -> bool:
+        """Remember ``generation`` at ``name``; False if it is older than one seen there."""
+        issued = generation_time(generation)
+        with self._lock:
+            newest = self._newest.get(name, 0)
+            if issued < newest:
+                return False
+            if issued > newest:
+                if len(self._newest) >= self._LIMIT and name not in self._newest:
+                    self._newest.clear()  # start afresh rather than grow
+                self._newest[name] = issued
+            return True

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from toolkit.errors import InvalidInput
 
 __all__ = ["DEFAULT_SECRET_PATTERNS", "SecretDetector", "SecretPattern"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,18 +183,34 @@ class SecretDetector:
 
     def find(self, text: str) -> str | None:
         """The name of the first pattern that matches ``text``, or None."""
-        lowered: str | None = None
-        for name, compiled, hints in self._patterns:
-            if hints:
-                if lowered is None:
-                    lowered = text.lower()
-                for hint in hints:
-                    if hint in lowered:
-                        break
-                else:
-                    continue  # no hint: this pattern cannot match
-            if compiled.search(text):
-                return name
+        return _finish(self._find_steps(text))
+
+    def _find_steps(self, text: str) -> Generator[None, None, str | None]:
+        """:meth:`find`, yielding after each regex search of a window of a long text.
+
+        A long text is scanned in windows (:data:`SCAN_WINDOW`), hints and
+        regexes alike; ``re`` holds the GIL for a whole search, so the steps
+        are what lets an event loop run other tasks during a long scan.
+        """
+        size = len(text)
+        windowed = size > SCAN_WINDOW + SCAN_OVERLAP
+        for start in range(0, size, SCAN_WINDOW) if windowed else (0,):
+            end = min(size, start + SCAN_WINDOW + SCAN_OVERLAP) if windowed else size
+            window = text[start:end] if windowed else text
+            lowered: str | None = None
+            for name, compiled, hints in self._patterns:
+                if hints:
+                    if lowered is None:
+                        lowered = window.lower()
+                    for hint in hints:
+                        if hint in lowered:
+                            break
+                    else:
+                        continue  # no hint: this pattern cannot match here
+                if _search(compiled, text, start, end):
+                    return name
+                if windowed:
+                    yield
         return None
 
     def could_match(self, text: str) -> bool:
@@ -269,6 +287,58 @@ class SecretDetector:
         strings: list[str] = []
         _collect(value, strings)
         return self.scan_strings(strings)
+
+    def scan_value_steps(self, value: Any) -> Generator[None, None, bool]:
+        """:meth:`scan_value` in steps: a generator that yields between the regex searches of
+        a long string (about a millisecond each) and returns the verdict.
+
+        The async LLM cache awaits ``sleep(0)`` at each yield, so a 5 MB
+        response is scanned without holding up the event loop.
+        """
+        strings: list[str] = []
+        _collect(value, strings)
+        fresh: list[str] = []
+        for text in strings:
+            if text in self._clean:
+                continue
+            if (yield from self._find_steps(text)) is not None:
+                return True
+            fresh.append(text)
+        for text in fresh:
+            self._remember(text)
+        return False
+
+
+SCAN_WINDOW: Final = 32 << 10
+"""Characters one regex search covers in a long text (a search of 32 Ki characters takes
+at most about a millisecond); see :meth:`SecretDetector.scan_value_steps`."""
+SCAN_OVERLAP: Final = 8 << 10
+"""Characters each window reaches into the next, so a match up to this long is never cut."""
+
+
+def _search(compiled: re.Pattern[str], text: str, start: int, end: int) -> bool:
+    """Whether ``compiled`` matches within ``text[start:end]``, as it would in all of ``text``.
+
+    Lookbehinds see the text before ``start`` (``pos``); a match that touches
+    an artificial ``end`` (where a lookahead saw "end of text") is confirmed
+    on the rest of the text. Windows overlap by :data:`SCAN_OVERLAP`, far
+    longer than a secret of the default shapes, so none is cut in two.
+    """
+    found = compiled.search(text, start, end)
+    if found is None:
+        return False
+    if found.end() < end or end == len(text):
+        return True
+    return compiled.search(text, found.start()) is not None  # rare: a match at the cut
+
+
+def _finish(steps: Generator[None, None, T]) -> T:
+    """Run a stepwise scan to its end; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 def _as_patterns(

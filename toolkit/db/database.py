@@ -17,6 +17,7 @@ and the connection goes back to the pool clean (or is discarded if broken).
 
 from __future__ import annotations
 
+import copy
 import logging
 import select
 import time
@@ -26,9 +27,9 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import ConnStatus, TransactionStatus
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from toolkit.concurrency import sleep
+from toolkit.concurrency import Lock, sleep
 from toolkit.config import Settings, default_settings
 from toolkit.db.errors import (
     TransactionOutcome,
@@ -39,7 +40,14 @@ from toolkit.db.errors import (
     translate_error,
     with_options,
 )
-from toolkit.errors import DatabaseError, InvalidInput, OutcomeUnknown, ToolkitError, Unavailable
+from toolkit.errors import (
+    Closed,
+    DatabaseError,
+    InvalidInput,
+    OutcomeUnknown,
+    ToolkitError,
+    Unavailable,
+)
 
 __all__ = [
     "Connection",
@@ -112,6 +120,14 @@ def _rollback_quietly(conn: Connection) -> None:
         conn.close()
 
 
+def _again(error: ToolkitError) -> ToolkitError:
+    """A fresh copy of ``error`` to raise for another caller (or ``error``, if not copyable)."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an exception whose constructor takes other arguments
+        return error
+
+
 def is_alive(conn: Connection) -> bool:
     """Whether a pooled connection survived its idle time, mostly without a round trip.
 
@@ -135,10 +151,12 @@ def is_alive(conn: Connection) -> bool:
 class Database:
     """A connection pool to one PostgreSQL database.
 
-    The pool opens lazily on first use, waits at most ``pool_timeout``
-    seconds for a free or new connection (then raises
-    :class:`~toolkit.errors.Unavailable`), and replaces connections that a
-    server restart has closed.
+    The pool opens lazily on first use, once however many callers arrive
+    together, waits at most ``pool_timeout`` seconds for a free or new
+    connection (then raises :class:`~toolkit.errors.Unavailable`), and
+    replaces connections that a server restart has closed. After
+    :meth:`close` every method raises :class:`~toolkit.errors.Closed`: make
+    a new one instead.
     """
 
     def __init__(
@@ -173,6 +191,19 @@ class Database:
             open=False,
         )
         self._opened = False
+        self._closed = False
+        # Callers arriving together before the pool is open wait for one
+        # opening, rather than each sending a probe connection of its own.
+        self._opening = Lock()
+        self._open_failure: ToolkitError | None = None
+
+    def _refuse_if_closed(self, action: str) -> None:
+        if self._closed:
+            name = type(self).__name__
+            raise Closed(
+                f"{action}: this {name} was closed by close() and cannot be reopened; "
+                f"make a new {name}"
+            )
 
     def open(self) -> None:
         """Open the pool (done on first use; call it to fail early).
@@ -181,26 +212,54 @@ class Database:
         that does not exist, refused credentials or a server that does not
         answer raise one :class:`ConfigurationError` or :class:`Unavailable`
         naming the database and the likely fix, instead of a pool retrying
-        in the background until ``pool_timeout``.
+        in the background until ``pool_timeout``. Callers that arrive while
+        another opens wait for it; those that waited through a failed
+        attempt get its error rather than each trying in turn. Raises
+        :class:`Closed` after :meth:`close`.
         """
+        self._open("open()")
+
+    def _open(self, action: str) -> None:
         if self._opened:
             return
-        with connect(
-            self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
-        ) as probe:
-            if self._warn_if_privileged:
-                _warn_if_privileged(probe)
-        self._pool.open(wait=False)
-        self._opened = True
+        self._refuse_if_closed(action)
+        failure_before = self._open_failure
+        with self._opening:
+            self._refuse_if_closed(action)
+            if self._opened:
+                return
+            failure = self._open_failure
+            if failure is not None and failure is not failure_before:
+                # An attempt failed while this caller waited. Trying again at once
+                # would cost each waiting caller connect_timeout, one after another,
+                # against a server that does not answer.
+                raise _again(failure) from failure
+            try:
+                with connect(
+                    self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
+                ) as probe:
+                    if self._warn_if_privileged:
+                        _warn_if_privileged(probe)
+                self._pool.open(wait=False)
+            except ToolkitError as exc:
+                self._open_failure = exc
+                raise
+            self._opened = True
+            self._open_failure = None
 
     def close(self) -> None:
-        """Close every connection of the pool."""
-        if self._opened:
+        """Close every connection of the pool, for good: later use raises :class:`Closed`.
+
+        Closing twice, or before first use, is harmless.
+        """
+        with self._opening:  # not while another caller is halfway through opening
+            self._closed = True
+            opened, self._opened = self._opened, False
+        if opened:
             self._pool.close()
-            self._opened = False
 
     def __enter__(self) -> Database:
-        self.open()
+        self._open("open()")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -209,7 +268,7 @@ class Database:
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A pooled autocommit connection for reads or single statements."""
-        self.open()
+        self._open("connection()")
         conn = self._checked_out()
         try:
             yield conn
@@ -233,6 +292,9 @@ class Database:
         while True:
             try:
                 conn = self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            except PoolClosed as exc:
+                self._refuse_if_closed("connection()")  # close() ran while this caller waited
+                raise_translated(exc, "getting a connection")
             except (PoolTimeout, psycopg.Error) as exc:
                 raise_translated(exc, "getting a connection")
             if is_alive(conn):
@@ -253,6 +315,7 @@ class Database:
         server still shows it in progress or cannot be reached before
         ``pool_timeout``; ask :meth:`transaction_status` later.
         """
+        self._refuse_if_closed("transaction()")
         with self.connection() as conn:
             try:
                 conn.execute("BEGIN")
@@ -314,6 +377,11 @@ class Database:
         transaction that old, and :class:`InvalidInput` for a value that is
         not a transaction id or one the server has not issued yet.
         """
+        self._refuse_if_closed("transaction_status()")
+        return self._status_of(xid)
+
+    def _status_of(self, xid: int) -> TransactionOutcome:
+        """:meth:`transaction_status` on a connection of its own, open or closed pool alike."""
         if isinstance(xid, bool) or not isinstance(xid, int) or not 0 < xid < 2**63:
             raise InvalidInput(
                 "xid must be a positive 64-bit transaction id", field="xid", value=str(xid)[:40]
@@ -344,7 +412,7 @@ class Database:
         deadline = time.monotonic() + self.settings.pool_timeout
         while True:
             try:
-                status: str = self.transaction_status(xid)
+                status: str = self._status_of(xid)  # even if close() ran meanwhile
             except OutcomeUnknown:
                 return "unknown to the server"
             except ToolkitError:
@@ -355,4 +423,5 @@ class Database:
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (size, available, waiting, ...)."""
+        self._refuse_if_closed("stats()")
         return dict(self._pool.get_stats())

@@ -6,7 +6,9 @@
 from the first bytes and checks it against the allow-list before anything
 is written, and computes size and SHA-256 while streaming; the chunk that
 would cross the byte limit raises InvalidInput and is never handed to the
-back end, which then discards what it wrote. :func:`put_stream` runs it
+back end, which then discards what it wrote; a source that raises
+(a client disconnect, a broken generator) raises SourceFailed, and the back
+end discards likewise. :func:`put_stream` runs it
 into a back end: :meth:`Storage.put` and the FileStore both go through it.
 
 The caller hands over the source as a reader and the back end's write: in
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Iterator
 
-from toolkit.errors import InvalidInput
+from toolkit.errors import InvalidInput, SourceFailed, ToolkitError
 from toolkit.storage.base import (
     CHUNK_SIZE,
     PutResult,
@@ -65,8 +67,14 @@ class UploadPipeline:
         self.content_type = ""
 
     def _read(self, size: int) -> bytes:
-        with translating("reading the upload", "<source>"):
+        # The source is the caller's: its failure is no outage (Unavailable would say "retry").
+        # A toolkit error it raises (say, reading from another store) keeps its meaning.
+        try:
             chunk = self._reader.read(size)
+        except ToolkitError:
+            raise
+        except Exception as exc:
+            raise SourceFailed(exc) from exc
         return as_bytes(chunk)
 
     def _check_limit(self, more: int) -> None:

@@ -30,26 +30,28 @@ The lease of a computation is renewed while it runs (every third of
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import random
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from functools import lru_cache
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 from redis.asyncio import Redis
 
 from toolkit.aio.cache.client import AsyncCacheClient
-from toolkit.aio.concurrency import ASYNC, sleep
+from toolkit.aio.concurrency import ASYNC, run_blocking, sleep
 from toolkit.cache import codec, fingerprint
 from toolkit.cache.entries import (
     CLEAN_MEMORY,
     DEFAULT,
     DEFAULT_LLM_TTL,
     EXTEND_LUA,
+    OFF_LOOP_BYTES,
     RELEASE_LUA,
     CachedResponse,
     Default,
@@ -60,8 +62,9 @@ from toolkit.cache.entries import (
     is_nondeterministic,
     lease_key,
     new_generation_value,
+    open_generation,
+    seal_generation,
     usage_of,
-    valid_generations,
 )
 from toolkit.cache.fingerprint import (
     KEY_VERSION,
@@ -70,7 +73,7 @@ from toolkit.cache.fingerprint import (
     RequestFingerprinter,
     model_scope,
 )
-from toolkit.cache.inputs import Outcome, positive_seconds, ttl_seconds
+from toolkit.cache.inputs import Outcome, fraction, positive_seconds, ttl_seconds
 from toolkit.cache.secrets import SecretDetector
 from toolkit.cache.stats import BypassReason, CacheStats
 from toolkit.errors import InvalidInput
@@ -83,7 +86,9 @@ _log = logging.getLogger(__name__)
 
 _DEFAULT_DETECTOR: Final = SecretDetector()
 
-Generations = tuple[bytes | None, bytes | None]
+Generations = tuple[bytes, bytes]
+"""The namespace and model generation ids in effect (verified, with an integrity key)."""
+T = TypeVar("T")
 
 
 class AsyncLLMCache:
@@ -138,8 +143,7 @@ class AsyncLLMCache:
         if not isinstance(client, AsyncCacheClient):
             raise InvalidInput(f"client must be a {AsyncCacheClient.__name__}", field="client")
         self._ttl = float(ttl_seconds(ttl, DEFAULT_LLM_TTL))
-        if isinstance(ttl_jitter, bool) or not 0 <= ttl_jitter < 1:
-            raise InvalidInput("ttl_jitter must be in [0, 1)", field="ttl_jitter", value=ttl_jitter)
+        jitter = fraction(ttl_jitter, "ttl_jitter")
         for name, value in (
             ("lease_ttl", lease_ttl),
             ("wait_timeout", wait_timeout),
@@ -147,10 +151,14 @@ class AsyncLLMCache:
         ):
             positive_seconds(value, name)
         if compress_threshold is not None and (
-            isinstance(compress_threshold, bool) or compress_threshold < 0
+            isinstance(compress_threshold, bool)
+            or not isinstance(compress_threshold, int)  # before comparing: a Decimal NaN raises
+            or compress_threshold < 0
         ):
             raise InvalidInput(
-                "compress_threshold must be >= 0 or None", field="compress_threshold"
+                "compress_threshold must be an integer >= 0 or None",
+                field="compress_threshold",
+                value=compress_threshold,
             )
         if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int):
             raise InvalidInput("max_entry_bytes must be an int", field="max_entry_bytes")
@@ -161,7 +169,7 @@ class AsyncLLMCache:
         self._client = client
         self._max_entry_bytes = max_entry_bytes
         self._signer = client.signer
-        self._jitter = float(ttl_jitter)
+        self._jitter = jitter
         self.cache_nondeterministic = bool(cache_nondeterministic)
         self._detector = _DEFAULT_DETECTOR if secret_detector is DEFAULT else secret_detector
         self._fingerprinter = fingerprinter or RequestFingerprinter()
@@ -295,12 +303,12 @@ class AsyncLLMCache:
                 break
             if acquired:
                 return await self._compute_under_lease(job, lease, token, lease_ms)
-            found, generations = await self._wait_for(plan, lease, deadline)
+            found, lease_gone = await self._wait_for(plan, lease, deadline)
             if isinstance(found, CachedResponse):
                 return found
             if found is Lookup.UNAVAILABLE:
                 break
-            if generations is None:  # timed out: compute without the lease
+            if not lease_gone:  # timed out: compute without the lease
                 store = True
                 break
             # The lease is gone without a result (its holder failed or died): take it.
@@ -323,11 +331,11 @@ class AsyncLLMCache:
         """
         if not isinstance(model, str) or not model.strip():
             raise InvalidInput("model must be a non-empty str", field="model", value=model)
-        return await self._new_generation(self._model_gen_key(model))
+        return await self._new_generation(self._model_gen_key(model)) is not None
 
     async def invalidate_all(self) -> bool:
         """Invalidate every entry of this namespace in O(1)."""
-        return await self._new_generation(self._ns_gen_key)
+        return await self._new_generation(self._ns_gen_key) is not None
 
     def stats(self) -> CacheStats:
         """The counters of the underlying client (shared with it)."""
@@ -412,31 +420,75 @@ class AsyncLLMCache:
             if count and result is Outcome.FAILED:
                 self._stats.miss()
             return Lookup.UNAVAILABLE, None
-        entry, ns_gen, model_gen = result
-        generations = (ns_gen, model_gen)
-        found = await self._decode(plan, entry, ns_gen, model_gen, count)
+        entry, ns_value, model_value = result
+        generations = await self._current_generations(plan, ns_value, model_value)
+        found = await self._decode(plan, entry, generations, count)
         return found, generations
+
+    async def _current_generations(
+        self, plan: Plan, ns_value: bytes | None, model_value: bytes | None
+    ) -> Generations | None:
+        """The generation ids read from Redis, or None if either is missing or not to be trusted.
+
+        With an integrity key a value whose HMAC does not verify is missing,
+        and one older than a generation this process has seen at that key
+        was rolled back: counted as an integrity failure, and replaced with
+        a newer generation so that no process serves what it revived.
+        """
+        ns_key, model_key = self._ns_gen_key, plan.model_gen_key
+        ns_gen = open_generation(ns_value, self._signer, ns_key)
+        model_gen = open_generation(model_value, self._signer, model_key)
+        if ns_gen is None or model_gen is None:
+            return None
+        if self._signer is not None:
+            memory = self._client.generation_memory
+            rolled_back = [
+                key
+                for key, generation in ((ns_key, ns_gen), (model_key, model_gen))
+                if not memory.observe(key, generation)
+            ]
+            if rolled_back:
+                _log.warning("a cache generation key was rolled back: %s", rolled_back[0])
+                self._stats.integrity_failure()
+                for key in rolled_back:
+                    await self._new_generation(key)
+                return None
+        return ns_gen, model_gen
+
+    async def _off_loop(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``; in the async API in a worker thread when ``size`` (bytes) is large.
+
+        Scanning, compressing, signing and decoding a large entry take tens
+        to hundreds of milliseconds that would otherwise hold up the loop.
+        """
+        if size >= OFF_LOOP_BYTES:
+            return await run_blocking(fn, *args)
+        return fn(*args)
 
     async def _decode(
         self,
         plan: Plan,
         entry: bytes | None,
-        ns_gen: bytes | None,
-        model_gen: bytes | None,
+        generations: Generations | None,
         count: bool,
     ) -> CachedResponse | Lookup:
         if entry is None:
             if count:
                 self._stats.miss()
             return Lookup.MISS
+        ns_gen, model_gen = (None, None) if generations is None else generations
         try:
-            meta = codec.decode(
-                entry,
-                ns_gen,
-                model_gen,
-                max_bytes=self._max_entry_bytes,
-                signer=self._signer,
-                name=plan.key,
+            meta = await self._off_loop(
+                len(entry),
+                functools.partial(
+                    codec.decode,
+                    entry,
+                    ns_gen,
+                    model_gen,
+                    max_bytes=self._max_entry_bytes,
+                    signer=self._signer,
+                    name=plan.key,
+                ),
             )
         except codec.ForgedEntryError:
             _log.warning("deleting a cache entry that failed its integrity check: %s", plan.key)
@@ -447,7 +499,9 @@ class AsyncLLMCache:
             await self._client.discard_corrupt(plan.key)
             return Lookup.MISS
         if meta is None:
-            # Written under an older generation: invalidated. Deleting it may
+            # Written under another generation (invalidated, or the generation is
+            # missing or rolled back), past its signed expiry, or of an earlier
+            # signed format. Deleting it may
             # race with a fresh write of the same key; that costs a miss,
             # never a wrong hit.
             if count:
@@ -468,24 +522,32 @@ class AsyncLLMCache:
         seconds: int,
         generations: Generations | None,
     ) -> bool:
-        if self._detector is not None and self._detector.scan_value(response):
+        size = len(body.data) + len(body.json)
+        detector = self._detector
+        if detector is not None and await _finish(detector.scan_value_steps(response)):
             self._stats.bypass(BypassReason.SECRET_IN_RESPONSE)
             return False
-        current = valid_generations(generations) or await self._ensure_generations(plan)
+        current = generations or await self._ensure_generations(plan)
         if current is None:
             self._stats.dropped_write()
             return False
+        now = time.time()
         try:
-            data = codec.encode_entry(
-                body,
-                generations=current,
-                model=plan.model,
-                created_at=time.time(),
-                usage=usage,
-                compress_threshold=self._compress_threshold,
-                max_bytes=self._max_entry_bytes,
-                signer=self._signer,
-                name=plan.key,
+            data = await self._off_loop(
+                size,
+                functools.partial(
+                    codec.encode_entry,
+                    body,
+                    generations=current,
+                    model=plan.model,
+                    created_at=now,
+                    usage=usage,
+                    compress_threshold=self._compress_threshold,
+                    max_bytes=self._max_entry_bytes,
+                    signer=self._signer,
+                    name=plan.key,
+                    expires_at=now + seconds,
+                ),
             )
         except codec.EntryTooLargeError:
             self._stats.bypass(BypassReason.TOO_LARGE)
@@ -500,32 +562,63 @@ class AsyncLLMCache:
         self._stats.write()
         return True
 
-    async def _ensure_generations(self, plan: Plan) -> tuple[bytes, bytes] | None:
-        """The current generations, creating missing ones (``SET NX GET``)."""
+    async def _ensure_generations(self, plan: Plan) -> Generations | None:
+        """The current generations, creating missing ones (``SET NX GET``).
+
+        A value that is malformed, fails its HMAC (an earlier format, a
+        forgery) or was rolled back is replaced with a new generation.
+        """
         keys = (self._ns_gen_key, plan.model_gen_key)
-        fresh = (new_generation_value(), new_generation_value())
+        memory = self._client.generation_memory
+        fresh = tuple(new_generation_value(memory.newest(key)) for key in keys)
 
         async def op(r: Redis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
-            for key, value in zip(keys, fresh, strict=True):
-                pipe.set(key, value, nx=True, get=True)
+            for key, generation in zip(keys, fresh, strict=True):
+                pipe.set(key, seal_generation(generation, self._signer, key), nx=True, get=True)
             return await pipe.execute()
 
         result = await self._client.execute(op)
         if isinstance(result, Outcome):
             return None
-        ns_gen, model_gen = (
-            fresh[i] if old is None else cast(bytes, old) for i, old in enumerate(result)
-        )
-        return valid_generations((ns_gen, model_gen))
+        current: list[bytes] = []
+        for key, made, old in zip(keys, fresh, result, strict=True):
+            if old is None:
+                if self._signer is not None:
+                    memory.observe(key, made)
+                current.append(made)
+                continue
+            found = await self._current_generation(key, cast(bytes, old))
+            if found is None:
+                return None
+            current.append(found)
+        return current[0], current[1]
 
-    async def _new_generation(self, key: str) -> bool:
-        value = new_generation_value()
+    async def _current_generation(self, key: str, value: bytes) -> bytes | None:
+        """The generation id in ``value`` (read at ``key``), replaced if it cannot be trusted."""
+        generation = open_generation(value, self._signer, key)
+        if self._signer is None:
+            return generation
+        if generation is not None and self._client.generation_memory.observe(key, generation):
+            return generation
+        if generation is not None:
+            _log.warning("a cache generation key was rolled back: %s", key)
+            self._stats.integrity_failure()
+        return await self._new_generation(key)
+
+    async def _new_generation(self, key: str) -> bytes | None:
+        """Write a new generation at ``key`` (newer than any seen); None if Redis did not answer."""
+        memory = self._client.generation_memory
+        generation = new_generation_value(memory.newest(key))
+        value = seal_generation(generation, self._signer, key)
 
         async def op(r: Redis) -> bool:
             return bool(await r.set(key, value))
 
-        return await self._client.call(op, False)
+        if not await self._client.call(op, False):
+            return None
+        memory.observe(key, generation)
+        return generation
 
     async def _compute(
         self,
@@ -579,33 +672,50 @@ class AsyncLLMCache:
 
     async def _wait_for(
         self, plan: Plan, lease: str, deadline: float
-    ) -> tuple[CachedResponse | Lookup, Generations | None]:
+    ) -> tuple[CachedResponse | Lookup, bool]:
         """Poll until the entry appears, the lease goes, or ``deadline``.
 
-        Returns the response; or MISS with generations when the lease is gone
-        (the caller may take it); or MISS with None on timeout; or UNAVAILABLE.
+        Returns the response; or MISS and True when the lease is gone (the
+        caller may take it); or MISS and False on timeout; or UNAVAILABLE.
         """
         delay = self._poll_interval
         keys = (plan.key, self._ns_gen_key, plan.model_gen_key, lease)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return Lookup.MISS, None
+                return Lookup.MISS, False
             # Jitter keeps waiters from polling in lock step.
             await sleep(min(delay * (0.5 + random.random()), remaining))  # noqa: S311
             delay = min(delay * 2, 0.05)
             result = await self._client.fetch(*keys)
             if isinstance(result, Outcome):
-                return Lookup.UNAVAILABLE, None
-            entry, ns_gen, model_gen, lease_value = result
-            found = await self._decode(plan, entry, ns_gen, model_gen, count=False)
+                return Lookup.UNAVAILABLE, False
+            entry, ns_value, model_value, lease_value = result
+            generations = await self._current_generations(plan, ns_value, model_value)
+            found = await self._decode(plan, entry, generations, count=False)
             if isinstance(found, CachedResponse):
-                return found, (ns_gen, model_gen)
+                return found, False
             if lease_value is None:
-                return Lookup.MISS, (ns_gen, model_gen)
+                return Lookup.MISS, True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(namespace={self._client.namespace!r}, ttl={self._ttl:g})"
+
+
+async def _finish(steps: Generator[None, None, T]) -> T:
+    """Run a stepwise scan to its end, letting other tasks run between its steps.
+
+    On the event loop rather than in a thread: ``re`` holds the GIL for a
+    whole search, and a worker thread holding it can be descheduled by the
+    OS with the loop's thread waiting behind it, while a step here is short.
+    """
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(T, done.value)
+        if ASYNC:
+            await sleep(0)
 
 
 class _LeaseKeeper:

@@ -15,6 +15,7 @@ and the connection goes back to the pool clean (or is discarded if broken).
 
 from __future__ import annotations
 
+import copy
 import logging
 import select
 import time
@@ -24,9 +25,9 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import ConnStatus, TransactionStatus
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from toolkit.aio.concurrency import sleep
+from toolkit.aio.concurrency import Lock, sleep
 from toolkit.config import Settings, default_settings
 from toolkit.db.errors import (
     TransactionOutcome,
@@ -37,7 +38,14 @@ from toolkit.db.errors import (
     translate_error,
     with_options,
 )
-from toolkit.errors import DatabaseError, InvalidInput, OutcomeUnknown, ToolkitError, Unavailable
+from toolkit.errors import (
+    Closed,
+    DatabaseError,
+    InvalidInput,
+    OutcomeUnknown,
+    ToolkitError,
+    Unavailable,
+)
 
 __all__ = [
     "AsyncConnection",
@@ -110,6 +118,14 @@ async def _rollback_quietly(conn: AsyncConnection) -> None:
         await conn.close()
 
 
+def _again(error: ToolkitError) -> ToolkitError:
+    """A fresh copy of ``error`` to raise for another caller (or ``error``, if not copyable)."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an exception whose constructor takes other arguments
+        return error
+
+
 async def is_alive(conn: AsyncConnection) -> bool:
     """Whether a pooled connection survived its idle time, mostly without a round trip.
 
@@ -133,10 +149,12 @@ async def is_alive(conn: AsyncConnection) -> bool:
 class AsyncDatabase:
     """A connection pool to one PostgreSQL database.
 
-    The pool opens lazily on first use, waits at most ``pool_timeout``
-    seconds for a free or new connection (then raises
-    :class:`~toolkit.errors.Unavailable`), and replaces connections that a
-    server restart has closed.
+    The pool opens lazily on first use, once however many callers arrive
+    together, waits at most ``pool_timeout`` seconds for a free or new
+    connection (then raises :class:`~toolkit.errors.Unavailable`), and
+    replaces connections that a server restart has closed. After
+    :meth:`close` every method raises :class:`~toolkit.errors.Closed`: make
+    a new one instead.
     """
 
     def __init__(
@@ -171,6 +189,19 @@ class AsyncDatabase:
             open=False,
         )
         self._opened = False
+        self._closed = False
+        # Callers arriving together before the pool is open wait for one
+        # opening, rather than each sending a probe connection of its own.
+        self._opening = Lock()
+        self._open_failure: ToolkitError | None = None
+
+    def _refuse_if_closed(self, action: str) -> None:
+        if self._closed:
+            name = type(self).__name__
+            raise Closed(
+                f"{action}: this {name} was closed by close() and cannot be reopened; "
+                f"make a new {name}"
+            )
 
     async def open(self) -> None:
         """Open the pool (done on first use; call it to fail early).
@@ -179,26 +210,54 @@ class AsyncDatabase:
         that does not exist, refused credentials or a server that does not
         answer raise one :class:`ConfigurationError` or :class:`Unavailable`
         naming the database and the likely fix, instead of a pool retrying
-        in the background until ``pool_timeout``.
+        in the background until ``pool_timeout``. Callers that arrive while
+        another opens wait for it; those that waited through a failed
+        attempt get its error rather than each trying in turn. Raises
+        :class:`Closed` after :meth:`close`.
         """
+        await self._open("open()")
+
+    async def _open(self, action: str) -> None:
         if self._opened:
             return
-        async with await connect(
-            self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
-        ) as probe:
-            if self._warn_if_privileged:
-                await _warn_if_privileged(probe)
-        await self._pool.open(wait=False)
-        self._opened = True
+        self._refuse_if_closed(action)
+        failure_before = self._open_failure
+        async with self._opening:
+            self._refuse_if_closed(action)
+            if self._opened:
+                return
+            failure = self._open_failure
+            if failure is not None and failure is not failure_before:
+                # An attempt failed while this caller waited. Trying again at once
+                # would cost each waiting caller connect_timeout, one after another,
+                # against a server that does not answer.
+                raise _again(failure) from failure
+            try:
+                async with await connect(
+                    self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
+                ) as probe:
+                    if self._warn_if_privileged:
+                        await _warn_if_privileged(probe)
+                await self._pool.open(wait=False)
+            except ToolkitError as exc:
+                self._open_failure = exc
+                raise
+            self._opened = True
+            self._open_failure = None
 
     async def close(self) -> None:
-        """Close every connection of the pool."""
-        if self._opened:
+        """Close every connection of the pool, for good: later use raises :class:`Closed`.
+
+        Closing twice, or before first use, is harmless.
+        """
+        async with self._opening:  # not while another caller is halfway through opening
+            self._closed = True
+            opened, self._opened = self._opened, False
+        if opened:
             await self._pool.close()
-            self._opened = False
 
     async def __aenter__(self) -> AsyncDatabase:
-        await self.open()
+        await self._open("open()")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -207,7 +266,7 @@ class AsyncDatabase:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
         """A pooled autocommit connection for reads or single statements."""
-        await self.open()
+        await self._open("connection()")
         conn = await self._checked_out()
         try:
             yield conn
@@ -231,6 +290,9 @@ class AsyncDatabase:
         while True:
             try:
                 conn = await self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            except PoolClosed as exc:
+                self._refuse_if_closed("connection()")  # close() ran while this caller waited
+                raise_translated(exc, "getting a connection")
             except (PoolTimeout, psycopg.Error) as exc:
                 raise_translated(exc, "getting a connection")
             if await is_alive(conn):
@@ -251,6 +313,7 @@ class AsyncDatabase:
         server still shows it in progress or cannot be reached before
         ``pool_timeout``; ask :meth:`transaction_status` later.
         """
+        self._refuse_if_closed("transaction()")
         async with self.connection() as conn:
             try:
                 await conn.execute("BEGIN")
@@ -312,6 +375,11 @@ class AsyncDatabase:
         transaction that old, and :class:`InvalidInput` for a value that is
         not a transaction id or one the server has not issued yet.
         """
+        self._refuse_if_closed("transaction_status()")
+        return await self._status_of(xid)
+
+    async def _status_of(self, xid: int) -> TransactionOutcome:
+        """:meth:`transaction_status` on a connection of its own, open or closed pool alike."""
         if isinstance(xid, bool) or not isinstance(xid, int) or not 0 < xid < 2**63:
             raise InvalidInput(
                 "xid must be a positive 64-bit transaction id", field="xid", value=str(xid)[:40]
@@ -342,7 +410,7 @@ class AsyncDatabase:
         deadline = time.monotonic() + self.settings.pool_timeout
         while True:
             try:
-                status: str = await self.transaction_status(xid)
+                status: str = await self._status_of(xid)  # even if close() ran meanwhile
             except OutcomeUnknown:
                 return "unknown to the server"
             except ToolkitError:
@@ -353,4 +421,5 @@ class AsyncDatabase:
 
     def stats(self) -> dict[str, int]:
         """The pool's counters (size, available, waiting, ...)."""
+        self._refuse_if_closed("stats()")
         return dict(self._pool.get_stats())
