@@ -24,7 +24,8 @@ WHERE lower(email) = lower(:email);
 -- name: users.get_credentials :optional
 -- What authentication needs for an email: id, password hash, active flag.
 -- The application role cannot select password_hash from users (migration
--- 0007): this security-definer function is the one way to read it.
+-- 0007): this security-definer function is the one way to read it, one
+-- exact email per call.
 SELECT id, email, password_hash, is_active
 FROM user_credentials(:email);
 
@@ -72,11 +73,11 @@ WHERE id = :id AND version = :expected_version
 RETURNING
     id, email, display_name, role, is_active, version, created_at, updated_at;
 
--- name: users.set_password_hash :exec
--- Replace a user's password hash (None clears it).
-UPDATE users
-SET password_hash = :password_hash
-WHERE id = :id;
+-- name: users.set_password_hash :scalar
+-- Replace a user's password hash (None clears it); true if the user exists.
+-- The application role cannot UPDATE password_hash (migration 0008): this
+-- security-definer function is the one way to change it.
+SELECT set_user_password_hash(:id, :password_hash);
 
 -- name: users.current_version :scalar
 -- The current version of a user, to explain a failed guarded update.

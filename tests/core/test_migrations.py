@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from yoyo import get_backend
+from yoyo import get_backend, read_migrations
 
 from tests.conftest import server_url
 from toolkit.db.migrations import MigrationState, _yoyo_url, migrate, rollback, status
@@ -252,3 +252,57 @@ def test_cli_rollback_of_a_migration_without_rollback_exits_non_zero_naming_it(
     again = run("migrate")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == "applied app-0002.tags"
+
+
+def security_state(url: str) -> set[str]:
+    """Our functions (definition, settings, grants) and every table and column grant."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            """
+            SELECT 'function ' || pg_get_functiondef(p.oid) || ' acl '
+                || coalesce(p.proacl::text, 'default')
+            FROM pg_proc AS p
+            WHERE p.pronamespace = 'public'::regnamespace AND NOT EXISTS (
+                SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid AND d.deptype = 'e'
+            )
+            UNION ALL
+            SELECT 'table ' || c.relname || ' acl ' || coalesce(c.relacl::text, 'default')
+            FROM pg_class AS c
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+            UNION ALL
+            SELECT 'column ' || c.relname || '.' || a.attname || ' acl ' || a.attacl::text
+            FROM pg_attribute AS a
+            JOIN pg_class AS c ON c.oid = a.attrelid
+            WHERE c.relnamespace = 'public'::regnamespace AND a.attacl IS NOT NULL
+            """
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_rolling_back_0008_restores_the_functions_and_grants_of_0007(scratch_url) -> None:
+    before = [m for m in ALL if m < "0008"]
+    reference_name = f"toolkit_mig_{uuid.uuid4().hex[:10]}"
+    reference = server_url(reference_name)
+    migrate(reference)  # creates it; then rebuilt up to 0007 only
+    try:
+        rollback(reference, None)
+        backend = get_backend(_yoyo_url(reference))
+        try:
+            wanted = read_migrations(str(package_directory("migrations"))).filter(
+                lambda m: m.id in before
+            )
+            with backend.lock():
+                backend.apply_migrations(backend.to_apply(wanted))
+        finally:
+            backend.connection.close()
+        assert [s.id for s in status(reference) if s.applied] == before
+        as_of_0007 = security_state(reference)
+    finally:
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{reference_name}" WITH (FORCE)')
+    migrate(scratch_url)
+    hardened = security_state(scratch_url)
+    assert hardened != as_of_0007
+    assert any("set_user_password_hash" in entry for entry in hardened)
+    rollback(scratch_url, len(ALL) - len(before))
+    assert security_state(scratch_url) == as_of_0007

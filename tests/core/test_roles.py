@@ -3,13 +3,19 @@
 Migration 0007 narrows it further: audit events are SELECT and INSERT only,
 nobody but the owner creates objects in public (also where PostgreSQL 13
 and 14 granted it to everyone), and the password hash is readable only
-through ``user_credentials()``.
+through ``user_credentials()``. Migration 0008 pins every toolkit
+function's search_path (a session's TEMP table cannot stand in for
+audit_events), bounds the wait for the audit chain lock, and lets the hash
+be changed only through ``set_user_password_hash()``. Every attack runs as a
+LOGIN role that is a member of toolkit_app.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -22,10 +28,16 @@ from tests.conftest import server_url
 from tests.core.factories import make_agent, make_user
 from toolkit.config import load_settings
 from toolkit.db import Database, migrate
-from toolkit.errors import DatabaseError
+from toolkit.db.registry import package_directory
+from toolkit.errors import DatabaseError, NotFound, Unavailable
 from toolkit.repositories import agents, audit_events, users
 
 APP_LOGIN = f"toolkit_app_login_{os.getpid()}"
+TOOLKIT_MIGRATIONS = sorted(
+    p.name.removesuffix(".sql")
+    for p in package_directory("migrations").glob("*.sql")
+    if not p.name.endswith(".rollback.sql")
+)
 
 
 @pytest.fixture
@@ -81,7 +93,6 @@ def test_a_privileged_role_is_warned_about_once_and_the_app_role_is_not(
         "ALTER TABLE agents ADD COLUMN sneaky text",
         "DROP TABLE sessions",
         "TRUNCATE agents",
-        "CREATE TABLE scratch (id int)",
         "DELETE FROM _yoyo_migration",
         "ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update",
     ],
@@ -150,12 +161,168 @@ def test_the_password_hash_is_readable_only_through_get_credentials(
     definer = superuser.execute(
         "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'user_credentials'"
     ).fetchone()
-    assert definer == (True, ["search_path=pg_catalog, pg_temp"])
+    assert definer == (True, [PINNED])
+
+
+PINNED = "search_path=pg_catalog, public, pg_temp"
+CHAIN_LOCK = "SELECT pg_advisory_lock(hashtext('toolkit.audit_events'))"
+
+
+def app_database(app_url: str) -> Database:
+    return Database(load_settings(database_url=app_url, pool_min_size=0))
+
+
+def test_every_toolkit_function_runs_with_a_pinned_search_path(superuser) -> None:
+    unpinned = superuser.execute(
+        "SELECT p.proname, p.proconfig FROM pg_proc AS p "
+        "WHERE p.pronamespace = 'public'::regnamespace "
+        "AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid AND d.deptype = 'e') "
+        "AND p.proconfig IS DISTINCT FROM ARRAY[%s]",
+        [PINNED],
+    ).fetchall()
+    assert unpinned == []
+
+
+@pytest.mark.parametrize(
+    "planted_seq",
+    # 41: a forged link; bigint's max minus one: the next real row would take
+    # the max, and every audited write after it would fail (bigint out of range).
+    [41, 9223372036854775806],
+    ids=["forged-link", "bigint-overflow"],
+)
+def test_a_temp_table_named_audit_events_neither_forges_nor_wedges_the_chain(
+    app_url, planted_seq
+) -> None:
+    with app_database(app_url) as db:
+        with db.connection() as conn:
+            audit_events.record(conn, {"action": "agent.checked", "entity": "agent"})
+        with psycopg.connect(app_url, autocommit=True) as attacker:
+            attacker.execute("CREATE TEMP TABLE audit_events (seq bigint, hash bytea)")
+            attacker.execute("INSERT INTO audit_events VALUES (%s, '\\xdead')", [planted_seq])
+            (seq,) = attacker.execute(
+                "INSERT INTO public.audit_events (action, entity, prev_hash, hash) "
+                "VALUES ('agent.checked', 'agent', '', '') RETURNING seq"
+            ).fetchone()
+        assert seq == 2
+        with db.connection() as conn:
+            later = [
+                audit_events.record(conn, {"action": "agent.checked", "entity": "agent"}).seq
+                for _ in range(2)
+            ]
+            report = audit_events.verify_chain(conn)
+    assert later == [3, 4]
+    assert (report.ok, report.checked) == (True, 4)
+
+
+def test_holding_the_audit_chain_lock_fails_audited_writes_within_10_seconds(
+    app_url,
+) -> None:
+    with psycopg.connect(app_url, autocommit=True) as holder:
+        holder.execute(CHAIN_LOCK)
+        holder_pid = holder.info.backend_pid
+        with app_database(app_url) as db:  # lock_timeout 0 (none), statement timeout 30 s
+            started = time.monotonic()
+            with (
+                pytest.raises(Unavailable, match="audit chain lock") as refused,
+                db.transaction() as tx,
+            ):
+                audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
+            waited = time.monotonic() - started
+    assert 9.5 < waited < 15
+    message = str(refused.value)
+    assert "within 10s" in message and f"(pid {holder_pid})" in message
+    assert "another session" in message and "not written" in message
+    assert "database unavailable" not in message  # the server is fine; a lock is held
+
+
+def test_a_shorter_lock_timeout_bounds_the_chain_lock_wait_and_is_kept(app_url) -> None:
+    with (
+        psycopg.connect(app_url, autocommit=True) as holder,
+        app_database(app_url) as db,
+    ):
+        holder.execute(CHAIN_LOCK)
+        started = time.monotonic()
+        with (
+            pytest.raises(Unavailable, match=r"audit chain lock .* within 200ms"),
+            db.transaction() as tx,
+        ):
+            tx.execute("SET LOCAL lock_timeout = '200ms'")
+            audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
+        assert time.monotonic() - started < 3
+        # A wait that ends in time records the event and leaves lock_timeout as it was.
+        release = threading.Timer(0.3, lambda: holder.execute("SELECT pg_advisory_unlock_all()"))
+        release.start()
+        try:
+            with db.transaction() as tx:
+                tx.execute("SET LOCAL lock_timeout = '5s'")
+                event = audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
+                assert tx.execute("SHOW lock_timeout").fetchone() == ("5s",)
+        finally:
+            release.join()
+        assert event.seq == 1
+        with db.connection() as conn:
+            assert audit_events.verify_chain(conn).ok
+
+
+def test_the_password_hash_cannot_be_updated_but_through_its_setter(app_url, superuser) -> None:
+    with app_database(app_url) as db:
+        with db.transaction() as tx:
+            user = make_user(tx, password_hash="$argon2id$v=19$planted")
+        for statement in (
+            "UPDATE users SET password_hash = 'x'",
+            "INSERT INTO users (email, display_name) VALUES ('a@example.com', 'A') "
+            "ON CONFLICT (lower(email)) DO UPDATE SET password_hash = 'x'",
+        ):
+            with (
+                psycopg.connect(app_url, autocommit=True) as conn,
+                pytest.raises(psycopg.errors.InsufficientPrivilege),
+            ):
+                conn.execute(statement)
+        with db.connection() as conn:
+            # Every other column may still be updated.
+            users.update(conn, user.id, expected_version=user.version, display_name="Renamed")
+            users.set_password_hash(conn, user.id, "$argon2id$v=19$replaced")
+            with pytest.raises(NotFound):
+                users.set_password_hash(conn, uuid.uuid4(), "$argon2id$v=19$nobody")
+    stored = superuser.execute(
+        "SELECT password_hash, display_name FROM users WHERE id = %s", [user.id]
+    ).fetchone()
+    assert stored == ("$argon2id$v=19$replaced", "Renamed")
+    definer = superuser.execute(
+        "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'set_user_password_hash'"
+    ).fetchone()
+    assert definer == (True, [PINNED])
+
+
+def test_credentials_are_looked_up_by_exact_email_one_row_per_call(app_url) -> None:
+    """What the README promises, and what it says is not prevented."""
+    with app_database(app_url) as db:
+        with db.transaction() as tx:
+            alice = make_user(tx, email="alice@example.com", password_hash="$hash$alice")
+            make_user(tx, email="bob@example.com", password_hash="$hash$bob")
+        with db.connection() as conn:
+            for pattern in ("%", "%@example.com", "alice@%", "_lice@example.com", "", None):
+                assert conn.execute(
+                    "SELECT count(*) FROM user_credentials(%s)", [pattern]
+                ).fetchone() == (0,)
+            found = users.get_credentials(conn, "ALICE@example.com")
+            assert found is not None and found.id == alice.id
+            # Not prevented: a role that runs arbitrary SQL names every email it can read.
+            dumped = conn.execute(
+                "SELECT c.password_hash FROM users AS u, LATERAL user_credentials(u.email) AS c "
+                "ORDER BY u.email"
+            ).fetchall()
+    assert dumped == [("$hash$alice",), ("$hash$bob",)]
 
 
 @pytest.fixture
 def pg13_layout_url() -> Iterator[str]:
-    """A new database whose public schema lets every role CREATE, as 13 and 14 made it."""
+    """A new database whose public schema lets every role CREATE, as 13 and 14 made it.
+
+    On a PostgreSQL 15 default database the REVOKE of 0007 changes nothing
+    (PUBLIC has no CREATE there), so a check on one cannot fail without it:
+    the CREATE checks run here, where the REVOKE is what takes it away.
+    """
     name = f"toolkit_roles_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url(), autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -173,20 +340,27 @@ def pg13_layout_url() -> Iterator[str]:
 def test_migrating_revokes_create_on_public_that_older_majors_granted(
     pg13_layout_url,
 ) -> None:
-    migrate(pg13_layout_url)
-    params = conninfo_to_dict(pg13_layout_url)
     with psycopg.connect(pg13_layout_url, autocommit=True) as conn:
         conn.execute(
             sql.SQL(
-                "DO $$ BEGIN CREATE ROLE {} LOGIN IN ROLE toolkit_app; "
+                "DO $$ BEGIN CREATE ROLE {} LOGIN; "
                 "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
             ).format(sql.Identifier(APP_LOGIN))
         )
-    params["user"] = APP_LOGIN
-    for statement in (
-        "CREATE TABLE users_copy (id int)",
+    params = conninfo_to_dict(pg13_layout_url) | {"user": APP_LOGIN}
+    statements = (
+        "CREATE TABLE scratch (id int)",
         "CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE sql AS 'SELECT 1'",
-    ):
+    )
+    # Before the migration every role may: what the test checks is the REVOKE's doing.
+    with psycopg.connect(make_conninfo(**params)) as conn:
+        for statement in statements:
+            conn.execute(statement)
+        conn.rollback()
+    migrate(pg13_layout_url)
+    with psycopg.connect(pg13_layout_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT toolkit_app TO {}").format(sql.Identifier(APP_LOGIN)))
+    for statement in statements:
         with (
             psycopg.connect(make_conninfo(**params), autocommit=True) as conn,
             pytest.raises(psycopg.errors.InsufficientPrivilege),
@@ -215,7 +389,9 @@ def test_a_migration_owner_that_cannot_revoke_create_fails_loudly(pg13_layout_ur
             migrate(as_owner)
         with psycopg.connect(pg13_layout_url, autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
-        assert migrate(as_owner).applied == ("0007.least-privilege",)
+        assert migrate(as_owner).applied == tuple(
+            name for name in TOOLKIT_MIGRATIONS if name >= "0007"
+        )
         with psycopg.connect(pg13_layout_url) as conn:
             public_create = conn.execute(
                 "SELECT count(*) FROM pg_namespace AS n, aclexplode(n.nspacl) AS acl "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from toolkit.db.bind import Exec, OneOrNone
+from toolkit.db.bind import OneOrNone, Scalar
 from toolkit.db.database import Connection
 from toolkit.db.patterns import (
     UNSET,
@@ -28,7 +28,7 @@ _PATCHABLE = ("email", "display_name", "role", "is_active")
 
 _get_by_email = OneOrNone("users.get_by_email", User, ("email",))
 _get_credentials = OneOrNone("users.get_credentials", UserCredentials, ("email",))
-_set_password_hash = Exec("users.set_password_hash", ("id", "password_hash"))
+_set_password_hash = Scalar("users.set_password_hash", bool, ("id", "password_hash"))
 _entity: Entity[User, UserFilter] = Entity(
     "users",
     User,
@@ -61,7 +61,8 @@ def set_password_hash(conn: Connection, user_id: UUID | str, password_hash: str 
     """Replace a user's password hash (None clears it); NotFound if no such user."""
     key = parse_id(user_id)
     checked = validate_patch(UserCreate, {"password_hash": password_hash})
-    if _set_password_hash(conn, id=key, password_hash=checked["password_hash"]) == 0:
+    found = _set_password_hash(conn, id=key, password_hash=checked["password_hash"])
+    if not found:
         raise NotFound(ENTITY, key)
 
 

@@ -17,7 +17,7 @@ from toolkit.aio.db.patterns import (
     parse_id,
     validate_patch,
 )
-from toolkit.db.bind import Exec, OneOrNone
+from toolkit.db.bind import OneOrNone, Scalar
 from toolkit.errors import NotFound
 from toolkit.records import User, UserCreate, UserCredentials, UserFilter
 
@@ -26,7 +26,7 @@ _PATCHABLE = ("email", "display_name", "role", "is_active")
 
 _get_by_email = OneOrNone("users.get_by_email", User, ("email",))
 _get_credentials = OneOrNone("users.get_credentials", UserCredentials, ("email",))
-_set_password_hash = Exec("users.set_password_hash", ("id", "password_hash"))
+_set_password_hash = Scalar("users.set_password_hash", bool, ("id", "password_hash"))
 _entity: Entity[User, UserFilter] = Entity(
     "users",
     User,
@@ -65,7 +65,8 @@ async def set_password_hash(
     """Replace a user's password hash (None clears it); NotFound if no such user."""
     key = parse_id(user_id)
     checked = validate_patch(UserCreate, {"password_hash": password_hash})
-    if await _set_password_hash.acall(conn, id=key, password_hash=checked["password_hash"]) == 0:
+    found = await _set_password_hash.acall(conn, id=key, password_hash=checked["password_hash"])
+    if not found:
         raise NotFound(ENTITY, key)
 
 
