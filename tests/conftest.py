@@ -123,10 +123,18 @@ def superuser(database_url: str) -> Iterator[psycopg.Connection[Any]]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_ok(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_ok(
+    *args: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command to completion; fail the test, with its output, unless it exits 0."""
     done = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+        [str(a) for a in args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
     return done

@@ -187,6 +187,49 @@ def test_help_shows_every_documented_command_and_option(cli: Cli) -> None:
             assert needed in shown, f"toolkit {' '.join(path)} --help does not mention {needed}"
 
 
+def test_help_starts_plainly_and_states_the_exit_codes(cli: Cli) -> None:
+    top = cli.run("--help").stdout
+    description = top.split("\n\n")[1]
+    assert description.startswith("Migrate, inspect and run the agent persistence toolkit")
+    assert "``" not in top and ":class:" not in top
+    assert "exit codes: 0 success" in " ".join(top.split())
+
+
+def test_usage_errors_exit_2_and_runtime_failures_exit_1(cli: Cli) -> None:
+    unknown = cli.run("migrate", "--no-such-option", expect=2)
+    assert "unrecognized arguments: --no-such-option" in unknown.stderr
+    assert "at least 1" in cli.run("rollback", "--count", "0", expect=2).stderr
+    nowhere = {"TOOLKIT_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    for command in (["migrate"], ["verify"], ["relay", "--once"]):
+        failed = cli.run(*command, expect=1, env=nowhere)
+        lines = failed.stderr.strip().splitlines()
+        assert len(lines) == 1 and "127.0.0.1:1" in lines[0], (command, failed.stderr)
+
+
+def test_a_failing_migration_exits_1_naming_its_file(cli: Cli, own_database: str) -> None:
+    folder = cli.cwd / f"app-migrations-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    (folder / "app-0001.fine.sql").write_text("CREATE TABLE app_fine (id int);\n")
+    broken = folder / "app-0002.broken.sql"
+    broken.write_text("CREAT TABLE app_typo (id int);\n")
+    env = {"TOOLKIT_DATABASE_URL": own_database, "TOOLKIT_MIGRATIONS_PATH": str(folder)}
+    failed = cli.run("migrate", expect=1, env=env)
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"migration app-0002.broken ({broken}) failed" in lines[0], lines
+    assert app_tables(own_database) == {"app_fine"}
+
+
+def test_an_unknown_depends_id_exits_2_naming_it_and_its_file(cli: Cli, own_database: str) -> None:
+    folder = cli.cwd / f"app-migrations-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    needy = folder / "app-0001.needy.sql"
+    needy.write_text("-- depends: app-0000.missing\nCREATE TABLE app_needy (id int);\n")
+    env = {"TOOLKIT_DATABASE_URL": own_database, "TOOLKIT_MIGRATIONS_PATH": str(folder)}
+    refused = cli.run("migrate", expect=2, env=env)
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(needy) in lines[0] and "'app-0000.missing'" in lines[0], lines
+
+
 def migration_lines(output: str, verb: str) -> list[str]:
     """The migration ids ending the lines that start with ``verb`` in ``output``."""
     return re.findall(rf"^{verb}\s.*?(\S+)$", output, flags=re.MULTILINE)
@@ -419,7 +462,8 @@ def test_audit_anchor_and_verify(cli: Cli, own_database: str) -> None:
     assert "rewritten at seq 7" in broken and "row 7 was rewritten" in broken, broken
     assert key.group(1) in broken, "the finding names the anchor it was checked against"
     assert "audit verify: 1 finding(s) in 8 rows against 2 anchor(s)" in broken
-    refused = cli.run("audit", "anchor", *where, expect=2)
+    # A broken chain is a runtime failure (exit 1), not a usage error (2).
+    refused = cli.run("audit", "anchor", *where, expect=1)
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to anchor" in lines[0], refused.stderr
     assert len(list((store / "audit-anchors").glob("*.json"))) == 2

@@ -1,12 +1,17 @@
 """The wheel carries sql/ and migrations/: installed in a fresh virtualenv, with
 no checkout around, ``toolkit migrate``, ``verify`` and ``demo`` work, and the
 demo falls back to an embedded PostgreSQL (the ``embedded`` extra) where no
-server answers. The wheel and the virtualenv are session fixtures of
-tests/conftest.py, shared with tests/test_cli_commands.py."""
+server answers. Its metadata is PEP 621's (pyproject.toml), psycopg's binary is
+an extra, and a project of its own, outside the checkout, depends on the wheel,
+migrates and passes its test through the toolkit's pytest plugin. The wheel and
+the virtualenv are session fixtures of tests/conftest.py, shared with
+tests/test_cli_commands.py."""
 
 from __future__ import annotations
 
-import configparser
+import email
+import os
+import tomllib
 import uuid
 import venv
 import zipfile
@@ -24,7 +29,9 @@ pytestmark = pytest.mark.packaging
 def test_wheel_holds_every_subpackage_the_sql_and_the_license(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for init in (ROOT / "toolkit").rglob("__init__.py"):
-        assert str(init.relative_to(ROOT)) in names, f"{init} is missing from setup.cfg packages"
+        assert str(init.relative_to(ROOT)) in names, (
+            f"{init} is missing from [tool.setuptools] packages in pyproject.toml"
+        )
     for folder in ("sql", "migrations"):
         for path in (ROOT / folder).glob("*.sql"):
             assert f"toolkit/{folder}/{path.name}" in names
@@ -35,18 +42,125 @@ def test_wheel_holds_every_subpackage_the_sql_and_the_license(wheel: Path) -> No
     assert zipfile.ZipFile(wheel).read(licenses[0]) == (ROOT / "LICENSE").read_bytes()
 
 
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def test_installed_distribution_name_and_version(installed_venv: Path, tmp_path: Path) -> None:
-    metadata = configparser.ConfigParser()
-    metadata.read(ROOT / "setup.cfg")
-    assert metadata["metadata"]["name"] == DISTRIBUTION
+    assert PROJECT["name"] == DISTRIBUTION
     shown = run_ok(
         installed_venv / "bin" / "python",
         "-c",
         "import importlib.metadata as m, toolkit; "
-        "print(toolkit.__version__, m.metadata(toolkit.DISTRIBUTION)['License'])",
+        "print(toolkit.__version__, m.metadata(toolkit.DISTRIBUTION)['License-Expression'])",
         cwd=tmp_path,
     )
-    assert shown.stdout.split() == [metadata["metadata"]["version"], "MIT"]
+    assert shown.stdout.split() == [PROJECT["version"], "MIT"]
+
+
+def test_version_from_the_script_and_from_python_m(installed_venv: Path, tmp_path: Path) -> None:
+    expected = f"toolkit {PROJECT['version']} ({DISTRIBUTION})\n"
+    assert run_ok(installed_venv / "bin" / "toolkit", "--version", cwd=tmp_path).stdout == expected
+    python = installed_venv / "bin" / "python"
+    assert run_ok(python, "-m", "toolkit", "--version", cwd=tmp_path).stdout == expected
+    assert run_ok(python, "-m", "toolkit", "--help", cwd=tmp_path).stdout.startswith(
+        "usage: toolkit "
+    )
+
+
+def test_psycopg_binary_is_an_extra_not_a_requirement(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.message_from_bytes(archive.read(name))
+    requires = metadata.get_all("Requires-Dist") or []
+    unconditional = [r for r in requires if ";" not in r]
+    assert "psycopg[pool]<4,>=3.2" in unconditional, requires
+    assert not [r for r in unconditional if "binary" in r], unconditional
+    for extra in ("binary", "test", "embedded"):
+        assert f'psycopg[binary]<4,>=3.2; extra == "{extra}"' in requires, extra
+    assert metadata["License-Expression"] == "MIT"
+    assert metadata["Requires-Python"] == ">=3.11"
+
+
+CONSUMER_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=77"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "notes-app"
+version = "0.0.1"
+requires-python = ">=3.11"
+dependencies = [
+    "agent-persistence-toolkit[binary] @ {wheel_url}",
+    "pytest>=8",
+]
+
+[tool.setuptools]
+packages = []
+"""
+
+CONSUMER_MIGRATION = """\
+-- depends: 0001.core-schema
+CREATE TABLE notes_app_notes (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner_id uuid NOT NULL REFERENCES users (id),
+    body text NOT NULL
+);
+"""
+
+CONSUMER_TEST = """\
+from toolkit.repositories import users
+
+
+def test_a_note_for_a_user(toolkit_db):
+    with toolkit_db.connection() as conn:
+        owner = users.create(conn, {"email": "notes@example.com", "display_name": "N"})
+        conn.execute(
+            "INSERT INTO notes_app_notes (owner_id, body) VALUES (%s, 'hello')", [owner.id]
+        )
+        (count,) = conn.execute("SELECT count(*) FROM notes_app_notes").fetchone()
+    assert count == 1
+"""
+
+
+def test_a_project_outside_the_checkout_depends_on_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    """What the README's install section says: depend on the built wheel by path."""
+    project = tmp_path / "notes-app"
+    (project / "migrations").mkdir(parents=True)
+    (project / "tests").mkdir()
+    (project / "pyproject.toml").write_text(CONSUMER_PYPROJECT.format(wheel_url=wheel.as_uri()))
+    (project / "migrations" / "notes-0001.notes.sql").write_text(CONSUMER_MIGRATION)
+    (project / "migrations" / "notes-0001.notes.rollback.sql").write_text(
+        "DROP TABLE notes_app_notes;\n"
+    )
+    (project / "tests" / "test_notes.py").write_text(CONSUMER_TEST)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    run_ok(bin_dir / "python", "-m", "pip", "install", "-q", str(project), cwd=project)
+
+    dbname = f"toolkit_consumer_{uuid.uuid4().hex[:8]}"
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TOOLKIT_") and key not in {"PYTHONPATH", "VIRTUAL_ENV"}
+    }
+    environment |= {
+        "TOOLKIT_DATABASE_URL": server_url(dbname),
+        "TOOLKIT_MIGRATIONS_PATH": str(project / "migrations"),
+        "TOOLKIT_TEST_SERVER_URL": server_url(),
+    }
+    try:
+        migrated = run_ok(bin_dir / "toolkit", "migrate", cwd=project, env=environment)
+        assert "applied 0001.core-schema" in migrated.stdout
+        assert "applied notes-0001.notes" in migrated.stdout
+        tested = run_ok(
+            bin_dir / "pytest", "-q", "-p", "no:cacheprovider", cwd=project, env=environment
+        )
+        assert "1 passed" in tested.stdout, tested.stdout
+    finally:
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
 def test_installed_wheel_migrates_verifies_and_runs_the_demo(

@@ -682,11 +682,13 @@ def add_audit_commands(commands: Any) -> argparse.ArgumentParser:
                 "--retention-days",
                 type=int,
                 default=DEFAULT_RETENTION_DAYS,
-                help="S3 Object Lock retention when the bucket has Object Lock "
-                f"(default {DEFAULT_RETENTION_DAYS})",
+                help="S3 Object Lock retention when the bucket has Object Lock",
             )
             sub.add_argument(
-                "--retention-mode", choices=["COMPLIANCE", "GOVERNANCE"], default="COMPLIANCE"
+                "--retention-mode",
+                choices=["COMPLIANCE", "GOVERNANCE"],
+                default="COMPLIANCE",
+                help="S3 Object Lock mode (GOVERNANCE can be lifted by a privileged user)",
             )
         else:
             sub.add_argument(

@@ -1,25 +1,88 @@
-"""The ``toolkit`` console script.
+"""The ``toolkit`` console script (also ``python -m toolkit``).
 
 Commands: ``migrate``, ``rollback``, ``queries`` (``queries show NAME``),
 ``verify``, ``demo``, ``relay``, ``worker``, ``storage sweep`` and ``audit
 anchor``/``audit verify``. Settings
 come from the ``TOOLKIT_*`` environment; ``--database-url`` overrides the
-database for one run. Exit codes: 0 on success, 1 when ``verify`` or ``audit
-verify`` finds problems, 2 on any toolkit error (the message is printed on one line,
-without a traceback).
+database for one run. Errors are printed on one line, without a traceback.
+
+Exit codes (:data:`EXIT_CODES`): 0 on success; 1 when the command ran and
+failed (a service unreachable, a statement or migration the database refused,
+a broken audit chain) or when ``verify`` or ``audit verify`` finds problems;
+2 when it was called or configured wrongly: a bad option, a bad ``TOOLKIT_*``
+setting (:class:`~toolkit.errors.ConfigurationError`), an argument the toolkit
+rejected before running anything (:class:`~toolkit.errors.InvalidInput` not
+translated from the database), or malformed SQL or migration files.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 
+from toolkit import DISTRIBUTION, __version__
 from toolkit.config import settings_from_options
-from toolkit.errors import ToolkitError
+from toolkit.errors import ConfigurationError, InvalidInput, QueryDefinitionError, ToolkitError
+
+FAILED = 1
+"""The exit code of a command that ran and failed (or whose check found problems)."""
+USAGE = 2
+"""The exit code of a command called or configured wrongly (argparse uses it too)."""
+
+EXIT_CODES = (
+    "exit codes: 0 success; 1 the command ran and failed (a service unreachable, the database "
+    "refused a statement or migration), or verify / audit verify found problems; 2 a usage or "
+    "configuration error (a bad option or argument, a bad TOOLKIT_* setting, malformed SQL or "
+    "migration files)"
+)
+
+
+def exit_code(error: ToolkitError) -> int:
+    """``USAGE`` when ``error`` says the command was called or configured wrongly, else ``FAILED``.
+
+    An InvalidInput translated from the database (it has a ``driver_error``)
+    is about the data, not the arguments: a runtime failure.
+    """
+    if isinstance(error, (ConfigurationError, QueryDefinitionError)):
+        return USAGE
+    if isinstance(error, InvalidInput) and error.driver_error is None:
+        return USAGE
+    return FAILED
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless the help already says it.
+
+    A default of None, False or an empty list means "not given": the help
+    says in words what happens then.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shows_default = (
+            "default" not in text
+            and default is not argparse.SUPPRESS
+            and default not in (None, False, [])
+            and (
+                action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+            )
+        )
+        return f"{text} (default: %(default)s)" if shows_default else text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the toolkit's help formatter, inherited by every subcommand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _migration_url(args: argparse.Namespace) -> str:
@@ -63,8 +126,9 @@ def _cmd_queries(args: argparse.Namespace) -> int:
     queries = registry()
     if args.action == "show":
         if not args.name:
-            raise ToolkitError(
-                "queries show needs a query name, e.g. 'toolkit queries show agents.get'"
+            raise InvalidInput(
+                "queries show needs a query name, e.g. 'toolkit queries show agents.get'",
+                field="name",
             )
         query = queries[args.name]
         print(f"-- {query.location}\n-- name: {query.name} :{query.kind.value}\n-- {query.doc}")
@@ -119,9 +183,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings_from_options(args), embedded=args.embedded)
 
 
+def version_line() -> str:
+    """What ``toolkit --version`` prints: the command, the version and the distribution."""
+    return f"toolkit {__version__} ({DISTRIBUTION})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``toolkit`` command."""
-    parser = argparse.ArgumentParser(prog="toolkit", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="toolkit",
+        description="Migrate, inspect and run the agent persistence toolkit: PostgreSQL, "
+        "Redis, RabbitMQ and file storage. Settings come from the TOOLKIT_* environment.",
+        epilog=EXIT_CODES,
+    )
+    parser.add_argument(
+        "--version", action="version", version=version_line(), help="print the version and exit"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -141,13 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rollback = command("rollback", _cmd_rollback, "revert the newest applied migration(s)")
     how_many = rollback.add_mutually_exclusive_group()
-    how_many.add_argument(
-        "--count", type=int, default=1, help="revert the newest N migrations (default 1)"
-    )
+    how_many.add_argument("--count", type=int, default=1, help="revert the newest N migrations")
     how_many.add_argument("--all", action="store_true", help="revert every applied migration")
     queries = command("queries", _cmd_queries, "list the named queries, or show one's SQL")
-    queries.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    queries.add_argument("name", nargs="?", help="the query to show, e.g. agents.get")
+    queries.add_argument(
+        "action", nargs="?", choices=["list", "show"], default="list", help="what to do"
+    )
+    queries.add_argument(
+        "name", nargs="?", help="the query to show, e.g. agents.get (needed by show)"
+    )
     command("verify", _cmd_verify, "check every query against the schema and its record")
     demo = command("demo", _cmd_demo, "migrate and walk one story through the toolkit")
     demo.add_argument(
@@ -178,14 +257,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``toolkit`` command; returns the exit code."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    leading_options = itertools.takewhile(lambda argument: argument.startswith("-"), arguments)
+    if "--version" in leading_options:
+        # Answered before the parser is built, which reads the settings: a bad
+        # setting must not hide which version is installed.
+        print(version_line())
+        return 0
     try:
         # Building the parser imports the modules that bind queries, which
         # reads the settings: a bad one is reported like any other error.
         parser = build_parser()
     except ToolkitError as exc:
         print(f"toolkit: {exc}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
+        return exit_code(exc)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -194,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except ToolkitError as exc:
         print(f"toolkit {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
     return code
 
 

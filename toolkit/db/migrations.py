@@ -157,7 +157,36 @@ def _migrations(app_folders: Sequence[Path] | None) -> Any:
                     f"migration id {path.stem!r} is used twice: {first} and {path}; "
                     "give the application's migrations names of their own"
                 )
-    return read_migrations(str(own), *(str(folder) for folder in folders))
+    migrations = read_migrations(str(own), *(str(folder) for folder in folders))
+    _check_dependencies(migrations)
+    return migrations
+
+
+def _check_dependencies(migrations: Sequence[Any]) -> None:
+    """Raise ConfigurationError naming any ``-- depends:`` id that is not one of ``migrations``.
+
+    yoyo reports only "Could not resolve dependencies in <file>", and
+    resolves ids against every migration its process has read, not just these.
+    """
+    known = {migration.id for migration in migrations}
+    for migration in migrations:
+        try:
+            migration.load()
+            unreadable = None
+        except BadMigration as exc:
+            unreadable = exc
+        # yoyo sets __depends__ before it resolves it (and fails) in load().
+        declared = getattr(migration.module, "__depends__", None) or ()
+        if isinstance(declared, str | bytes):
+            declared = [declared]
+        unknown = sorted(str(name) for name in declared if name not in known)
+        if unknown:
+            raise ConfigurationError(
+                f"migration {migration.path} depends on {', '.join(map(repr, unknown))}, "
+                "which is not a migration id (a migration's id is its file name without .sql)"
+            )
+        if unreadable is not None:
+            raise ConfigurationError(f"migration {migration.path} cannot be read: {unreadable}")
 
 
 def _origin(migration: Any) -> str:
@@ -175,7 +204,14 @@ def migrate(url: str, app_folders: Sequence[Path] | None = None) -> MigrationRes
     created = ensure_database(url)
     with _locked_backend(url) as backend:
         pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+        # One at a time, as yoyo's apply_migrations does, to name the one that fails.
+        for migration in pending:
+            try:
+                backend.apply_one(migration)
+            except psycopg.Error as exc:
+                raise_translated(exc, f"migration {migration.id} ({migration.path}) failed")
+        if pending:
+            backend.run_post_apply(pending)
     applied = tuple(m.id for m in pending)
     for migration_id in applied:
         log.info("applied %s", migration_id)

@@ -41,7 +41,7 @@ def add_storage_commands(commands: Any) -> argparse.ArgumentParser:
         "--grace-seconds",
         type=float,
         default=DEFAULT_GRACE_SECONDS,
-        help=f"only touch objects older than this (default {DEFAULT_GRACE_SECONDS:.0f})",
+        help="only touch objects older than this many seconds",
     )
     sweep.set_defaults(handler=sweep_command)
     parser: argparse.ArgumentParser = storage

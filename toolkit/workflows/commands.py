@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``toolkit relay``."""
-    parser.add_argument("--batch-size", type=int, default=500, help="rows per claim (500)")
+    parser.add_argument("--batch-size", type=int, default=500, help="rows per claim")
     parser.add_argument(
         "--poll-interval", type=float, default=1.0, help="seconds between polls without NOTIFY"
     )
@@ -105,7 +105,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work",
         help="the workflow work function, as module:function (a coroutine function runs "
-        "on the worker's event loop with an AsyncDatabase)",
+        "on the worker's event loop with an AsyncDatabase; default: echo the input back)",
     )
     # dest "handlers": "handler" is the subcommand's function in the namespace.
     parser.add_argument(
@@ -114,7 +114,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="QUEUE=MODULE:FUNCTION",
-        help="replace a queue's handler (repeatable)",
+        help="replace a queue's handler (repeatable; default: the built-in handlers)",
     )
 
 
