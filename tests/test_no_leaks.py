@@ -4,10 +4,11 @@ Every test plants recognisable secrets (passwords in the database, Redis,
 RabbitMQ and storage URLs, an ``sk-`` API key and a prompt in LLM-cache
 requests, an email in a duplicate user, a secret in an agent's config),
 drives a fault path of one layer against the real services, and then checks
-that no planted secret appears in the exception's message (``str`` and
-``repr`` of it and of every toolkit exception chained to it), in any log
-record at INFO or above (its traceback included), or in the output of the
-``toolkit`` command.
+that no planted secret appears in the exception's formatted traceback, in
+``str`` and ``repr`` of it and of every exception reachable from it through
+``__cause__`` and ``__context__`` (driver exceptions included, suppressed
+contexts included), in any log record at INFO or above (its traceback
+included), or in the output of the ``toolkit`` command.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import load_settings
 from toolkit.db import Database, migrate
+from toolkit.db.errors import describe_target, mask_conninfo
 from toolkit.errors import (
     ConfigurationError,
     Conflict,
@@ -42,10 +45,11 @@ from toolkit.messaging.models import NotificationSend
 from toolkit.messaging.publisher import Publisher
 from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import Topology
-from toolkit.repositories import agents, users
+from toolkit.repositories import agents
 from toolkit.storage import open_storage
 
 from .core.factories import make_agent
+from .support.modes import both
 
 DB_PASSWORD = "pgPw-PLANTED-7f3a"
 AMQP_PASSWORD = "amqpPw-PLANTED-91c2"
@@ -75,16 +79,32 @@ ROOT = Path(__file__).resolve().parents[1]
 # -- where a secret could show ------------------------------------------------
 
 
-def exception_texts(exc: BaseException) -> list[str]:
-    """``str`` and ``repr`` of ``exc`` and of every toolkit exception chained to it."""
-    texts = [str(exc), repr(exc)]
-    seen = {id(exc)}
-    link = exc.__cause__ or exc.__context__
-    while link is not None and id(link) not in seen:
+def chain_links(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception reachable from it through ``__cause__`` and ``__context__``.
+
+    Both links of every exception are followed, recursively (a suppressed
+    ``__context__`` too), whatever the exception's type.
+    """
+    links: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
         seen.add(id(link))
-        if isinstance(link, ToolkitError):
-            texts += [str(link), repr(link)]
-        link = link.__cause__ or link.__context__
+        links.append(link)
+        pending += [link.__cause__, link.__context__]
+        if isinstance(link, BaseExceptionGroup):
+            pending += link.exceptions
+    return links
+
+
+def exception_texts(exc: BaseException) -> list[str]:
+    """The formatted traceback of ``exc``, and ``str`` and ``repr`` of every link of its chains."""
+    texts = ["".join(traceback.format_exception(exc))]
+    for link in chain_links(exc):
+        texts += [str(link), repr(link)]
     return texts
 
 
@@ -130,11 +150,23 @@ def test_the_check_sees_a_planted_secret_where_it_is() -> None:
     """The detector itself: a message quoting a URL unmasked is caught, a masked one is not."""
     url = f"postgresql://app:{DB_PASSWORD}@db:5432/x"
     error = Unavailable(f"cannot reach {url}")
-    assert leaks(exception_texts(error)) == [(DB_PASSWORD, str(error)), (DB_PASSWORD, repr(error))]
+    formatted = "".join(traceback.format_exception(error))
+    assert leaks(exception_texts(error)) == [
+        (DB_PASSWORD, formatted),
+        (DB_PASSWORD, str(error)),
+        (DB_PASSWORD, repr(error)),
+    ]
     chained = ConfigurationError("outer")
     chained.__cause__ = error
     assert leaks(exception_texts(chained))
     assert not leaks([f"cannot reach {url.replace(DB_PASSWORD, '***')}"])
+    # Any exception on any link: a driver's, two links down a suppressed __context__.
+    driver = KeyError(f"DETAIL: Key (email)=({EMAIL}) already exists.")
+    middle = ValueError("middle")
+    middle.__context__ = driver
+    outer = Conflict("outer")
+    outer.__context__, outer.__suppress_context__ = middle, True
+    assert leaks(exception_texts(outer)) and chain_links(outer) == [outer, middle, driver]
 
 
 # -- PostgreSQL ----------------------------------------------------------------
@@ -176,17 +208,30 @@ def test_a_missing_database_names_it_without_the_password(watched, database_url)
     watched(raised(use, ToolkitError))
 
 
-def test_a_duplicate_email_keeps_the_email_in_detail_only(watched, database_url) -> None:
+def test_a_duplicate_email_keeps_the_email_in_detail_only(watched, database_url, mode) -> None:
+    """The Conflict's chain and traceback show no email; detail and driver_error keep it."""
+    users_api = both("toolkit.repositories.users")
     settings = load_settings(database_url=_with_password(database_url), pool_min_size=0)
-    with Database(settings) as db, db.connection() as conn:
-        users.create(conn, {"email": EMAIL, "display_name": "First"})
-        error = raised(
-            lambda: users.create(conn, {"email": EMAIL.upper(), "display_name": "Second"}),
-            Conflict,
-        )
-    assert isinstance(error, ToolkitError) and error.detail is not None
-    assert EMAIL in error.detail.lower()  # kept for debugging, off the message
-    watched(error)
+    database = both("toolkit.db.database").Database(settings, warn_if_privileged=False)
+    second = {"email": EMAIL.upper(), "display_name": "Second"}
+    with database as db:
+        with db.connection() as conn:
+            users_api.create(conn, {"email": EMAIL, "display_name": "First"})
+            direct = raised(lambda: users_api.create(conn, second), Conflict)
+
+        def in_a_transaction() -> None:
+            with db.transaction() as tx:
+                users_api.create(tx, second)
+
+        transactional = raised(in_a_transaction, Conflict)
+    for error in (direct, transactional):
+        assert isinstance(error, ToolkitError) and error.detail is not None
+        assert EMAIL in error.detail.lower()  # kept for debugging, off the message
+        assert isinstance(error.driver_error, psycopg.errors.UniqueViolation)
+        assert EMAIL in str(error.driver_error).lower()  # so it must be off the chain:
+        assert error.__cause__ is None and error.__context__ is None
+        assert EMAIL not in "".join(traceback.format_exception(error)).lower()
+    watched(direct, transactional)
 
 
 def test_a_stale_or_missing_agent_update_shows_none_of_its_config(watched, conn) -> None:
@@ -287,12 +332,97 @@ def test_storage_failures_show_no_password(watched, tmp_path) -> None:
         f"file://{tmp_path}?password={STORAGE_PASSWORD}",
         f"s3://?password={STORAGE_PASSWORD}",
         f"ftp://user:{STORAGE_PASSWORD}@host/x",
+        f"memory://u:{STORAGE_PASSWORD}@x",
+        f"memory://x?password={STORAGE_PASSWORD}",
+        f"s3://u:{STORAGE_PASSWORD}@bucket",
+        f"s3://u:{STORAGE_PASSWORD}/x@bucket",
+        f"s3://bucket?endpoint=http://u:{STORAGE_PASSWORD}@minio:9000",
+        f"file://u:{STORAGE_PASSWORD}@/path",
     ]
     failures = [raised(lambda u=u: open_storage(u), ConfigurationError) for u in bad_urls]
     with open_storage(f"file://{tmp_path}") as storage:
         failures.append(raised(lambda: storage.put("../escape", b"x"), InvalidInput))
         failures.append(raised(lambda: storage.get("missing/object"), NotFound))
     watched(*failures)
+
+
+# -- passwords libpq reads differently from urllib ------------------------------
+
+PW_HEAD, PW_TAIL = "pwHEAD", "pwTAIL"
+"""Both halves of a planted password: neither may show, nor the whole."""
+
+AWKWARD = ["#", "?", "@", "/", "%40", " ", "'", '"', "\\", "&"]
+"""Characters that urllib or libpq treat specially, between the two halves of a password."""
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _awkward_url(form: str, character: str, dbname: str) -> str:
+    """A conninfo for ``dbname`` on the test server carrying a password around ``character``."""
+    secret = f"{PW_HEAD}{character}{PW_TAIL}"
+    where = f"host=127.0.0.1 port=5432 user=postgres dbname={dbname}"
+    return {
+        "url": f"postgresql://postgres:{secret}@127.0.0.1:5432/{dbname}",
+        "url-sslpassword": f"postgresql://postgres@127.0.0.1:5432/{dbname}?sslpassword={secret}",
+        "conninfo-quoted": f"{where} password={_quoted(secret)}",
+        "conninfo-bare": f"{where} password={secret} application_name=leaktest",
+        "conninfo-sslpassword": f"{where} sslpassword={_quoted(secret)}",
+    }[form]
+
+
+def _password_leaks(texts: Iterable[str]) -> list[str]:
+    return [text for text in texts if PW_HEAD in text or PW_TAIL in text]
+
+
+def _shown_or_refused(show: Callable[[], object]) -> str:
+    try:
+        return str(show())
+    except ToolkitError as error:
+        return "\n".join(exception_texts(error))
+
+
+FORMS = ["url", "url-sslpassword", "conninfo-quoted", "conninfo-bare", "conninfo-sslpassword"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("character", AWKWARD, ids=repr)
+def test_no_password_shows_however_awkward(database_url, form: str, character: str) -> None:
+    """Settings, masks, target names, a real failed connect and the CLI's line show no half.
+
+    The server trusts local connections, so the password is never checked:
+    the connection fails only on the missing database, as it would in
+    production on the first use of a fresh deployment.
+    """
+    dbname = f"missing_{uuid.uuid4().hex[:8]}"
+    url = _awkward_url(form, character, dbname)
+    texts = [
+        _shown_or_refused(lambda: repr(load_settings(database_url=url))),
+        _shown_or_refused(lambda: describe_target(url)),
+        _shown_or_refused(lambda: mask_conninfo(url)),
+    ]
+    try:
+        settings = load_settings(database_url=url, pool_min_size=0, pool_timeout=2.0)
+    except ConfigurationError as refused:
+        texts += exception_texts(refused)
+    else:
+
+        def use() -> None:
+            with Database(settings) as db, db.connection() as conn:
+                conn.execute("SELECT 1")
+
+        texts += exception_texts(raised(use, ToolkitError))
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", "verify"],
+        env=os.environ | {"TOOLKIT_DATABASE_URL": url, "TOOLKIT_CONNECT_TIMEOUT": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert _password_leaks([*texts, done.stdout + done.stderr]) == []
 
 
 # -- settings and the toolkit command -----------------------------------------
@@ -328,6 +458,7 @@ CLI_COMMANDS = [
     ("verify",),
     ("relay", "--once", "--no-listen"),
     ("storage", "sweep", "--storage-url", "memory://leaktest"),
+    ("storage", "sweep", "--storage-url", f"memory://u:{STORAGE_PASSWORD}@leaktest"),
     ("audit", "verify"),
     ("demo",),
 ]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +24,15 @@ from toolkit.errors import ConfigurationError
 ENV_PREFIX = "TOOLKIT_"
 
 _MASK = "***"
-_CONNINFO_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+_NOT_A_USER = re.compile(r"[/?#&=@]")
+_SECRET_NAME = re.compile(r"pass|secret|token", re.IGNORECASE)
+# A key=value conninfo: a key naming a secret, and its value: quoted (maybe unterminated),
+# or bare, with any bare words after it that are not ``key=`` (an unquoted password's rest).
+_CONNINFO_SECRET = re.compile(
+    r"((?:^|(?<=\s))\w*(?:pass|secret|token)\w*\s*=\s*)"
+    r"('(?:[^'\\]|\\.)*'?|\S*(?:\s+(?!\w+\s*=)\S+)*)",
+    re.IGNORECASE,
+)
 _URL_FIELDS = (
     "database_url",
     "migration_database_url",
@@ -32,6 +40,13 @@ _URL_FIELDS = (
     "amqp_url",
     "storage_url",
     "audit_anchor_url",
+)
+
+
+MISPLACED_AT = (
+    "the URL has an '@' that libpq would not read as the end of user:password, so part of "
+    "a password would be taken for the host or database name; percent-encode '@' as %40 "
+    "and '/' as %2F in the user and password (the URL is not shown)"
 )
 
 
@@ -47,26 +62,63 @@ def _split_modules(value: str) -> tuple[str, ...]:
 
 
 def mask_password(url: str) -> str:
-    """``url`` with any password replaced by ``***``: URL userinfo, ``?password=`` or ``password=``.
+    """``url`` with anything that may be a password replaced by ``***``, judged from the text.
 
-    Used wherever a connection string may reach a message, a log line or a repr.
+    Used wherever a connection or storage URL may reach a message, a log line
+    or a repr; it never needs the URL to be well formed. In a URL everything
+    between ``user:`` and the *last* ``@`` is masked (libpq ends the userinfo
+    at the first ``@`` before a ``/``, urllib at the last ``@`` before ``/?#``:
+    the last ``@`` covers both), and so is the value of every query parameter
+    whose name (percent-decoded) has ``pass``, ``secret`` or ``token`` in it.
+    In a ``key=value`` string the value of every such key is masked, quoted
+    or not. :func:`toolkit.db.errors.mask_conninfo` checks the result for a
+    PostgreSQL URL against libpq's own parse.
     """
-    if "://" not in url:
-        return _CONNINFO_PASSWORD.sub(lambda m: m.group(1) + _MASK, url)
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user, has_password, _ = userinfo.partition(":")
-            netloc = f"{user}:{_MASK}@{hostinfo}" if has_password else netloc
-        query = parts.query
-        if "password" in query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, _MASK if k == "password" else v) for k, v in pairs], safe="*")
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<a URL that could not be parsed>"
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return _CONNINFO_SECRET.sub(lambda m: m.group(1) + _MASK, url)
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if _NOT_A_USER.search(user):  # the "@" was further on: userinfo swallowed more
+            rest = f"{_MASK}@{rest}"
+        else:
+            rest = (f"{user}:{_MASK}@" if colon else f"{user}@") + rest
+    address, question, query = rest.partition("?")
+    if question:
+        query = _masked_query(query)
+    return f"{scheme}://{address}{question}{query}"
+
+
+def _masked_query(query: str) -> str:
+    """``query`` with secret-named parameters masked, and any ``&``-piece without ``=`` after
+    one (a password with a raw ``&`` in it)."""
+    pairs, in_secret = [], False
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        if equals:
+            in_secret = bool(_SECRET_NAME.search(unquote(name)))
+            pairs.append(f"{name}={_MASK}" if in_secret else pair)
+        elif not in_secret:
+            pairs.append(pair)
+    return "&".join(pairs)
+
+
+def misplaced_at(url: str) -> bool:
+    """Whether a PostgreSQL URL has an ``@`` that libpq would not read as the end of user:password.
+
+    libpq ends the userinfo at the first ``@`` before any ``/``, so a password
+    with a raw ``@`` or ``/`` is silently read as part of the host, port or
+    database name, where messages would show it. Such a URL is refused
+    (the password must percent-encode them, ``%40`` and ``%2F``).
+    """
+    _, separator, rest = url.partition("://")
+    if not separator:
+        return False
+    end = min((i for i in (rest.find("@"), rest.find("/")) if i >= 0), default=-1)
+    if end >= 0 and rest[end] == "@":
+        rest = rest[end + 1 :]
+    return "@" in rest
 
 
 class Settings(BaseSettings):
@@ -154,6 +206,8 @@ class Settings(BaseSettings):
         # before connecting (this module stays free of the driver).
         if "://" in value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("a URL must start with postgresql:// or postgres://")
+        if misplaced_at(value):
+            raise ValueError(MISPLACED_AT)
         return value
 
     @field_validator("redis_url")
@@ -191,14 +245,17 @@ def load_settings(**overrides: object) -> Settings:
     Raises :class:`ConfigurationError` naming the environment variable of the
     first bad value.
     """
+    problems = []
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
             problems.append(f"{ENV_PREFIX}{field.upper()}: {error['msg']}")
-        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+    if problems:
+        # Raised out of the except block: pydantic's error quotes the values (passwords
+        # in URLs), and would otherwise stay reachable as __context__.
+        raise ConfigurationError("invalid settings: " + "; ".join(problems))
     if settings.pool_min_size > settings.pool_max_size:
         raise ConfigurationError(
             f"{ENV_PREFIX}POOL_MIN_SIZE ({settings.pool_min_size}) exceeds "

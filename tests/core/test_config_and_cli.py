@@ -111,12 +111,53 @@ def test_passwords_never_appear_in_the_repr_of_settings() -> None:
         ),
         ("dbname=a password='p w\\' x' user=b", "dbname=a password=*** user=b"),
         ("dbname=a password = plain user=b", "dbname=a password = *** user=b"),
+        # What urllib splits differently from libpq, which reads up to the first "@".
+        ("postgresql://u:p#ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p?ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p@ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p/ss@h/db", "postgresql://u:***@h/db"),
+        ("redis://h/0?password=pw&x=a:b@c", "redis://***@c"),
+        (
+            "postgresql://h/db?sslpassword=a#b&pass%77ord=c&sslmode=require",
+            "postgresql://h/db?sslpassword=***&pass%77ord=***&sslmode=require",
+        ),
+        ("dbname=a sslpassword='x y' user=b", "dbname=a sslpassword=*** user=b"),
+        ("dbname=a password=two words user=b", "dbname=a password=*** user=b"),
+        ("host='unterminated password=pw", "host='unterminated password=***"),
+        ("memory://u:pw@x", "memory://u:***@x"),
     ],
 )
 def test_mask_password_covers_every_place_a_password_can_be(url: str, masked: str) -> None:
     from toolkit.config import mask_password
 
     assert mask_password(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:p#ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p%40ss@h/db?sslpassword=x", "postgresql://u:***@h/db?sslpassword=***"),
+        ("host=h password='a b' sslpassword=c#d", "host=h password=*** sslpassword=***"),
+        ("postgresql://u:p@ss@h/db", "(URL not shown"),  # libpq would take "ss@h" for the host
+        ("postgresql://u:p/ss@h/db", "(URL not shown"),  # ... and "p" for the port
+        ("host=h password=two words", "(URL not shown"),  # libpq cannot parse it
+    ],
+)
+def test_mask_conninfo_shows_what_libpq_reads_with_its_secrets_masked(url: str, shown: str) -> None:
+    from toolkit.db.errors import mask_conninfo
+
+    assert mask_conninfo(url).startswith(shown)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:p@ss@h/db", "postgresql://u:p/ss@h/db"])
+def test_an_at_sign_libpq_would_misread_is_refused_without_the_url(url: str) -> None:
+    from toolkit.db.errors import describe_target
+
+    for refuse in (lambda: load_settings(database_url=url), lambda: describe_target(url)):
+        with pytest.raises(ConfigurationError, match="percent-encode '@' as %40") as info:
+            refuse()
+        assert "ss@h" not in str(info.value)
 
 
 def test_a_missing_database_is_one_line_with_the_fix_and_no_password(capsys) -> None:
@@ -133,6 +174,9 @@ def test_a_missing_database_is_one_line_with_the_fix_and_no_password(capsys) -> 
         "host=localhost bogus_option=1",
         f"postgresql://u:{SECRET}@h/db?bogus=1",
         f"host='unterminated password={SECRET}",
+        # libpq's own reasons quote these pieces of the password: not shown either.
+        f"host=h dbname=d password=unquoted {SECRET}",
+        f"postgresql://u:a {SECRET}@h/db",
     ],
 )
 def test_a_malformed_database_url_is_one_line_at_first_use(url: str, capsys) -> None:

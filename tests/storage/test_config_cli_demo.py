@@ -70,6 +70,47 @@ def test_bad_storage_urls(url: str, message: str) -> None:
         open_storage(url)
 
 
+PLANTED = "storePw-PLANTED-5e80"
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        (f"memory://u:{PLANTED}@x", "no credentials"),
+        (f"memory://:{PLANTED}@", "no credentials"),
+        (f"s3://u:{PLANTED}@bucket/prefix", "AWS_ACCESS_KEY_ID"),
+        (f"s3://bucket?endpoint=http://u:{PLANTED}@minio:9000", "AWS_ACCESS_KEY_ID"),
+        (f"file://u:{PLANTED}@/srv/files", "file system's permissions"),
+    ],
+)
+def test_user_and_password_are_refused_where_the_scheme_has_no_use_for_them(
+    url: str, where: str
+) -> None:
+    """userinfo is refused, not taken for a root, bucket or path; the URL is not echoed."""
+    with pytest.raises(ConfigurationError, match="takes no user:password@ part") as info:
+        open_storage(url)
+    assert where in str(info.value) and PLANTED not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"memory://root?password={PLANTED}",
+        f"s3://u:{PLANTED}/x@bucket",
+        f"file://./files?password={PLANTED}",
+        f"u:{PLANTED}@host://x",
+    ],
+)
+def test_a_bad_storage_url_is_not_echoed(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_storage(url)
+    assert PLANTED not in str(info.value)
+
+
+def test_an_at_sign_in_a_path_or_prefix_is_still_a_path(tmp_path: Path) -> None:
+    assert open_storage(f"file://{tmp_path}/a@b").root == str(tmp_path / "a@b")  # type: ignore[attr-defined]
+
+
 @pytest.mark.skipif(PYFS_AVAILABLE, reason="checks the message shown without the extra")
 def test_the_pyfs_adapter_says_which_extra_it_needs() -> None:
     with pytest.raises(ConfigurationError, match=r"toolkit\[pyfs\]"):

@@ -34,6 +34,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import re
 import threading
 import uuid
 import weakref
@@ -49,7 +50,6 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from toolkit.config import mask_password
 from toolkit.errors import ConfigurationError, IntegrityError, InvalidInput, bounded_repr
 from toolkit.storage.base import ObjectInfo, Storage, content_disposition
 from toolkit.storage.s3 import write_object
@@ -581,46 +581,91 @@ def _symlink_refused(key: str, segment: str) -> InvalidInput:
     )
 
 
+_NO_USERINFO = {
+    "file": "the local storage uses the file system's permissions",
+    "memory": "the memory storage has no credentials",
+    "s3": (
+        "S3 credentials come from the environment (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or the shared AWS config files"
+    ),
+}
+"""Schemes whose URL has no use for user:password@, and where credentials belong instead."""
+
+_BUCKET = re.compile(r"[A-Za-z0-9._-]+")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,20}")
+
+
+def _refuse_userinfo(url: str, setting: str) -> None:
+    """A ConfigurationError, not echoing ``url``, for user:password@ where the scheme has no use."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in _NO_USERINFO and "@" in url[len(scheme) + 3 :].split("/", 1)[0]:
+        raise ConfigurationError(
+            f"{setting}: a {scheme}:// URL takes no user:password@ part (the URL is not "
+            f"shown); {_NO_USERINFO[scheme]}"
+        )
+
+
+def _open_s3(url: str, setting: str) -> S3Storage:
+    """The S3Storage of an ``s3://bucket/prefix?endpoint=&region=&checksum=`` URL."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise ConfigurationError(f"{setting}: no bucket; write s3://bucket/prefix")
+    if not _BUCKET.fullmatch(parts.netloc):
+        raise ConfigurationError(
+            f"{setting}: bad bucket name (not shown): letters, digits, '.', '-' and '_' only"
+        )
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    unknown = set(query) - {"endpoint", "region", "checksum"}
+    if unknown:
+        raise ConfigurationError(
+            f"{setting}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+            "known: endpoint, region, checksum"
+        )
+    if "@" in urlsplit(query.get("endpoint", "")).netloc:
+        raise ConfigurationError(
+            f"{setting}: the endpoint= URL takes no user:password@ part (the URL is not "
+            f"shown); {_NO_USERINFO['s3']}"
+        )
+    return S3Storage(
+        parts.netloc,
+        parts.path,
+        endpoint_url=query.get("endpoint"),
+        region=query.get("region"),
+        checksum=query.get("checksum"),
+    )
+
+
 def open_storage(url: str, setting: str = "TOOLKIT_STORAGE_URL") -> Storage:
     """The Storage a storage URL names; a ConfigurationError naming ``setting`` (the
     variable the URL came from) for a bad one."""
     if not isinstance(url, str) or not url:
         raise ConfigurationError(f"{setting}: must not be empty")
+    _refuse_userinfo(url, setting)
     if url.startswith("file://"):
         path = url[len("file://") :]
         if not path or "?" in path or "#" in path:
-            raise ConfigurationError(f"{setting}: bad file URL {mask_password(url)!r}")
+            raise ConfigurationError(
+                f"{setting}: bad file URL (not shown): it needs a path and takes no ?query "
+                "or #fragment; write file:///absolute/path or file://./relative/path"
+            )
         return LocalStorage(path)
     if url.startswith("memory://"):
         name = url[len("memory://") :].strip("/")
         if name and not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigurationError(f"{setting}: bad memory root {name!r}")
+            raise ConfigurationError(
+                f"{setting}: bad memory root (not shown): only letters, digits, - and _ are allowed"
+            )
         return MemoryStorage(name or None)
     if url.startswith("s3://"):
-        parts = urlsplit(url)
-        if not parts.netloc:
-            raise ConfigurationError(f"{setting}: no bucket in {mask_password(url)!r}")
-        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-        unknown = set(query) - {"endpoint", "region", "checksum"}
-        if unknown:
-            raise ConfigurationError(
-                f"{setting}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                "known: endpoint, region, checksum"
-            )
-        return S3Storage(
-            parts.netloc,
-            parts.path,
-            endpoint_url=query.get("endpoint"),
-            region=query.get("region"),
-            checksum=query.get("checksum"),
-        )
+        return _open_s3(url, setting)
     if url.startswith("pyfs:"):
         from toolkit.storage.pyfs import PyFilesystemStorage  # noqa: PLC0415 - optional extra
 
         return PyFilesystemStorage.from_url(url[len("pyfs:") :])
     if "://" not in url:
         return LocalStorage(url)
+    scheme = url.split("://", 1)[0]
+    shown = repr(scheme) if _SCHEME.fullmatch(scheme) else "(not shown)"
     raise ConfigurationError(
-        f"{setting}: unsupported scheme in {url.split('://', 1)[0]!r}; "
-        "use file://, memory://, s3:// or pyfs:"
+        f"{setting}: unsupported scheme {shown}; use file://, memory://, s3:// or pyfs:"
     )

@@ -29,7 +29,7 @@ from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings, mask_password
 from toolkit.db.database import Database
-from toolkit.db.errors import connection_failure
+from toolkit.db.errors import connection_failure, mask_conninfo
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
 from toolkit.records import Agent
@@ -207,13 +207,13 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
     if not embedded and not _reachable(url):
         if not embedded_available:
             print(
-                f"toolkit demo: no PostgreSQL answers at {mask_password(url)}; start one (Debian/"
+                f"toolkit demo: no PostgreSQL answers at {mask_conninfo(url)}; start one (Debian/"
                 "Ubuntu: 'sudo apt-get install postgresql && sudo pg_ctlcluster 15 main start'), "
                 f"set TOOLKIT_DATABASE_URL, or pip install '{DISTRIBUTION}[embedded]' for an "
                 "embedded one"
             )
             return 1
-        print(f"no PostgreSQL at {mask_password(url)}: using an embedded one (the embedded extra)")
+        print(f"no PostgreSQL at {mask_conninfo(url)}: using an embedded one (the embedded extra)")
         embedded = True
     if embedded and not embedded_available:
         print(f"toolkit demo: --embedded needs the extra: pip install '{DISTRIBUTION}[embedded]'")
@@ -223,7 +223,7 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
             url = stack.enter_context(_embedded_server())
         result = migrate(url)
         applied = ", ".join(result.applied) or "none pending"
-        _step(1, f"migrated {mask_password(url)} (applied: {applied})")
+        _step(1, f"migrated {mask_conninfo(url)} (applied: {applied})")
         database = stack.enter_context(
             Database(settings.model_copy(update={"database_url": url}), url=url)
         )
