@@ -33,6 +33,12 @@ from toolkit.storage.backends import open_storage
 
 log = logging.getLogger(__name__)
 
+ERRORS_DESCRIPTION = (
+    "Every error is `application/problem+json` (RFC 9457, schema `Problem`), "
+    "those of no operation included: a path with no route is 404, a method "
+    "the path does not have is 405 with `Allow`."
+)
+
 
 def create_app(
     toolkit_settings: Settings | None = None,
@@ -56,8 +62,13 @@ def create_app(
             app.state.services = await _open_services(stack, toolkit, settings, llm)
             yield
 
-    app = FastAPI(title="Agents API", version="1.0", lifespan=lifespan)
-    errors.install(app, retry_after=settings.retry_after_seconds)
+    app = FastAPI(
+        title="Agents API",
+        version="1.0",
+        description=ERRORS_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    errors.install(app, retry_after=settings.retry_after_seconds, schemas=[ready.ReadinessProblem])
     app.include_router(ready.router)
     app.include_router(users.router)
     app.include_router(agents.router)

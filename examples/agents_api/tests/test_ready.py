@@ -48,7 +48,9 @@ async def test_the_database_down_is_503(settings: Settings, app_settings: AppSet
         response = await client.get("/ready")
         live = await client.get("/live")
     assert response.status_code == 503
-    assert response.json()["status"] == "unavailable"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "7"
+    assert response.json()["status"] == 503 and "postgres" in response.json()["detail"]
     assert states(response)["postgres"] is False and states(response)["redis"] is True
     assert live.status_code == 200  # liveness does not depend on the database
 

@@ -15,13 +15,13 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict
 
 from agents_api.deps import Connection
-from agents_api.errors import problem
+from agents_api.errors import SERVICE_ERRORS, problem, problem_responses
 from agents_api.http import etag, expected_version, matches, record_response
 from toolkit.aio.repositories import agents
 from toolkit.db.inputs import DEFAULT_LIMIT
 from toolkit.records import Agent, AgentConfig, AgentCreate, LongText, Name, Page, Slug
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+router = APIRouter(prefix="/agents", tags=["agents"], responses=SERVICE_ERRORS)
 
 
 class AgentPatch(BaseModel):
@@ -65,7 +65,11 @@ async def list_agents(conn: Connection, query: Annotated[AgentQuery, Query()]) -
     return record_response(page)
 
 
-@router.get("/{agent_id}", response_model=Agent, responses={304: {"description": "Not Modified"}})
+@router.get(
+    "/{agent_id}",
+    response_model=Agent,
+    responses={304: {"description": "Not Modified"}, **problem_responses(404)},
+)
 async def get_agent(
     agent_id: UUID,
     conn: Connection,
@@ -90,7 +94,7 @@ async def create_agent(body: AgentCreate, conn: Connection) -> Response:
 @router.patch(
     "/{agent_id}",
     response_model=Agent,
-    responses={412: {"description": "Stale version"}, 428: {"description": "If-Match missing"}},
+    responses=problem_responses(404, 412, 428),
 )
 async def update_agent(
     agent_id: UUID,
@@ -101,9 +105,7 @@ async def update_agent(
     """Change the given fields of the agent at the version ``If-Match`` names."""
     if if_match is None:
         return problem(
-            428,
-            "Precondition Required",
-            "send If-Match with the agent's ETag: updates are made against a version",
+            428, "send If-Match with the agent's ETag: updates are made against a version"
         )
     changes: dict[str, Any] = body.model_dump(exclude_unset=True)
     agent = await agents.update(
@@ -112,7 +114,7 @@ async def update_agent(
     return record_response(agent, headers={"ETag": etag(agent.version)})
 
 
-@router.delete("/{agent_id}", status_code=204)
+@router.delete("/{agent_id}", status_code=204, responses=problem_responses(404))
 async def delete_agent(agent_id: UUID, conn: Connection) -> Response:
     """Delete the agent (and its sessions); 404 if there is none."""
     await agents.delete(conn, agent_id)

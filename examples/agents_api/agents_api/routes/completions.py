@@ -14,9 +14,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from agents_api.deps import ServicesDep
+from agents_api.errors import SERVICE_ERRORS
 from agents_api.llm import CompletionRequest, CompletionResponse
 
-router = APIRouter(tags=["completions"])
+router = APIRouter(tags=["completions"], responses=SERVICE_ERRORS)
 
 
 @router.post("/completions", response_model=CompletionResponse)

@@ -14,12 +14,13 @@ from uuid import UUID
 from fastapi import APIRouter, Response
 
 from agents_api.deps import Connection, Transaction
+from agents_api.errors import SERVICE_ERRORS, problem_responses
 from agents_api.http import etag, record_response
 from toolkit.aio.repositories import executions
 from toolkit.aio.workflows.service import start_execution
 from toolkit.records import Execution, ExecutionCreate
 
-router = APIRouter(prefix="/executions", tags=["executions"])
+router = APIRouter(prefix="/executions", tags=["executions"], responses=SERVICE_ERRORS)
 
 
 @router.post("", status_code=202, response_model=Execution)
@@ -30,7 +31,7 @@ async def start(body: ExecutionCreate, tx: Transaction) -> Response:
     return record_response(execution, status_code=202, headers=headers)
 
 
-@router.get("/{execution_id}", response_model=Execution)
+@router.get("/{execution_id}", response_model=Execution, responses=problem_responses(404))
 async def get_execution(execution_id: UUID, conn: Connection) -> Response:
     """One execution, as it stands (pending, running, succeeded, failed or cancelled)."""
     execution = await executions.get(conn, execution_id)

@@ -27,14 +27,14 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.background import BackgroundTask
 
 from agents_api.deps import Connection, Services, ServicesDep
-from agents_api.errors import problem
+from agents_api.errors import SERVICE_ERRORS, problem, problem_responses
 from agents_api.http import record_response
 from toolkit.aio.storage import repository as files
 from toolkit.aio.storage.filestore import AsyncFileStore
 from toolkit.errors import InvalidInput, Unavailable
 from toolkit.storage.records import File
 
-router = APIRouter(prefix="/files", tags=["files"])
+router = APIRouter(prefix="/files", tags=["files"], responses=SERVICE_ERRORS)
 
 
 class UploadQuery(BaseModel):
@@ -55,14 +55,14 @@ def _store(services: Services) -> AsyncFileStore:
 
 
 def _too_large(limit: int) -> Response:
-    return problem(413, "Content Too Large", f"uploads are limited to {limit} bytes", field="size")
+    return problem(413, f"uploads are limited to {limit} bytes", field="size")
 
 
 @router.post(
     "",
     status_code=201,
     response_model=File,
-    responses={413: {"description": "Too large"}},
+    responses=problem_responses(413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -96,7 +96,7 @@ async def upload(
     return record_response(stored, status_code=201, headers={"Location": f"/files/{stored.id}"})
 
 
-@router.get("/{file_id}", response_class=StreamingResponse)
+@router.get("/{file_id}", response_class=StreamingResponse, responses=problem_responses(404))
 async def download(file_id: UUID, conn: Connection, services: ServicesDep) -> StreamingResponse:
     """The file's bytes, streamed, with the headers that make serving them safe.
 

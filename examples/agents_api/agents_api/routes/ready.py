@@ -8,6 +8,9 @@ required: the LLM cache fails open (completions are computed), and outbox
 messages wait in PostgreSQL until the relay reaches the broker. Taking the
 service out of a load balancer for those would turn a degraded service
 into an outage.
+
+A 503 is a problem (``application/problem+json``) like every other error
+of the app, with each service's state in ``services``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from agents_api.deps import Services, ServicesDep
+from agents_api.errors import Problem, problem_response, problem_responses
 from toolkit.messaging.connection import ConnectionOptions, close_quietly, connect
 
 router = APIRouter(tags=["health"])
@@ -35,9 +39,15 @@ class ServiceState(BaseModel):
 
 
 class Readiness(BaseModel):
-    """Every service's answer; ``status`` is ``ready``, ``degraded`` or ``unavailable``."""
+    """Every service's answer (200); ``status`` is ``ready`` or ``degraded``."""
 
-    status: Literal["ready", "degraded", "unavailable"]
+    status: Literal["ready", "degraded"]
+    services: dict[str, ServiceState]
+
+
+class ReadinessProblem(Problem):
+    """503: a required service is down; every service's answer is in ``services``."""
+
     services: dict[str, ServiceState]
 
 
@@ -93,7 +103,11 @@ async def _state(check: Check, required: bool, timeout: float) -> ServiceState:
     return ServiceState(up=True, required=required)
 
 
-@router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses=problem_responses(503, schema=ReadinessProblem.__name__),
+)
 async def ready(services: ServicesDep) -> JSONResponse:
     """200 when every required service answers (``degraded`` if an optional one does not)."""
     checks = _checks(services)
@@ -102,14 +116,18 @@ async def ready(services: ServicesDep) -> JSONResponse:
         *(_state(check, required, timeout) for check, required in checks.values())
     )
     report = dict(zip(checks, states, strict=True))
-    if any(s.required and not s.up for s in states):
-        status: Literal["ready", "degraded", "unavailable"] = "unavailable"
-    elif all(s.up for s in states):
-        status = "ready"
-    else:
-        status = "degraded"
-    body = Readiness(status=status, services=report)
-    return JSONResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)
+    down = [name for name, state in report.items() if state.required and not state.up]
+    if down:
+        unavailable = ReadinessProblem(
+            title="Service Unavailable",
+            status=503,
+            detail=f"required services down: {', '.join(down)}",
+            services=report,
+        )
+        retry_after = str(services.settings.retry_after_seconds)
+        return problem_response(unavailable, headers={"Retry-After": retry_after})
+    status: Literal["ready", "degraded"] = "ready" if all(s.up for s in states) else "degraded"
+    return JSONResponse(Readiness(status=status, services=report).model_dump())
 
 
 @router.get("/live")
