@@ -93,7 +93,7 @@ MIN_KEY_BYTES: Final = 16
 DEFAULT_MAX_ENTRY_BYTES: Final = 32 << 20
 """The default maximum entry size: the largest payload written or read (32 MiB)."""
 GENERATION_BYTES: Final = 16
-"""Length of a generation value (16 hex digits: 64 random bits)."""
+"""Length of a generation value (16 hex digits: 48 bits of issue time, 16 random bits)."""
 BODY_TEXT: Final = ord("s")
 BODY_JSON: Final = ord("j")
 BODY_PARTS: Final = ord("p")

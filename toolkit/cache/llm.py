@@ -14,9 +14,11 @@ Every entry records the two generations it was written under; a lookup
 reads the entry and both generations with one ``MGET`` and treats an entry
 from another generation as a miss. Invalidating a model or the namespace is
 one ``SET`` of a new generation, whatever the number of entries. A new
-generation is a random 64-bit value rather than the old one plus one, so a
-generation key that was evicted and written again can never revive old
-entries; and a missing generation key makes every lookup under it a miss.
+generation is its issue time plus 16 random bits rather than the old one
+plus one, so a generation key that was evicted and written again can never
+revive old entries, and one rolled back to an older value is recognised by
+any client that saw the newer; a missing generation key makes every lookup
+under it a miss.
 
 Nothing read is trusted: an entry that does not decode, or whose payload
 would exceed ``max_entry_bytes`` (a zlib bomb stops inflating there), is
