@@ -159,8 +159,9 @@ def documented_commands() -> list[tuple[list[str], list[str]]]:
     """(words, options) of each ``toolkit ...`` in the README's table of the command."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## The `toolkit` command", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     found = []
-    for snippet in re.findall(r"`toolkit ([^`]*)`", section):
+    for snippet in re.findall(r"`toolkit ([^`]*)`", table):
         tokens = re.sub(r"[\[\]|]", " ", snippet).split()
         words = [token for token in tokens if re.fullmatch(r"[a-z]+", token)]
         options = [token for token in tokens if token.startswith("--")]
