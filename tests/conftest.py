@@ -25,6 +25,10 @@ from toolkit import DISTRIBUTION
 from toolkit.config import Settings, load_settings
 from toolkit.db import migrate
 
+# The suite reads no .env file: one left in the checkout would change what it tests
+# (tests of .env itself set TOOLKIT_ENV_FILE). Subprocesses inherit this.
+os.environ["TOOLKIT_ENV_FILE"] = ""
+
 PG_HOST = os.environ.get("TOOLKIT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TOOLKIT_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("TOOLKIT_TEST_PG_USER", "postgres")

@@ -276,6 +276,7 @@ def test_demo_on_the_machines_server_and_embedded(cli: Cli) -> None:
     assert f"dbname={cli.dbname}" in demo, "the demo ran on the configured database"
     embedded = cli.run("demo", "--embedded").stdout
     assert "demo complete" in embedded
+    assert f"dbname={cli.dbname}" in embedded, "the embedded database is named as in the URL"
 
 
 def enqueue_audit_message(database_url: str) -> uuid.UUID:

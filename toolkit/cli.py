@@ -21,13 +21,14 @@ import argparse
 import itertools
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 
 from toolkit import DISTRIBUTION, __version__
-from toolkit.config import settings_from_options
+from toolkit.config import UnknownSettingWarning, settings_from_options
 from toolkit.errors import ConfigurationError, InvalidInput, QueryDefinitionError, ToolkitError
 
 FAILED = 1
@@ -99,11 +100,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         pending = sum(not state.applied for state in states)
         print(f"{len(states) - pending} applied, {pending} pending")
         return 0
-    result = migrate(_migration_url(args))
-    if result.database_created:
-        print("created the database")
-    for migration_id in result.applied:
-        print(f"applied {migration_id}")
+    # Each line as it happens (flushed: stdout may be a pipe), not when the batch ends.
+    result = migrate(
+        _migration_url(args),
+        on_created=lambda: print("created the database", flush=True),
+        on_applied=lambda migration_id: print(f"applied {migration_id}", flush=True),
+    )
     if not result.applied:
         print("nothing to apply: the schema is up to date")
     return 0
@@ -232,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--embedded",
         action="store_true",
-        help="run on an embedded PostgreSQL (needs the toolkit[embedded] extra)",
+        help=f"run on an embedded PostgreSQL (needs pgserver, the embedded extra of "
+        f"{DISTRIBUTION}: pip install pgserver, or pip install '.[embedded]' in a checkout)",
     )
     from toolkit.storage.cli import add_storage_commands
     from toolkit.workflows.commands import add_relay_arguments, add_worker_arguments
@@ -255,9 +258,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_setting_warnings(shown_by_python: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that puts an unknown-setting warning on one stderr line."""
+
+    def show(  # noqa: PLR0917 - the signature of warnings.showwarning
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, UnknownSettingWarning):
+            print(f"toolkit: warning: {message}", file=sys.stderr)
+        else:
+            shown_by_python(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``toolkit`` command; returns the exit code."""
-    arguments = sys.argv[1:] if argv is None else list(argv)
+    # Python's default filter shows each setting warning once; catch_warnings restores
+    # showwarning, so a caller of main() (a test) keeps its own.
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_setting_warnings(warnings.showwarning)
+        return _run(sys.argv[1:] if argv is None else list(argv))
+
+
+def _run(arguments: list[str]) -> int:
     leading_options = itertools.takewhile(lambda argument: argument.startswith("-"), arguments)
     if "--version" in leading_options:
         # Answered before the parser is built, which reads the settings: a bad

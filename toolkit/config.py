@@ -1,27 +1,49 @@
-"""Settings from the environment, in one place.
+"""Settings from the environment and a ``.env`` file, in one place.
 
 Every setting is read from a ``TOOLKIT_``-prefixed environment variable, e.g.
-``TOOLKIT_DATABASE_URL``. Defaults reach the services of a local development
-machine. :func:`load_settings` turns a bad value into a
-:class:`~toolkit.errors.ConfigurationError` that names the variable.
+``TOOLKIT_DATABASE_URL``, or from the same line in a ``.env`` file in the
+current directory (``TOOLKIT_ENV_FILE`` names another file; set it empty to
+read none). The first of these that has a setting wins: a command-line option
+(or a keyword override), the environment (which the pytest plugin's ini
+options feed), the ``.env`` file, the default. Defaults reach the services of
+a local development machine. :func:`load_settings` turns a bad value into a
+:class:`~toolkit.errors.ConfigurationError` that names the variable, and warns
+(:class:`UnknownSettingWarning`) about each ``TOOLKIT_*`` variable that is no
+setting, e.g. a misspelt one, which would otherwise be silently ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from toolkit.errors import ConfigurationError
 
 ENV_PREFIX = "TOOLKIT_"
+ENV_FILE_VARIABLE = "TOOLKIT_ENV_FILE"
+"""Names the ``.env`` file to read (default ``.env`` in the current directory); empty: none."""
+DEFAULT_ENV_FILE = ".env"
+NOT_SETTINGS = frozenset({ENV_FILE_VARIABLE, "TOOLKIT_FUZZ_EXAMPLES"})
+"""``TOOLKIT_*`` variables that are no setting but are read elsewhere: not warned about."""
+NOT_SETTINGS_PREFIXES = ("TOOLKIT_TEST_", "TOOLKIT_RELIABILITY_", "TOOLKIT_BENCH_")
+"""Prefixes of ``TOOLKIT_*`` variables read by the pytest plugin (``TOOLKIT_TEST_SERVER_URL``),
+the toolkit's own tests and its benchmarks: not warned about."""
+
+
+class UnknownSettingWarning(UserWarning):
+    """A ``TOOLKIT_*`` variable (environment or ``.env``) that names no setting."""
+
 
 _MASK = "***"
 _NOT_A_USER = re.compile(r"[/?#&=@]")
@@ -124,7 +146,13 @@ def misplaced_at(url: str) -> bool:
 class Settings(BaseSettings):
     """The toolkit's settings; construct with :func:`load_settings`."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=DEFAULT_ENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
 
     # PostgreSQL
     database_url: str = "postgresql://postgres@127.0.0.1:5432/toolkit"
@@ -239,15 +267,64 @@ class Settings(BaseSettings):
         return self.migration_database_url or self.database_url
 
 
+def env_file() -> str | None:
+    """The ``.env`` file to read: ``TOOLKIT_ENV_FILE``, else ``.env``; None when set empty."""
+    return os.environ.get(ENV_FILE_VARIABLE, DEFAULT_ENV_FILE) or None
+
+
+def setting_variables() -> frozenset[str]:
+    """The environment variable of every setting, e.g. ``TOOLKIT_DATABASE_URL``."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def unknown_variables(dotenv_path: str | None) -> list[str]:
+    """The ``TOOLKIT_*`` names in the environment or the ``.env`` file that name no setting.
+
+    Names are matched without regard to case, as the settings are read.
+    """
+    names = set(os.environ)
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        names.update(dotenv_values(dotenv_path, encoding="utf-8"))
+    known = setting_variables()
+    return sorted(
+        name
+        for name in names
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and name.upper() not in NOT_SETTINGS
+        and not name.upper().startswith(NOT_SETTINGS_PREFIXES)
+    )
+
+
+def warn_unknown_variables(dotenv_path: str | None) -> None:
+    """Warn (:class:`UnknownSettingWarning`) about each unknown ``TOOLKIT_*`` variable.
+
+    Python's default warning filter shows each message once per process.
+    """
+    # Compared without the prefix, which every name shares and would make any two look alike.
+    fields = sorted(name.upper() for name in Settings.model_fields)
+    for name in unknown_variables(dotenv_path):
+        closest = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), fields, n=1)
+        hint = f"; did you mean {ENV_PREFIX}{closest[0]}?" if closest else ""
+        where = "the environment" if name in os.environ else dotenv_path
+        warnings.warn(
+            f"{name} (in {where}) is not a toolkit setting and is ignored{hint}",
+            UnknownSettingWarning,
+            stacklevel=1,
+        )
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment, with keyword overrides.
+    """Read the settings from the environment and ``.env``, with keyword overrides.
 
     Raises :class:`ConfigurationError` naming the environment variable of the
-    first bad value.
+    first bad value; warns about ``TOOLKIT_*`` variables that name no setting.
     """
+    dotenv_path = env_file()
+    warn_unknown_variables(dotenv_path)
     problems = []
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides, _env_file=dotenv_path)  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"

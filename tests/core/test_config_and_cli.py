@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
 import pytest
 
 from toolkit.cli import main
-from toolkit.config import load_settings
+from toolkit.config import UnknownSettingWarning, load_settings
 from toolkit.errors import ConfigurationError
 
 
@@ -189,3 +195,111 @@ def test_a_malformed_database_url_is_one_line_at_first_use(url: str, capsys) -> 
         assert main([*command, "--database-url", url]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and SECRET not in err and "not a libpq URL" in err
+
+
+DOT_ENV = """
+# the application's local settings
+TOOLKIT_DATABASE_URL=postgresql://app:dotenv-secret@db.internal/app
+TOOLKIT_POOL_MAX_SIZE=7
+TOOLKIT_REDIS_URL=redis://from-dotenv:6379/0
+"""
+
+
+@pytest.fixture
+def dot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A .env in a fresh current directory, read as an application's would be."""
+    for name in ("TOOLKIT_DATABASE_URL", "TOOLKIT_POOL_MAX_SIZE", "TOOLKIT_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TOOLKIT_ENV_FILE")  # the suite's conftest turns .env off
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / ".env"
+    path.write_text(DOT_ENV)
+    return path
+
+
+def test_dot_env_is_read_below_the_environment_and_options(
+    dot_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLKIT_POOL_MAX_SIZE", "3")
+    settings = load_settings(redis_url="redis://from-option:6379/0")
+    assert settings.database_url == "postgresql://app:dotenv-secret@db.internal/app"
+    assert settings.pool_max_size == 3  # the environment wins over .env
+    assert settings.redis_url == "redis://from-option:6379/0"  # an option wins over both
+    assert "dotenv-secret" not in repr(settings) and "app:***@db.internal" in repr(settings)
+
+
+def test_toolkit_env_file_names_another_file_or_none(
+    dot_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLKIT_ENV_FILE", "")
+    assert load_settings().pool_max_size == 10
+    other = dot_env.with_name("staging.env")
+    other.write_text("TOOLKIT_POOL_MAX_SIZE=5\n")
+    monkeypatch.setenv("TOOLKIT_ENV_FILE", str(other))
+    assert load_settings().pool_max_size == 5
+
+
+def test_a_bad_value_in_dot_env_names_its_variable_not_its_value(dot_env: Path) -> None:
+    dot_env.write_text("TOOLKIT_DATABASE_URL=mysql://u:dotenv-secret@h/db\n")
+    with pytest.raises(ConfigurationError, match="TOOLKIT_DATABASE_URL") as raised:
+        load_settings()
+    assert "dotenv-secret" not in str(raised.value)
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting(
+    dot_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLKIT_DATABSE_URL", "postgresql://postgres@127.0.0.1/x")
+    dot_env.write_text("TOOLKIT_POOL_MAXSIZE=3\nTOOLKIT_NOTHING_LIKE_IT=1\n")
+    with pytest.warns(UnknownSettingWarning) as caught:
+        load_settings()
+    messages = sorted(str(warning.message) for warning in caught)
+    assert messages == [
+        "TOOLKIT_DATABSE_URL (in the environment) is not a toolkit setting and is ignored; "
+        "did you mean TOOLKIT_DATABASE_URL?",
+        "TOOLKIT_NOTHING_LIKE_IT (in .env) is not a toolkit setting and is ignored",
+        "TOOLKIT_POOL_MAXSIZE (in .env) is not a toolkit setting and is ignored; "
+        "did you mean TOOLKIT_POOL_MAX_SIZE?",
+    ]
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "TOOLKIT_ENV_FILE",
+        "TOOLKIT_TEST_SERVER_URL",
+        "TOOLKIT_TEST_PG_HOST",
+        "TOOLKIT_RELIABILITY_OPERATIONS",
+        "TOOLKIT_FUZZ_EXAMPLES",
+        "TOOLKIT_BENCH_URL",
+        "toolkit_pool_max_size",
+    ],
+)
+def test_variables_read_elsewhere_are_not_warned_about(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "1" if variable != "TOOLKIT_ENV_FILE" else "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownSettingWarning)
+        load_settings()
+
+
+def test_the_cli_names_a_misspelt_variable_once_on_stderr(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "TOOLKIT_DATABSE_URL": database_url}
+    ran = subprocess.run(
+        [sys.executable, "-m", "toolkit", "migrate", "--status", "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr == (
+        "toolkit: warning: TOOLKIT_DATABSE_URL (in the environment) is not a toolkit setting "
+        "and is ignored; did you mean TOOLKIT_DATABASE_URL?\n"
+    )
+    assert "applied  toolkit" in ran.stdout

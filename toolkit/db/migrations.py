@@ -20,7 +20,7 @@ reaches yoyo's connection, and what the URL leaves out comes from libpq's
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,14 +194,25 @@ def _origin(migration: Any) -> str:
     return "toolkit" if Path(migration.path).resolve().parent == own else "app"
 
 
-def migrate(url: str, app_folders: Sequence[Path] | None = None) -> MigrationResult:
+def migrate(
+    url: str,
+    app_folders: Sequence[Path] | None = None,
+    *,
+    on_created: Callable[[], None] | None = None,
+    on_applied: Callable[[str], None] | None = None,
+) -> MigrationResult:
     """Create the database if needed and apply every pending migration.
 
     ``app_folders`` holds the application's migrations (``TOOLKIT_MIGRATIONS_PATH``
     when None); they run after the toolkit's, under the same lock.
+    ``on_created`` is called once the database is created (when it was
+    missing), and ``on_applied`` with each migration's id as soon as it is
+    applied (committed), so a long batch shows its progress as it goes.
     """
     migrations = _migrations(app_folders)
     created = ensure_database(url)
+    if created and on_created is not None:
+        on_created()
     with _locked_backend(url) as backend:
         pending = backend.to_apply(migrations)
         # One at a time, as yoyo's apply_migrations does, to name the one that fails.
@@ -210,11 +221,12 @@ def migrate(url: str, app_folders: Sequence[Path] | None = None) -> MigrationRes
                 backend.apply_one(migration)
             except psycopg.Error as exc:
                 raise_translated(exc, f"migration {migration.id} ({migration.path}) failed")
+            log.info("applied %s", migration.id)
+            if on_applied is not None:
+                on_applied(migration.id)
         if pending:
             backend.run_post_apply(pending)
     applied = tuple(m.id for m in pending)
-    for migration_id in applied:
-        log.info("applied %s", migration_id)
     return MigrationResult(applied=applied, rolled_back=(), database_created=created)
 
 

@@ -8,9 +8,17 @@ with its checksum checked), and the audit chain verifies; then the workflow
 runs once more through the outbox, RabbitMQ and a worker, which prints the
 notification it produced. It runs
 against the configured database; where none answers, it says so in one line
-with the fix, or runs on an embedded PostgreSQL when the ``embedded`` extra is
-installed (``pip install 'agent-persistence-toolkit[embedded]'``). A server
-that answers, even with an error, is always the one used.
+with the fix, or runs on an embedded PostgreSQL (a database of the URL's
+name) when pgserver, the ``embedded`` extra, is installed (``pip install
+pgserver``, or ``pip install '.[embedded]'`` in a checkout). A server that
+answers, even with an error, is always the one used.
+
+It connects as the URL's role, on a local machine usually the ``postgres``
+superuser: instead of the library's warning about that (meant for
+applications) it says once, in its own words, what that role bypasses. Its
+cache keys go under ``TOOLKIT_CACHE_NAMESPACE``, and it says where
+``TOOLKIT_STORAGE_URL`` put the report (by default the folder
+``./toolkit-files``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings, mask_password
 from toolkit.db.database import Database
-from toolkit.db.errors import connection_failure, mask_conninfo
+from toolkit.db.errors import connection_failure, mask_conninfo, parse_conninfo
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
 from toolkit.records import Agent
@@ -60,16 +68,44 @@ def _reachable(url: str) -> bool:
         return isinstance(connection_failure(exc, probe, "demo"), ConfigurationError)
 
 
+EMBEDDED_EXTRA_FIX = (
+    f"pip install pgserver (the embedded extra of {DISTRIBUTION}; "
+    "in a checkout: pip install '.[embedded]')"
+)
+"""How to get the embedded server: pgserver is on PyPI, the toolkit is not."""
+
+
 @contextlib.contextmanager
-def _embedded_server() -> Iterator[str]:
+def _embedded_server(dbname: str) -> Iterator[str]:
+    """A temporary embedded PostgreSQL; yields the conninfo of its database ``dbname``."""
     import pgserver  # type: ignore[import-not-found]  # noqa: PLC0415 - the optional extra
 
     with tempfile.TemporaryDirectory(prefix="toolkit-demo-") as folder:
         server = pgserver.get_server(folder, cleanup_mode="stop")
         try:
-            yield make_conninfo(server.get_uri(), dbname="toolkit")
+            yield make_conninfo(server.get_uri(), dbname=dbname)
         finally:
             server.cleanup()
+
+
+def _privileged_note(database: Database) -> str | None:
+    """One line saying what the demo's role bypasses, or None for an unprivileged role.
+
+    The demo passes ``warn_if_privileged=False``: the library's warning tells
+    an application to change roles, which a first demo run cannot act on.
+    """
+    with database.connection() as conn:
+        row = conn.execute(
+            "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+    if row is None or not (row[1] or row[2]):
+        return None
+    what = "a superuser" if row[1] else "a BYPASSRLS role"
+    return (
+        f"running as {row[0]!r}, {what}: fine for the demo, but it bypasses the toolkit_app "
+        "role's protections (no DDL, append-only audit events, hidden password hashes); "
+        "an application connects as a login role in toolkit_app"
+    )
 
 
 def _step(number: int, text: str) -> None:
@@ -96,7 +132,7 @@ def cached_llm_calls(settings: Settings, agent: Agent) -> tuple[str, str]:
             {"role": "user", "content": "On Computable Numbers"},
         ],
     }
-    with CacheClient.from_settings(settings, namespace="toolkit-demo") as client:
+    with CacheClient.from_settings(settings) as client:  # under TOOLKIT_CACHE_NAMESPACE
         llm = LLMCache(client)
         llm.invalidate(request)  # a fresh start on every run
         first = llm.get_or_compute(request, lambda: fake_model(request))
@@ -176,13 +212,15 @@ def walk_story(database: Database) -> dict[str, Any]:
         summary, cache_line = cached_llm_calls(database.settings, agent)
         _step(6, cache_line)
         state: dict[str, Any] = {"done": []}
+        written: list[str] = []
         for sequence, step in enumerate(workflow.definition.steps):
             state = {"done": [*state["done"], step.name]}
             checkpoint = checkpoints.append(
                 conn,
                 {"execution_id": execution.id, "sequence": sequence, "state": state},
             )
-            _step(7, f"checkpoint {checkpoint.sequence} written after step {step.name!r}")
+            written.append(f"{checkpoint.sequence} after step {step.name!r}")
+        _step(7, f"checkpoints written: {', '.join(written)}")
         execution = executions.succeed(conn, execution.id, {"summary": summary}, audit=actor)
         _step(8, f"execution {execution.status}: {execution.output}")
     _step(9, store_demo_report(database, database.settings, execution.id))
@@ -209,24 +247,31 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
             print(
                 f"toolkit demo: no PostgreSQL answers at {mask_conninfo(url)}; start one (Debian/"
                 "Ubuntu: 'sudo apt-get install postgresql && sudo pg_ctlcluster 15 main start'), "
-                f"set TOOLKIT_DATABASE_URL, or pip install '{DISTRIBUTION}[embedded]' for an "
-                "embedded one"
+                f"set TOOLKIT_DATABASE_URL, or, for an embedded one, {EMBEDDED_EXTRA_FIX}"
             )
             return 1
         print(f"no PostgreSQL at {mask_conninfo(url)}: using an embedded one (the embedded extra)")
         embedded = True
     if embedded and not embedded_available:
-        print(f"toolkit demo: --embedded needs the extra: pip install '{DISTRIBUTION}[embedded]'")
+        print(f"toolkit demo: --embedded needs pgserver: {EMBEDDED_EXTRA_FIX}")
         return 1
     with contextlib.ExitStack() as stack:
         if embedded:
-            url = stack.enter_context(_embedded_server())
+            dbname = str(parse_conninfo(url).get("dbname") or "toolkit")
+            url = stack.enter_context(_embedded_server(dbname))
         result = migrate(url)
         applied = ", ".join(result.applied) or "none pending"
         _step(1, f"migrated {mask_conninfo(url)} (applied: {applied})")
         database = stack.enter_context(
-            Database(settings.model_copy(update={"database_url": url}), url=url)
+            Database(
+                settings.model_copy(update={"database_url": url}),
+                url=url,
+                warn_if_privileged=False,
+            )
         )
+        note = _privileged_note(database)
+        if note:
+            print(f"    {note}")
         story = walk_story(database)
         _step(11, "the workflow once more, through the outbox, RabbitMQ and a worker:")
         run_demo_messaging(

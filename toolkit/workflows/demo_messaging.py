@@ -4,15 +4,18 @@
 ``workflow.execute`` message commit together), runs a relay and a worker
 on threads under a demo queue prefix of its own, waits for the
 ``notification.send`` the finished execution produced, deletes its queues
-and returns the notification's line. Without a reachable RabbitMQ it says
-so and leaves the message in the outbox.
+and returns the notification's line. Without a reachable RabbitMQ it says so in one line
+(pika's own error logs and traceback of the failed attempt kept quiet) and
+leaves the message in the outbox.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +31,22 @@ from toolkit.messaging.topology import Topology, delete
 from toolkit.repositories import executions
 from toolkit.workflows.handlers import echo_work, log_audit, notification_line
 from toolkit.workflows.service import WorkFunction, start_execution, workflow_handler
+
+
+@contextlib.contextmanager
+def _pika_quiet() -> Iterator[None]:
+    """Silence pika's loggers for a while.
+
+    pika logs a failed connection attempt as seven ERROR lines and a
+    traceback; the demo reports the failure itself, in one line.
+    """
+    pika_log = logging.getLogger("pika")
+    previous = pika_log.level
+    pika_log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        pika_log.setLevel(previous)
 
 
 def run_demo_messaging(
@@ -50,13 +69,16 @@ def run_demo_messaging(
     )
     topology = Topology(prefix=f"{settings.queue_prefix}demo-{uuid.uuid4().hex[:8]}-")
     try:
-        probe = connect(settings.amqp_url, ConnectionOptions(name="toolkit-demo"))
-    except Unavailable:
+        with _pika_quiet():
+            probe = connect(settings.amqp_url, ConnectionOptions(name="toolkit-demo"))
+    except Unavailable as exc:
         with database.connection() as conn:
             pending = outbox.stats(conn).pending
+        reason = str(exc).rsplit(" unreachable: ", 1)[-1]
         line = (
-            f"RabbitMQ is not reachable at {mask_password(settings.amqp_url)}: "
-            f"{pending} message(s) wait in the outbox for `toolkit relay`"
+            f"RabbitMQ is not reachable at {mask_password(settings.amqp_url)} ({reason}): "
+            f"{pending} message(s) wait in the outbox; start RabbitMQ (or set TOOLKIT_AMQP_URL) "
+            "and run `toolkit relay` to publish them, then `toolkit worker` to run them"
         )
         echo(line)
         return line

@@ -8,7 +8,7 @@ from uuid import UUID
 from toolkit.config import Settings
 from toolkit.db.database import Database
 from toolkit.repositories import executions, workflows
-from toolkit.storage.backends import open_storage
+from toolkit.storage.backends import LocalStorage, open_storage
 from toolkit.storage.filestore import FileStore
 
 
@@ -17,7 +17,9 @@ def store_demo_report(database: Database, settings: Settings, execution_id: UUID
 
     The report (markdown) goes through the whole protocol: staged, recorded
     in a transaction, promoted, then read back with its SHA-256 verified.
-    Returns one printable line describing what was stored.
+    Returns one printable line describing what was stored and where: for a
+    local folder (the default ``file://./toolkit-files`` included) its
+    absolute path, so a first run does not leave a folder behind unannounced.
     """
     with database.connection() as conn:
         execution = executions.get(conn, execution_id)
@@ -47,10 +49,16 @@ def store_demo_report(database: Database, settings: Settings, execution_id: UUID
             execution_id=execution.id,
         )
         data = store.read(stored, verify=True)
+        where = (
+            f"the folder {storage.root} (TOOLKIT_STORAGE_URL)"
+            if isinstance(storage, LocalStorage)
+            else "the store TOOLKIT_STORAGE_URL names"
+        )
     if data != report:  # pragma: no cover - read() already verified the SHA-256
         raise AssertionError("the stored report differs from what was written")
     return (
-        f"report stored at {stored.key} ({stored.size} bytes, {stored.content_type}, "
+        f"report stored in {where} at {stored.key} "
+        f"({stored.size} bytes, {stored.content_type}, "
         f"sha256 {stored.sha256[:12]}...) linked to execution {execution.id}; "
         "read back, checksum ok"
     )

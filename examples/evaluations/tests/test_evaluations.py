@@ -1,9 +1,10 @@
 """The example application, tested through the toolkit's pytest plugin.
 
-Run by ``tox -e example``, which points ``TOOLKIT_SQL_PATH``,
-``TOOLKIT_MIGRATIONS_PATH`` and ``TOOLKIT_APP_MODULES`` at this folder: the
-plugin's template database then holds the toolkit's tables and this
-application's, migrated once per session and copied for each test.
+Run by ``tox -e example`` (``pytest examples/evaluations/tests``): this
+folder's pytest.ini points the plugin's ``toolkit_sql_path``,
+``toolkit_migrations_path`` and ``toolkit_app_modules`` at this folder, so the
+plugin's template database holds the toolkit's tables and this application's,
+migrated once per session and copied for each test.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import psycopg
 import pytest
 from evaluations import repository as evaluations
 
-from toolkit.db import Connection
+from toolkit.aio.db import AsyncDatabase
+from toolkit.aio.repositories import users as async_users
+from toolkit.db import Connection, Database
 from toolkit.errors import InvalidInput, InvalidReference, NotFound, QueryDefinitionError
 from toolkit.records import Execution
 from toolkit.repositories import executions, users, workflows
@@ -49,7 +52,9 @@ def toolkit(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=120,
         check=False,
         cwd="/",
-        env={**os.environ, **(env or {})},
+        # The plugin exported the ini options as TOOLKIT_* variables; the command run
+        # from "/" also needs to import the application (pytest.ini's pythonpath).
+        env={**os.environ, "PYTHONPATH": str(APP), **(env or {})},
     )
 
 
@@ -96,6 +101,21 @@ def test_a_query_name_defined_twice_names_both_places(tmp_path: Path) -> None:
     assert listed.returncode == 2
     assert f"{twin / 'again.sql'}:1: duplicate query name 'evaluations.get'" in listed.stderr
     assert f"first defined at {APP / 'sql' / 'evaluations.sql'}:" in listed.stderr
+
+
+def test_the_command_run_from_the_application_folder_reads_its_dot_env() -> None:
+    only_dot_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TOOLKIT_")}
+    listed = subprocess.run(
+        [sys.executable, "-m", "toolkit", "queries"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=APP,
+        env=only_dot_env,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "evaluations.pass_rate" in listed.stdout
 
 
 def test_create_get_list_and_delete(conn: Connection, execution: Execution) -> None:
@@ -164,3 +184,13 @@ def test_bindings_fail_at_import_when_they_disagree_with_the_sql() -> None:
 
     with pytest.raises(QueryDefinitionError, match=r"evaluations\.sql:.*does not use parameter"):
         One("evaluations.get", evaluations.Evaluation, ("id", "extra"), entity="x")
+
+
+@pytest.mark.asyncio
+async def test_the_async_fixture_shares_the_tests_database(
+    toolkit_async_db: AsyncDatabase, toolkit_db: Database
+) -> None:
+    async with toolkit_async_db.connection() as conn:
+        made = await async_users.create(conn, {"email": "async@example.com", "display_name": "A"})
+    with toolkit_db.connection() as conn:
+        assert users.get(conn, made.id) == made
