@@ -153,3 +153,20 @@ def test_a_misspelt_or_missing_parameter_fails_before_anything_is_sent(conn) -> 
         get(conn, idd="00000000-0000-4000-8000-000000000000")
     with pytest.raises(QueryDefinitionError, match=r"missing \['id'\]"):
         get(conn)
+
+
+@pytest.mark.parametrize(
+    ("body", "may_null"),
+    [
+        ("SELECT a.id FROM agents a WHERE a.id = :id", False),
+        ("SELECT a.id FROM agents a LEFT JOIN users u ON u.id = a.owner_id", True),
+        ("SELECT a.id FROM agents a full outer join users u ON true", True),
+        ("SELECT a.id FROM agents a LEFT/* why */JOIN users u ON true", True),
+        ("SELECT * FROM (SELECT a.id FROM agents a RIGHT JOIN users u ON true) s", True),
+        ("SELECT type, count(*) FROM agents GROUP BY ROLLUP (type)", True),
+        ("SELECT 'LEFT JOIN' AS a, $$ROLLUP$$ AS b FROM agents -- FULL JOIN", False),
+    ],
+)
+def test_outer_joins_and_grouping_sets_are_read_from_code_only(body: str, may_null: bool) -> None:
+    query = parse_one(f"-- name: things.get :one\n-- Doc.\n{body};")
+    assert query.may_null_table_columns is may_null

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from uuid import UUID
 
 import pytest
 
+from tests.core.factories import make_agent, make_user
 from toolkit.catalog import load_bindings
 from toolkit.cli import main
 from toolkit.db import bind
 from toolkit.db.registry import QueryRegistry
-from toolkit.db.verify import verify
+from toolkit.db.verify import outer_join_nullable_tables, verify
+from toolkit.errors import IntegrityError
 from toolkit.records import Record
 
 SQL = """
@@ -139,3 +142,136 @@ def test_cli_verify_exits_non_zero_on_a_mismatch(database_url, conn, capsys) -> 
     assert main(["verify", "--database-url", database_url]) == 1
     out = capsys.readouterr().out
     assert "sql/agents.sql" in out and 'column "is_active" does not exist' in out
+
+
+# An application's outer join: verify judges nullability from the table column
+# (ratings.rating is NOT NULL), which a LEFT JOIN's unmatched row does not keep.
+RATINGS_TABLE = """
+CREATE TABLE agent_ratings (
+    agent_id uuid NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    rating integer NOT NULL
+)
+"""
+RATINGS_SQL = """-- The application's ratings of agents.
+
+-- name: ratings.of_agents :many
+-- Every agent of an owner with its rating, rated or not.
+SELECT a.id, a.name, r.rating
+FROM agents a LEFT JOIN agent_ratings r ON r.agent_id = a.id
+WHERE a.owner_id = :owner_id
+ORDER BY a.name;
+
+-- name: ratings.of_agent :one
+-- One agent with its rating, rated or not.
+SELECT a.id, a.name, r.rating
+FROM agents a LEFT JOIN agent_ratings r ON r.agent_id = a.id
+WHERE a.id = :id;
+
+-- name: ratings.best_of_agent :one
+-- One agent with its best rating: an expression, NULL without ratings.
+SELECT a.id, a.name, (SELECT max(r.rating) FROM agent_ratings r WHERE r.agent_id = a.id) AS rating
+FROM agents a
+WHERE a.id = :id;
+"""
+
+
+class RatedAgent(Record):
+    id: UUID
+    name: str
+    rating: int
+
+
+class MaybeRatedAgent(Record):
+    id: UUID
+    name: str
+    rating: int | None
+
+
+@pytest.fixture
+def ratings_app(tmp_path, monkeypatch, superuser):
+    """An application's SQL folder and table, loaded the way TOOLKIT_SQL_PATH loads them."""
+    superuser.execute(RATINGS_TABLE)
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "ratings.sql").write_text(RATINGS_SQL)
+    queries = QueryRegistry.with_application([folder])
+    monkeypatch.setattr(bind, "registry", lambda: queries)
+    before = list(bind.BINDINGS)
+    yield folder / "ratings.sql"
+    bind.BINDINGS[:] = before
+
+
+def run(mode, binding, conn, *args, **values):
+    """Call ``binding`` on the sync or the async connection of the running mode."""
+    if mode.is_async:
+        return mode.run(binding.acall(conn, *args, **values))
+    return binding(conn, *args, **values)
+
+
+def test_a_null_from_an_outer_join_in_a_non_optional_field_raises_integrity_error(
+    mode, conn, superuser, ratings_app
+) -> None:
+    owner = make_user(conn)
+    rated = make_agent(conn, owner, name="a-rated")
+    unrated = make_agent(conn, owner, name="b-unrated")
+    superuser.execute("INSERT INTO agent_ratings VALUES (%s, 4)", [rated.id])
+    many = bind.Many("ratings.of_agents", RatedAgent, ("owner_id",))
+    one = bind.One("ratings.of_agent", RatedAgent, ("id",), entity="agent")
+
+    # The rated agent reads as before; the unrated one is refused, naming query and column.
+    assert run(mode, one, conn, rated.id, id=rated.id).rating == 4
+    where = rf"{re.escape(str(ratings_app))}:\d+: "
+    with pytest.raises(IntegrityError, match=where + r"ratings\.of_agents .*column rating\b"):
+        run(mode, many, conn, owner_id=owner.id)
+    with pytest.raises(
+        IntegrityError, match=where + r"ratings\.of_agent returned NULL in column rating"
+    ) as raised:
+        run(mode, one, conn, unrated.id, id=unrated.id)
+    assert "RatedAgent.rating is int (not Optional)" in str(raised.value)
+    assert str(unrated.id) not in str(raised.value) and "b-unrated" not in str(raised.value)
+
+    # An expression verify cannot judge (no outer join in sight) is checked too.
+    best = bind.One("ratings.best_of_agent", RatedAgent, ("id",), entity="agent")
+    assert run(mode, best, conn, rated.id, id=rated.id).rating == 4
+    with pytest.raises(IntegrityError, match=r"best_of_agent returned NULL in column rating"):
+        run(mode, best, conn, unrated.id, id=unrated.id)
+
+    # Declared Optional, the same rows read, None for the unrated agent.
+    maybe = bind.Many("ratings.of_agents", MaybeRatedAgent, ("owner_id",))
+    assert [a.rating for a in run(mode, maybe, conn, owner_id=owner.id)] == [4, None]
+
+
+def test_verify_flags_a_non_optional_field_from_the_nullable_side_of_an_outer_join(
+    conn, ratings_app
+) -> None:
+    queries = bind.registry()
+    problems = check(
+        conn,
+        queries,
+        bind.Many("ratings.of_agents", RatedAgent, ("owner_id",)),
+        bind.One("ratings.of_agent", MaybeRatedAgent, ("id",), entity="agent"),
+    )
+    problems = [p for p in problems if "no function binds it" not in p]
+    assert problems == [
+        f"{ratings_app}:3: ratings.of_agents: column rating comes from agent_ratings on the "
+        "nullable side of an outer join and can be NULL, but RatedAgent.rating is int "
+        "(make it Optional, or COALESCE it)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sql", "nullable"),
+    [
+        ("SELECT a.id FROM agents a LEFT OUTER JOIN agent_ratings r ON true", ["agent_ratings"]),
+        ("SELECT a.id FROM agents a LEFT JOIN agents b ON b.owner_id = a.id", []),
+        ("SELECT a.id FROM agents a RIGHT JOIN users u ON u.id = a.owner_id", ["agents"]),
+        ("SELECT 1 FROM public.agents a FULL JOIN users u ON true", ["public.agents", "users"]),
+        ("SELECT 'x LEFT JOIN users' FROM agents -- LEFT JOIN users", []),
+        ("SELECT s.id FROM agents a LEFT JOIN (SELECT id FROM users) s ON true", []),
+        ("SELECT 1 FROM agents a LEFT JOIN LATERAL jsonb_each(a.config) e ON true", []),
+    ],
+)
+def test_outer_join_reading_is_conservative(sql: str, nullable: list[str]) -> None:
+    queries = QueryRegistry()
+    queries.load_text(f"-- name: probe.q :many\n-- Doc.\n{sql};", "sql/probe.sql")
+    assert outer_join_nullable_tables(queries["probe.q"]) == nullable

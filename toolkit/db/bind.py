@@ -20,7 +20,9 @@ imported, naming the SQL file and line. Every binding is kept in
 :data:`BINDINGS` for ``toolkit verify``, which checks the query's result
 columns against the record's fields on the real schema. Because verify
 proves names, order and types agree, rows become records without
-re-validation (see :func:`record_factory`).
+re-validation (see :func:`record_factory`); what it cannot prove, that a
+non-Optional field's column holds no NULL where an outer join or an
+expression is involved, is checked on every row and raises IntegrityError.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Generic, TypeVar
+from operator import is_, itemgetter
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import psycopg
 from psycopg.rows import RowMaker
@@ -91,7 +94,7 @@ class Binding:
         self.params = tuple(params)
         self.param_set = frozenset(self.params)
         self.record = record
-        self.row_factory: Any = record_factory(record) if record is not None else None
+        self.row_factory: Any = record_factory(record, self.query) if record is not None else None
         # Queries with optional filters are planned with their actual values
         # (prepare=False): a generic plan cannot drop the unused filters.
         self.prepare = False if self.query.sortable else prepare
@@ -205,7 +208,69 @@ def _from_json(adapter: TypeAdapter[Any] | None, annotation: Any) -> Callable[[A
     return convert
 
 
-def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
+def _admits_none(annotation: Any) -> bool:
+    """Whether a field of this annotation may hold None (Optional, a union with None, Any)."""
+    if annotation is None or annotation is type(None) or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _admits_none(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, typing.Literal):
+        return any(_admits_none(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _null_in_required(
+    record: type[BaseModel], required: Sequence[int], values: Sequence[Any], query: str
+) -> IntegrityError:
+    """The error for a row with NULL in a non-Optional field's column (names, never values)."""
+    names = tuple(record.model_fields)
+    column = next(names[index] for index in required if values[index] is None)
+    annotation = record.model_fields[column].annotation
+    shown = (
+        annotation.__name__
+        if isinstance(annotation, type)
+        else str(annotation).replace("typing.", "")
+    )
+    return IntegrityError(
+        f"{query} returned NULL in column {column}, but {record.__name__}.{column} is "
+        f"{shown} (not Optional); an outer join or an expression can be NULL where the "
+        "table column is NOT NULL: make the field Optional or the column non-null (COALESCE)"
+    )
+
+
+class _Plan(NamedTuple):
+    """How a bound query's rows become records, worked out on its first result."""
+
+    converters: tuple[tuple[int, str, Callable[[Any], Any]], ...]
+    """(column index, field, converter) for the columns that need converting."""
+    null_checked: tuple[int, ...]
+    """Columns of non-Optional fields whose NULL verify cannot rule out."""
+    pick_checked: Callable[[Sequence[Any]], Sequence[Any]]
+    nones: tuple[None, ...]
+
+
+def _null_checked(
+    record: type[BaseModel], query: NamedQuery, result: psycopg.pq.abc.PGresult
+) -> tuple[int, ...]:
+    """The columns of non-Optional fields that ``toolkit verify`` cannot prove NOT NULL.
+
+    Verify proves a column read straight from a NOT NULL table column,
+    unless the query has an outer join or grouping sets (see
+    :attr:`NamedQuery.may_null_table_columns`); an expression (``ftable``
+    0: a subquery, an aggregate, a CASE, a UNION) it cannot prove at all.
+    """
+    anywhere = query.may_null_table_columns
+    return tuple(
+        index
+        for index, info in enumerate(record.model_fields.values())
+        if not _admits_none(info.annotation) and (anywhere or result.ftable(index) == 0)
+    )
+
+
+def record_factory(
+    record: type[R], query: NamedQuery
+) -> Callable[[psycopg.Cursor[Any]], RowMaker[R]]:
     """A psycopg row factory that builds ``record`` instances without re-validation.
 
     The columns must carry the record's field names in order: ``toolkit
@@ -213,13 +278,26 @@ def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[
     here too; later ones only by their column count, since reading
     ``cursor.description`` costs more than building the row. Only json
     fields are converted.
+
+    Verify judges nullability from the table column, which an outer join
+    does not preserve and an expression does not have. So a column of a
+    non-Optional field that verify cannot prove NOT NULL (every such column
+    of a query with an outer join or grouping sets; an expression's in any
+    query) is checked on every row: a NULL there raises IntegrityError
+    naming the query, its ``file:line`` and the column, instead of a record
+    with None in an ``int`` field failing far from its cause. A query
+    without such columns (most) pays nothing; one with them pays an
+    ``all(row)`` per row, and looks at those columns, by identity, only in
+    a row holding a falsy value (``None in row`` would call UUID's Python
+    ``__eq__`` on every uuid).
     """
     names = tuple(record.model_fields)
     width = len(names)
     fields_set = frozenset(names)
     new = object.__new__
     setattr_ = object.__setattr__
-    planned: list[tuple[tuple[int, str, Callable[[Any], Any]], ...]] = []
+    planned: list[_Plan] = []
+    where = f"{query.location}: {query.name}"
 
     def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[R]:
         result = cursor.pgresult
@@ -228,10 +306,22 @@ def record_factory(record: type[R]) -> Callable[[psycopg.Cursor[Any]], RowMaker[
         if not planned or result.nfields != width:
             # _converters checks the columns' names and order against the fields.
             converters = _converters(record, cursor)
-            planned[:] = [tuple((names.index(name), name, fn) for name, fn in converters)]
-        by_index = planned[0]
+            checked = _null_checked(record, query, result)
+            planned[:] = [
+                _Plan(
+                    tuple((names.index(name), name, fn) for name, fn in converters),
+                    checked,
+                    # itemgetter of one index returns the bare value: repeat one, keep a tuple.
+                    itemgetter(*checked, *checked[:1]) if checked else tuple,
+                    (None,) * (len(checked) + 1),
+                )
+            ]
+        by_index, checked, pick_checked, nones = planned[0]
 
         def make(values: Sequence[Any]) -> R:
+            # A falsy value (None, 0, False, ""): is it a None in a checked column?
+            if checked and not all(values) and any(map(is_, pick_checked(values), nones)):
+                raise _null_in_required(record, checked, values, where)
             data = dict(zip(names, values, strict=False))  # same width: checked when planned
             for index, field_name, convert in by_index:
                 value = values[index]

@@ -104,6 +104,18 @@ class NamedQuery:
         return f"{self.path}:{self.line}"
 
     @property
+    def may_null_table_columns(self) -> bool:
+        """Whether a NOT NULL table column can be NULL in this query's result.
+
+        True when its code (not a literal or comment) holds an outer join or
+        grouping sets (ROLLUP, CUBE, GROUPING SETS), directly or in a
+        subquery or CTE: PostgreSQL still reports such a column as the table's
+        (``ftable``), so its NOT NULL proves nothing. A view's columns are the
+        view's own, nullable, and set operations' are expressions.
+        """
+        return _NULLS_TABLE_COLUMNS.search(code_only(self.source)) is not None
+
+    @property
     def sortable(self) -> bool:
         """Whether the query takes a sort column and keyset cursor."""
         return bool(self.sort_columns)
@@ -229,6 +241,22 @@ def lex(source: str) -> list[_Span]:
     if code_start < len(source):
         spans.append(_Span(code_start, len(source), code=True))
     return spans
+
+
+def code_only(source: str) -> str:
+    """``source`` with every verbatim span (literal, quoted name, comment, dollar body)
+    blanked to spaces: what the server parses as SQL, at the same offsets."""
+    text = list(source)
+    for span in lex(source):
+        if not span.code:
+            text[span.start : span.end] = " " * (span.end - span.start)
+    return "".join(text)
+
+
+_NULLS_TABLE_COLUMNS = re.compile(
+    r"\b(?:left|right|full)\s+(?:outer\s+)?join\b|\b(?:rollup|cube|grouping\s+sets)\b",
+    re.IGNORECASE,
+)
 
 
 def convert_parameters(source: str, spans: Sequence[_Span] | None = None) -> _Converted:

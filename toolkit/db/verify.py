@@ -8,7 +8,12 @@ Each query is prepared on the server and described (psycopg's
   ``datetime``, ``jsonb`` a dict or a model, ...; a naive ``timestamp`` fits
   nothing);
 * a column read straight from a nullable table column is Optional in the
-  record;
+  record, and so is one from a table that appears only on the nullable side
+  of an outer join (``LEFT JOIN t``, either side of ``FULL JOIN``, the left
+  of ``RIGHT JOIN``). That is a reading of the SQL's code, which misses
+  joins inside subqueries and CTEs; the row factory checks every such
+  column (and every expression's) on each row instead
+  (:func:`toolkit.db.bind.record_factory`);
 * the query's parameters are the ones its repository function passes;
 * every query in the registry (the toolkit's and the application's) is
   bound by some function.
@@ -36,7 +41,7 @@ from psycopg.pq import ExecStatus
 from pydantic import BaseModel
 
 from toolkit.db.bind import Binding, Scalar, registry
-from toolkit.db.registry import Kind, QueryRegistry
+from toolkit.db.registry import Kind, NamedQuery, QueryRegistry, code_only
 
 _TYPE_FITS: dict[str, tuple[type, ...]] = {
     "uuid": (uuid.UUID,),
@@ -141,6 +146,11 @@ class _Catalog:
             self._types[oid] = row[0] if row else f"oid {oid}"
         return self._types[oid]
 
+    def table_oid(self, table: str) -> int | None:
+        """The oid of the table ``table`` names on the search path; None if none."""
+        row = self.conn.execute("SELECT to_regclass(%s)::oid", [table]).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def not_null(self, table: int, column: int) -> bool | None:
         if table == 0 or column <= 0:
             return None  # an expression: nullability unknown
@@ -154,6 +164,35 @@ class _Catalog:
         return self._not_null[key]
 
 
+_NAME_PATTERN = r"[a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?"
+_TABLE_REFERENCE = re.compile(
+    rf"\b(?:(?P<outer>left|right|full)\s+(?:outer\s+)?)?(?P<word>from|join)\s+"
+    rf"(?:only\s+|lateral\s+)?(?P<table>{_NAME_PATTERN}\b(?!\s*\())?",
+    re.IGNORECASE,
+)
+
+
+def outer_join_nullable_tables(query: NamedQuery) -> list[str]:
+    """Tables this query names only on the nullable side of an outer join.
+
+    Read from the SQL's code (never literals or comments): ``LEFT JOIN t``
+    makes ``t`` nullable, ``RIGHT JOIN t`` every table named before it, and
+    ``FULL JOIN t`` both. A table also named on a preserved side (a self
+    join, a second use) is left out: the result columns cannot tell the two
+    apart. Subqueries and views hide their joins from this reading.
+    """
+    references: list[tuple[str | None, bool]] = []  # (table, on a nullable side)
+    for match in _TABLE_REFERENCE.finditer(code_only(query.source)):
+        outer = (match.group("outer") or "").lower()
+        if outer in ("right", "full"):
+            references = [(table, True) for table, _ in references]
+        table = match.group("table")
+        references.append((table.lower() if table else None, outer in ("left", "full")))
+    nullable = {table for table, is_nullable in references if table and is_nullable}
+    preserved = {table for table, is_nullable in references if table and not is_nullable}
+    return sorted(nullable - preserved)
+
+
 def _check_binding(binding: Binding, catalog: _Catalog) -> list[Problem]:
     query = binding.query
     problems: list[Problem] = []
@@ -163,6 +202,11 @@ def _check_binding(binding: Binding, catalog: _Catalog) -> list[Problem]:
 
     if query.kind is Kind.COPY:
         return problems
+    outer_nullable = {
+        oid: table
+        for table in outer_join_nullable_tables(query)
+        if (oid := catalog.table_oid(table)) is not None
+    }
     variants: list[str | None] = [c.column for c in query.sort_columns] or [None]
     pgconn = catalog.conn.pgconn
     for sort in variants:
@@ -183,6 +227,7 @@ def _check_binding(binding: Binding, catalog: _Catalog) -> list[Problem]:
                 (described.fname(i) or b"").decode(),
                 catalog.type_name(described.ftype(i)),
                 catalog.not_null(described.ftable(i), described.ftablecol(i)),
+                outer_nullable.get(described.ftable(i)),
             )
             for i in range(described.nfields)
         ]
@@ -192,8 +237,10 @@ def _check_binding(binding: Binding, catalog: _Catalog) -> list[Problem]:
 
 
 def _check_columns(
-    binding: Binding, columns: list[tuple[str, str, bool | None]], location: str
+    binding: Binding, columns: list[tuple[str, str, bool | None, str | None]], location: str
 ) -> list[Problem]:
+    """Problems of a binding's result columns: (name, type, NOT NULL in its table, the
+    outer-joined table it comes from on the nullable side)."""
     query = binding.query
     found: list[Problem] = []
 
@@ -223,17 +270,25 @@ def _check_columns(
             f"{[name for name, _ in fields]} (names and order must agree)"
         )
         return found
-    for (name, pg_type, not_null), (_, info) in zip(columns, fields, strict=True):
+    for (name, pg_type, not_null, outer_table), (_, info) in zip(columns, fields, strict=True):
         if not _fits(pg_type, info.annotation):
             problem(
                 f"column {name} is {pg_type}, which does not fit "
                 f"{record.__name__}.{name}: {_show(info.annotation)}"
             )
         _, nullable = _flatten(info.annotation)
-        if not_null is False and not nullable:
+        if nullable:
+            continue
+        if not_null is False:
             problem(
                 f"column {name} can be NULL, but {record.__name__}.{name} "
                 f"is {_show(info.annotation)} (make it Optional)"
+            )
+        elif outer_table is not None:
+            problem(
+                f"column {name} comes from {outer_table} on the nullable side of an outer "
+                f"join and can be NULL, but {record.__name__}.{name} is "
+                f"{_show(info.annotation)} (make it Optional, or COALESCE it)"
             )
     return found
 
