@@ -47,6 +47,7 @@ import hashlib
 import json
 from collections import deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from uuid import UUID
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from toolkit.config import Settings, settings_from_options
 from toolkit.db.bind import Many, OneOrNone, Scalar
@@ -374,6 +376,26 @@ def _rows(conn: Connection, after: int, upto: int) -> Iterator[ChainRow]:
         after = batch[-1].seq
 
 
+@contextmanager
+def _optional(conn: Connection) -> Iterator[None]:
+    """Run an optional read whose failure must leave the caller's transaction usable.
+
+    On a bare autocommit connection a failed read leaves nothing behind; inside
+    a transaction it runs under a savepoint, undone if it fails. Nothing is
+    committed here: the caller's transaction commits through its own door.
+    """
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        yield
+        return
+    conn.execute("SAVEPOINT toolkit_optional_read")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK TO SAVEPOINT toolkit_optional_read")
+        raise
+    conn.execute("RELEASE SAVEPOINT toolkit_optional_read")
+
+
 def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
     """Name the rows whose stored hash the recomputation disagrees with."""
     seq = walk.first_mismatch
@@ -381,7 +403,7 @@ def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
         return None
     count = f"{walk.mismatches} row(s) from seq {seq} on"
     try:
-        with conn.transaction():
+        with _optional(conn):
             database_agrees = bool(_database_agrees(conn, seq=seq))
         consulted = ""
     except (psycopg.Error, ToolkitError) as exc:  # the diagnosis is optional; the finding stands

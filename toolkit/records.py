@@ -331,7 +331,8 @@ class Checkpoint(Record):
 
 class CheckpointCreate(Input):
     execution_id: UUID
-    sequence: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    # strict: True, 1.0 or Decimal('1') is not a sequence number.
+    sequence: Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)]
     parent_id: UUID | None = None
     state: JsonObject
     metadata: JsonObject = Field(default_factory=dict)
@@ -360,7 +361,7 @@ class SessionCreate(Input):
     agent_id: UUID
     title: Name | None = None
     state: JsonObject = Field(default_factory=dict)
-    ttl_seconds: Annotated[int, Field(ge=1, le=366 * 86400)] = 86400
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=366 * 86400)] = 86400
 
 
 class SessionState(Record):

@@ -295,3 +295,30 @@ def test_a_bad_anchor_url_is_named_as_such(database_url: str) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().endswith("use file://, memory://, s3:// or pyfs:")
     assert "TOOLKIT_AUDIT_ANCHOR_URL: unsupported scheme" in done.stderr
+
+
+def test_verify_inside_a_transaction_survives_a_hash_function_that_fails(
+    db, conn, superuser, anchors
+) -> None:
+    # The optional consult of the database's audit_event_hash runs under a
+    # savepoint inside the caller's transaction: its failure must not abort it.
+    events = _record_events(conn, 3)
+    assert write_anchor(conn, anchors) is not None
+    _tamper(superuser)
+    superuser.execute(
+        "UPDATE audit_events SET action = 'thing.hidden' WHERE id = %s", [events[0].id]
+    )
+    superuser.execute(
+        """
+        CREATE OR REPLACE FUNCTION audit_event_hash(
+            prev_hash bytea, seq bigint, id uuid, actor_id uuid, action text,
+            entity text, entity_id uuid, details jsonb, created_at timestamptz
+        ) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
+            BEGIN RAISE EXCEPTION 'no hashing today'; END $$
+        """
+    )
+    with db.transaction() as tx:
+        report = verify(tx, anchors)
+        edited = report.first(FindingKind.EDITED)
+        assert edited is not None and "could not be called" in edited.message
+        assert audit_events.count(tx) == 3  # the transaction is still usable

@@ -18,6 +18,7 @@ from tests.core.factories import make_agent, make_user
 from tests.support.modes import both, execute, fetchone
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
+from toolkit.db.inputs import Audit
 from toolkit.errors import (
     Closed,
     ConfigurationError,
@@ -502,3 +503,101 @@ def test_a_caller_waiting_for_a_connection_when_close_runs_gets_closed(
         closing.join(10)
         raised = outcome[0] if outcome else None
     assert isinstance(raised, Closed), raised
+
+
+# -- one door: the transaction a write with audit= opens on a bare connection ----
+
+
+@pytest.fixture
+def doomed_commit(superuser) -> None:
+    """Agents named 'doomed' make their backend die at COMMIT (a deferred trigger)."""
+    superuser.execute(
+        """
+        CREATE FUNCTION doomed_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER doomed_commit AFTER INSERT ON agents
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.name = 'doomed')
+        EXECUTE FUNCTION doomed_commit();
+        """
+    )
+
+
+def _stored(superuser: psycopg.Connection[Any], name: str) -> tuple[int, int]:
+    """How many agents named ``name`` and their 'agent.created' audit events exist."""
+    row = superuser.execute(
+        "SELECT (SELECT count(*) FROM agents WHERE name = %(n)s),"
+        " (SELECT count(*) FROM audit_events AS e JOIN agents AS a ON a.id = e.entity_id"
+        "  WHERE a.name = %(n)s AND e.action = 'agent.created')",
+        {"n": name},
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+@pytest.mark.parametrize("lookup_for", [1.0, 8.0], ids=["outcome-unknown", "looked-up"])
+def test_an_audited_write_on_a_bare_connection_whose_commit_is_cut_is_looked_up(
+    database_url: str, slow_commit: None, db: Database, superuser, lookup_for: float
+) -> None:
+    # agents.create(conn, audit=...) on a pooled autocommit connection opens a
+    # transaction of its own; its COMMIT (held 3 s by the trigger) is cut by the proxy.
+    with db.connection() as conn:
+        owner = make_user(conn)
+    data = {"owner_id": owner.id, "name": "slow", "type": "assistant"}
+    with TcpProxy(upstream_port=PG_PORT) as proxy:
+        url = make_conninfo(database_url, host=proxy.host, port=proxy.port)
+        settings = load_settings(database_url=url, pool_timeout=lookup_for, connect_timeout=1)
+        with (
+            Database(settings, warn_if_privileged=False) as database,
+            database.connection() as conn,
+        ):
+            threading.Timer(0.5, proxy.cut_all).start()
+            if lookup_for < 3:
+                # The lookup gives up while the server still commits.
+                with pytest.raises(OutcomeUnknown, match="may have committed") as raised:
+                    agents.create(conn, data, audit=Audit(actor_id=owner.id))
+                assert "in progress" in str(raised.value)
+                deadline = time.monotonic() + 10
+                while database.transaction_status(raised.value.xid) == "in progress":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            else:
+                # The lookup waits for the server's answer: it committed.
+                created = agents.create(conn, data, audit=Audit(actor_id=owner.id))
+                assert created.name == "slow"
+    assert _stored(superuser, "slow") == (1, 1)
+
+
+def test_an_audited_write_on_a_bare_connection_lost_at_commit_says_nothing_was_written(
+    db: Database, doomed_commit: None, superuser
+) -> None:
+    with db.connection() as conn:
+        owner = make_user(conn)
+    data = {"owner_id": owner.id, "name": "doomed", "type": "assistant"}
+    with db.connection() as conn, pytest.raises(Unavailable, match="nothing was written"):
+        agents.create(conn, data, audit=Audit(actor_id=owner.id))
+    assert _stored(superuser, "doomed") == (0, 0)
+
+
+def test_a_connection_not_from_a_database_gets_the_same_door_without_the_lookup(
+    mode: Any, database_url: str, doomed_commit: None, superuser
+) -> None:
+    with database_module.connect(database_url, connect_timeout=2, context="test") as conn:
+        owner = make_user(conn)
+        agent = agents.create(  # a commit that goes through is just that
+            conn, {"owner_id": owner.id, "name": "fine", "type": "assistant"}, audit=Audit()
+        )
+        assert agent.name == "fine"
+        data = {"owner_id": owner.id, "name": "doomed", "type": "assistant"}
+        with pytest.raises(OutcomeUnknown, match="did not come from a Database"):
+            agents.create(conn, data, audit=Audit(actor_id=owner.id))
+    assert _stored(superuser, "fine") == (1, 1)
+    assert _stored(superuser, "doomed") == (0, 0)
+
+
+def test_the_door_refuses_a_connection_already_inside_a_transaction(db: Database) -> None:
+    with (
+        db.transaction() as tx,
+        pytest.raises(InvalidInput, match=r"idle autocommit one .* INTRANS"),
+        database_module.transaction_on(tx),
+    ):
+        pass

@@ -26,7 +26,9 @@ from langgraph.graph.message import add_messages
 from langgraph.types import Command, interrupt
 from psycopg.conninfo import make_conninfo
 
+from toolkit.aio.db.database import AsyncDatabase
 from toolkit.config import Settings, load_settings
+from toolkit.db.database import Database
 from toolkit.errors import ConfigurationError, InvalidInput
 from toolkit.integrations.langgraph import ToolkitCheckpointSaver
 
@@ -396,3 +398,25 @@ def _tables(settings: Settings) -> list[str]:
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
         ).fetchall()
     return [row[0] for row in rows]
+
+
+@pytest.mark.asyncio
+async def test_the_saver_runs_on_the_applications_own_databases(shared_settings: Settings) -> None:
+    database = Database(shared_settings, warn_if_privileged=False)
+    async_database = AsyncDatabase(shared_settings, warn_if_privileged=False)
+    saver = ToolkitCheckpointSaver(database, async_database=async_database)
+    try:
+        await saver.asetup()
+        saver.setup()
+        # Every async call took its connection from the application's AsyncDatabase.
+        assert async_database.stats().get("requests_num", 0) >= 1
+        assert database.stats().get("requests_num", 0) >= 1
+        await saver.aclose()
+        # The saver closes only what it made: the application's databases stay open.
+        async_database.stats()
+        database.stats()
+    finally:
+        await async_database.close()
+        database.close()
+    with pytest.raises(ConfigurationError, match="async_database=AsyncDatabase"):
+        ToolkitCheckpointSaver(database, async_pool=object())

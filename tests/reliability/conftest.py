@@ -16,6 +16,7 @@ scenario (printed as "n/a").
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 
 import pytest
@@ -76,7 +77,45 @@ def report():
     return _record
 
 
+FUZZ_COUNTS: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+"""Calls the fuzz made, by (mode, ``module.function``): [accepted, rejected]."""
+
+
+def render_fuzz_counts(counts: dict[tuple[str, str], list[int]]) -> str:
+    """A Markdown table of accepted and rejected calls per function, sync and async."""
+    modes = sorted({mode for mode, _ in counts}, reverse=True)  # sync, then async
+    functions = sorted({label for _, label in counts})
+    header = "| function | " + " | ".join(f"{m} accepted | {m} rejected" for m in modes) + " |"
+    lines = [header, "| --- |" + " ---: | ---: |" * len(modes)]
+    for label in functions:
+        cells = [counts.get((m, label), [0, 0]) for m in modes]
+        lines.append(f"| {label} | " + " | ".join(f"{a:,} | {r:,}" for a, r in cells) + " |")
+    return "\n".join(lines)
+
+
+def render_fuzz_totals(counts: dict[tuple[str, str], list[int]]) -> str:
+    """Per mode: functions fuzzed, calls accepted and rejected, fewest accepted for one."""
+    lines = [
+        "| mode | functions | accepted | rejected | fewest accepted (function) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for mode in sorted({m for m, _ in counts}, reverse=True):
+        mine = {label: ar for (m, label), ar in counts.items() if m == mode}
+        fewest = min(mine, key=lambda label: mine[label][0])
+        lines.append(
+            f"| {mode} | {len(mine)} | {sum(a for a, _ in mine.values()):,} | "
+            f"{sum(r for _, r in mine.values()):,} | {mine[fewest][0]:,} ({fewest}) |"
+        )
+    return "\n".join(lines)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
+    if FUZZ_COUNTS:
+        terminalreporter.section("fuzz: accepted and rejected calls")
+        terminalreporter.write_line(render_fuzz_totals(FUZZ_COUNTS))
+        if terminalreporter.verbosity > 0:
+            terminalreporter.write_line("")
+            terminalreporter.write_line(render_fuzz_counts(FUZZ_COUNTS))
     if not ROWS:
         return
     table = render(ROWS)

@@ -1,4 +1,5 @@
-"""Hostile input, fuzzed, through storage keys and uploads and the LLM-cache request."""
+"""Hostile input, fuzzed, through storage keys and uploads and the LLM-cache request
+(sync and async), and every number the cache takes refusing NaN, infinity and bool."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.test_fuzz_repositories import EXAMPLES, anything, hostile_text, json_values
-from toolkit.cache import CacheClient, LLMCache
+from tests.cache.conftest import Api
+from tests.cache.redis_env import REDIS_URL
+from tests.reliability.test_fuzz_repositories import (
+    EXAMPLES,
+    NON_FINITE,
+    anything,
+    hostile_text,
+    json_values,
+)
+from tests.support.modes import Mode
+from toolkit.cache import CircuitBreaker
 from toolkit.errors import Conflict, InvalidInput
 from toolkit.storage.backends import LocalStorage
 from toolkit.storage.keys import check_key
@@ -109,12 +119,16 @@ def test_local_put_never_writes_outside_its_root(
     assert not any(name.startswith(".tmp") for name in os.listdir(local_root))
 
 
-@pytest.fixture(scope="module")
-def llm() -> Any:
-    client = CacheClient.from_url(
-        "redis://127.0.0.1:6379/0", namespace=f"fz-{uuid.uuid4().hex[:8]}"
-    )
-    cache = LLMCache(client, cache_nondeterministic=True)
+@pytest.fixture
+def api(mode: Mode) -> Api:
+    """The cache constructors of the running mode (sync, or async through sync calls)."""
+    return Api(mode)
+
+
+@pytest.fixture
+def llm(api: Api) -> Any:
+    client = api.client(REDIS_URL, namespace=f"fz-{uuid.uuid4().hex[:8]}")
+    cache = api.llm(client, cache_nondeterministic=True)
     yield cache
     cache.invalidate_all()
     client.clear()
@@ -156,3 +170,58 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [s for item in value for s in _strings(item)]
     return []
+
+
+# Not numbers of seconds: NaN, sNaN, infinities (float and Decimal), bool, text,
+# and an int too large for a float (float() of it raises OverflowError).
+NOT_SECONDS = [*NON_FINITE, True, "1", 10**400, 0, -1]
+
+
+@pytest.mark.parametrize("bad", NOT_SECONDS, ids=repr)
+def test_cache_seconds_refuse_nan_infinity_and_bool(api: Api, bad: Any) -> None:
+    """Every TTL and timeout of the cache client, the LLM cache and the breaker."""
+    client = api.client(REDIS_URL, namespace=f"fz-{uuid.uuid4().hex[:8]}")
+    try:
+        for build in (
+            lambda: api.client(REDIS_URL, connect_timeout=bad),
+            lambda: api.client(REDIS_URL, socket_timeout=bad),
+            lambda: api.client(REDIS_URL, default_ttl=bad),
+            lambda: client.set("k", "v", ttl=bad),
+            lambda: client.set_json("k", 1, ttl=bad),
+            lambda: client.set_many({"k": "v"}, ttl=bad),
+            lambda: api.llm(client, ttl=bad),
+            lambda: api.llm(client, lease_ttl=bad),
+            lambda: api.llm(client, wait_timeout=bad),
+            lambda: api.llm(client, poll_interval=bad),
+            lambda: api.llm(client).set({"model": "m", "messages": []}, "r", ttl=bad),
+            lambda: api.llm(client).get_or_compute(
+                {"model": "m", "messages": []}, lambda: "r", lease_ttl=bad
+            ),
+            lambda: api.llm(client).get_or_compute(
+                {"model": "m", "messages": []}, lambda: "r", wait_timeout=bad
+            ),
+            lambda: CircuitBreaker(recovery_timeout=bad),
+        ):
+            with pytest.raises(InvalidInput):
+                build()
+    finally:
+        client.clear()
+        client.close()
+
+
+@pytest.mark.parametrize("bad", [*NON_FINITE, True, 1, 1.5, -0.1, "0.1", 10**400], ids=repr)
+def test_llm_cache_counts_and_fractions_refuse_non_numbers(api: Api, bad: Any) -> None:
+    """ttl_jitter is a number in [0, 1); compress_threshold and max_entry_bytes whole
+    numbers: anything else (a Decimal NaN, whose comparison raises, included) is
+    InvalidInput."""
+    client = api.client(REDIS_URL, namespace=f"fz-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(InvalidInput):
+            api.llm(client, ttl_jitter=bad)
+        if not (isinstance(bad, int) and not isinstance(bad, bool) and bad >= 1):
+            with pytest.raises(InvalidInput):
+                api.llm(client, compress_threshold=bad)
+            with pytest.raises(InvalidInput):
+                api.llm(client, max_entry_bytes=bad)
+    finally:
+        client.close()

@@ -83,9 +83,13 @@ class CircuitBreaker:
                 field="failure_threshold",
                 value=failure_threshold,
             )
-        if not recovery_timeout > 0:
+        if (
+            isinstance(recovery_timeout, bool)
+            or not isinstance(recovery_timeout, int | float)  # a Decimal NaN raises on compare
+            or not 0 < recovery_timeout <= 86400 * 366
+        ):
             raise InvalidInput(
-                "recovery_timeout must be positive",
+                "recovery_timeout must be a positive, finite number of seconds up to a year",
                 field="recovery_timeout",
                 value=recovery_timeout,
             )

@@ -25,11 +25,13 @@ __all__ = [
     "CONNECTIVITY_ERRORS",
     "DEFAULT_TTL",
     "MAX_KEY_LENGTH",
+    "MAX_SECONDS",
     "SCAN_BATCH",
     "Outcome",
     "as_bytes",
     "check_timeouts",
     "dumps_json",
+    "fraction",
     "make_signer",
     "namespaced_key",
     "positive_seconds",
@@ -39,6 +41,9 @@ __all__ = [
 
 DEFAULT_TTL: Final = 3600.0
 """Seconds a value set without an explicit TTL lives."""
+MAX_SECONDS: Final = 100 * 366 * 86400
+"""The longest TTL or timeout accepted, in seconds (a century): more is a mistake,
+and past a float's range a number cannot be converted at all."""
 
 # A colon would let namespace "a" clear namespace "a:b"; glob characters would
 # widen the SCAN pattern. Both are refused.
@@ -82,29 +87,56 @@ def namespaced_key(prefix: str, name: object) -> str:
     return prefix + name
 
 
+def _seconds(value: object) -> float | None:
+    """``value`` as float seconds if it is a positive, finite int or float of at most
+    MAX_SECONDS; None otherwise. The type is checked first: a bool, a Decimal (whose
+    NaN raises on comparison) or a str is never compared; an int is compared before
+    float() (which raises on one too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (0 < value <= MAX_SECONDS):  # False for NaN
+        return None
+    return float(value)
+
+
 def ttl_seconds(ttl: object, default: float, field: str = "ttl") -> int:
     """Turn a TTL argument into whole seconds for ``EX`` (rounded up, at least 1)."""
     if ttl is None:
         ttl = default
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise InvalidInput("ttl must be a number of seconds", field=field, value=ttl)
-    if not math.isfinite(ttl) or ttl <= 0:
-        raise InvalidInput("ttl must be positive and finite", field=field, value=ttl)
-    return max(1, math.ceil(ttl))
+    seconds = _seconds(ttl)
+    if seconds is None:
+        raise InvalidInput(
+            f"{field} must be a positive, finite number of seconds up to {MAX_SECONDS}",
+            field=field,
+            value=ttl,
+        )
+    return max(1, math.ceil(seconds))
 
 
 def positive_seconds(value: object, name: str) -> float:
-    """``value`` as a float if it is a positive number, else raise InvalidInput naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise InvalidInput(f"{name} must be a positive number of seconds", field=name, value=value)
+    """``value`` as a float if it is a positive, finite number of seconds (at most
+    MAX_SECONDS), else raise InvalidInput naming ``name``."""
+    seconds = _seconds(value)
+    if seconds is None:
+        raise InvalidInput(
+            f"{name} must be a positive, finite number of seconds up to {MAX_SECONDS}",
+            field=name,
+            value=value,
+        )
+    return seconds
+
+
+def fraction(value: object, name: str) -> float:
+    """``value`` as a float if it is an int or float in [0, 1), else raise InvalidInput."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise InvalidInput(f"{name} must be a number in [0, 1)", field=name, value=value)
     return float(value)
 
 
 def check_timeouts(connect_timeout: object, socket_timeout: object) -> None:
     """Refuse a connect or socket timeout that is not a positive number of seconds."""
     for name, value in (("connect_timeout", connect_timeout), ("socket_timeout", socket_timeout)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise InvalidInput(f"{name} must be a positive number of seconds", field=name)
+        positive_seconds(value, name)
 
 
 def make_signer(hmac_key: object) -> Signer | None:

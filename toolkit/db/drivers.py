@@ -17,21 +17,28 @@ run the same way, sync or async:
 
 json and jsonb results arrive as the bytes the server sent (see
 :mod:`toolkit.db.results`).
+
+:func:`drive` runs a sans-IO operation (a generator of ``(binding,
+values)`` calls, as the LangGraph saver's are) on one connection: the one
+drive loop per mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
 from toolkit.db.database import Connection
 from toolkit.db.errors import raise_translated
 from toolkit.db.results import Fetch, json_as_bytes
+from toolkit.errors import ToolkitError
 
 if TYPE_CHECKING:
     from toolkit.db.bind import Binding, Copy
+
+T = TypeVar("T")
 
 
 def run(
@@ -72,3 +79,24 @@ def copy(conn: Connection, query: Copy, rows: Iterable[Sequence[Any]]) -> int:
     except psycopg.Error as exc:
         raise_translated(exc, query.name)
     return count
+
+
+def drive(conn: Connection, op: Generator[tuple[Binding, Mapping[str, Any]], Any, T]) -> T:
+    """Run a sans-IO operation on ``conn``; what it returns.
+
+    ``op`` yields ``(binding, values)`` calls and is sent each one's result;
+    a call's toolkit error is thrown into it, to handle (retry another way)
+    or let out.
+    """
+    result: Any = None
+    error: ToolkitError | None = None
+    while True:
+        try:
+            binding, values = op.throw(error) if error is not None else op.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        error = None
+        try:
+            result = run(conn, binding, values)
+        except ToolkitError as exc:
+            error = exc

@@ -2,7 +2,7 @@
 
 No I/O: :func:`validate` (a pydantic model, errors as ``InvalidInput``
 naming the field), :func:`validate_patch`, :func:`parse_id` /
-:func:`parse_ids`, :func:`check_limit`, :func:`check_count`,
+:func:`parse_ids`, :func:`check_int`, :func:`check_limit`, :func:`check_count`,
 :func:`check_retention`, :func:`check_search_text`, :func:`jsonb`, the
 keyset cursor tokens (:func:`encode_cursor`, :func:`decode_cursor`) and
 partial updates (:data:`UNSET`, :func:`patch_params`). Re-exported by
@@ -128,26 +128,30 @@ def parse_id(value: Any, name: str = "id") -> UUID:
     raise InvalidInput(f"{name} must be a UUID, got {bounded_repr(value)}", field=name, value=value)
 
 
-def check_limit(limit: Any) -> int:
-    """A page size between 1 and MAX_LIMIT."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInput(
-            f"limit must be an integer from 1 to {MAX_LIMIT}, got {bounded_repr(limit)}",
-            field="limit",
-            value=limit,
-        )
-    return limit
+def check_int(value: Any, name: str, minimum: int, maximum: int) -> int:
+    """A whole number from ``minimum`` to ``maximum``; anything else is InvalidInput.
 
-
-def check_count(value: Any, name: str, maximum: int) -> int:
-    """A whole number from 1 to ``maximum`` (a batch size, a bound)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+    The type is checked before any comparison: a bool is not a number here,
+    and a float or Decimal (NaN and sNaN among them, whose comparisons raise)
+    is refused without being compared or converted.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise InvalidInput(
-            f"{name} must be an integer from 1 to {maximum}, got {bounded_repr(value)}",
+            f"{name} must be an integer from {minimum} to {maximum}, got {bounded_repr(value)}",
             field=name,
             value=value,
         )
     return value
+
+
+def check_limit(limit: Any) -> int:
+    """A page size between 1 and MAX_LIMIT."""
+    return check_int(limit, "limit", 1, MAX_LIMIT)
+
+
+def check_count(value: Any, name: str, maximum: int) -> int:
+    """A whole number from 1 to ``maximum`` (a batch size, a bound)."""
+    return check_int(value, name, 1, maximum)
 
 
 def check_retention(value: Any, name: str = "retention") -> float:

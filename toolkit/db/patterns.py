@@ -4,7 +4,7 @@
 
 * Input checks (no I/O, from :mod:`toolkit.db.inputs`, re-exported here):
   :func:`validate`, :func:`validate_patch`, :func:`parse_id` /
-  :func:`parse_ids`, :func:`check_limit`, :func:`check_count`,
+  :func:`parse_ids`, :func:`check_int`, :func:`check_limit`, :func:`check_count`,
   :func:`check_retention`, :func:`check_search_text`, :func:`jsonb`.
 * Keyset paging: :func:`list_page` runs a ``:many`` binding whose SQL holds
   ``{keyset}`` and ``{order}`` (see :mod:`toolkit.db.registry`) and owns the
@@ -32,7 +32,7 @@ from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
-from toolkit.db.database import Connection
+from toolkit.db.database import Connection, transaction_on
 from toolkit.db.inputs import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -43,6 +43,7 @@ from toolkit.db.inputs import (
     Unset,
     changed_fields,
     check_count,
+    check_int,
     check_limit,
     check_retention,
     check_search_text,
@@ -70,6 +71,7 @@ __all__ = [
     "atomic",
     "changed_fields",
     "check_count",
+    "check_int",
     "check_limit",
     "check_retention",
     "check_search_text",
@@ -138,10 +140,13 @@ def atomic(conn: Connection) -> Iterator[Connection]:
     """Make a change and its audit event one unit.
 
     Inside the caller's transaction nothing more is needed; on a bare
-    autocommit connection the two statements get a transaction of their own.
+    autocommit connection the two statements get a transaction of their own,
+    through the one door (:func:`~toolkit.db.database.transaction_on`): a
+    lost COMMIT is looked up like one of ``Database.transaction()``.
     """
-    idle = conn.info.transaction_status == TransactionStatus.IDLE
-    with conn.transaction() if idle else nullcontext():
+    # A connection not in autocommit is inside its owner's (implicit) transaction.
+    bare = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+    with transaction_on(conn) if bare else nullcontext():
         yield conn
 
 

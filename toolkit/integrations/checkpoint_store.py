@@ -4,13 +4,14 @@ This module holds what does not need LangGraph itself, so ``toolkit
 verify`` can check its queries on an install without the ``langgraph``
 extra: the records the queries return, their bindings, the delta encoding
 of lists that grow by appending, and a small driver that runs one
-operation's statements on a sync connection or on an async one.
+operation's statements on a sync database or on an async one.
 
 Operations are generators: they yield :class:`Call` (a bound query and its
 parameters) and receive each call's result (a list of records, or the row
-count of an ``:exec``). :func:`run` drives one on a
-:class:`~toolkit.db.Database`, :func:`arun` on a psycopg
-``AsyncConnectionPool``; the SQL text is the registry's in both cases. A
+count of an ``:exec``). :func:`run` drives one on a connection (or in a
+transaction) of a :class:`~toolkit.db.Database`, :func:`arun` of an
+:class:`~toolkit.aio.db.database.AsyncDatabase`, with the drivers' one drive
+loop per mode; the SQL text is the registry's in both cases. A
 failing statement is thrown into the generator, which may catch it (a put
 whose delta base vanished retries with the whole value) or let it out as
 a toolkit exception.
@@ -23,17 +24,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, TypeVar, cast
-
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from typing import Any, Final, NamedTuple, TypeVar
 
 from toolkit.aio.db import drivers as async_drivers
+from toolkit.aio.db.database import AsyncDatabase
 from toolkit.db import drivers
 from toolkit.db.bind import Binding, Exec, Many, Scalar
 from toolkit.db.database import Database
-from toolkit.db.errors import raise_translated
-from toolkit.errors import ToolkitError
 from toolkit.records import Record
 
 T = TypeVar("T")
@@ -160,56 +157,16 @@ Op = Generator[Call, Any, T]
 """An operation: yields calls, receives each one's result, returns its own."""
 
 
-def _step(op: Op[T], result: Any, error: ToolkitError | None) -> Call:
-    """The operation's next call (a failed one's error is thrown into it, to handle or
-    let through); StopIteration carries its return value."""
-    return op.throw(error) if error is not None else op.send(result)
-
-
 def run(db: Database, op: Op[T], *, transaction: bool = False) -> T:
-    """Run ``op`` on a pooled connection (inside one transaction if asked)."""
-    context = db.transaction() if transaction else db.connection()
-    with context as conn:
-        result: Any = None
-        error: ToolkitError | None = None
-        while True:
-            try:
-                call = _step(op, result, error)
-            except StopIteration as stop:
-                return cast(T, stop.value)
-            error = None
-            try:
-                result = drivers.run(conn, call.binding, call.params)
-            except ToolkitError as exc:
-                error = exc
+    """Run ``op`` on a connection of ``db`` (inside one of its transactions if asked)."""
+    with db.transaction() if transaction else db.connection() as conn:
+        return drivers.drive(conn, op)
 
 
-async def arun(pool: AsyncConnectionPool[Any], op: Op[T], *, transaction: bool = False) -> T:
-    """Run ``op`` on a connection of an async pool (inside one transaction if asked)."""
-    try:
-        await pool.open()
-        async with pool.connection() as conn:
-            if transaction:
-                async with conn.transaction():
-                    return await _adrive(conn, op)
-            return await _adrive(conn, op)
-    except (PoolTimeout, psycopg.Error) as exc:
-        raise_translated(exc, "langgraph")
-
-
-async def _adrive(conn: psycopg.AsyncConnection[Any], op: Op[T]) -> T:
-    result: Any = None
-    error: ToolkitError | None = None
-    while True:
-        try:
-            call = _step(op, result, error)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-        error = None
-        try:
-            result = await async_drivers.run(conn, call.binding, call.params)
-        except ToolkitError as exc:
-            error = exc
+async def arun(db: AsyncDatabase, op: Op[T], *, transaction: bool = False) -> T:
+    """Run ``op`` on a connection of ``db`` (inside one of its transactions if asked)."""
+    async with db.transaction() if transaction else db.connection() as conn:
+        return await async_drivers.drive(conn, op)
 
 
 # -- append-only lists as deltas -------------------------------------------------

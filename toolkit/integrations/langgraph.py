@@ -5,7 +5,9 @@ Install: ``pip install 'agent-persistence-toolkit[langgraph]'``.
 :class:`ToolkitCheckpointSaver` is a ``BaseCheckpointSaver`` over the
 ``lg_checkpoints``, ``lg_blobs`` and ``lg_writes`` tables of migration
 0006, with sync methods on the toolkit's pooled :class:`~toolkit.db.Database`
-and async ones on a psycopg ``AsyncConnectionPool`` to the same database.
+and async ones on an :class:`~toolkit.aio.db.database.AsyncDatabase` to the
+same database: every connection and commit goes through the toolkit's one
+door (lost-COMMIT lookup, error translation), and there is no private pool.
 Its SQL is in ``sql/langgraph.sql``; the tables come from ``toolkit
 migrate`` like every other table: ``setup()`` only checks that they are
 there, so two processes starting at once cannot race to create them.
@@ -83,8 +85,8 @@ from types import TracebackType
 from typing import Any, Final, cast
 
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
+from toolkit.aio.db.database import AsyncDatabase
 from toolkit.config import Settings, default_settings
 from toolkit.db.database import Database
 from toolkit.errors import ConfigurationError, InvalidInput, InvalidReference
@@ -174,11 +176,17 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
     """LangGraph checkpoints in the toolkit's PostgreSQL (see the module docstring).
 
     ``database``
-        The toolkit :class:`~toolkit.db.Database` the sync methods use.
+        The toolkit :class:`~toolkit.db.Database` the sync methods use; by
+        default one is made from the toolkit's settings (TOOLKIT_*) and
+        closed by :meth:`close`.
+    ``async_database``
+        The :class:`~toolkit.aio.db.database.AsyncDatabase` the async
+        methods use; by default one is made with ``database``'s settings and
+        URL, opened on the first async call and closed by :meth:`aclose`.
     ``async_pool``
-        A psycopg ``AsyncConnectionPool`` (autocommit connections) for the
-        async methods; by default one is made to ``database.url``, opened on
-        the first async call and closed by :meth:`aclose`.
+        No longer accepted (a private pool was a second door): passing one
+        raises :class:`~toolkit.errors.ConfigurationError`; pass
+        ``async_database`` instead.
     ``allowed_types``
         Classes (or ``(module, name)`` pairs) that stored state may hold
         besides the types LangGraph and LangChain store themselves: the
@@ -202,27 +210,33 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     def __init__(
         self,
-        database: Database,
+        database: Database | None = None,
         *,
-        async_pool: AsyncConnectionPool[Any] | None = None,
+        async_database: AsyncDatabase | None = None,
+        async_pool: object = None,
         serde: SerializerProtocol | None = None,
         allowed_types: Iterable[AllowedType] = (),
         tail_cache_size: int = 4096,
     ) -> None:
         super().__init__(serde=_serializer(serde, allowed_types))
-        if not isinstance(database, Database):
+        if async_pool is not None:
+            raise ConfigurationError(
+                "ToolkitCheckpointSaver no longer takes async_pool: pass "
+                "async_database=AsyncDatabase(settings) so async checkpoints commit "
+                "through the toolkit's own transactions"
+            )
+        if database is not None and not isinstance(database, Database):
             raise InvalidInput("database must be a toolkit Database", field="database")
-        self.database = database
-        self._owns_database = False
-        self._owns_pool = async_pool is None
-        settings = database.settings
-        self.async_pool: AsyncConnectionPool[Any] = async_pool or AsyncConnectionPool(
-            database.url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            timeout=settings.pool_timeout,
-            kwargs={"autocommit": True, "application_name": settings.application_name},
-            open=False,
+        if async_database is not None and not isinstance(async_database, AsyncDatabase):
+            raise InvalidInput(
+                "async_database must be a toolkit AsyncDatabase", field="async_database"
+            )
+        self._owns_database = database is None
+        self.database = database or Database(default_settings())
+        self._owns_async_database = async_database is None
+        # The sync database already warned about a privileged role, if it is one.
+        self.async_database = async_database or AsyncDatabase(
+            self.database.settings, url=self.database.url, warn_if_privileged=False
         )
         self._tails = TailCache(tail_cache_size)
 
@@ -234,7 +248,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         serde: SerializerProtocol | None = None,
         allowed_types: Iterable[AllowedType] = (),
     ) -> ToolkitCheckpointSaver:
-        """A saver with its own pools, to ``settings.database_url`` (TOOLKIT_* by default)."""
+        """A saver with databases of its own, to ``settings.database_url`` (TOOLKIT_*)."""
         chosen = _serializer(serde, allowed_types)  # checked before a pool is made
         saver = cls(Database(settings or default_settings()), serde=chosen)
         saver._owns_database = True
@@ -243,14 +257,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
     # -- lifecycle -----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the database pool if this saver made it (the async pool: :meth:`aclose`)."""
+        """Close the Database if this saver made it (the AsyncDatabase: :meth:`aclose`)."""
         if self._owns_database:
             self.database.close()
 
     async def aclose(self) -> None:
-        """Close the pools this saver made."""
-        if self._owns_pool:
-            await self.async_pool.close()
+        """Close the databases this saver made."""
+        if self._owns_async_database:
+            await self.async_database.close()
         self.close()
 
     def __enter__(self) -> ToolkitCheckpointSaver:
@@ -260,8 +274,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         self.close()
 
     async def __aenter__(self) -> ToolkitCheckpointSaver:
-        await self.async_pool.open()
-        return self
+        return self  # the AsyncDatabase opens on the first async call
 
     async def __aexit__(
         self,
@@ -282,7 +295,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def asetup(self) -> None:
         """Async :meth:`setup`."""
-        await arun(self.async_pool, _tables_ready())
+        await arun(self.async_database, _tables_ready())
 
     # -- LangGraph API: sync ---------------------------------------------------
 
@@ -365,7 +378,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Async :meth:`get_tuple`."""
-        return await arun(self.async_pool, self._get(config))
+        return await arun(self.async_database, self._get(config))
 
     async def alist(
         self,
@@ -376,7 +389,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async :meth:`list`."""
-        for item in await arun(self.async_pool, self._list(config, filter, before, limit)):
+        for item in await arun(self.async_database, self._list(config, filter, before, limit)):
             yield item
 
     async def aput(
@@ -387,7 +400,9 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Async :meth:`put`."""
-        return await arun(self.async_pool, self._put(config, checkpoint, metadata, new_versions))
+        return await arun(
+            self.async_database, self._put(config, checkpoint, metadata, new_versions)
+        )
 
     async def aput_writes(
         self,
@@ -399,27 +414,27 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Async :meth:`put_writes`."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            await arun(self.async_pool, _single(call))
+            await arun(self.async_database, _single(call))
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async :meth:`delete_thread`."""
         self._tails.forget_threads([str(thread_id)])
-        await arun(self.async_pool, _single(_delete_threads_call([str(thread_id)])))
+        await arun(self.async_database, _single(_delete_threads_call([str(thread_id)])))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         """Async :meth:`delete_for_runs`."""
         if run_ids:
-            await arun(self.async_pool, self._delete_runs(run_ids), transaction=True)
+            await arun(self.async_database, self._delete_runs(run_ids), transaction=True)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         """Async :meth:`copy_thread`."""
-        await arun(self.async_pool, _single(_copy_call(source_thread_id, target_thread_id)))
+        await arun(self.async_database, _single(_copy_call(source_thread_id, target_thread_id)))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """Async :meth:`prune`."""
         op = self._prune(thread_ids, strategy)
         if op is not None:
-            await arun(self.async_pool, op, transaction=True)
+            await arun(self.async_database, op, transaction=True)
 
     async def aretain(
         self,
@@ -430,7 +445,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
     ) -> RetentionReport:
         """Async :meth:`retain`."""
         return await arun(
-            self.async_pool, self._retain(keep_last, idle_for, thread_ids), transaction=True
+            self.async_database, self._retain(keep_last, idle_for, thread_ids), transaction=True
         )
 
     def get_next_version(self, current: str | None, channel: None) -> str:

@@ -19,7 +19,7 @@ from uuid import UUID
 from toolkit.db.bind import Exec, Returning, Scalar
 from toolkit.db.database import Connection, Database
 from toolkit.db.inputs import MAX_PRUNE_BATCH, check_count, check_retention, parse_id
-from toolkit.messaging.inputs import check_consumer
+from toolkit.messaging.inputs import check_consumer, check_queue
 from toolkit.messaging.records import InboxEntry
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def record(tx: Connection, consumer: str, message_id: UUID | str, queue: str) ->
         tx,
         consumer=check_consumer(consumer),
         message_id=parse_id(message_id, "message_id"),
-        queue=queue,
+        queue=check_queue(queue),
     )
     return entry is not None
 

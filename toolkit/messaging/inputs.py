@@ -3,7 +3,7 @@
 No I/O: :func:`check_headers` (AMQP headers as stored and sent),
 :func:`message_body` (a :class:`~toolkit.messaging.models.Message` within the
 size limit), :func:`check_messages`, :func:`check_max_bytes` and
-:func:`check_consumer`. :mod:`toolkit.messaging.outbox` and
+:func:`check_consumer`, :func:`check_queue`. :mod:`toolkit.messaging.outbox` and
 :mod:`toolkit.messaging.inbox` are generated from their async sources under
 ``toolkit/aio/messaging/``; both import these, so one check exists once.
 """
@@ -96,6 +96,24 @@ def check_messages(messages: Any) -> Iterable[Message]:
             value=messages,
         )
     return messages
+
+
+def check_queue(name: Any) -> str:
+    """The queue a message came from, as the inbox stores it: 1-255 characters of
+    storable text (any name a broker may use; the column holds no NUL)."""
+    storable = isinstance(name, str) and 1 <= len(name) <= 255 and "\x00" not in name
+    if storable:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            storable = False
+    if not storable:
+        raise InvalidInput(
+            f"queue must be 1-255 characters of text, got {bounded_repr(name)}",
+            field="queue",
+            value=name,
+        )
+    return str(name)
 
 
 def check_consumer(name: Any) -> str:

@@ -17,15 +17,18 @@ from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
 from toolkit.db.patterns import (
     DEFAULT_LIMIT,
+    check_int,
     check_limit,
     jsonb,
     parse_id,
     validate,
 )
-from toolkit.errors import Conflict, InvalidInput, bounded_repr
+from toolkit.errors import Conflict
 from toolkit.records import Checkpoint, CheckpointCreate
 
 ENTITY = "checkpoint"
+MAX_SEQUENCE = 2**31 - 1
+"""The largest sequence a checkpoint may have (an int4 column)."""
 
 _append = Returning(
     "checkpoints.append",
@@ -96,12 +99,13 @@ def history(
     limit: int = DEFAULT_LIMIT,
 ) -> list[Checkpoint]:
     """Checkpoints after ``after_sequence``, oldest first (pass the last one's sequence on)."""
-    if after_sequence != -1:
-        _sequence(after_sequence)
+    # -1 (the default) means from the first; checked before any comparison, since
+    # comparing a Decimal NaN raises.
+    after = check_int(after_sequence, "after_sequence", -1, MAX_SEQUENCE)
     return _history(
         conn,
         execution_id=parse_id(execution_id, "execution_id"),
-        after_sequence=after_sequence,
+        after_sequence=after,
         limit=check_limit(limit),
     )
 
@@ -113,20 +117,9 @@ def count(conn: Connection, execution_id: UUID | str) -> int:
 
 def prune(conn: Connection, execution_id: UUID | str, *, keep: int) -> int:
     """Delete all but the newest ``keep`` checkpoints; returns how many went."""
-    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1_000_000:
-        raise InvalidInput(
-            f"keep must be an integer from 1 to 1000000, got {bounded_repr(keep)}",
-            field="keep",
-            value=keep,
-        )
-    return _prune(conn, execution_id=parse_id(execution_id, "execution_id"), keep=keep)
+    kept = check_int(keep, "keep", 1, 1_000_000)
+    return _prune(conn, execution_id=parse_id(execution_id, "execution_id"), keep=kept)
 
 
 def _sequence(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
-        raise InvalidInput(
-            f"sequence must be an integer from 0 to 2^31-1, got {bounded_repr(value)}",
-            field="sequence",
-            value=value,
-        )
-    return value
+    return check_int(value, "sequence", 0, MAX_SEQUENCE)

@@ -11,6 +11,11 @@ ROLLBACK on return would throw them away). Multi-step work is explicit::
 A task cancelled mid-query or mid-transaction leaves the pool healthy:
 psycopg cancels the statement on the server, the transaction is rolled back
 and the connection goes back to the pool clean (or is discarded if broken).
+
+One door: every transaction the toolkit opens, :meth:`AsyncDatabase.transaction`
+and the one a write with ``audit=`` opens on a bare connection
+(:func:`toolkit.aio.db.patterns.atomic`), runs through :func:`transaction_on`,
+so the lost-COMMIT lookup and the error translation are the same everywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg.pq import ConnStatus, TransactionStatus
@@ -53,6 +59,7 @@ __all__ = [
     "TransactionOutcome",
     "connect",
     "is_alive",
+    "transaction_on",
     "translate_error",
 ]
 
@@ -146,6 +153,94 @@ async def is_alive(conn: AsyncConnection) -> bool:
     return True
 
 
+# The AsyncDatabase each pooled connection belongs to, tagged when the pool makes
+# it: the lookup of a lost COMMIT's outcome needs a fresh connection, and a
+# connection's own conninfo lacks the password (psycopg hides it).
+_homes: WeakKeyDictionary[AsyncConnection, AsyncDatabase] = WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def transaction_on(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
+    """The one door: run the block inside BEGIN ... COMMIT on a bare autocommit ``conn``.
+
+    :meth:`AsyncDatabase.transaction` is this on a pooled connection; a write
+    with ``audit=`` on a bare connection uses it too. An exception rolls the
+    transaction back; driver errors, raised inside or by COMMIT, come out as
+    toolkit exceptions. When the connection is lost during COMMIT, the
+    outcome is looked up by transaction id through the AsyncDatabase ``conn``
+    came from: returns normally if it committed, raises :class:`Unavailable`
+    if it was rolled back, :class:`OutcomeUnknown` (with the ``xid``) if it
+    cannot be known yet. A connection the application opened itself (not
+    from an AsyncDatabase) is served the same way, except that a lost
+    COMMIT's outcome cannot be looked up: it raises :class:`OutcomeUnknown`
+    at once, to be asked later with ``transaction_status(xid)``. Raises
+    :class:`InvalidInput` for a connection already inside a transaction or
+    not in autocommit (its owner commits it, not the toolkit).
+    """
+    status = conn.info.transaction_status
+    if status != TransactionStatus.IDLE or not conn.autocommit:
+        state = "not in autocommit mode" if status == TransactionStatus.IDLE else status.name
+        raise InvalidInput(
+            f"transaction: the connection must be an idle autocommit one (as "
+            f"Database.connection() gives), but it is {state}",
+            field="conn",
+        )
+    home = _homes.get(conn)
+    try:
+        await conn.execute("BEGIN")
+    except psycopg.Error as exc:
+        raise_translated(exc, "BEGIN")
+    try:
+        yield conn
+    except psycopg.Error as exc:
+        await _rollback_quietly(conn)
+        raise_translated(exc, "transaction")
+    except BaseException:
+        # Includes a cancelled task: the statement was cancelled, now the transaction.
+        await _rollback_quietly(conn)
+        raise
+    await _commit(conn, home)
+
+
+async def _commit(conn: AsyncConnection, home: AsyncDatabase | None) -> None:
+    if conn.info.transaction_status == TransactionStatus.INERROR:
+        await _rollback_quietly(conn)
+        raise DatabaseError(
+            "transaction: a statement failed inside it, so it was rolled back, not committed"
+        )
+    try:
+        cursor = await conn.execute("SELECT pg_current_xact_id_if_assigned()::text")
+        row = await cursor.fetchone()
+    except psycopg.Error as exc:
+        # COMMIT was never sent: the server rolls the transaction back.
+        await _rollback_quietly(conn)
+        raise_translated(exc, "transaction (before COMMIT; nothing was written)")
+    xid = int(row[0]) if row and row[0] is not None else None
+    try:
+        await conn.execute("COMMIT")
+    except psycopg.Error as exc:
+        if xid is None or not isinstance(exc, psycopg.OperationalError):
+            # No xid: the transaction wrote nothing, so it cannot have committed a change.
+            raise_translated(exc, "COMMIT")
+        if home is None:
+            outcome = "not looked up: the connection did not come from a Database"
+        else:
+            outcome = await home._outcome_of(xid)
+        if outcome == "committed":
+            log.warning("connection lost during COMMIT; transaction %s did commit", xid)
+            return
+        if outcome == "aborted":
+            raise Unavailable(
+                f"COMMIT: connection lost; transaction {xid} was rolled back, nothing was written"
+            ) from exc
+        raise OutcomeUnknown(
+            f"COMMIT: connection lost and the outcome of transaction {xid} is unknown "
+            f"({outcome}): it may have committed; ask transaction_status({xid}) "
+            "later before retrying",
+            xid=xid,
+        ) from exc
+
+
 class AsyncDatabase:
     """A connection pool to one PostgreSQL database.
 
@@ -184,6 +279,7 @@ class AsyncDatabase:
                 "connect_timeout": max(1, round(self.settings.connect_timeout)),
                 "options": with_options(self.url, options),
             },
+            configure=self._adopt,
             reconnect_timeout=max(self.settings.pool_timeout, 5.0),
             name=self.settings.application_name,
             open=False,
@@ -194,6 +290,10 @@ class AsyncDatabase:
         # opening, rather than each sending a probe connection of its own.
         self._opening = Lock()
         self._open_failure: ToolkitError | None = None
+
+    async def _adopt(self, conn: AsyncConnection) -> None:
+        """Tag a connection the pool just made as this database's (see :func:`transaction_on`)."""
+        _homes[conn] = self
 
     def _refuse_if_closed(self, action: str) -> None:
         if self._closed:
@@ -314,57 +414,8 @@ class AsyncDatabase:
         ``pool_timeout``; ask :meth:`transaction_status` later.
         """
         self._refuse_if_closed("transaction()")
-        async with self.connection() as conn:
-            try:
-                await conn.execute("BEGIN")
-            except psycopg.Error as exc:
-                raise_translated(exc, "BEGIN")
-            try:
-                yield conn
-            except psycopg.Error as exc:
-                await _rollback_quietly(conn)
-                raise_translated(exc, "transaction")
-            except BaseException:
-                # Includes a cancelled task: the statement was cancelled, now the transaction.
-                await _rollback_quietly(conn)
-                raise
-            await self._commit(conn)
-
-    async def _commit(self, conn: AsyncConnection) -> None:
-        if conn.info.transaction_status == TransactionStatus.INERROR:
-            await _rollback_quietly(conn)
-            raise DatabaseError(
-                "transaction: a statement failed inside it, so it was rolled back, not committed"
-            )
-        try:
-            cursor = await conn.execute("SELECT pg_current_xact_id_if_assigned()::text")
-            row = await cursor.fetchone()
-        except psycopg.Error as exc:
-            # COMMIT was never sent: the server rolls the transaction back.
-            await _rollback_quietly(conn)
-            raise_translated(exc, "transaction (before COMMIT; nothing was written)")
-        xid = int(row[0]) if row and row[0] is not None else None
-        try:
-            await conn.execute("COMMIT")
-        except psycopg.Error as exc:
-            if xid is None or not isinstance(exc, psycopg.OperationalError):
-                # No xid: the transaction wrote nothing, so it cannot have committed a change.
-                raise_translated(exc, "COMMIT")
-            outcome = await self._outcome_of(xid)
-            if outcome == "committed":
-                log.warning("connection lost during COMMIT; transaction %s did commit", xid)
-                return
-            if outcome == "aborted":
-                raise Unavailable(
-                    f"COMMIT: connection lost; transaction {xid} was rolled back, "
-                    "nothing was written"
-                ) from exc
-            raise OutcomeUnknown(
-                f"COMMIT: connection lost and the outcome of transaction {xid} is unknown "
-                f"({outcome}): it may have committed; ask transaction_status({xid}) "
-                "later before retrying",
-                xid=xid,
-            ) from exc
+        async with self.connection() as conn, transaction_on(conn):
+            yield conn
 
     async def transaction_status(self, xid: int) -> TransactionOutcome:
         """Whether transaction ``xid`` (from :class:`OutcomeUnknown`) committed.

@@ -2,7 +2,7 @@
 
 * Input checks (no I/O, from :mod:`toolkit.db.inputs`, re-exported here):
   :func:`validate`, :func:`validate_patch`, :func:`parse_id` /
-  :func:`parse_ids`, :func:`check_limit`, :func:`check_count`,
+  :func:`parse_ids`, :func:`check_int`, :func:`check_limit`, :func:`check_count`,
   :func:`check_retention`, :func:`check_search_text`, :func:`jsonb`.
 * Keyset paging: :func:`list_page` runs a ``:many`` binding whose SQL holds
   ``{keyset}`` and ``{order}`` (see :mod:`toolkit.db.registry`) and owns the
@@ -29,7 +29,7 @@ from uuid import UUID
 from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
 
-from toolkit.aio.db.database import AsyncConnection
+from toolkit.aio.db.database import AsyncConnection, transaction_on
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.inputs import (
     DEFAULT_LIMIT,
@@ -41,6 +41,7 @@ from toolkit.db.inputs import (
     Unset,
     changed_fields,
     check_count,
+    check_int,
     check_limit,
     check_retention,
     check_search_text,
@@ -68,6 +69,7 @@ __all__ = [
     "atomic",
     "changed_fields",
     "check_count",
+    "check_int",
     "check_limit",
     "check_retention",
     "check_search_text",
@@ -136,10 +138,13 @@ async def atomic(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
     """Make a change and its audit event one unit.
 
     Inside the caller's transaction nothing more is needed; on a bare
-    autocommit connection the two statements get a transaction of their own.
+    autocommit connection the two statements get a transaction of their own,
+    through the one door (:func:`~toolkit.aio.db.database.transaction_on`): a
+    lost COMMIT is looked up like one of ``Database.transaction()``.
     """
-    idle = conn.info.transaction_status == TransactionStatus.IDLE
-    async with conn.transaction() if idle else nullcontext():
+    # A connection not in autocommit is inside its owner's (implicit) transaction.
+    bare = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+    async with transaction_on(conn) if bare else nullcontext():
         yield conn
 
 

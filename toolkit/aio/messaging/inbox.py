@@ -17,7 +17,7 @@ from uuid import UUID
 from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 from toolkit.db.bind import Exec, Returning, Scalar
 from toolkit.db.inputs import MAX_PRUNE_BATCH, check_count, check_retention, parse_id
-from toolkit.messaging.inputs import check_consumer
+from toolkit.messaging.inputs import check_consumer, check_queue
 from toolkit.messaging.records import InboxEntry
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ async def record(tx: AsyncConnection, consumer: str, message_id: UUID | str, que
         tx,
         consumer=check_consumer(consumer),
         message_id=parse_id(message_id, "message_id"),
-        queue=queue,
+        queue=check_queue(queue),
     )
     return entry is not None
 

@@ -38,7 +38,8 @@ class _Lease(Input):
     worker_id: Annotated[
         str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
     ]
-    lease_seconds: Annotated[float, Field(gt=0, le=86400)]
+    # strict: a bool is not a number of seconds (an int or a float is).
+    lease_seconds: Annotated[float, Field(strict=True, gt=0, le=86400)]
 
 
 class _Outcome(Input):
