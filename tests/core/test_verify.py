@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -14,7 +18,7 @@ from toolkit.cli import main
 from toolkit.db import bind
 from toolkit.db.registry import QueryRegistry
 from toolkit.db.verify import outer_join_nullable_tables, verify
-from toolkit.errors import IntegrityError
+from toolkit.errors import IntegrityError, QueryDefinitionError
 from toolkit.records import Record
 
 SQL = """
@@ -275,3 +279,145 @@ def test_outer_join_reading_is_conservative(sql: str, nullable: list[str]) -> No
     queries = QueryRegistry()
     queries.load_text(f"-- name: probe.q :many\n-- Doc.\n{sql};", "sql/probe.sql")
     assert outer_join_nullable_tables(queries["probe.q"]) == nullable
+
+
+# One-column queries bound to a plain type: rows are the column's values.
+NAMES_SQL = """-- An application's one-column queries.
+
+-- name: names.of_owner :many
+-- The names of an owner's agents.
+SELECT name FROM agents WHERE owner_id = :owner_id ORDER BY name;
+
+-- name: names.configs :many
+-- The configs of an owner's agents.
+SELECT config FROM agents WHERE owner_id = :owner_id ORDER BY name;
+
+-- name: names.of_agent :one
+-- One agent's name.
+SELECT name FROM agents WHERE id = :id;
+
+-- name: names.descriptions :many
+-- Descriptions: a nullable column.
+SELECT description FROM agents WHERE owner_id = :owner_id ORDER BY name;
+
+-- name: names.identities :many
+-- Two columns.
+SELECT id, name FROM agents WHERE owner_id = :owner_id ORDER BY name;
+"""
+
+
+@pytest.fixture
+def names_app(tmp_path, monkeypatch):
+    """An application's SQL folder of one-column queries, loaded like TOOLKIT_SQL_PATH's."""
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "names.sql").write_text(NAMES_SQL)
+    queries = QueryRegistry.with_application([folder])
+    monkeypatch.setattr(bind, "registry", lambda: queries)
+    before = list(bind.BINDINGS)
+    yield folder / "names.sql"
+    bind.BINDINGS[:] = before
+
+
+def test_a_one_column_query_bound_to_a_plain_type_returns_its_values(mode, conn, names_app) -> None:
+    owner = make_user(conn)
+    first = make_agent(conn, owner, name="a-first", config={"max_tokens": 1})
+    make_agent(conn, owner, name="b-second", config={"max_tokens": 2})
+    names = bind.Many("names.of_owner", str, ("owner_id",))
+    configs = bind.Many("names.configs", dict, ("owner_id",))
+    name = bind.One("names.of_agent", str, ("id",), entity="agent")
+
+    assert run(mode, names, conn, owner_id=owner.id) == ["a-first", "b-second"]
+    assert [c["max_tokens"] for c in run(mode, configs, conn, owner_id=owner.id)] == [1, 2]
+    assert run(mode, name, conn, first.id, id=first.id) == "a-first"
+
+    # NULL cannot be told from "no row" in a plain type: refused, naming query and column.
+    descriptions = bind.Many("names.descriptions", str, ("owner_id",))
+    with pytest.raises(IntegrityError, match=r"names\.descriptions returned NULL in column"):
+        run(mode, descriptions, conn, owner_id=owner.id)
+    # More than one column has no single value to return.
+    identities = bind.Many("names.identities", str, ("owner_id",))
+    with pytest.raises(QueryDefinitionError, match=r"names\.identities returns columns"):
+        run(mode, identities, conn, owner_id=owner.id)
+
+
+def test_verify_checks_a_one_column_query_bound_to_a_plain_type(conn, names_app) -> None:
+    problems = check(
+        conn,
+        bind.registry(),
+        bind.Many("names.of_owner", str, ("owner_id",)),
+        bind.Many("names.configs", dict, ("owner_id",)),
+        bind.One("names.of_agent", int, ("id",), entity="agent"),
+        bind.Many("names.descriptions", str, ("owner_id",)),
+        bind.Many("names.identities", str, ("owner_id",)),
+    )
+    problems = [p for p in problems if "no function binds it" not in p]
+    where = str(names_app)
+    assert problems == [
+        f"{where}:11: names.of_agent: column name is text, which does not fit int",
+        f"{where}:15: names.descriptions: column description can be NULL, but the query is "
+        "bound to str: bind a record with an Optional field, or COALESCE it",
+        f"{where}:19: names.identities: returns columns ['id', 'name'], but is bound to str, "
+        "which takes one column: bind a record whose fields are the columns",
+    ]
+
+
+def test_a_binding_to_something_not_a_class_is_refused_naming_the_query(names_app) -> None:
+    with pytest.raises(QueryDefinitionError, match=r"names\.of_owner is bound to list\[str\]"):
+        bind.Many("names.of_owner", list[str], ("owner_id",))
+
+
+def test_a_scalar_bound_to_a_union_is_checked_not_crashed_on(conn, probe_registry) -> None:
+    problems = check(conn, probe_registry, bind.Scalar("probe.count", str | None, ()))
+    assert "sql/probe.sql:6: probe.count: column count is int8, which does not fit str | None" in (
+        problems
+    )
+
+
+NAMES_MODULE = """
+from toolkit.db.bind import Many, One
+
+of_owner = Many("names.of_owner", {result}, ("owner_id",))
+configs = Many("names.configs", dict, ("owner_id",))
+of_agent = One("names.of_agent", str, ("id",), entity="agent")
+descriptions = Many("names.descriptions", str, ("owner_id",))
+identities = Many("names.identities", str, ("owner_id",))
+"""
+
+
+@pytest.mark.parametrize(
+    ("result", "returncode", "expected"),
+    [
+        ("str", 1, "names.descriptions: column description can be NULL"),
+        ("list[str]", 2, "names.of_owner is bound to list[str], which is not a class"),
+    ],
+)
+def test_cli_verify_of_one_column_bindings_prints_no_traceback(
+    tmp_path, database_url, result, returncode, expected
+) -> None:
+    """``toolkit verify`` in its own process, on an application binding one-column queries."""
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "names.sql").write_text(NAMES_SQL)
+    (tmp_path / "names_app.py").write_text(NAMES_MODULE.format(result=result))
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("TOOLKIT_")}
+    env = {
+        **inherited,
+        "TOOLKIT_DATABASE_URL": database_url,
+        "TOOLKIT_SQL_PATH": str(tmp_path / "sql"),
+        "TOOLKIT_APP_MODULES": "names_app",
+        "TOOLKIT_ENV_FILE": "",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "toolkit", "verify"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output
+    assert done.returncode == returncode, output
+    assert expected in output, output

@@ -77,11 +77,17 @@ class Binding:
         self,
         name: str,
         params: Sequence[str],
-        record: type[BaseModel] | None,
+        record: type[Any] | None,
         *,
         prepare: bool | None = None,
     ) -> None:
         self.query: NamedQuery = registry()[name]
+        if record is not None and not isinstance(record, type):
+            raise QueryDefinitionError(
+                f"{self.query.location}: {name} is bound to {bounded_repr(record, 60)}, "
+                "which is not a class: bind a pydantic record, or a type such as str "
+                "for a one-column query (Scalar for a single value)"
+            )
         if self.query.kind is not self.kind:
             raise QueryDefinitionError(
                 f"{self.query.location}: {name} is :{self.query.kind.value}, "
@@ -94,7 +100,13 @@ class Binding:
         self.params = tuple(params)
         self.param_set = frozenset(self.params)
         self.record = record
-        self.row_factory: Any = record_factory(record, self.query) if record is not None else None
+        self.row_factory: Any = (
+            None
+            if record is None
+            else record_factory(record, self.query)
+            if issubclass(record, BaseModel)
+            else scalar_factory(record, self.query)
+        )
         # Queries with optional filters are planned with their actual values
         # (prepare=False): a generic plan cannot drop the unused filters.
         self.prepare = False if self.query.sortable else prepare
@@ -137,7 +149,7 @@ class Binding:
 
 BINDINGS: list[Binding] = []
 """Every distinct binding made so far, in import order (for ``toolkit verify``)."""
-_BOUND: set[tuple[str, type[BaseModel] | None, tuple[str, ...], Kind]] = set()
+_BOUND: set[tuple[str, type[Any] | None, tuple[str, ...], Kind]] = set()
 
 
 def _needs_validation(annotation: Any) -> bool:
@@ -339,8 +351,67 @@ def record_factory(
     return factory
 
 
-class One(Binding, Generic[R]):
-    """A ``:one`` query: exactly one record, or NotFound."""
+def is_scalar_binding(binding: Binding) -> bool:
+    """Whether rows of this binding become one column's value rather than records."""
+    record = binding.record
+    return record is not None and not issubclass(record, BaseModel)
+
+
+def scalar_factory(
+    result: type[T], query: NamedQuery
+) -> Callable[[psycopg.Cursor[Any]], RowMaker[T]]:
+    """A psycopg row factory for a one-column query bound to a plain type (``Many("q", str)``).
+
+    Each row becomes its column's value. ``toolkit verify`` checks the
+    column's type against ``result``; the first result is checked to have
+    one column. json columns are parsed into ``result``. A NULL raises
+    IntegrityError naming the query: ``result`` is a type, never Optional,
+    and a None row would read as "no row" to ``One`` and ``OneOrNone``.
+    """
+    where = f"{query.location}: {query.name}"
+    type_name = getattr(result, "__name__", repr(result))
+    from_json: list[Callable[[Any], Any]] = []  # built on the first json result
+
+    def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[T]:
+        description = cursor.description
+        if not description:
+            return lambda values: None  # type: ignore[return-value]
+        if len(description) != 1:
+            raise QueryDefinitionError(
+                f"{where} returns columns {tuple(column.name for column in description)}, "
+                f"but is bound to {type_name}, which takes one column: bind a record"
+            )
+        registered = cursor.adapters.types
+        json_oids = {t.oid for n in ("json", "jsonb") if (t := registered.get(n)) is not None}
+        convert: Callable[[Any], Any] = _identity
+        if description[0].type_code in json_oids:
+            if not from_json:
+                adapter = None if result in (dict, list) else TypeAdapter(result)
+                from_json.append(_from_json(adapter, result))
+            convert = from_json[0]
+        column = description[0].name
+
+        def make(values: Sequence[Any]) -> T:
+            value = values[0]
+            if value is None:
+                raise IntegrityError(
+                    f"{where} returned NULL in column {column}, but it is bound to "
+                    f"{type_name}: bind a record with an Optional field, or make the "
+                    "column non-null (COALESCE)"
+                )
+            return typing.cast(T, convert(value))
+
+        return make
+
+    return factory
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class One(Binding, Generic[T]):
+    """A ``:one`` query: exactly one record (or value, bound to a plain type), or NotFound."""
 
     kind = Kind.ONE
     fetch = Fetch.ONE
@@ -348,7 +419,7 @@ class One(Binding, Generic[R]):
     def __init__(
         self,
         name: str,
-        record: type[R],
+        record: type[T],
         params: Sequence[str],
         entity: str,
         *,
@@ -357,51 +428,55 @@ class One(Binding, Generic[R]):
         super().__init__(name, params, record, prepare=prepare)
         self.entity = entity
 
-    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> R:
+    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> T:
         if fetched is None:
             raise NotFound(self.entity, key if key is not None else dict(values))
-        return typing.cast(R, fetched)
+        return typing.cast(T, fetched)
 
-    def __call__(self, conn: Connection, key: Any = None, /, **values: Any) -> R:
-        return typing.cast(R, drivers.run(conn, self, values, key=key))
+    def __call__(self, conn: Connection, key: Any = None, /, **values: Any) -> T:
+        return typing.cast(T, drivers.run(conn, self, values, key=key))
 
-    async def acall(self, conn: AsyncConnection, key: Any = None, /, **values: Any) -> R:
+    async def acall(self, conn: AsyncConnection, key: Any = None, /, **values: Any) -> T:
         """The same, on an async connection."""
-        return typing.cast(R, await async_drivers.run(conn, self, values, key=key))
+        return typing.cast(T, await async_drivers.run(conn, self, values, key=key))
 
 
-class OneOrNone(Binding, Generic[R]):
-    """An ``:optional`` query: one record or None."""
+class OneOrNone(Binding, Generic[T]):
+    """An ``:optional`` query: one record (or value, bound to a plain type) or None."""
 
     kind = Kind.OPTIONAL
     fetch = Fetch.ONE
 
     def __init__(
-        self, name: str, record: type[R], params: Sequence[str], *, prepare: bool | None = None
+        self, name: str, record: type[T], params: Sequence[str], *, prepare: bool | None = None
     ) -> None:
         super().__init__(name, params, record, prepare=prepare)
 
-    def __call__(self, conn: Connection, /, **values: Any) -> R | None:
-        return typing.cast(R | None, drivers.run(conn, self, values))
+    def __call__(self, conn: Connection, /, **values: Any) -> T | None:
+        return typing.cast(T | None, drivers.run(conn, self, values))
 
-    async def acall(self, conn: AsyncConnection, /, **values: Any) -> R | None:
+    async def acall(self, conn: AsyncConnection, /, **values: Any) -> T | None:
         """The same, on an async connection."""
-        return typing.cast(R | None, await async_drivers.run(conn, self, values))
+        return typing.cast(T | None, await async_drivers.run(conn, self, values))
 
 
-class Returning(OneOrNone[R]):
+class Returning(OneOrNone[T]):
     """A ``:returning`` write: the row it changed, or None when its guard failed."""
 
     kind = Kind.RETURNING
 
 
-class Many(Binding, Generic[R]):
-    """A ``:many`` query: a list of records, optionally sorted from a whitelist."""
+class Many(Binding, Generic[T]):
+    """A ``:many`` query: a list of records, optionally sorted from a whitelist.
+
+    Bound to a plain type (``Many("q", str, ())``), a one-column query's
+    rows are that column's values.
+    """
 
     kind = Kind.MANY
 
     def __init__(
-        self, name: str, record: type[R], params: Sequence[str], *, prepare: bool | None = None
+        self, name: str, record: type[T], params: Sequence[str], *, prepare: bool | None = None
     ) -> None:
         super().__init__(name, params, record, prepare=prepare)
 
@@ -413,9 +488,9 @@ class Many(Binding, Generic[R]):
         sort: str | None = None,
         descending: bool = False,
         **values: Any,
-    ) -> list[R]:
+    ) -> list[T]:
         return typing.cast(
-            list[R], drivers.run(conn, self, values, sort=sort, descending=descending)
+            list[T], drivers.run(conn, self, values, sort=sort, descending=descending)
         )
 
     async def acall(
@@ -426,10 +501,10 @@ class Many(Binding, Generic[R]):
         sort: str | None = None,
         descending: bool = False,
         **values: Any,
-    ) -> list[R]:
+    ) -> list[T]:
         """The same, on an async connection."""
         rows = await async_drivers.run(conn, self, values, sort=sort, descending=descending)
-        return typing.cast(list[R], rows)
+        return typing.cast(list[T], rows)
 
 
 class Scalar(Binding, Generic[T]):

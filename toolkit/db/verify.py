@@ -40,7 +40,7 @@ import psycopg
 from psycopg.pq import ExecStatus
 from pydantic import BaseModel
 
-from toolkit.db.bind import Binding, Scalar, registry
+from toolkit.db.bind import Binding, Scalar, is_scalar_binding, registry
 from toolkit.db.registry import Kind, NamedQuery, QueryRegistry, code_only
 
 _TYPE_FITS: dict[str, tuple[type, ...]] = {
@@ -252,16 +252,15 @@ def _check_columns(
             problem(f":exec returns columns {[c[0] for c in columns]}; use :returning")
         return found
     if isinstance(binding, Scalar):
-        if len(columns) != 1:
-            problem(f":scalar must return one column, returns {[c[0] for c in columns]}")
-        elif not _fits(columns[0][1], binding.result):
-            problem(
-                f"column {columns[0][0]} is {columns[0][1]}, "
-                f"which does not fit {binding.result.__name__}"
-            )
+        _check_scalar_query(binding, columns, problem)
         return found
     record = binding.record
-    assert record is not None
+    if record is None:
+        problem(f"is bound as {type(binding).__name__} without a record to check its columns")
+        return found
+    if is_scalar_binding(binding):
+        _check_scalar_column(record, columns, problem)
+        return found
     fields = list(record.model_fields.items())
     names = [c[0] for c in columns]
     if names != [name for name, _ in fields]:
@@ -291,6 +290,48 @@ def _check_columns(
                 f"{_show(info.annotation)} (make it Optional, or COALESCE it)"
             )
     return found
+
+
+def _check_scalar_query(
+    binding: Scalar[Any],
+    columns: list[tuple[str, str, bool | None, str | None]],
+    problem: typing.Callable[[str], None],
+) -> None:
+    """Report the problems of a ``:scalar`` query's one column."""
+    if len(columns) != 1:
+        problem(f":scalar must return one column, returns {[c[0] for c in columns]}")
+    elif not _fits(columns[0][1], binding.result):
+        problem(
+            f"column {columns[0][0]} is {columns[0][1]}, which does not fit {_show(binding.result)}"
+        )
+
+
+def _check_scalar_column(
+    result: type[Any],
+    columns: list[tuple[str, str, bool | None, str | None]],
+    problem: typing.Callable[[str], None],
+) -> None:
+    """Report the problems of a one-column query bound to a plain type (``Many("q", str)``)."""
+    shown = _show(result)
+    if len(columns) != 1:
+        problem(
+            f"returns columns {[c[0] for c in columns]}, but is bound to {shown}, "
+            "which takes one column: bind a record whose fields are the columns"
+        )
+        return
+    name, pg_type, not_null, outer_table = columns[0]
+    if not _fits(pg_type, result):
+        problem(f"column {name} is {pg_type}, which does not fit {shown}")
+    if not_null is False:
+        problem(
+            f"column {name} can be NULL, but the query is bound to {shown}: "
+            "bind a record with an Optional field, or COALESCE it"
+        )
+    elif outer_table is not None:
+        problem(
+            f"column {name} comes from {outer_table} on the nullable side of an outer join "
+            f"and can be NULL, but the query is bound to {shown}: COALESCE it"
+        )
 
 
 def _show(annotation: Any) -> str:

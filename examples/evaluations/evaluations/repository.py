@@ -8,8 +8,10 @@ verify`` checks every binding below once this module is in
 
 from __future__ import annotations
 
+import builtins
+
 from evaluations.records import Evaluation, EvaluationCreate, EvaluationFilter
-from toolkit.db.bind import Scalar
+from toolkit.db.bind import Many, Scalar
 from toolkit.db.database import Connection
 from toolkit.db.patterns import Entity, validate
 
@@ -22,7 +24,11 @@ _entity: Entity[Evaluation, EvaluationFilter] = Entity(
     json_columns=("details",),
 )
 _pass_rate = Scalar("evaluations.pass_rate", float, ("metric",))
+_metrics = Many("evaluations.metrics", str, ())
 
+# The entity's functions under their own names, as the toolkit's repositories
+# export them. ``list`` now names the entity's list in this module, so the
+# builtin is spelt ``builtins.list`` here (a bare ``list[str]`` fails).
 create = _entity.create
 get = _entity.get
 list = _entity.list
@@ -33,3 +39,8 @@ delete = _entity.delete
 def pass_rate(conn: Connection, metric: str) -> float | None:
     """The share of passed evaluations of ``metric``; None when there are none."""
     return _pass_rate(conn, metric=validate(EvaluationFilter, {"metric": metric}).metric)
+
+
+def metrics(conn: Connection) -> builtins.list[str]:
+    """Every metric evaluated so far, in order."""
+    return _metrics(conn)

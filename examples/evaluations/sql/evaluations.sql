@@ -38,6 +38,12 @@ SELECT avg(passed::int)::float8
 FROM evaluations
 WHERE metric = :metric;
 
+-- name: evaluations.metrics :many
+-- Every metric evaluated so far, in order: one column, bound to str.
+SELECT DISTINCT metric
+FROM evaluations
+ORDER BY metric;
+
 -- name: evaluations.delete :exec
 -- Delete one evaluation.
 DELETE FROM evaluations

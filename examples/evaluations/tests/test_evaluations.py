@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 import uuid
 from pathlib import Path
 
@@ -194,3 +195,24 @@ async def test_the_async_fixture_shares_the_tests_database(
         made = await async_users.create(conn, {"email": "async@example.com", "display_name": "A"})
     with toolkit_db.connection() as conn:
         assert users.get(conn, made.id) == made
+
+
+def test_metrics_lists_each_evaluated_metric_once(conn: Connection, execution: Execution) -> None:
+    for metric, score in (("recall", 0.5), ("accuracy", 0.9), ("recall", 0.7)):
+        evaluations.create(
+            conn, {"execution_id": execution.id, "metric": metric, "score": score, "passed": True}
+        )
+    assert evaluations.metrics(conn) == ["accuracy", "recall"]
+
+
+def test_the_repository_annotations_resolve_although_it_exports_list() -> None:
+    """The module exports ``list = _entity.list``: its own annotations must still resolve."""
+    functions = [
+        value
+        for value in vars(evaluations).values()
+        if callable(value) and getattr(value, "__module__", None) == evaluations.__name__
+    ]
+    assert evaluations.metrics in functions
+    for function in functions:
+        typing.get_type_hints(function)
+    assert typing.get_type_hints(evaluations.metrics)["return"] == list[str]
