@@ -114,6 +114,7 @@ def test_the_check_names_a_stale_generated_module(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "toolkit", copy / "toolkit")
     shutil.copytree(ROOT / "tools", copy / "tools")
     shutil.copy(ROOT / "ruff.toml", copy / "ruff.toml")
+    shutil.copy(ROOT / ".gitattributes", copy / ".gitattributes")
     check = [sys.executable, str(copy / "tools" / "async_to_sync.py"), "--check"]
     fresh = subprocess.run(check, capture_output=True, text=True, check=False, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
@@ -126,3 +127,85 @@ def test_the_check_names_a_stale_generated_module(tmp_path: Path) -> None:
     subprocess.run(regenerate, check=True, capture_output=True, timeout=300)
     assert 'ENTITY = "robot"' in (copy / "toolkit" / "repositories" / "agents.py").read_text()
     assert subprocess.run(check, capture_output=True, check=False, timeout=300).returncode == 0
+
+
+def test_async_only_modules_are_declared_by_path_not_by_file_name() -> None:
+    tool = _tool()
+    aio = ROOT / "toolkit" / "aio"
+    assert not tool.is_source(aio / "concurrency.py")  # type: ignore[attr-defined]
+    assert not tool.is_source(aio / "storage" / "async_io.py")  # type: ignore[attr-defined]
+    assert not tool.is_source(aio / "storage" / "__init__.py")  # type: ignore[attr-defined]
+    # the same file name elsewhere is a source like any other
+    assert tool.is_source(aio / "db" / "concurrency.py")  # type: ignore[attr-defined]
+    assert tool.is_source(aio / "storage" / "filestore.py")  # type: ignore[attr-defined]
+    for path in tool.ASYNC_ONLY:  # type: ignore[attr-defined]
+        sync = ROOT / "toolkit" / path  # none, or hand-written (the sync primitives)
+        assert not sync.exists() or not sync.read_text().startswith("# Generated from "), path
+
+
+@pytest.mark.parametrize(
+    ("table", "rule", "message"),
+    [
+        ("RENAMES", {"afrobnicate": "frobnicate"}, "rename rule 'afrobnicate' -> 'frobnicate'"),
+        ("RENAMES", {"AsyncWidget": "Widget"}, "'AsyncWidget' -> 'Widget' repeats the AsyncX"),
+        ("MODULES", {"aiofiles.os": "os"}, "rename rule 'aiofiles.os' -> 'os' matches nothing"),
+    ],
+)
+def test_a_rename_rule_that_matches_nothing_fails_the_run_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    table: str,
+    rule: dict[str, str],
+    message: str,
+) -> None:
+    tool = _tool()
+    monkeypatch.setattr(tool, table, {**getattr(tool, table), **rule})
+    assert tool.main(["--check"]) == 2  # type: ignore[attr-defined]
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_async_only_path_fails_the_run_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = _tool()
+    monkeypatch.setattr(tool, "ASYNC_ONLY", tool.ASYNC_ONLY | {"db/gone.py"})  # type: ignore[attr-defined]
+    assert tool.main(["--check"]) == 2  # type: ignore[attr-defined]
+    assert "async-only module 'db/gone.py' (ASYNC_ONLY) does not exist" in capsys.readouterr().err
+
+
+def test_gitattributes_marks_exactly_the_generated_modules() -> None:
+    tool = _tool()
+    marked = {
+        line.split()[0].lstrip("/")
+        for line in (ROOT / ".gitattributes").read_text(encoding="utf-8").splitlines()
+        if "linguist-generated=true" in line
+    }
+    generated = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "toolkit").rglob("*.py")
+        if path.read_text(encoding="utf-8").startswith("# Generated from ")
+    }
+    assert marked == generated
+    sources = {tool.sync_path(s).relative_to(ROOT).as_posix() for s in tool.sources()}  # type: ignore[attr-defined]
+    assert generated == sources
+
+
+def test_the_check_fails_on_a_stale_gitattributes_and_the_run_keeps_other_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = _tool()
+    attributes = tmp_path / ".gitattributes"
+    real = (ROOT / ".gitattributes").read_text(encoding="utf-8")
+    dropped = "/toolkit/db/drivers.py linguist-generated=true\n"
+    attributes.write_text("*.sql text\n" + real.replace(dropped, ""), encoding="utf-8")
+    monkeypatch.setattr(tool, "GITATTRIBUTES", attributes)
+    assert tool.main(["--check"]) == 1  # type: ignore[attr-defined]
+    assert ".gitattributes is stale" in capsys.readouterr().err
+    fixed = tool.gitattributes(
+        attributes.read_text(encoding="utf-8"),
+        [  # type: ignore[attr-defined]
+            tool.sync_path(s)
+            for s in tool.sources()  # type: ignore[attr-defined]
+        ],
+    )
+    assert fixed == "*.sql text\n" + real

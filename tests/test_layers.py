@@ -1,5 +1,12 @@
 """The house's import rules, checked on the source: no arrow from db/, messaging/
-or storage/ up to the domain or the application layer, and no import by name."""
+or storage/ up to the domain or the application layer, a closed async tree, no
+circle, and no import by name.
+
+Every import statement counts, wherever it is: at module level, inside a
+function (a deferred import is still an arrow) and under ``TYPE_CHECKING``
+(so is a type). ``from package import name`` is an arrow to the submodule
+``package.name`` when there is one, else to the package.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +44,24 @@ ALLOWED = {
 }
 
 
+TOP_LAYERS = (
+    "toolkit.commands",
+    "toolkit.cli",
+    "toolkit.__main__",
+    "toolkit.workflows",
+    "toolkit.integrations",
+    "toolkit.pytest_plugin",  # an entry point (pytest's), like the command line
+)
+"""The top of the house: besides toolkit/aio/ itself, only these may import toolkit.aio."""
+
+BINDINGS_CIRCLE = frozenset({"toolkit.db.bind", "toolkit.db.drivers", "toolkit.aio.db.drivers"})
+"""A circle among (some of) these: bind imports both drivers so each binding carries
+``__call__`` and ``acall``; the drivers import bind for its types. Goes when bindings
+become values (issue 18, item 3)."""
+
+BINDINGS_XFAIL = pytest.mark.xfail(strict=True, reason="issue 18 item 3: bindings become values")
+
+
 def layer_of(module: str) -> str:
     if module.startswith("toolkit.aio."):
         module = "toolkit." + module.removeprefix("toolkit.aio.")
@@ -63,13 +88,16 @@ def absolute_imports(node: ast.ImportFrom, module: str, is_package: bool) -> set
     the package (``x`` is then one of its attributes).
     """
     if node.level == 0:
-        return {node.module} if node.module else set()
-    package = module.split(".") if is_package else module.split(".")[:-1]
-    if node.level > len(package):
-        raise AssertionError(f"{module}: 'from {'.' * node.level}' goes above the toolkit")
-    base = ".".join(package[: len(package) - (node.level - 1)])
-    if node.module:
-        return {f"{base}.{node.module}"}
+        if node.module is None:
+            return set()
+        base = node.module
+    else:
+        package = module.split(".") if is_package else module.split(".")[:-1]
+        if node.level > len(package):
+            raise AssertionError(f"{module}: 'from {'.' * node.level}' goes above the toolkit")
+        base = ".".join(package[: len(package) - (node.level - 1)])
+        if node.module:
+            base = f"{base}.{node.module}"
     return {
         f"{base}.{alias.name}" if is_toolkit_module(f"{base}.{alias.name}") else base
         for alias in node.names
@@ -120,7 +148,13 @@ def test_lower_layers_never_import_upward(module: str, path: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "is_package", "statement", "resolved"),
     [
-        ("toolkit.db.fake", False, "from ..workflows import service", {"toolkit.workflows"}),
+        (
+            "toolkit.db.fake",
+            False,
+            "from ..workflows import service",
+            {"toolkit.workflows.service"},
+        ),
+        ("toolkit.db.fake", False, "from ..workflows import not_a_module", {"toolkit.workflows"}),
         ("toolkit.db.fake", False, "from .. import workflows", {"toolkit.workflows"}),
         ("toolkit.db.fake", False, "from . import database", {"toolkit.db.database"}),
         ("toolkit.db.fake", False, "from . import not_a_module", {"toolkit.db"}),
@@ -138,8 +172,8 @@ def test_relative_imports_resolve_to_absolute_names(
 def test_an_upward_relative_import_is_caught_like_an_absolute_one() -> None:
     relative = "from ..workflows import service\nfrom . import database\n"
     absolute = "from toolkit.workflows import service\nfrom toolkit.db import database\n"
-    assert upward_imports("toolkit.db.fake", relative) == {"toolkit.workflows"}
-    assert upward_imports("toolkit.db.fake", absolute) == {"toolkit.workflows"}
+    assert upward_imports("toolkit.db.fake", relative) == {"toolkit.workflows.service"}
+    assert upward_imports("toolkit.db.fake", absolute) == {"toolkit.workflows.service"}
     assert upward_imports("toolkit.aio.storage.fake", "from ..repositories import x") == {
         "toolkit.aio.repositories"
     }
@@ -167,3 +201,164 @@ def test_settings_do_not_import_the_database_driver() -> None:
         for alias in node.names
     } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not {name for name in imported if name.split(".")[0] == "psycopg"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each toolkit module and the toolkit modules it imports (every import statement)."""
+    graph: dict[str, set[str]] = {}
+    for module, path in modules():
+        imported = toolkit_imports(
+            path.read_text(encoding="utf-8"), module, is_package=path.name == "__init__.py"
+        )
+        graph[module] = {_module_of(name) for name in imported} - {module}
+    return graph
+
+
+def _module_of(name: str) -> str:
+    """``name`` if it is a module, else the module it is an attribute of."""
+    while "." in name and not is_toolkit_module(name):
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each circle of imports, as a path that starts and ends at the same module.
+
+    One per strongly connected component of more than one module (Tarjan's
+    algorithm, iterative), found inside it by a breadth-first walk back to its
+    first module.
+    """
+    index: dict[str, int] = {}
+    lowlink: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = lowlink[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next((c for c in children if c in graph), None)
+            if child is not None:
+                if child not in index:
+                    index[child] = lowlink[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    lowlink[node] = min(lowlink[node], index[child])
+                continue
+            work.pop()
+            if work:
+                lowlink[work[-1][0]] = min(lowlink[work[-1][0]], lowlink[node])
+            if lowlink[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(component)
+    return [_path_round(graph, component) for component in components]
+
+
+def _path_round(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    start = min(component)
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for child in sorted(graph[node] & component):
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if node != start else [start, start]
+                if child not in came_from:
+                    came_from[child] = node
+                    following.append(child)
+        frontier = following
+    raise AssertionError(f"{sorted(component)} is not a circle")
+
+
+def test_circles_are_found_and_named_as_a_path() -> None:
+    graph = {
+        "a": {"b"},
+        "b": {"c", "x"},
+        "c": {"a"},
+        "d": {"a", "e"},
+        "e": {"d"},
+        "x": set(),
+        "y": {"outside"},
+    }
+    assert sorted(circles(graph)) == [["a", "b", "c", "a"], ["d", "e", "d"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_kind_of_import_is_an_arrow() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from toolkit.db.bind import Binding\n"
+        "def later() -> None:\n"
+        "    from toolkit.storage.pipeline import put_stream\n"
+        "from toolkit.aio.storage import repository\n"
+    )
+    assert toolkit_imports(source, "toolkit.fake") == {
+        "toolkit.db.bind",
+        "toolkit.storage.pipeline",
+        "toolkit.aio.storage.repository",
+    }
+
+
+def test_no_import_circles() -> None:
+    found = [c for c in circles(import_graph()) if not set(c) <= BINDINGS_CIRCLE]
+    assert found == [], "import circles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+@BINDINGS_XFAIL
+def test_the_bindings_circle_is_gone() -> None:
+    assert not [c for c in circles(import_graph()) if set(c) <= BINDINGS_CIRCLE]
+
+
+def _in(module: str, layers: tuple[str, ...]) -> bool:
+    return any(module == layer or module.startswith(layer + ".") for layer in layers)
+
+
+def _closed_tree_cases() -> list[object]:
+    cases: list[object] = []
+    for module, _ in modules():
+        if _in(module, ("toolkit.aio", *TOP_LAYERS)):
+            continue
+        marks = [BINDINGS_XFAIL] if module == "toolkit.db.bind" else []
+        cases.append(pytest.param(module, id=module, marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize("module", _closed_tree_cases())
+def test_the_async_tree_is_closed(module: str) -> None:
+    into_aio = into_the_async_tree(module, import_graph()[module])
+    assert into_aio == [], f"{module} is below the top layers and imports {into_aio}"
+
+
+def into_the_async_tree(module: str, imported: set[str]) -> list[str]:
+    """The modules under toolkit.aio that ``module`` may not import (it is below the top)."""
+    if _in(module, ("toolkit.aio", *TOP_LAYERS)):
+        return []
+    return sorted(name for name in imported if _in(name, ("toolkit.aio",)))
+
+
+def test_the_closed_tree_rule_allows_only_the_top_and_aio_itself() -> None:
+    deferred = "def f() -> None:\n    from toolkit.aio.storage import async_io\n"
+    imported = {_module_of(n) for n in toolkit_imports(deferred, "toolkit.storage.fake")}
+    assert into_the_async_tree("toolkit.storage.fake", imported) == ["toolkit.aio.storage.async_io"]
+    assert into_the_async_tree("toolkit.db.fake", {"toolkit.aiox", "toolkit.db"}) == []
+    for allowed in ("toolkit.aio.db.x", "toolkit.commands.migrate", "toolkit.workflows.x"):
+        assert into_the_async_tree(allowed, {"toolkit.aio.db.database"}) == []

@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import load_settings
 from toolkit.db import Database, migrate
-from toolkit.db.errors import describe_target, mask_conninfo
+from toolkit.db.conninfo import describe_target, mask_conninfo
 from toolkit.errors import (
     ConfigurationError,
     Conflict,

@@ -35,14 +35,14 @@ undetected until the next anchor. Run ``toolkit audit anchor`` periodically
 an hour) and ``toolkit audit verify`` from a host the database owner does
 not control.
 
-The SQL here is a handful of plain reads of ``audit_events`` kept in this
-module rather than in ``sql/`` (every query there must be bound by a module
-that ``toolkit verify`` imports); each is a constant with bound parameters.
+Its reads of ``audit_events`` are named queries in ``sql/audit_anchors.sql``,
+bound here like any repository's and checked by ``toolkit verify``. The
+``toolkit audit anchor`` and ``toolkit audit verify`` commands are
+:mod:`toolkit.commands.audit`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections import deque
@@ -51,13 +51,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 from uuid import UUID
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from toolkit.config import Settings, settings_from_options
+from toolkit.config import Settings
 from toolkit.db.bind import Many, OneOrNone, Scalar
 from toolkit.errors import IntegrityError, InvalidInput, ToolkitError, bounded_repr
 from toolkit.records import Record
@@ -446,7 +446,7 @@ def store_anchor(storage: Storage, anchor: Anchor, *, key: str | None = None) ->
 def _lock(storage: Storage, key: str, days: int, mode: RetentionMode) -> str:
     """Object Lock retention on S3 where the bucket has it; otherwise create-only."""
     from toolkit.storage.backends import S3Storage  # noqa: PLC0415 - fsspec on first use
-    from toolkit.storage.base import translating  # noqa: PLC0415
+    from toolkit.storage.streams import translating  # noqa: PLC0415
 
     if not isinstance(storage, S3Storage):
         return "create-only"
@@ -616,108 +616,9 @@ def verify(conn: Connection, storage: Storage, *, latest: int | None = None) -> 
     )
 
 
-# -- the ``toolkit audit`` commands ---------------------------------------------------
-
-
 def anchor_store_url(settings: Settings) -> str:
     """``TOOLKIT_AUDIT_ANCHOR_URL``, else ``TOOLKIT_STORAGE_URL`` (keys ``audit-anchors/...``)."""
     return settings.audit_anchor_url or settings.storage_url
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return settings_from_options(
-        args, {"database_url": "database_url", "anchor_url": "audit_anchor_url"}
-    )
-
-
-def _run(args: argparse.Namespace, action: str) -> int:
-    from toolkit.db.database import connect  # noqa: PLC0415 - fast --help
-    from toolkit.db.errors import raise_translated  # noqa: PLC0415
-    from toolkit.storage.backends import open_storage  # noqa: PLC0415
-
-    settings = _settings(args)
-    setting = "TOOLKIT_AUDIT_ANCHOR_URL" if settings.audit_anchor_url else "TOOLKIT_STORAGE_URL"
-    with open_storage(anchor_store_url(settings), setting) as storage:
-        conn = connect(
-            settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
-        )
-        try:
-            with conn:
-                if action == "anchor":
-                    result = write_anchor(
-                        conn,
-                        storage,
-                        retention_days=args.retention_days,
-                        retention_mode=args.retention_mode,
-                    )
-                else:
-                    report = verify(conn, storage, latest=args.latest)
-        except psycopg.Error as exc:
-            raise_translated(exc, f"audit {action}")
-    if action == "anchor":
-        if result is None:
-            print("audit anchor: the audit chain is empty; nothing to anchor")
-        else:
-            written = result.anchor
-            print(
-                f"audit anchor: seq {written.sequence} hash {written.hash} written to "
-                f"{written.key} ({result.protection})"
-            )
-        return 0
-    for finding in report.findings:
-        print(finding)
-    print(f"audit verify: {report.summary()}")
-    return 0 if report.ok else 1
-
-
-def anchor_command(args: argparse.Namespace) -> int:
-    """``toolkit audit anchor``: write one anchor now; prints where."""
-    return _run(args, "anchor")
-
-
-def verify_command(args: argparse.Namespace) -> int:
-    """``toolkit audit verify``: 0 when intact, 1 with the findings printed."""
-    return _run(args, "verify")
-
-
-def add_audit_commands(commands: Any) -> argparse.ArgumentParser:
-    """Add ``audit anchor`` and ``audit verify`` to the ``toolkit`` command's subparsers."""
-    audit = commands.add_parser(
-        "audit",
-        help="tamper evidence for the audit chain",
-        description="anchor the audit chain outside the database, and verify it against anchors",
-    )
-    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    texts = {
-        "anchor": "write the chain head to the anchor store now (create-only; S3 Object Lock)",
-        "verify": "recompute the chain in Python and check it against the anchors; exit 1 if not",
-    }
-    for name, handler in (("anchor", anchor_command), ("verify", verify_command)):
-        sub = actions.add_parser(name, help=texts[name], description=texts[name])
-        sub.add_argument("--database-url", help="override TOOLKIT_DATABASE_URL for this run")
-        sub.add_argument(
-            "--anchor-url", help="override TOOLKIT_AUDIT_ANCHOR_URL (the anchor store) for this run"
-        )
-        sub.set_defaults(handler=handler)
-        if name == "anchor":
-            sub.add_argument(
-                "--retention-days",
-                type=int,
-                default=DEFAULT_RETENTION_DAYS,
-                help="S3 Object Lock retention when the bucket has Object Lock",
-            )
-            sub.add_argument(
-                "--retention-mode",
-                choices=["COMPLIANCE", "GOVERNANCE"],
-                default="COMPLIANCE",
-                help="S3 Object Lock mode (GOVERNANCE can be lifted by a privileged user)",
-            )
-        else:
-            sub.add_argument(
-                "--latest", type=int, help="check only the newest N anchors (default: all)"
-            )
-    parser: argparse.ArgumentParser = audit
-    return parser
 
 
 __all__ = [
@@ -728,7 +629,6 @@ __all__ = [
     "ChainRow",
     "Finding",
     "FindingKind",
-    "add_audit_commands",
     "anchor_keys",
     "anchor_store_url",
     "event_hash",

@@ -1,8 +1,8 @@
-"""The ``toolkit`` console script (also ``python -m toolkit``).
+"""The ``toolkit`` console script (also ``python -m toolkit``): the parser and :func:`main`.
 
 Commands: ``migrate``, ``rollback``, ``queries`` (``queries show NAME``),
 ``verify``, ``demo``, ``relay``, ``worker``, ``storage sweep`` and ``audit
-anchor``/``audit verify``. Settings
+anchor``/``audit verify``, each defined in :mod:`toolkit.commands`. Settings
 come from the ``TOOLKIT_*`` environment; ``--database-url`` overrides the
 database for one run. Errors are printed on one line, without a traceback.
 
@@ -23,12 +23,10 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
-
-import psycopg
+from typing import TextIO
 
 from toolkit import DISTRIBUTION, __version__
-from toolkit.config import UnknownSettingWarning, settings_from_options
+from toolkit.config import UnknownSettingWarning
 from toolkit.errors import ConfigurationError, InvalidInput, QueryDefinitionError, ToolkitError
 
 FAILED = 1
@@ -57,134 +55,6 @@ def exit_code(error: ToolkitError) -> int:
     return FAILED
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Shows an option's default after its help, unless the help already says it.
-
-    A default of None, False or an empty list means "not given": the help
-    says in words what happens then.
-    """
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        shows_default = (
-            "default" not in text
-            and default is not argparse.SUPPRESS
-            and default not in (None, False, [])
-            and (
-                action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
-            )
-        )
-        return f"{text} (default: %(default)s)" if shows_default else text
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser with the toolkit's help formatter, inherited by every subcommand."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)
-
-
-def _migration_url(args: argparse.Namespace) -> str:
-    return str(args.database_url or settings_from_options(args).effective_migration_url)
-
-
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    from toolkit.db.migrations import migrate, status
-
-    if args.status:
-        states = status(_migration_url(args))
-        for state in states:
-            print(f"{'applied' if state.applied else 'pending'}  {state.origin:<7}  {state.id}")
-        pending = sum(not state.applied for state in states)
-        print(f"{len(states) - pending} applied, {pending} pending")
-        return 0
-    # Each line as it happens (flushed: stdout may be a pipe), not when the batch ends.
-    result = migrate(
-        _migration_url(args),
-        on_created=lambda: print("created the database", flush=True),
-        on_applied=lambda migration_id: print(f"applied {migration_id}", flush=True),
-    )
-    if not result.applied:
-        print("nothing to apply: the schema is up to date")
-    return 0
-
-
-def _cmd_rollback(args: argparse.Namespace) -> int:
-    from toolkit.db.migrations import rollback
-
-    result = rollback(_migration_url(args), None if args.all else args.count)
-    for migration_id in result.rolled_back:
-        print(f"rolled back {migration_id}")
-    if not result.rolled_back:
-        print("nothing to roll back")
-    return 0
-
-
-def _cmd_queries(args: argparse.Namespace) -> int:
-    from toolkit.db.bind import registry
-
-    queries = registry()
-    if args.action == "show":
-        if not args.name:
-            raise InvalidInput(
-                "queries show needs a query name, e.g. 'toolkit queries show agents.get'",
-                field="name",
-            )
-        query = queries[args.name]
-        print(f"-- {query.location}\n-- name: {query.name} :{query.kind.value}\n-- {query.doc}")
-        print(query.source)
-        return 0
-    width = max(len(q.name) for q in queries)
-    for query in queries:
-        print(f"{query.name:<{width}}  {query.origin:<7}  :{query.kind.value:<9}  {query.doc}")
-    return 0
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from toolkit.catalog import load_bindings
-    from toolkit.db.database import connect
-    from toolkit.db.errors import raise_translated
-    from toolkit.db.verify import verify
-
-    settings = settings_from_options(args)
-    bindings = load_bindings(settings)
-    conn = connect(
-        settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
-    )
-    try:
-        with conn:
-            problems = verify(conn, bindings)
-    except psycopg.Error as exc:
-        raise_translated(exc, "verify")
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"verify: {len(problems)} problem(s) in {len(bindings)} queries", file=sys.stderr)
-        return 1
-    print(f"verify: {len(bindings)} queries agree with the schema and their records")
-    return 0
-
-
-def _cmd_relay(args: argparse.Namespace) -> int:
-    from toolkit.workflows.commands import relay_command
-
-    return relay_command(args)
-
-
-def _cmd_worker(args: argparse.Namespace) -> int:
-    from toolkit.workflows.commands import worker_command
-
-    return worker_command(args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from toolkit.workflows.demo import run_demo
-
-    return run_demo(settings_from_options(args), embedded=args.embedded)
-
-
 def version_line() -> str:
     """What ``toolkit --version`` prints: the command, the version and the distribution."""
     return f"toolkit {__version__} ({DISTRIBUTION})"
@@ -192,6 +62,11 @@ def version_line() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``toolkit`` command."""
+    # Imported here, not at the top: importing the commands binds queries, which reads
+    # the settings, and a bad setting is reported by main() on one line.
+    from toolkit.commands import REGISTRATIONS
+    from toolkit.commands.base import ArgumentParser
+
     parser = ArgumentParser(
         prog="toolkit",
         description="Migrate, inspect and run the agent persistence toolkit: PostgreSQL, "
@@ -203,58 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], int], text: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=text, description=text)
-        sub.add_argument("--database-url", help="override TOOLKIT_DATABASE_URL for this run")
-        sub.set_defaults(handler=handler)
-        return sub
-
-    migrate = command(
-        "migrate", _cmd_migrate, "create the database if missing and apply pending migrations"
-    )
-    migrate.add_argument(
-        "--status", action="store_true", help="list applied and pending migrations, change nothing"
-    )
-    rollback = command("rollback", _cmd_rollback, "revert the newest applied migration(s)")
-    how_many = rollback.add_mutually_exclusive_group()
-    how_many.add_argument("--count", type=int, default=1, help="revert the newest N migrations")
-    how_many.add_argument("--all", action="store_true", help="revert every applied migration")
-    queries = command("queries", _cmd_queries, "list the named queries, or show one's SQL")
-    queries.add_argument(
-        "action", nargs="?", choices=["list", "show"], default="list", help="what to do"
-    )
-    queries.add_argument(
-        "name", nargs="?", help="the query to show, e.g. agents.get (needed by show)"
-    )
-    command("verify", _cmd_verify, "check every query against the schema and its record")
-    demo = command("demo", _cmd_demo, "migrate and walk one story through the toolkit")
-    demo.add_argument(
-        "--embedded",
-        action="store_true",
-        help=f"run on an embedded PostgreSQL (needs pgserver, the embedded extra of "
-        f"{DISTRIBUTION}: pip install pgserver, or pip install '.[embedded]' in a checkout)",
-    )
-    from toolkit.storage.cli import add_storage_commands
-    from toolkit.workflows.commands import add_relay_arguments, add_worker_arguments
-
-    add_relay_arguments(
-        command("relay", _cmd_relay, "publish committed outbox messages to RabbitMQ until SIGTERM")
-    )
-    add_worker_arguments(
-        command(
-            "worker",
-            _cmd_worker,
-            "consume workflow.execute, notification.send and audit.log until SIGTERM",
-        )
-    )
-
-    add_storage_commands(commands)
-    from toolkit.audit_anchors import add_audit_commands
-
-    add_audit_commands(commands)
+    for register in REGISTRATIONS:
+        register(commands)
     return parser
 
 

@@ -93,7 +93,7 @@ def mask_password(url: str) -> str:
     the last ``@`` covers both), and so is the value of every query parameter
     whose name (percent-decoded) has ``pass``, ``secret`` or ``token`` in it.
     In a ``key=value`` string the value of every such key is masked, quoted
-    or not. :func:`toolkit.db.errors.mask_conninfo` checks the result for a
+    or not. :func:`toolkit.db.conninfo.mask_conninfo` checks the result for a
     PostgreSQL URL against libpq's own parse.
     """
     scheme, separator, rest = url.partition("://")

@@ -31,6 +31,12 @@ Usage::
     python tools/async_to_sync.py            # regenerate every sync module
     python tools/async_to_sync.py --check    # exit 1 naming stale ones (lint)
     python tools/async_to_sync.py toolkit/aio/db/database.py   # just these
+
+A run over every source also keeps the tool's own tables honest: it fails
+(exit 2, naming it) on a rename rule that matched nothing or an async-only
+path that does not exist, and it writes the block of ``.gitattributes``
+that marks every generated module ``linguist-generated`` (``--check`` fails
+if that block is not exactly the generated modules).
 """
 
 from __future__ import annotations
@@ -48,30 +54,38 @@ ROOT = Path(__file__).resolve().parents[1]
 ASYNC_ROOT = ROOT / "toolkit" / "aio"
 SYNC_ROOT = ROOT / "toolkit"
 
-HAND_WRITTEN = {"__init__.py", "concurrency.py"}
-"""Files under toolkit/aio/ that are not sources: package files and the
-primitives module (``sleep``, ``Event``, ...) whose two forms differ."""
+PACKAGE_FILE = "__init__.py"
+"""Package files are never generated: each side's package says what it exports."""
+
+ASYNC_ONLY = frozenset(
+    {
+        "concurrency.py",  # sleep, Event, spawn/stop as tasks; the sync ones are threads
+        "storage/async_io.py",  # the awaited facade over a back end; the sync API calls it
+    }
+)
+"""Hand-written modules under toolkit/aio/ with no sync twin, by path relative to it
+(a path, not a file name: a new ``concurrency.py`` elsewhere is a source like any other)."""
 
 RENAMES = {
-    "AsyncIterator": "Iterator",
-    "AsyncIterable": "Iterable",
-    "AsyncGenerator": "Generator",
-    "AsyncExitStack": "ExitStack",
     "asynccontextmanager": "contextmanager",
     "aclose": "close",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "__aiter__": "__iter__",
-    "__anext__": "__next__",
-    "StopAsyncIteration": "StopIteration",
-    "anext": "next",
     "aiter": "iter",
-    "arun": "run",
-    "acopy": "copy",
 }
-"""Async names and their sync counterparts (besides ``AsyncX`` -> ``X``)."""
+"""Async names and their sync counterparts (besides ``AsyncX`` -> ``X``). Only what the
+sources use: a run over every source fails on a rule that matches nothing, or one that
+only repeats ``AsyncX`` -> ``X``, so the table says what the code needs."""
 
 MODULES = {"redis.asyncio": "redis"}
+
+GITATTRIBUTES = ROOT / ".gitattributes"
+_BEGIN = "# BEGIN generated modules (tools/async_to_sync.py writes this block)"
+_END = "# END generated modules"
+
+_matched_rules: set[str] = set()
+"""The keys of :data:`RENAMES` and :data:`MODULES` the transform has applied so far."""
 
 ASYNC_PREFIX = re.compile(r"^Async(?=[A-Z])")
 
@@ -88,6 +102,7 @@ class TransformError(Exception):
 def sync_name(name: str) -> str:
     """The sync spelling of an identifier."""
     if name in RENAMES:
+        _matched_rules.add(name)
         return RENAMES[name]
     return ASYNC_PREFIX.sub("", name)
 
@@ -100,6 +115,7 @@ def sync_module(module: str) -> str:
         return "toolkit." + module.removeprefix("toolkit.aio.")
     for async_module, sync in MODULES.items():
         if module == async_module or module.startswith(async_module + "."):
+            _matched_rules.add(async_module)
             return sync + module.removeprefix(async_module)
     return module
 
@@ -397,9 +413,80 @@ def sync_path(source: Path) -> Path:
     return SYNC_ROOT / source.resolve().relative_to(ASYNC_ROOT)
 
 
+def is_source(path: Path) -> bool:
+    """True for a module under toolkit/aio/ that has a generated sync twin."""
+    path = path.resolve()
+    if not path.is_relative_to(ASYNC_ROOT) or path.name == PACKAGE_FILE:
+        return False
+    return path.relative_to(ASYNC_ROOT).as_posix() not in ASYNC_ONLY
+
+
 def sources() -> list[Path]:
     """Every async source under toolkit/aio/."""
-    return sorted(p for p in ASYNC_ROOT.rglob("*.py") if p.name not in HAND_WRITTEN)
+    return sorted(p for p in ASYNC_ROOT.rglob("*.py") if is_source(p))
+
+
+def stale_rules(root: Path = ASYNC_ROOT) -> list[str]:
+    """What in the tool's tables matches nothing: call after transforming every source."""
+    problems = [
+        f"rename rule {name!r} -> {new!r} matches nothing under toolkit/aio/; remove it"
+        for table in (RENAMES, MODULES)
+        for name, new in table.items()
+        if name not in _matched_rules
+    ]
+    problems += [
+        f"rename rule {name!r} -> {new!r} repeats the AsyncX -> X rule; remove it"
+        for name, new in RENAMES.items()
+        if ASYNC_PREFIX.sub("", name) == new
+    ]
+    problems += [
+        f"async-only module {path!r} (ASYNC_ONLY) does not exist under toolkit/aio/"
+        for path in sorted(ASYNC_ONLY)
+        if not (root / path).is_file()
+    ]
+    return problems
+
+
+def gitattributes(current: str, generated: list[Path]) -> str:
+    """``current`` (the text of .gitattributes) with its generated block listing ``generated``."""
+    block = [_BEGIN]
+    block += [f"/{p.relative_to(ROOT).as_posix()} linguist-generated=true" for p in generated]
+    block.append(_END)
+    lines = current.splitlines()
+    if _BEGIN in lines and _END in lines:
+        start, end = lines.index(_BEGIN), lines.index(_END)
+        lines[start : end + 1] = block
+    else:
+        lines += ([""] if lines else []) + block
+    return "\n".join(lines) + "\n"
+
+
+def _report_stale(stale: list[Path]) -> None:
+    """Name each stale file and how to bring it up to date."""
+    for target in stale:
+        what = (
+            "its list of generated modules is not the generated modules"
+            if target == GITATTRIBUTES
+            else "its async source changed"
+        )
+        shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
+        print(
+            f"{shown} is stale: {what}; run `tox -e generate` (python tools/async_to_sync.py)",
+            file=sys.stderr,
+        )
+
+
+def _write_gitattributes(generated_from: list[Path], *, check: bool) -> bool:
+    """Bring .gitattributes' generated block up to date (with ``check``, only compare);
+    False if it was stale."""
+    current = GITATTRIBUTES.read_text(encoding="utf-8") if GITATTRIBUTES.exists() else ""
+    wanted = gitattributes(current, [sync_path(source) for source in generated_from])
+    if wanted == current:
+        return True
+    if not check:
+        GITATTRIBUTES.write_text(wanted, encoding="utf-8")
+        print("generated the block of .gitattributes")
+    return not check
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,11 +494,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
     parser.add_argument("files", nargs="*", type=Path, help="async sources (default: all)")
     args = parser.parse_args(argv)
-    chosen = [f.resolve() for f in args.files] or sources()
+    every = not args.files
+    chosen = sources() if every else [f.resolve() for f in args.files]
     for source in chosen:
-        if source.name in HAND_WRITTEN or not source.is_relative_to(ASYNC_ROOT):
+        if not is_source(source):
             print(f"error: {source} is not an async source under toolkit/aio/", file=sys.stderr)
             return 2
+    _matched_rules.clear()
     stale = []
     for source in chosen:
         try:
@@ -429,13 +518,16 @@ def main(argv: list[str] | None = None) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(code, encoding="utf-8")
             print(f"generated {target.relative_to(ROOT)}")
+    if every:
+        problems = stale_rules()
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+        if not _write_gitattributes(chosen, check=args.check):
+            stale.append(GITATTRIBUTES)
     if stale:
-        for target in stale:
-            print(
-                f"{target.relative_to(ROOT)} is stale: its async source changed; "
-                "run `tox -e generate` (python tools/async_to_sync.py)",
-                file=sys.stderr,
-            )
+        _report_stale(stale)
         return 1
     return 0
 

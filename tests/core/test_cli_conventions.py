@@ -58,6 +58,28 @@ def test_help_has_no_markup_and_every_option_says_what_it_does_and_its_default()
                 assert re.search(r"default|override", action.help), where
 
 
+def test_every_command_is_defined_and_registered_in_toolkit_commands() -> None:
+    handlers = {
+        path: parser.get_default("handler")
+        for path, parser in every_parser(build_parser())
+        if parser.get_default("handler") is not None
+    }
+    assert sorted(" ".join(path) for path in handlers) == [
+        "audit anchor",
+        "audit verify",
+        "demo",
+        "migrate",
+        "queries",
+        "relay",
+        "rollback",
+        "storage sweep",
+        "verify",
+        "worker",
+    ]
+    for path, handler in handlers.items():
+        assert handler.__module__.startswith("toolkit.commands."), (path, handler.__module__)
+
+
 def test_version_is_the_distributions_even_with_a_bad_setting(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -151,14 +151,14 @@ def test_mask_password_covers_every_place_a_password_can_be(url: str, masked: st
     ],
 )
 def test_mask_conninfo_shows_what_libpq_reads_with_its_secrets_masked(url: str, shown: str) -> None:
-    from toolkit.db.errors import mask_conninfo
+    from toolkit.db.conninfo import mask_conninfo
 
     assert mask_conninfo(url).startswith(shown)
 
 
 @pytest.mark.parametrize("url", ["postgresql://u:p@ss@h/db", "postgresql://u:p/ss@h/db"])
 def test_an_at_sign_libpq_would_misread_is_refused_without_the_url(url: str) -> None:
-    from toolkit.db.errors import describe_target
+    from toolkit.db.conninfo import describe_target
 
     for refuse in (lambda: load_settings(database_url=url), lambda: describe_target(url)):
         with pytest.raises(ConfigurationError, match="percent-encode '@' as %40") as info:

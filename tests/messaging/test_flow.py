@@ -16,6 +16,7 @@ import pytest
 from toolkit.aio.db import AsyncConnection, AsyncDatabase
 from toolkit.aio.messaging import inbox as ainbox
 from toolkit.aio.workflows import service as aservice
+from toolkit.commands.messaging import add_relay_arguments, add_worker_arguments, relay_command
 from toolkit.config import Settings
 from toolkit.db import Connection, Database
 from toolkit.messaging import (
@@ -32,7 +33,6 @@ from toolkit.messaging import (
 from toolkit.records import Execution
 from toolkit.repositories import Audit, executions
 from toolkit.workflows import service
-from toolkit.workflows.commands import add_relay_arguments, add_worker_arguments, relay_command
 from toolkit.workflows.demo_messaging import run_demo_messaging
 
 from ..core.factories import make_workflow

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.core.factories import make_execution
+from toolkit.commands import storage as storage_commands
 from toolkit.config import Settings
 from toolkit.db import Database
 from toolkit.errors import ConfigurationError
 from toolkit.storage import FileStore, LocalStorage, MemoryStorage, S3Storage, open_storage
 from toolkit.storage import repository as files
-from toolkit.storage.cli import add_storage_commands
 from toolkit.workflows.demo_storage import store_demo_report
 
 from .conftest import PYFS_AVAILABLE, s3_url
@@ -134,7 +134,7 @@ def test_sweep_command(
         b"never recorded", owner_id="5f0c7f38-7f60-4a43-8f3b-0bd6e1c3b3a1", purpose="generated"
     )
     parser = argparse.ArgumentParser()
-    add_storage_commands(parser.add_subparsers(dest="command"))
+    storage_commands.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "storage",

@@ -7,7 +7,8 @@ names from :mod:`toolkit.concurrency` (see ``tools/async_to_sync.py``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,3 +33,162 @@ async def run_blocking(fn: Callable[..., T], /, *args: Any) -> T:
     hold up the loop.
     """
     return await asyncio.to_thread(fn, *args)
+
+
+_log = logging.getLogger("toolkit.concurrency")
+
+
+class Stopping:
+    """The cue :func:`stop` gives a spawned function to end; it is passed as fn's first argument."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        """Ask the function to end (what :func:`stop` does first)."""
+        self._event.set()
+
+    def is_set(self) -> bool:
+        """True once stopping was asked for."""
+        return self._event.is_set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds: True as soon as stopping is asked for, else False."""
+        if self._event.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Worker:
+    """A function running in the background: an asyncio task here, a thread in the sync API."""
+
+    def __init__(self, name: str, stopping: Stopping, task: asyncio.Task[object]) -> None:
+        self.name = name
+        self.stopping = stopping
+        self._task = task
+
+    def done(self) -> bool:
+        """True once the function has returned, raised or been cancelled."""
+        return self._task.done()
+
+    def _error(self) -> BaseException | None:
+        """What the ended function raised (None if it returned or was cancelled)."""
+        return None if self._task.cancelled() else self._task.exception()
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"{type(self).__name__}(name={self.name!r}, {state})"
+
+
+def spawn(fn: Callable[..., Awaitable[object]], /, *args: Any, name: str) -> Worker:
+    """Run ``fn(stopping, *args)`` as a task on the running loop (a daemon thread in sync).
+
+    ``stopping`` is the worker's :class:`Stopping`: fn waits on it between
+    steps and ends once it is set. :func:`stop` sets it; :func:`wait` waits
+    for the end and re-raises what fn raised.
+    """
+    stopping = Stopping()
+
+    async def run() -> object:
+        return await fn(stopping, *args)
+
+    return Worker(name, stopping, asyncio.get_running_loop().create_task(run(), name=name))
+
+
+async def wait(worker: Worker, timeout: float | None = None) -> bool:
+    """Wait up to ``timeout`` seconds (None: no limit) for ``worker`` to end.
+
+    True once it has ended, False if it still runs. An exception fn ended
+    with is raised here (each time); a cancelled worker has simply ended.
+    Cancelling the caller does not cancel the worker.
+    """
+    if not worker.done():
+        await asyncio.wait({worker._task}, timeout=timeout)
+    if not worker.done():
+        return False
+    error = worker._error()
+    if error is not None:
+        raise error
+    return True
+
+
+async def stop(worker: Worker, timeout: float) -> bool:
+    """Ask ``worker`` to end and wait up to ``timeout`` seconds for it; True once it has ended.
+
+    Past the timeout the async API cancels the task (and waits as long
+    again); the sync API cannot end a thread, which stays, a daemon, until
+    fn notices. Called in clean-up code, it never raises fn's exception
+    (that would hide the caller's own): it logs it. :func:`wait` raises it.
+    """
+    worker.stopping.set()
+    if not worker.done():
+        await asyncio.wait({worker._task}, timeout=timeout)
+    if not worker.done():
+        worker._task.cancel()
+        await asyncio.wait({worker._task}, timeout=timeout)
+    if not worker.done():
+        return False
+    error = worker._error()
+    if error is not None:
+        _log.error("background worker %s failed", worker.name, exc_info=error)
+    return True
+
+
+class LeaseKeeper:
+    """Renews a lease in the background while its holder works.
+
+    Every ``every`` seconds it awaits ``renew()``, which renews the lease and
+    returns False once the lease is no longer ours (``renew`` handles its own
+    transient failures: it logs them and returns True to try again next
+    time). It ends when stopped or when the lease is lost, and then
+    :attr:`lost` says which. It runs as a :func:`spawn` worker named
+    ``name``; :meth:`stop` waits up to ``stop_timeout`` seconds for a
+    renewal in flight. Use :meth:`start`/:meth:`stop` or ``async with``.
+    """
+
+    def __init__(
+        self,
+        renew: Callable[[], Awaitable[bool]],
+        every: float,
+        *,
+        name: str,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._renew = renew
+        self._every = every
+        self._name = name
+        self._stop_timeout = stop_timeout
+        self._worker: Worker | None = None
+        self.lost = False
+        """True once ``renew`` reported the lease lost."""
+        self.renewals = 0
+        """How many renewals succeeded."""
+
+    def start(self) -> None:
+        """Begin renewing in the background."""
+        self._worker = spawn(self._run, name=self._name)
+
+    async def stop(self) -> None:
+        """Stop renewing and wait for the keeper to end (a no-op if never started)."""
+        if self._worker is not None:
+            await stop(self._worker, self._stop_timeout)
+
+    async def __aenter__(self) -> LeaseKeeper:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _run(self, stopping: Stopping) -> None:
+        while not await stopping.wait(self._every):
+            if not await self._renew():
+                self.lost = True
+                return
+            if stopping.is_set():
+                return  # stopped while renewing: this renewal is not counted
+            self.renewals += 1

@@ -37,7 +37,6 @@ import functools
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from functools import lru_cache
@@ -77,7 +76,7 @@ from toolkit.cache.fingerprint import (
 from toolkit.cache.inputs import Outcome, fraction, positive_seconds, ttl_seconds
 from toolkit.cache.secrets import SecretDetector
 from toolkit.cache.stats import BypassReason, CacheStats
-from toolkit.concurrency import run_blocking, sleep
+from toolkit.concurrency import LeaseKeeper, run_blocking, sleep
 from toolkit.errors import InvalidInput
 
 __all__ = ["LLMCache"]
@@ -644,7 +643,7 @@ class LLMCache:
     def _compute_under_lease(
         self, job: Job, lease: str, token: str, lease_ms: int
     ) -> CachedResponse:
-        keeper = _LeaseKeeper(self._client, self._extend_script, lease, token, lease_ms)
+        keeper = self._lease_keeper(lease, token, lease_ms)
         try:
             # Someone may have stored the entry between our miss and our lease.
             found, generations = self._lookup(job.plan, count=False)
@@ -657,6 +656,34 @@ class LLMCache:
                 keeper.stop()
             finally:  # released even if a second cancellation interrupts the stop
                 self._client.execute(lambda r: self._release_script(keys=[lease], args=[token]))
+
+    def _lease_keeper(self, lease: str, token: str, lease_ms: int) -> LeaseKeeper:
+        """A keeper that renews our stampede lease while we compute.
+
+        Every third of the lease's TTL it runs a compare-token-and-``PEXPIRE``
+        script through the client (behind its breaker), so a computation slower
+        than ``lease_ttl`` keeps its lease and the waiters keep waiting for its
+        result. It stops when told to, or once the lease is no longer ours
+        (expired, and perhaps taken by another caller). A renewal that lands
+        after the release is harmless: the script only extends a lease that
+        still holds our token.
+        """
+        keys: list[str] = [lease]
+        args: list[str | int] = [token, lease_ms]
+
+        def renew() -> bool:
+            renewed = self._client.execute(lambda r: self._extend_script(keys=keys, args=args))
+            if isinstance(renewed, Outcome):
+                return True  # Redis is down: try again next time, the lease may survive
+            if not renewed:
+                _log.debug("lost the lease %s while computing", lease)
+            return bool(renewed)
+
+        interval = max(lease_ms / 3000, 0.001)  # a third of the TTL; never a spin
+        # stop() waits this long for a renewal in flight (bounded by the socket timeout).
+        return LeaseKeeper(
+            renew, interval, name="toolkit-lease-keeper", stop_timeout=max(1.0, interval)
+        )
 
     def _wait_for(
         self, plan: Plan, lease: str, deadline: float
@@ -703,60 +730,3 @@ def _finish(steps: Generator[None, None, T]) -> T:
         except StopIteration as done:
             return cast(T, done.value)
         pass
-
-
-class _LeaseKeeper:
-    """Renews a stampede lease while its holder computes.
-
-    Every third of the lease's TTL it runs a compare-token-and-``PEXPIRE``
-    script through the client (behind its breaker), so a computation slower
-    than ``lease_ttl`` keeps its lease and the waiters keep waiting for its
-    result. It stops when told to, or once the lease is no longer ours
-    (expired, and perhaps taken by another caller). The async API runs it as
-    a task, cancelled at the end; the sync API as a daemon thread, woken by an
-    event at the end. A renewal that lands after the release is harmless: the
-    script only extends a lease that still holds our token.
-    """
-
-    def __init__(
-        self, client: CacheClient, script: Any, lease: str, token: str, lease_ms: int
-    ) -> None:
-        self._client = client
-        self._script = script
-        self._keys = [lease]
-        self._args: list[str | int] = [token, lease_ms]
-        self._interval = max(lease_ms / 3000, 0.001)  # a third of the TTL; never a spin
-        self._stopping = False
-        self.renewals = 0
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Begin renewing in the background."""
-        self._thread = threading.Thread(target=self._run, name="toolkit-lease-keeper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop renewing and wait for the keeper to end (a no-op if never started)."""
-        self._stopping = True
-        self._stopped.set()
-        if self._thread is not None:
-            # A renewal in flight is bounded by the client's socket timeout.
-            self._thread.join(timeout=max(1.0, self._interval))
-
-    def _run(self) -> None:
-        while True:
-            self._stopped.wait(self._interval)  # stop() sets the event
-            if self._stopping:
-                return
-            renewed = self._client.execute(lambda r: self._script(keys=self._keys, args=self._args))
-            if self._stopping:
-                # Stopped while renewing. (redis.asyncio can swallow a cancellation
-                # that lands mid-command, redis-py#2028: the flag ends the task anyway.)
-                return
-            if isinstance(renewed, Outcome):
-                continue  # Redis is down: try again next time, the lease may survive
-            if not renewed:
-                _log.debug("lost the lease %s while computing", self._keys[0])
-                return
-            self.renewals += 1

@@ -7,8 +7,8 @@ and psycopg's prepared statements survive the return to the pool (a
 ROLLBACK on return would throw them away). Multi-step work is explicit::
 
     with db.transaction() as tx:
-        user = users.create(tx, email="ada@example.com", display_name="Ada")
-        agents.create(tx, owner_id=user.id, name="helper", type="assistant")
+        user = users.create(tx, {"email": "ada@example.com", "display_name": "Ada"})
+        agents.create(tx, {"owner_id": user.id, "name": "helper", "type": "assistant"})
 
 A task cancelled mid-query or mid-transaction leaves the pool healthy:
 psycopg cancels the statement on the server, the transaction is rolled back
@@ -37,14 +37,12 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from toolkit.concurrency import Lock, sleep
 from toolkit.config import Settings, default_settings
+from toolkit.db.conninfo import describe_target, parse_conninfo, with_options
 from toolkit.db.errors import (
     TransactionOutcome,
     connection_failure,
-    describe_target,
-    parse_conninfo,
     raise_translated,
     translate_error,
-    with_options,
 )
 from toolkit.errors import (
     Closed,

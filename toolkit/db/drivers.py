@@ -4,10 +4,10 @@
 
 A binding (:mod:`toolkit.db.bind`) is a value: its statement per sort, its
 parameters, its result kind and its row factory, and no I/O. :func:`run`
-and :func:`copy` here (async) and in ``toolkit.db.drivers`` (sync,
-generated from this module) are the only places a named query is executed,
-so every repository, the LangGraph saver and an application's own queries
-run the same way, sync or async:
+and :func:`copy`, written once in ``toolkit/aio/db/drivers.py`` (async) and
+generated from it as ``toolkit/db/drivers.py`` (sync), are the only places
+a named query is executed, so every repository, the LangGraph saver and an
+application's own queries run the same way, sync or async:
 
 1. the statement (rendered once per sort and direction) is sent with bound
    parameters, results in binary format, prepared as the binding says;

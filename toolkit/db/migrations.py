@@ -34,8 +34,9 @@ from yoyo import get_backend, read_migrations
 from yoyo.exceptions import BadMigration, LockTimeout, MigrationConflict
 
 from toolkit.config import default_settings
+from toolkit.db.conninfo import describe_target, parse_conninfo
 from toolkit.db.database import Connection, connect
-from toolkit.db.errors import describe_target, parse_conninfo, raise_translated
+from toolkit.db.errors import raise_translated
 from toolkit.db.registry import package_directory
 from toolkit.errors import ConfigurationError, DatabaseError, InvalidInput
 

@@ -69,6 +69,7 @@ from uuid import UUID
 import pika
 import pika.exceptions as pex
 
+from toolkit.concurrency import LeaseKeeper
 from toolkit.errors import ToolkitError, Unavailable, bounded_repr
 from toolkit.messaging.connection import (
     ConnectionOptions,
@@ -550,30 +551,31 @@ class Worker:
 
 
 class Periodic:
-    """Runs ``fn`` every ``interval`` seconds on a daemon thread until stopped."""
+    """Runs ``fn`` every ``interval`` seconds on a daemon thread until stopped.
+
+    A :class:`~toolkit.concurrency.LeaseKeeper` whose renewal is ``fn`` and
+    never reports a loss: a failure is logged and the job runs again next time.
+    """
 
     def __init__(self, name: str, interval: float, fn: Callable[[], object]) -> None:
         self.name = name
         self.interval = interval
         self.fn = fn
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._keeper = LeaseKeeper(self._run_once, interval, name=name, stop_timeout=10.0)
 
     def start(self) -> Periodic:
-        self._thread.start()
+        self._keeper.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._keeper.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.fn()
-            except Exception:
-                log.exception("%s failed; trying again in %.0fs", self.name, self.interval)
+    def _run_once(self) -> bool:
+        try:
+            self.fn()
+        except Exception:
+            log.exception("%s failed; trying again in %.0fs", self.name, self.interval)
+        return True
 
 
 def run_worker(worker: Worker, *, periodic: list[Periodic] | None = None) -> None:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     )
     from toolkit.storage.base import (
         ObjectInfo,
-        PutResult,
         Storage,
         content_disposition,
         download_headers,
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from toolkit.storage.keys import check_key, check_prefix, clean_filename, file_key
     from toolkit.storage.records import File, FileFilter
     from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
+    from toolkit.storage.streams import PutResult
 
 # Names are imported on first use, so ``toolkit --help`` does not pay for fsspec.
 _HOMES = {
@@ -43,7 +43,7 @@ _HOMES = {
     "S3Storage": "backends",
     "open_storage": "backends",
     "ObjectInfo": "base",
-    "PutResult": "base",
+    "PutResult": "streams",
     "Storage": "base",
     "content_disposition": "base",
     "download_headers": "base",

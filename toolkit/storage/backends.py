@@ -52,11 +52,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from toolkit.errors import ConfigurationError, IntegrityError, InvalidInput, bounded_repr
 from toolkit.storage.base import ObjectInfo, Storage, content_disposition
+from toolkit.storage.keys import TMP_PREFIX
 from toolkit.storage.s3 import write_object
 from toolkit.storage.sniff import download_type
-
-TMP_PREFIX: Final = ".tmp-"
-"""Name prefix of unfinished writes; keys from outside can never start a segment with '.'."""
 
 PART_SIZE: Final = 8 << 20
 """Multipart part size on S3 (the minimum is 5 MiB)."""

@@ -60,7 +60,7 @@ from toolkit.db.database import Connection, Database
 from toolkit.db.patterns import Audit, parse_id
 from toolkit.errors import Conflict, InvalidInput, NotFound
 from toolkit.storage import repository as files
-from toolkit.storage.base import Source, Storage, VerifyingReader, download_headers
+from toolkit.storage.base import Storage, VerifyingReader, download_headers
 from toolkit.storage.keys import (
     STAGING_PREFIX,
     check_key,
@@ -80,6 +80,7 @@ from toolkit.storage.protocol import (
 )
 from toolkit.storage.records import File
 from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
+from toolkit.storage.streams import Source
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",

@@ -32,6 +32,9 @@ MAX_FILENAME_LENGTH: Final = 255
 STAGING_PREFIX: Final = "_staging/"
 """Where bytes wait until their row is committed; unreachable by outside keys."""
 
+TMP_PREFIX: Final = ".tmp-"
+"""Name prefix of every back end's unfinished writes; no key segment can start with '.'."""
+
 PURPOSES: Final = ("attachment", "generated")
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from toolkit.errors import ConfigurationError
-from toolkit.storage.backends import TMP_PREFIX
 from toolkit.storage.base import ObjectInfo, Storage
+from toolkit.storage.keys import TMP_PREFIX
 
 _LOCK = threading.Lock()
 

@@ -36,8 +36,9 @@ from psycopg.conninfo import make_conninfo
 from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings, mask_password
+from toolkit.db.conninfo import mask_conninfo, parse_conninfo
 from toolkit.db.database import Database
-from toolkit.db.errors import connection_failure, mask_conninfo, parse_conninfo
+from toolkit.db.errors import connection_failure
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
 from toolkit.records import Agent

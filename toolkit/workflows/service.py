@@ -26,12 +26,11 @@ and does nothing.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-from toolkit.concurrency import Event
+from toolkit.concurrency import LeaseKeeper
 from toolkit.db.database import Connection, Database
 from toolkit.db.patterns import validate
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
@@ -158,49 +157,23 @@ def sweep_expired(db: Database, *, limit: int = 100) -> list[Execution]:
     return expired
 
 
-class _LeaseKeeper:
-    """Renews an execution's lease until stopped; notes a lost lease.
+def _execution_lease_keeper(
+    db: Database, execution_id: UUID, worker_id: str, lease: float, every: float
+) -> LeaseKeeper:
+    """A keeper that renews an execution's lease beside its work; ``lost`` notes a lost lease."""
 
-    It runs beside the work: on a thread of its own in the sync API, as a
-    task on the running event loop in the async one.
-    """
+    def renew() -> bool:
+        try:
+            with db.connection() as conn:
+                executions.renew_lease(conn, execution_id, worker_id=worker_id, lease_seconds=lease)
+        except IllegalTransition:
+            log.error("execution %s: lease lost (swept or cancelled)", execution_id)
+            return False
+        except ToolkitError as exc:
+            log.warning("execution %s: lease renewal failed: %s", execution_id, exc)
+        return True
 
-    def __init__(
-        self, db: Database, execution_id: UUID, worker_id: str, lease: float, every: float
-    ) -> None:
-        self.lost = False
-        # A threading.Event or an asyncio.Event: waited on with a timeout in _stopped.
-        self._stop: Any = Event()
-        self._args = (db, execution_id, worker_id, lease, every)
-        self._runner: Any = None
-
-    def __enter__(self) -> _LeaseKeeper:
-        self._runner = threading.Thread(target=self._loop, name="toolkit-lease", daemon=True)
-        self._runner.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._runner.join(timeout=10)
-
-    def _stopped(self, timeout: float) -> bool:
-        """True once stopped; False when ``timeout`` seconds passed first."""
-        return bool(self._stop.wait(timeout))
-
-    def _loop(self) -> None:
-        db, execution_id, worker_id, lease, every = self._args
-        while not self._stopped(every):
-            try:
-                with db.connection() as conn:
-                    executions.renew_lease(
-                        conn, execution_id, worker_id=worker_id, lease_seconds=lease
-                    )
-            except IllegalTransition:
-                log.error("execution %s: lease lost (swept or cancelled)", execution_id)
-                self.lost = True
-                return
-            except ToolkitError as exc:
-                log.warning("execution %s: lease renewal failed: %s", execution_id, exc)
+    return LeaseKeeper(renew, every, name="toolkit-lease", stop_timeout=10.0)
 
 
 def workflow_handler(
@@ -231,7 +204,7 @@ def workflow_handler(
             log.info("workflow.execute %s ignored: %s", delivery.message_id, exc)
             return
         delivery.ack_now()
-        with _LeaseKeeper(db, execution.id, worker_id, lease_seconds, every) as keeper:
+        with _execution_lease_keeper(db, execution.id, worker_id, lease_seconds, every) as keeper:
             try:
                 output: Mapping[str, Any] | None = work(execution)
                 error = None

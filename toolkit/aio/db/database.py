@@ -5,8 +5,8 @@ and psycopg's prepared statements survive the return to the pool (a
 ROLLBACK on return would throw them away). Multi-step work is explicit::
 
     async with db.transaction() as tx:
-        user = await users.create(tx, email="ada@example.com", display_name="Ada")
-        await agents.create(tx, owner_id=user.id, name="helper", type="assistant")
+        user = await users.create(tx, {"email": "ada@example.com", "display_name": "Ada"})
+        await agents.create(tx, {"owner_id": user.id, "name": "helper", "type": "assistant"})
 
 A task cancelled mid-query or mid-transaction leaves the pool healthy:
 psycopg cancels the statement on the server, the transaction is rolled back
@@ -35,14 +35,12 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from toolkit.aio.concurrency import Lock, sleep
 from toolkit.config import Settings, default_settings
+from toolkit.db.conninfo import describe_target, parse_conninfo, with_options
 from toolkit.db.errors import (
     TransactionOutcome,
     connection_failure,
-    describe_target,
-    parse_conninfo,
     raise_translated,
     translate_error,
-    with_options,
 )
 from toolkit.errors import (
     Closed,

@@ -16,12 +16,12 @@ through them (:class:`AsyncStorage` is a back end's awaited interface, and
 
 On S3 the bytes move with s3fs's native asyncio; on local disk the
 back end's blocking code runs in a worker thread (see
-:mod:`toolkit.storage.async_io`).
+:mod:`toolkit.aio.storage.async_io`).
 """
 
 from toolkit.aio.storage import repository
+from toolkit.aio.storage.async_io import AsyncStorage
 from toolkit.aio.storage.filestore import AsyncFileStore
-from toolkit.storage.async_io import AsyncStorage
 from toolkit.storage.base import AsyncVerifyingReader
 from toolkit.storage.protocol import (
     DEFAULT_GRACE_SECONDS,

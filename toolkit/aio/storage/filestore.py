@@ -57,10 +57,10 @@ from uuid import UUID
 from toolkit.aio.concurrency import ASYNC
 from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 from toolkit.aio.db.patterns import Audit, parse_id
+from toolkit.aio.storage import async_io
 from toolkit.aio.storage import repository as files
 from toolkit.errors import Conflict, InvalidInput, NotFound
-from toolkit.storage import async_io
-from toolkit.storage.base import AsyncSource, AsyncVerifyingReader, Storage, download_headers
+from toolkit.storage.base import AsyncVerifyingReader, Storage, download_headers
 from toolkit.storage.keys import (
     STAGING_PREFIX,
     check_key,
@@ -80,6 +80,7 @@ from toolkit.storage.protocol import (
 )
 from toolkit.storage.records import File
 from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
+from toolkit.storage.streams import AsyncSource
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",

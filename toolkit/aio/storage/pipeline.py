@@ -10,9 +10,9 @@ end discards likewise. :func:`put_stream` runs it
 into a back end: :meth:`Storage.put` and the FileStore both go through it.
 
 The caller hands over the source as a reader and the back end's write: in
-the sync API :func:`~toolkit.storage.base.reader` and ``Storage._write``; in
+the sync API :func:`~toolkit.storage.streams.reader` and ``Storage._write``; in
 the async API ``async_reader`` and ``write_async`` of
-:mod:`toolkit.storage.async_io` (natively async on S3, the back end's own
+:mod:`toolkit.aio.storage.async_io` (natively async on S3, the back end's own
 blocking write in a worker thread elsewhere).
 """
 
@@ -22,7 +22,8 @@ import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 from toolkit.errors import InvalidInput, SourceFailed, ToolkitError
-from toolkit.storage.base import (
+from toolkit.storage.sniff import SNIFF_BYTES, normalise_type, sniff
+from toolkit.storage.streams import (
     CHUNK_SIZE,
     AsyncReadable,
     PutResult,
@@ -30,7 +31,6 @@ from toolkit.storage.base import (
     check_max_bytes,
     translating,
 )
-from toolkit.storage.sniff import SNIFF_BYTES, normalise_type, sniff
 
 __all__ = ["AsyncUploadPipeline", "put_stream"]
 

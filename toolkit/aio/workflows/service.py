@@ -23,15 +23,12 @@ and does nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-from toolkit.aio.concurrency import ASYNC, Event
+from toolkit.aio.concurrency import LeaseKeeper
 from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 from toolkit.aio.db.patterns import validate
 from toolkit.aio.messaging import outbox
@@ -160,62 +157,25 @@ async def sweep_expired(db: AsyncDatabase, *, limit: int = 100) -> list[Executio
     return expired
 
 
-class _LeaseKeeper:
-    """Renews an execution's lease until stopped; notes a lost lease.
+def _execution_lease_keeper(
+    db: AsyncDatabase, execution_id: UUID, worker_id: str, lease: float, every: float
+) -> LeaseKeeper:
+    """A keeper that renews an execution's lease beside its work; ``lost`` notes a lost lease."""
 
-    It runs beside the work: on a thread of its own in the sync API, as a
-    task on the running event loop in the async one.
-    """
+    async def renew() -> bool:
+        try:
+            async with db.connection() as conn:
+                await executions.renew_lease(
+                    conn, execution_id, worker_id=worker_id, lease_seconds=lease
+                )
+        except IllegalTransition:
+            log.error("execution %s: lease lost (swept or cancelled)", execution_id)
+            return False
+        except ToolkitError as exc:
+            log.warning("execution %s: lease renewal failed: %s", execution_id, exc)
+        return True
 
-    def __init__(
-        self, db: AsyncDatabase, execution_id: UUID, worker_id: str, lease: float, every: float
-    ) -> None:
-        self.lost = False
-        # A threading.Event or an asyncio.Event: waited on with a timeout in _stopped.
-        self._stop: Any = Event()
-        self._args = (db, execution_id, worker_id, lease, every)
-        self._runner: Any = None
-
-    async def __aenter__(self) -> _LeaseKeeper:
-        if ASYNC:
-            self._runner = asyncio.ensure_future(self._loop())
-        else:
-            self._runner = threading.Thread(target=self._loop, name="toolkit-lease", daemon=True)
-            self._runner.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if ASYNC:
-            _, running = await asyncio.wait({self._runner}, timeout=10)
-            for task in running:
-                task.cancel()
-        else:
-            self._runner.join(timeout=10)
-
-    async def _stopped(self, timeout: float) -> bool:
-        """True once stopped; False when ``timeout`` seconds passed first."""
-        if ASYNC:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout)
-            return bool(self._stop.is_set())
-        else:
-            return bool(self._stop.wait(timeout))
-
-    async def _loop(self) -> None:
-        db, execution_id, worker_id, lease, every = self._args
-        while not await self._stopped(every):
-            try:
-                async with db.connection() as conn:
-                    await executions.renew_lease(
-                        conn, execution_id, worker_id=worker_id, lease_seconds=lease
-                    )
-            except IllegalTransition:
-                log.error("execution %s: lease lost (swept or cancelled)", execution_id)
-                self.lost = True
-                return
-            except ToolkitError as exc:
-                log.warning("execution %s: lease renewal failed: %s", execution_id, exc)
+    return LeaseKeeper(renew, every, name="toolkit-lease", stop_timeout=10.0)
 
 
 def workflow_handler(
@@ -246,7 +206,9 @@ def workflow_handler(
             log.info("workflow.execute %s ignored: %s", delivery.message_id, exc)
             return
         delivery.ack_now()
-        async with _LeaseKeeper(db, execution.id, worker_id, lease_seconds, every) as keeper:
+        async with _execution_lease_keeper(
+            db, execution.id, worker_id, lease_seconds, every
+        ) as keeper:
             try:
                 output: Mapping[str, Any] | None = await work(execution)
                 error = None

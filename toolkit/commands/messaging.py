@@ -1,4 +1,4 @@
-"""``toolkit relay`` and ``toolkit worker``: the functions ``toolkit/cli.py`` wires in.
+"""``toolkit relay`` and ``toolkit worker``: the outbox relay and the queue worker.
 
 Both read the ``TOOLKIT_*`` settings (``amqp_url``, ``queue_prefix``,
 ``database_url``), declare the topology, and run until SIGTERM or SIGINT,
@@ -19,6 +19,7 @@ from types import FrameType
 
 from toolkit.aio.db.database import AsyncDatabase
 from toolkit.aio.workflows import service as async_service
+from toolkit.commands.base import Subcommands, add_command
 from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.messaging import inbox
@@ -173,3 +174,23 @@ def worker_command(args: argparse.Namespace) -> int:
             f"{worker.stats.retried} retried, {worker.stats.parked} parked"
         )
     return 0
+
+
+def register(commands: Subcommands) -> None:
+    """Add ``relay`` and ``worker``."""
+    add_relay_arguments(
+        add_command(
+            commands,
+            "relay",
+            "publish committed outbox messages to RabbitMQ until SIGTERM",
+            relay_command,
+        )
+    )
+    add_worker_arguments(
+        add_command(
+            commands,
+            "worker",
+            "consume workflow.execute, notification.send and audit.log until SIGTERM",
+            worker_command,
+        )
+    )

@@ -1,7 +1,8 @@
 """The async API's byte paths: native async on S3, a worker thread for blocking back ends.
 
-Async-only code with no sync twin: the sync API calls the back ends
-directly. :class:`AsyncStorage` is a back end's awaited interface (what
+Async-only code with no sync twin (declared by path in
+``tools/async_to_sync.py``): the sync API calls the back ends directly.
+:class:`AsyncStorage` is a back end's awaited interface (what
 ``AsyncFileStore.storage`` is; the async source makes it under ``if ASYNC:``,
 so the generated sync modules never import this module).
 
@@ -40,23 +41,22 @@ from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
 from datetime import datetime
 from typing import Any
 
+from toolkit.aio.storage.pipeline import put_stream
 from toolkit.aio.storage.s3 import write_object
 from toolkit.errors import InvalidInput
 from toolkit.storage.backends import S3Storage
-from toolkit.storage.base import (
+from toolkit.storage.base import AsyncVerifyingReader, ObjectInfo, Storage
+from toolkit.storage.keys import check_internal_or_key, check_key
+from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
+from toolkit.storage.streams import (
     AsyncReadable,
     AsyncSource,
-    AsyncVerifyingReader,
-    ObjectInfo,
     PutResult,
     Readable,
-    Storage,
     as_bytes,
     check_max_bytes,
     translating,
 )
-from toolkit.storage.keys import check_internal_or_key, check_key
-from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
 
 __all__ = [
     "AsyncStorage",
@@ -373,8 +373,6 @@ class AsyncStorage:
         allowed_types: Collection[str] | None,
         claimed_type: str | None,
     ) -> PutResult:
-        from toolkit.aio.storage.pipeline import put_stream  # noqa: PLC0415 - imports this
-
         max_bytes = check_max_bytes(max_bytes)
         return await put_stream(
             functools.partial(write_async, self.sync),

@@ -1,13 +1,10 @@
-"""``toolkit storage sweep``: remove staged or orphaned objects older than a grace period.
-
-Wired into the ``toolkit`` command by :func:`add_storage_commands`.
-"""
+"""``toolkit storage sweep``: remove staged or orphaned objects older than a grace period."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from toolkit.commands.base import Subcommands, add_command, add_group
 from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.storage.backends import open_storage
@@ -27,15 +24,15 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_storage_commands(commands: Any) -> argparse.ArgumentParser:
-    """Add ``storage sweep`` to the ``toolkit`` command's subparsers; returns the parser."""
-    storage = commands.add_parser(
-        "storage", help="file storage maintenance", description="file storage maintenance"
+def register(commands: Subcommands) -> None:
+    """Add ``storage sweep``."""
+    actions = add_group(commands, "storage", "file storage maintenance")
+    sweep = add_command(
+        actions,
+        "sweep",
+        "remove staged or orphaned objects older than a grace period; finish promotions",
+        sweep_command,
     )
-    actions = storage.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
-    text = "remove staged or orphaned objects older than a grace period; finish promotions"
-    sweep = actions.add_parser("sweep", help=text, description=text)
-    sweep.add_argument("--database-url", help="override TOOLKIT_DATABASE_URL for this run")
     sweep.add_argument("--storage-url", help="override TOOLKIT_STORAGE_URL for this run")
     sweep.add_argument(
         "--grace-seconds",
@@ -43,6 +40,3 @@ def add_storage_commands(commands: Any) -> argparse.ArgumentParser:
         default=DEFAULT_GRACE_SECONDS,
         help="only touch objects older than this many seconds",
     )
-    sweep.set_defaults(handler=sweep_command)
-    parser: argparse.ArgumentParser = storage
-    return parser

@@ -1,0 +1,131 @@
+"""``toolkit migrate``, ``rollback``, ``queries`` and ``verify``: the schema and the queries."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import psycopg
+
+from toolkit.commands.base import Subcommands, add_command
+from toolkit.config import settings_from_options
+from toolkit.errors import InvalidInput
+
+
+def _migration_url(args: argparse.Namespace) -> str:
+    return str(args.database_url or settings_from_options(args).effective_migration_url)
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    """Create the database if missing and apply pending migrations (or, ``--status``, list them)."""
+    from toolkit.db.migrations import migrate, status
+
+    if args.status:
+        states = status(_migration_url(args))
+        for state in states:
+            print(f"{'applied' if state.applied else 'pending'}  {state.origin:<7}  {state.id}")
+        pending = sum(not state.applied for state in states)
+        print(f"{len(states) - pending} applied, {pending} pending")
+        return 0
+    # Each line as it happens (flushed: stdout may be a pipe), not when the batch ends.
+    result = migrate(
+        _migration_url(args),
+        on_created=lambda: print("created the database", flush=True),
+        on_applied=lambda migration_id: print(f"applied {migration_id}", flush=True),
+    )
+    if not result.applied:
+        print("nothing to apply: the schema is up to date")
+    return 0
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    """Revert the newest applied migration(s)."""
+    from toolkit.db.migrations import rollback
+
+    result = rollback(_migration_url(args), None if args.all else args.count)
+    for migration_id in result.rolled_back:
+        print(f"rolled back {migration_id}")
+    if not result.rolled_back:
+        print("nothing to roll back")
+    return 0
+
+
+def queries_command(args: argparse.Namespace) -> int:
+    """List the named queries, or show one's SQL."""
+    from toolkit.db.bind import registry
+
+    queries = registry()
+    if args.action == "show":
+        if not args.name:
+            raise InvalidInput(
+                "queries show needs a query name, e.g. 'toolkit queries show agents.get'",
+                field="name",
+            )
+        query = queries[args.name]
+        print(f"-- {query.location}\n-- name: {query.name} :{query.kind.value}\n-- {query.doc}")
+        print(query.source)
+        return 0
+    width = max(len(q.name) for q in queries)
+    for query in queries:
+        print(f"{query.name:<{width}}  {query.origin:<7}  :{query.kind.value:<9}  {query.doc}")
+    return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """Check every query against the schema and its record: 1 with the problems printed."""
+    from toolkit.catalog import load_bindings
+    from toolkit.db.database import connect
+    from toolkit.db.errors import raise_translated
+    from toolkit.db.verify import verify
+
+    settings = settings_from_options(args)
+    bindings = load_bindings(settings)
+    conn = connect(
+        settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
+    )
+    try:
+        with conn:
+            problems = verify(conn, bindings)
+    except psycopg.Error as exc:
+        raise_translated(exc, "verify")
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in {len(bindings)} queries", file=sys.stderr)
+        return 1
+    print(f"verify: {len(bindings)} queries agree with the schema and their records")
+    return 0
+
+
+def register(commands: Subcommands) -> None:
+    """Add ``migrate``, ``rollback``, ``queries`` and ``verify``."""
+    migrate = add_command(
+        commands,
+        "migrate",
+        "create the database if missing and apply pending migrations",
+        migrate_command,
+    )
+    migrate.add_argument(
+        "--status", action="store_true", help="list applied and pending migrations, change nothing"
+    )
+    rollback = add_command(
+        commands, "rollback", "revert the newest applied migration(s)", rollback_command
+    )
+    how_many = rollback.add_mutually_exclusive_group()
+    how_many.add_argument("--count", type=int, default=1, help="revert the newest N migrations")
+    how_many.add_argument("--all", action="store_true", help="revert every applied migration")
+    queries = add_command(
+        commands, "queries", "list the named queries, or show one's SQL", queries_command
+    )
+    queries.add_argument(
+        "action", nargs="?", choices=["list", "show"], default="list", help="what to do"
+    )
+    queries.add_argument(
+        "name", nargs="?", help="the query to show, e.g. agents.get (needed by show)"
+    )
+    add_command(
+        commands,
+        "verify",
+        "check every query against the schema and its record",
+        verify_command,
+    )
