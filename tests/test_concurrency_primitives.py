@@ -1,7 +1,8 @@
-"""spawn/stop/wait and the LeaseKeeper, in both concurrency modules.
+"""spawn/stop/wait in both concurrency modules, and the LeaseKeeper on them.
 
-Hand-written per mode: a thread in toolkit.concurrency, a task in
-toolkit.aio.concurrency. The rules checked in both: a spawned function runs
+The primitives are hand-written per mode: a thread in toolkit.concurrency, a
+task in toolkit.aio.concurrency; the keeper is written once (toolkit.aio.leases,
+its sync twin generated). The rules checked in both: a spawned function runs
 with its arguments and its Stopping cue; stop() ends a function that waits
 on the cue within its timeout; wait() re-raises what the function raised,
 stop() logs it instead; past its timeout the async stop() cancels the task
@@ -20,6 +21,8 @@ import pytest
 
 from toolkit import concurrency as sync
 from toolkit.aio import concurrency as aio
+from toolkit.aio.leases import LeaseKeeper as AsyncLeaseKeeper
+from toolkit.leases import LeaseKeeper
 from toolkit.messaging.consumer import Periodic
 
 BOUND = 1.0  # seconds a cooperative worker may take to end once stopped
@@ -101,7 +104,7 @@ def test_sync_lease_keeper_renews_until_stopped() -> None:
         renewed.append(time.monotonic())
         return True
 
-    with sync.LeaseKeeper(renew, 0.02, name="t-keeper") as keeper:
+    with LeaseKeeper(renew, 0.02, name="t-keeper") as keeper:
         time.sleep(0.3)
         assert len(named_threads("t-keeper")) == 1
     assert named_threads("t-keeper") == []  # joined on exit
@@ -113,7 +116,7 @@ def test_sync_lease_keeper_renews_until_stopped() -> None:
 
 def test_sync_lease_keeper_ends_itself_once_the_lease_is_lost() -> None:
     answers = iter([True, False])
-    keeper = sync.LeaseKeeper(lambda: next(answers), 0.01, name="t-lost")
+    keeper = LeaseKeeper(lambda: next(answers), 0.01, name="t-lost")
     keeper.start()
     deadline = time.monotonic() + 5
     while named_threads("t-lost") and time.monotonic() < deadline:
@@ -124,7 +127,7 @@ def test_sync_lease_keeper_ends_itself_once_the_lease_is_lost() -> None:
 
 
 def test_lease_keeper_stop_without_start_is_a_no_op() -> None:
-    sync.LeaseKeeper(lambda: True, 0.01, name="t-never").stop()
+    LeaseKeeper(lambda: True, 0.01, name="t-never").stop()
 
 
 def test_periodic_runs_its_job_again_after_a_failure_and_stops(
@@ -240,7 +243,7 @@ async def test_async_lease_keeper_renews_until_stopped() -> None:
         renewed.append(time.monotonic())
         return True
 
-    async with aio.LeaseKeeper(renew, 0.02, name="t-keeper") as keeper:
+    async with AsyncLeaseKeeper(renew, 0.02, name="t-keeper") as keeper:
         await asyncio.sleep(0.3)
         assert len(named_tasks("t-keeper")) == 1
     assert named_tasks("t-keeper") == []
@@ -257,7 +260,7 @@ async def test_async_lease_keeper_ends_itself_once_the_lease_is_lost() -> None:
     async def renew() -> bool:
         return next(answers)
 
-    keeper = aio.LeaseKeeper(renew, 0.01, name="t-lost")
+    keeper = AsyncLeaseKeeper(renew, 0.01, name="t-lost")
     keeper.start()
     deadline = time.monotonic() + 5
     while named_tasks("t-lost") and time.monotonic() < deadline:

@@ -19,20 +19,23 @@ TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 
 # What each layer may import from the toolkit (besides itself).
 # toolkit.aio.X is layer X: the async twin obeys the same rules; the
-# concurrency primitives (sync and async) sit under every layer.
+# concurrency primitives (sync and async) sit under every layer, and the one
+# lease keeper just above them.
 ALLOWED = {
     "toolkit.concurrency": set(),
+    "toolkit.leases": {"toolkit.concurrency"},
     "toolkit.errors": set(),
     "toolkit.config": {"toolkit.errors", "toolkit.concurrency"},
     "toolkit.records": {"toolkit.errors", "toolkit.concurrency"},
     "toolkit.db": {"toolkit.errors", "toolkit.config", "toolkit.records", "toolkit.concurrency"},
-    "toolkit.cache": {"toolkit.errors", "toolkit.config", "toolkit.concurrency"},
+    "toolkit.cache": {"toolkit.errors", "toolkit.config", "toolkit.concurrency", "toolkit.leases"},
     "toolkit.messaging": {
         "toolkit.errors",
         "toolkit.config",
         "toolkit.records",
         "toolkit.db",
         "toolkit.concurrency",
+        "toolkit.leases",
     },
     "toolkit.storage": {
         "toolkit.errors",

@@ -76,8 +76,9 @@ from toolkit.cache.fingerprint import (
 from toolkit.cache.inputs import Outcome, fraction, positive_seconds, ttl_seconds
 from toolkit.cache.secrets import SecretDetector
 from toolkit.cache.stats import BypassReason, CacheStats
-from toolkit.concurrency import LeaseKeeper, run_blocking, sleep
+from toolkit.concurrency import run_blocking, sleep
 from toolkit.errors import InvalidInput
+from toolkit.leases import LeaseKeeper
 
 __all__ = ["LLMCache"]
 # Shared with the other API (toolkit.cache.entries); apart, so both spellings sort.

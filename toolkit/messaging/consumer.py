@@ -69,8 +69,8 @@ from uuid import UUID
 import pika
 import pika.exceptions as pex
 
-from toolkit.concurrency import LeaseKeeper
 from toolkit.errors import ToolkitError, Unavailable, bounded_repr
+from toolkit.leases import LeaseKeeper
 from toolkit.messaging.connection import (
     ConnectionOptions,
     close_quietly,
@@ -553,7 +553,7 @@ class Worker:
 class Periodic:
     """Runs ``fn`` every ``interval`` seconds on a daemon thread until stopped.
 
-    A :class:`~toolkit.concurrency.LeaseKeeper` whose renewal is ``fn`` and
+    A :class:`~toolkit.leases.LeaseKeeper` whose renewal is ``fn`` and
     never reports a loss: a failure is logged and the job runs again next time.
     """
 

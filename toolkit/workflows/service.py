@@ -30,10 +30,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-from toolkit.concurrency import LeaseKeeper
 from toolkit.db.database import Connection, Database
 from toolkit.db.patterns import validate
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
+from toolkit.leases import LeaseKeeper
 from toolkit.messaging import outbox
 from toolkit.messaging.consumer import Delivery, Handler
 from toolkit.messaging.models import AuditLog, NotificationSend, WorkflowExecute

@@ -44,7 +44,8 @@ from typing import Any, Final, TypeVar, cast
 from redis.asyncio import Redis
 
 from toolkit.aio.cache.client import AsyncCacheClient
-from toolkit.aio.concurrency import ASYNC, LeaseKeeper, run_blocking, sleep
+from toolkit.aio.concurrency import ASYNC, run_blocking, sleep
+from toolkit.aio.leases import LeaseKeeper
 from toolkit.cache import codec, fingerprint
 from toolkit.cache.entries import (
     CLEAN_MEMORY,

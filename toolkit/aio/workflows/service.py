@@ -28,9 +28,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
 
-from toolkit.aio.concurrency import LeaseKeeper
 from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 from toolkit.aio.db.patterns import validate
+from toolkit.aio.leases import LeaseKeeper
 from toolkit.aio.messaging import outbox
 from toolkit.aio.repositories import Audit, audit_events, executions, workflows
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
