@@ -12,6 +12,7 @@ import builtins
 import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
@@ -200,9 +201,15 @@ class OutcomeUnknown(ToolkitError):
     contract is that nothing was written.
     """
 
-    def __init__(self, message: str, *, xid: int) -> None:
+    def __init__(
+        self, message: str, *, xid: int, server_started_at: datetime | None = None
+    ) -> None:
         super().__init__(message)
         self.xid = xid
+        self.server_started_at = server_started_at
+        """When the server that was sent COMMIT had started; pass it to
+        ``transaction_status`` so that an answer after a crash is not trusted
+        blindly (a transaction id that never reached the disk can be reused)."""
 
 
 class Closed(ToolkitError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 import time
@@ -291,12 +292,15 @@ def test_commit_cut_with_an_unknowable_outcome_says_so_and_can_be_asked_later(
     assert f"transaction_status({error.xid})" in str(error)
     seen = "unreachable" if not server_reachable else "in progress"
     assert seen in str(error)
+    assert error.server_started_at is not None
     proxy.restore()
     deadline = time.monotonic() + 10
-    while (status := database.transaction_status(error.xid)) == "in progress":
+    while (
+        status := database.transaction_status(error.xid, server_started_at=error.server_started_at)
+    ) == "in progress":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    # The slow COMMIT finished on the server after its client was gone.
+    # The slow COMMIT finished on the server after its client was gone (no restart between).
     assert status == "committed"
     with db.connection() as conn:
         assert [a.name for a in agents.list(conn).items] == ["slow"]
@@ -317,6 +321,32 @@ def test_transaction_status_answers_for_known_transactions_and_rejects_junk(db) 
             db.transaction_status(junk)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="in the future"):
         db.transaction_status(committed + 10_000_000)
+
+
+def test_after_a_restart_committed_is_not_trusted_and_in_progress_means_aborted(db) -> None:
+    """After a crash PostgreSQL hands out again the ids whose WAL never reached the disk.
+
+    So when the server started after the one COMMIT was sent to (seen here as a
+    start time other than the server's), "committed" may be a later
+    transaction's: OutcomeUnknown; and "in progress" can only be a later one:
+    ours was rolled back. The restart scenario in tests/reliability met both.
+    """
+    with db.connection() as conn:
+        started = fetchone(conn, "SELECT pg_postmaster_start_time()")[0]
+        execute(conn, "BEGIN")
+        committed = int(fetchone(conn, "SELECT pg_current_xact_id()::text")[0])
+        execute(conn, "COMMIT")
+    before_a_restart = started - dt.timedelta(minutes=5)
+    assert db.transaction_status(committed, server_started_at=started) == "committed"
+    with pytest.raises(OutcomeUnknown, match="server restarted") as raised:
+        db.transaction_status(committed, server_started_at=before_a_restart)
+    assert raised.value.xid == committed
+    with db.connection() as holder:
+        execute(holder, "BEGIN")
+        running = int(fetchone(holder, "SELECT pg_current_xact_id()::text")[0])
+        assert db.transaction_status(running, server_started_at=started) == "in progress"
+        assert db.transaction_status(running, server_started_at=before_a_restart) == "aborted"
+        execute(holder, "ROLLBACK")
 
 
 def test_row_values_from_the_server_stay_out_of_error_messages(db) -> None:

@@ -61,8 +61,10 @@ class Ledger:
     refused_sequences: set[int] = field(default_factory=set)
     increments: int = 0
     attempts: list[Attempt] = field(default_factory=list)
-    unknown: list[tuple[int, int]] = field(default_factory=list)
-    """(transaction id, operation number) of each OutcomeUnknown."""
+    unknown: list[tuple[OutcomeUnknown, int]] = field(default_factory=list)
+    """(the error, operation number) of each OutcomeUnknown."""
+    ambiguous: set[int] = field(default_factory=set)
+    """Operations whose outcome even the server cannot tell after a crash (a reused id)."""
 
     def applied(self, i: int) -> None:
         kind = i % 3
@@ -118,7 +120,7 @@ def run_workload(
             ledger.refused(i)
             outcome = "unavailable"
         except OutcomeUnknown as exc:
-            ledger.unknown.append((exc.xid, i))
+            ledger.unknown.append((exc, i))
             outcome = "unknown"
         else:
             ledger.applied(i)
@@ -129,12 +131,20 @@ def run_workload(
 def resolve_unknown(db: Database, ledger: Ledger, timeout: float = 30.0) -> Counter[str]:
     """Ask the server how each OutcomeUnknown ended and enter it in the ledger."""
     outcomes = Counter[str]()
-    for xid, i in ledger.unknown:
+    for error, i in ledger.unknown:
         deadline = time.monotonic() + timeout
-        while (status := db.transaction_status(xid)) == "in progress":
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        try:
+            while (
+                status := db.transaction_status(
+                    error.xid, server_started_at=error.server_started_at
+                )
+            ) == "in progress":
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        except OutcomeUnknown:
+            status = "ambiguous after the crash"
+            ledger.ambiguous.add(i)
         outcomes[status] += 1
         if status == "committed":
             ledger.applied(i)
@@ -165,9 +175,12 @@ def audit(check: psycopg.Connection[Any], seed: dict[str, Any], ledger: Ledger) 
     counter = sessions.get(check, seed["counter"].id).state.get("n", 0)
     lost = len(ledger.created - names) + len(ledger.sequences - sequences)
     lost += max(0, ledger.increments - counter) + max(0, len(names) - audited)
+    # An ambiguous operation may or may not be there: it is neither lost nor a duplicate.
+    maybe_names = {f"op-{i}" for i in ledger.ambiguous}
+    maybe_increments = sum(1 for i in ledger.ambiguous if i % 3 == 2)
     duplicates = len(names & ledger.refused_creates) + len(sequences & ledger.refused_sequences)
-    duplicates += max(0, counter - ledger.increments) + len(
-        names - ledger.created - ledger.refused_creates
+    duplicates += max(0, counter - ledger.increments - maybe_increments) + len(
+        names - ledger.created - ledger.refused_creates - maybe_names
     )
     return lost, duplicates, wrong
 

@@ -26,6 +26,7 @@ import select
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -151,6 +152,9 @@ async def is_alive(conn: AsyncConnection) -> bool:
     return True
 
 
+_REUSED_MAYBE = "the server restarted since, so a 'committed' may be a later transaction's"
+"""A lookup's answer after a crash: ids whose WAL never reached the disk are handed out again."""
+
 # The AsyncDatabase each pooled connection belongs to, tagged when the pool makes
 # it: the lookup of a lost COMMIT's outcome needs a fresh connection, and a
 # connection's own conninfo lacks the password (psycopg hides it).
@@ -207,13 +211,18 @@ async def _commit(conn: AsyncConnection, home: AsyncDatabase | None) -> None:
             "transaction: a statement failed inside it, so it was rolled back, not committed"
         )
     try:
-        cursor = await conn.execute("SELECT pg_current_xact_id_if_assigned()::text")
+        # The server's start time too: after a crash, an id whose WAL never reached
+        # the disk is handed out again, so a lookup must know whether one happened.
+        cursor = await conn.execute(
+            "SELECT pg_current_xact_id_if_assigned()::text, pg_postmaster_start_time()"
+        )
         row = await cursor.fetchone()
     except psycopg.Error as exc:
         # COMMIT was never sent: the server rolls the transaction back.
         await _rollback_quietly(conn)
         raise_translated(exc, "transaction (before COMMIT; nothing was written)")
     xid = int(row[0]) if row and row[0] is not None else None
+    started: datetime | None = row[1] if row else None
     try:
         await conn.execute("COMMIT")
     except psycopg.Error as exc:
@@ -223,7 +232,7 @@ async def _commit(conn: AsyncConnection, home: AsyncDatabase | None) -> None:
         if home is None:
             outcome = "not looked up: the connection did not come from a Database"
         else:
-            outcome = await home._outcome_of(xid)
+            outcome = await home._outcome_of(xid, started)
         if outcome == "committed":
             log.warning("connection lost during COMMIT; transaction %s did commit", xid)
             return
@@ -233,9 +242,10 @@ async def _commit(conn: AsyncConnection, home: AsyncDatabase | None) -> None:
             ) from exc
         raise OutcomeUnknown(
             f"COMMIT: connection lost and the outcome of transaction {xid} is unknown "
-            f"({outcome}): it may have committed; ask transaction_status({xid}) "
-            "later before retrying",
+            f"({outcome}): it may have committed; ask transaction_status({xid}) later, "
+            "with the error's server_started_at, before retrying",
             xid=xid,
+            server_started_at=started,
         ) from exc
 
 
@@ -415,7 +425,9 @@ class AsyncDatabase:
         async with self.connection() as conn, transaction_on(conn):
             yield conn
 
-    async def transaction_status(self, xid: int) -> TransactionOutcome:
+    async def transaction_status(
+        self, xid: int, *, server_started_at: datetime | None = None
+    ) -> TransactionOutcome:
         """Whether transaction ``xid`` (from :class:`OutcomeUnknown`) committed.
 
         Returns ``"committed"``, ``"aborted"`` or ``"in progress"``. Raises
@@ -423,12 +435,31 @@ class AsyncDatabase:
         :class:`OutcomeUnknown` when the server no longer remembers a
         transaction that old, and :class:`InvalidInput` for a value that is
         not a transaction id or one the server has not issued yet.
+
+        Pass the error's ``server_started_at``: after a crash PostgreSQL hands
+        out again the ids whose WAL never reached the disk, so when the server
+        has restarted since, "committed" may be a later transaction's and
+        raises :class:`OutcomeUnknown` instead (check the data the
+        transaction wrote), and "in progress" can only be such a later one, so
+        the answer is "aborted". Without it, a crash in between goes unseen.
         """
         self._refuse_if_closed("transaction_status()")
-        return await self._status_of(xid)
+        status = await self._status_of(xid, server_started_at)
+        if status == _REUSED_MAYBE:
+            raise OutcomeUnknown(
+                f"transaction {xid}: the server restarted after COMMIT was sent, and after a "
+                "crash an id that never reached the disk is handed out again, so 'committed' "
+                "may be a later transaction's; check the data the transaction wrote",
+                xid=xid,
+                server_started_at=server_started_at,
+            )
+        return status  # type: ignore[return-value]
 
-    async def _status_of(self, xid: int) -> TransactionOutcome:
-        """:meth:`transaction_status` on a connection of its own, open or closed pool alike."""
+    async def _status_of(self, xid: int, server_started_at: datetime | None = None) -> str:
+        """:meth:`transaction_status` on a connection of its own, open or closed pool alike.
+
+        Returns :data:`_REUSED_MAYBE` where transaction_status raises.
+        """
         if isinstance(xid, bool) or not isinstance(xid, int) or not 0 < xid < 2**63:
             raise InvalidInput(
                 "xid must be a positive 64-bit transaction id", field="xid", value=str(xid)[:40]
@@ -438,7 +469,9 @@ class AsyncDatabase:
         )
         try:
             async with probe:
-                cursor = await probe.execute("SELECT pg_xact_status(%s::text::xid8)", [str(xid)])
+                cursor = await probe.execute(
+                    "SELECT pg_xact_status(%s::text::xid8), pg_postmaster_start_time()", [str(xid)]
+                )
                 row = await cursor.fetchone()
         except psycopg.Error as exc:
             raise_translated(exc, "transaction_status")
@@ -447,10 +480,19 @@ class AsyncDatabase:
             raise OutcomeUnknown(
                 f"transaction {xid} is too old (or too new) for the server to know its outcome",
                 xid=xid,
+                server_started_at=server_started_at,
             )
-        return status  # type: ignore[no-any-return]
+        restarted = (
+            server_started_at is not None and row is not None and row[1] != server_started_at
+        )
+        if restarted and status == "in progress":
+            # The restart ended our transaction; only a later one can hold the id now.
+            return "aborted"
+        if restarted and status == "committed":
+            return _REUSED_MAYBE
+        return str(status)
 
-    async def _outcome_of(self, xid: int) -> str:
+    async def _outcome_of(self, xid: int, server_started_at: datetime | None) -> str:
         """The status of a transaction whose COMMIT went unanswered, polled until known.
 
         "in progress" means the old backend has not finished its COMMIT yet;
@@ -459,12 +501,13 @@ class AsyncDatabase:
         deadline = time.monotonic() + self.settings.pool_timeout
         while True:
             try:
-                status: str = await self._status_of(xid)  # even if close() ran meanwhile
+                # even if close() ran meanwhile
+                status: str = await self._status_of(xid, server_started_at)
             except OutcomeUnknown:
                 return "unknown to the server"
             except ToolkitError:
                 status = "the database is unreachable"
-            if status in ("committed", "aborted") or time.monotonic() > deadline:
+            if status in ("committed", "aborted", _REUSED_MAYBE) or time.monotonic() > deadline:
                 return status
             await sleep(0.05)
 
