@@ -101,15 +101,7 @@ def _seconds(value: object) -> float | None:
 
 def ttl_seconds(ttl: object, default: float, field: str = "ttl") -> int:
     """Turn a TTL argument into whole seconds for ``EX`` (rounded up, at least 1)."""
-    if ttl is None:
-        ttl = default
-    seconds = _seconds(ttl)
-    if seconds is None:
-        raise InvalidInput(
-            f"{field} must be a positive, finite number of seconds up to {MAX_SECONDS}",
-            field=field,
-            value=ttl,
-        )
+    seconds = positive_seconds(default if ttl is None else ttl, field)
     return max(1, math.ceil(seconds))
 
 
