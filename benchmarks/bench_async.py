@@ -77,8 +77,8 @@ from toolkit.config import Settings, load_settings
 from toolkit.db import Database
 from toolkit.db.bind import Binding
 from toolkit.db.migrations import migrate
-from toolkit.records import Agent
 from toolkit.repositories import agents as sync_agents
+from toolkit.repositories.records import Agent
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/toolkit_bench_async"
 SECTIONS = ("get", "list", "concurrency", "api")

@@ -57,8 +57,8 @@ from benchmarks._common import (
 from toolkit.config import load_settings
 from toolkit.db import Database
 from toolkit.db.migrations import migrate
-from toolkit.records import Agent, AgentCreate
 from toolkit.repositories import agents, users
+from toolkit.repositories.records import Agent, AgentCreate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/toolkit_bench_core"
 SECTIONS = ("get", "list", "depth", "bulk")
@@ -481,7 +481,7 @@ def bench_bulk(c: Contenders, scale: Scale, report: Report) -> None:
     orm_rows = full if orm_projected <= ORM_BUDGET_SECONDS else reduced
 
     executemany = "psycopg executemany"
-    toolkit = "toolkit agents.create_many (COPY)"
+    toolkit = "toolkit agents.create_many (INSERT ... unnest)"
     orm = "SQLAlchemy ORM add_all + commit"
     aiosql_many = "aiosql insert_agents*! (executemany)"
     counts = {executemany: full, toolkit: full, orm: orm_rows}

@@ -62,6 +62,7 @@ from toolkit.messaging import (
 from toolkit.messaging.connection import close_quietly, connect
 from toolkit.messaging.publisher import outgoing
 from toolkit.messaging.topology import declare, delete
+from toolkit.tenants import DEFAULT_TENANT
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/toolkit_bench_messaging"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -155,7 +156,7 @@ def bench_throughput(
         if not raw:
             raise _Done
         # the publishers alone, no database
-        messages = [outgoing(topology, event(n)) for n in range(pipelined_n)]
+        messages = [outgoing(topology, event(n), tenant=DEFAULT_TENANT) for n in range(pipelined_n)]
         purge(amqp, topology)
         started = time.perf_counter()
         result = publishers["pipelined"].publish_batch(messages, timeout=120)

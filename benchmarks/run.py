@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "storage": ["--size-mib", "1024", "--s3-size-mib", "256", "--rounds", "2"],
     "integrations": ["--rounds", "3"],
     "async": [],
+    "tenancy": [],
 }
 
 

@@ -8,9 +8,17 @@ RETURNING
     id, owner_id, name, type, description, config, is_active, version,
     created_at, updated_at;
 
--- name: agents.copy :copy
--- Bulk-load agents through COPY (ids and timestamps from their defaults).
-COPY agents (owner_id, name, type, description, config, is_active) FROM STDIN;
+-- name: agents.create_many :exec
+-- Insert many agents, one array per column (ids and times from defaults).
+-- Not COPY: COPY FROM is refused on a table under row level security for a
+-- role the policies bind.
+INSERT INTO agents (owner_id, name, type, description, config, is_active)
+SELECT
+    batch.owner_id, batch.name, batch.type, batch.description, batch.config, batch.is_active
+FROM unnest(
+    :owner_ids::uuid[], :names::text[], :types::text[], :descriptions::text[],
+    :configs::jsonb[], :is_active::boolean[]
+) AS batch (owner_id, name, type, description, config, is_active);
 
 -- name: agents.get :one
 -- Fetch one agent by id.
@@ -18,7 +26,7 @@ SELECT
     id, owner_id, name, type, description, config, is_active, version,
     created_at, updated_at
 FROM agents
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: agents.list :many
 -- A keyset page of agents, optionally filtered by type, activity and owner.
@@ -28,7 +36,8 @@ SELECT
     created_at, updated_at
 FROM agents
 WHERE
-    (:type::text IS NULL OR type = :type)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:type::text IS NULL OR type = :type)
     AND (:is_active::boolean IS NULL OR is_active = :is_active)
     AND (:owner_id::uuid IS NULL OR owner_id = :owner_id)
     AND {keyset}
@@ -40,7 +49,8 @@ LIMIT :limit;
 SELECT count(*)
 FROM agents
 WHERE
-    (:type::text IS NULL OR type = :type)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:type::text IS NULL OR type = :type)
     AND (:is_active::boolean IS NULL OR is_active = :is_active)
     AND (:owner_id::uuid IS NULL OR owner_id = :owner_id);
 
@@ -50,7 +60,9 @@ SELECT
     id, owner_id, name, type, description, config, is_active, version,
     created_at, updated_at
 FROM agents
-WHERE name ILIKE '%' || replace(replace(replace(:text, '\', '\\'), '%', '\%'), '_', '\_') || '%'
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND name ILIKE '%' || replace(replace(replace(:text, '\', '\\'), '%', '\%'), '_', '\_') || '%'
 ORDER BY name, id
 LIMIT :limit;
 
@@ -63,15 +75,15 @@ SET
     description = CASE WHEN :set_description THEN :description ELSE description END,
     config = CASE WHEN :set_config THEN :config ELSE config END,
     is_active = CASE WHEN :set_is_active THEN :is_active ELSE is_active END
-WHERE id = :id AND version = :expected_version
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND version = :expected_version
 RETURNING
     id, owner_id, name, type, description, config, is_active, version,
     created_at, updated_at;
 
 -- name: agents.current_version :scalar
 -- The current version of an agent, to explain a failed guarded update.
-SELECT version FROM agents WHERE id = :id;
+SELECT version FROM agents WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: agents.delete :exec
 -- Delete an agent (its sessions go with it).
-DELETE FROM agents WHERE id = :id;
+DELETE FROM agents WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;

@@ -1,9 +1,16 @@
 -- Audit anchors: what toolkit.audit_anchors reads to anchor and verify the chain.
+-- The chain is per tenant: each query reads the transaction's tenant's (the
+-- default tenant's without one).
+
+-- name: audit_anchors.tenant :scalar
+-- The tenant whose chain the queries below read: its anchors are kept under its name.
+SELECT toolkit_tenant_or_default();
 
 -- name: audit_anchors.head :optional
 -- The newest audit event: the chain head an anchor records.
 SELECT seq, hash, created_at
 FROM audit_events
+WHERE tenant_id = (SELECT toolkit_tenant_or_default())
 ORDER BY seq DESC
 LIMIT 1;
 
@@ -13,7 +20,7 @@ SELECT
     seq, id, actor_id, action, entity, entity_id, details::text AS details,
     created_at, prev_hash, hash
 FROM audit_events
-WHERE seq > :after AND seq <= :upto
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND seq > :after AND seq <= :upto
 ORDER BY seq
 LIMIT :limit;
 
@@ -24,4 +31,4 @@ SELECT
         prev_hash, seq, id, actor_id, action, entity, entity_id, details, created_at
     )
 FROM audit_events
-WHERE seq = :seq;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND seq = :seq;

@@ -11,7 +11,7 @@ RETURNING id, seq, actor_id, action, entity, entity_id, details, created_at;
 -- Fetch one audit event by id.
 SELECT id, seq, actor_id, action, entity, entity_id, details, created_at
 FROM audit_events
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: audit_events.list :many
 -- A keyset page of audit events, optionally filtered by entity and actor.
@@ -19,7 +19,8 @@ WHERE id = :id;
 SELECT id, seq, actor_id, action, entity, entity_id, details, created_at
 FROM audit_events
 WHERE
-    (:entity::text IS NULL OR entity = :entity)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:entity::text IS NULL OR entity = :entity)
     AND (:entity_id::uuid IS NULL OR entity_id = :entity_id)
     AND (:actor_id::uuid IS NULL OR actor_id = :actor_id)
     AND {keyset}
@@ -31,18 +32,19 @@ LIMIT :limit;
 SELECT count(*)
 FROM audit_events
 WHERE
-    (:entity::text IS NULL OR entity = :entity)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:entity::text IS NULL OR entity = :entity)
     AND (:entity_id::uuid IS NULL OR entity_id = :entity_id)
     AND (:actor_id::uuid IS NULL OR actor_id = :actor_id);
 
 -- name: audit_events.chain :many
--- A batch of the chain after a seq, with each row's recomputed hash.
+-- A batch of the tenant's chain after a seq, with each row's recomputed hash.
 SELECT
     seq, id, prev_hash, hash,
     audit_event_hash(
         prev_hash, seq, id, actor_id, action, entity, entity_id, details, created_at
     ) AS expected_hash
 FROM audit_events
-WHERE seq > :after_seq
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND seq > :after_seq
 ORDER BY seq
 LIMIT :limit;

@@ -17,7 +17,7 @@ SELECT
     id, workflow_id, status, input, output, error, attempt, worker_id,
     lease_expires_at, started_at, finished_at, version, created_at, updated_at
 FROM executions
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: executions.list :many
 -- A keyset page of executions, optionally filtered by status and workflow.
@@ -27,7 +27,8 @@ SELECT
     lease_expires_at, started_at, finished_at, version, created_at, updated_at
 FROM executions
 WHERE
-    (:status::text IS NULL OR status = :status)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:status::text IS NULL OR status = :status)
     AND (:workflow_id::uuid IS NULL OR workflow_id = :workflow_id)
     AND {keyset}
 ORDER BY {order}
@@ -38,7 +39,8 @@ LIMIT :limit;
 SELECT count(*)
 FROM executions
 WHERE
-    (:status::text IS NULL OR status = :status)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:status::text IS NULL OR status = :status)
     AND (:workflow_id::uuid IS NULL OR workflow_id = :workflow_id);
 
 -- name: executions.start :returning
@@ -50,7 +52,7 @@ SET
     worker_id = :worker_id,
     started_at = now(),
     lease_expires_at = now() + make_interval(secs => :lease_seconds)
-WHERE id = :id AND status = 'pending'
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND status = 'pending'
 RETURNING
     id, workflow_id, status, input, output, error, attempt, worker_id,
     lease_expires_at, started_at, finished_at, version, created_at, updated_at;
@@ -66,7 +68,7 @@ SET
     lease_expires_at = now() + make_interval(secs => :lease_seconds)
 FROM (
     SELECT id FROM executions
-    WHERE status = 'pending'
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND status = 'pending'
     ORDER BY created_at, id
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -81,7 +83,11 @@ RETURNING
 -- Extend the lease of a running execution held by this worker.
 UPDATE executions
 SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
-WHERE id = :id AND status = 'running' AND worker_id = :worker_id
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND id = :id
+    AND status = 'running'
+    AND worker_id = :worker_id
 RETURNING
     id, workflow_id, status, input, output, error, attempt, worker_id,
     lease_expires_at, started_at, finished_at, version, created_at, updated_at;
@@ -92,7 +98,7 @@ UPDATE executions
 SET
     status = 'succeeded', output = :output, finished_at = now(),
     lease_expires_at = NULL
-WHERE id = :id AND status = 'running'
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND status = 'running'
 RETURNING
     id, workflow_id, status, input, output, error, attempt, worker_id,
     lease_expires_at, started_at, finished_at, version, created_at, updated_at;
@@ -103,7 +109,7 @@ UPDATE executions
 SET
     status = 'failed', error = :error, finished_at = now(),
     lease_expires_at = NULL
-WHERE id = :id AND status = 'running'
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND status = 'running'
 RETURNING
     id, workflow_id, status, input, output, error, attempt, worker_id,
     lease_expires_at, started_at, finished_at, version, created_at, updated_at;
@@ -112,13 +118,18 @@ RETURNING
 -- Cancel a pending or running execution.
 UPDATE executions
 SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL
-WHERE id = :id AND status IN ('pending', 'running')
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND id = :id
+    AND status IN ('pending', 'running')
 RETURNING
     id, workflow_id, status, input, output, error, attempt, worker_id,
     lease_expires_at, started_at, finished_at, version, created_at, updated_at;
 
 -- name: executions.requeue_expired :many
 -- Return running executions whose lease expired (a dead worker) to pending.
+-- A sweep: a role the policies do not bind requeues every tenant's; each row
+-- names its tenant, whose workflow.execute message it must be.
 UPDATE executions
 SET status = 'pending', worker_id = NULL, lease_expires_at = NULL, started_at = NULL
 WHERE
@@ -131,12 +142,12 @@ WHERE
     )
 RETURNING
     id, workflow_id, status, input, output, error, attempt, worker_id,
-    lease_expires_at, started_at, finished_at, version, created_at, updated_at;
+    lease_expires_at, started_at, finished_at, version, created_at, updated_at, tenant_id;
 
 -- name: executions.current_status :scalar
 -- The current status of an execution, to explain a refused transition.
-SELECT status FROM executions WHERE id = :id;
+SELECT status FROM executions WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: executions.delete :exec
 -- Delete an execution (its checkpoints go with it).
-DELETE FROM executions WHERE id = :id;
+DELETE FROM executions WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;

@@ -20,7 +20,7 @@ SELECT
     id, owner_id, purpose, key, original_name, size, content_type, claimed_type,
     sha256, status, execution_id, session_id, created_at, stored_at
 FROM files
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: files.get_many :many
 -- The files among the given ids (to reconcile staged objects).
@@ -28,7 +28,7 @@ SELECT
     id, owner_id, purpose, key, original_name, size, content_type, claimed_type,
     sha256, status, execution_id, session_id, created_at, stored_at
 FROM files
-WHERE id = any(:ids::uuid[])
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = any(:ids::uuid[])
 ORDER BY id;
 
 -- name: files.existing_keys :many
@@ -37,7 +37,7 @@ SELECT
     id, owner_id, purpose, key, original_name, size, content_type, claimed_type,
     sha256, status, execution_id, session_id, created_at, stored_at
 FROM files
-WHERE key = any(:keys::text[])
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND key = any(:keys::text[])
 ORDER BY key;
 
 -- name: files.list :many
@@ -48,7 +48,8 @@ SELECT
     sha256, status, execution_id, session_id, created_at, stored_at
 FROM files
 WHERE
-    (:owner_id::uuid IS NULL OR owner_id = :owner_id)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:owner_id::uuid IS NULL OR owner_id = :owner_id)
     AND (:purpose::text IS NULL OR purpose = :purpose)
     AND (:execution_id::uuid IS NULL OR execution_id = :execution_id)
     AND (:session_id::uuid IS NULL OR session_id = :session_id)
@@ -60,7 +61,7 @@ LIMIT :limit;
 -- Mark a staged file as stored, once its bytes are at their final key.
 UPDATE files
 SET status = 'stored', stored_at = now()
-WHERE id = :id AND status = 'staged'
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND status = 'staged'
 RETURNING
     id, owner_id, purpose, key, original_name, size, content_type, claimed_type,
     sha256, status, execution_id, session_id, created_at, stored_at;
@@ -71,14 +72,17 @@ SELECT
     id, owner_id, purpose, key, original_name, size, content_type, claimed_type,
     sha256, status, execution_id, session_id, created_at, stored_at
 FROM files
-WHERE status = 'staged' AND created_at < now() - make_interval(secs => :grace_seconds)
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND status = 'staged'
+    AND created_at < now() - make_interval(secs => :grace_seconds)
 ORDER BY created_at, id
 LIMIT :limit;
 
 -- name: files.delete :returning
 -- Delete a file's row and return it, so its bytes can be removed after commit.
 DELETE FROM files
-WHERE id = :id
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id
 RETURNING
     id, owner_id, purpose, key, original_name, size, content_type, claimed_type,
     sha256, status, execution_id, session_id, created_at, stored_at;

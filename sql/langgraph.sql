@@ -4,6 +4,9 @@
 -- earlier version (base_version); lg_writes holds the pending writes.
 -- Reads return one row stream: kind 'c' (a checkpoint), 'b' (a segment of
 -- a channel value at depth n of its delta chain) and 'w' (a pending write).
+-- Thread ids are per tenant: every query reads and writes the transaction's
+-- tenant's threads (the default tenant's without one), and joins carry the
+-- tenant along the composite keys.
 
 -- name: langgraph.put :many
 -- Store a checkpoint and its changed channel values; returns the channels whose value row was new.
@@ -19,7 +22,7 @@ WITH blobs AS (
             :channels::text[], :versions::text[], :types::text[], :base_versions::text[],
             :item_counts::integer[], :blobs::bytea[]
         ) AS v (channel, version, type, base_version, item_count, blob)
-    ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
+    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, channel, version) DO NOTHING
     RETURNING channel
 ),
 
@@ -30,7 +33,7 @@ saved AS (
     VALUES (
         :thread_id, :checkpoint_ns, :checkpoint_id, :parent_checkpoint_id, :checkpoint, :metadata
     )
-    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
+    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
         SET checkpoint = excluded.checkpoint, metadata = excluded.metadata
 )
 
@@ -47,7 +50,7 @@ SELECT
 FROM
     unnest(:idxs::integer[], :channels::text[], :types::text[], :blobs::bytea[])
         AS w (idx, channel, type, blob)
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
+ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
 
 -- name: langgraph.upsert_writes :exec
 -- Store a task's special writes (error, interrupt, ...), replacing those stored for (task, idx).
@@ -60,42 +63,48 @@ SELECT
 FROM
     unnest(:idxs::integer[], :channels::text[], :types::text[], :blobs::bytea[])
         AS w (idx, channel, type, blob)
-ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
+ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
     SET channel = excluded.channel, type = excluded.type, blob = excluded.blob;
 
 -- name: langgraph.get :many
 -- The newest checkpoint of a thread namespace at or below :upper, with its values and writes.
 WITH RECURSIVE head AS (
     SELECT
-        thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
+        tenant_id, thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+        metadata
     FROM lg_checkpoints
-    WHERE thread_id = :thread_id AND checkpoint_ns = :checkpoint_ns AND checkpoint_id <= :upper
+    WHERE
+        tenant_id = (SELECT toolkit_tenant_or_default())
+        AND thread_id = :thread_id AND checkpoint_ns = :checkpoint_ns
+        AND checkpoint_id <= :upper
     ORDER BY checkpoint_id DESC
     LIMIT 1
 ),
 
 segments AS (
     SELECT
-        b.thread_id, b.checkpoint_ns, b.channel, b.version AS top_version, b.base_version,
-        0 AS depth, b.item_count, b.type, b.blob
+        b.tenant_id, b.thread_id, b.checkpoint_ns, b.channel, b.version AS top_version,
+        b.base_version, 0 AS depth, b.item_count, b.type, b.blob
     FROM head AS h
     CROSS JOIN LATERAL jsonb_each_text(h.checkpoint -> 'channel_versions') AS v (channel, version)
     -- LIMIT 1 keeps this a primary-key lookup per channel (never a scan of the thread's values).
     CROSS JOIN
         LATERAL (
             SELECT
-                lg_blobs.thread_id, lg_blobs.checkpoint_ns, lg_blobs.channel, lg_blobs.version,
-                lg_blobs.base_version, lg_blobs.item_count, lg_blobs.type, lg_blobs.blob
+                lg_blobs.tenant_id, lg_blobs.thread_id, lg_blobs.checkpoint_ns, lg_blobs.channel,
+                lg_blobs.version, lg_blobs.base_version, lg_blobs.item_count, lg_blobs.type,
+                lg_blobs.blob
             FROM lg_blobs
             WHERE
-                lg_blobs.thread_id = h.thread_id AND lg_blobs.checkpoint_ns = h.checkpoint_ns
+                lg_blobs.tenant_id = h.tenant_id
+                AND lg_blobs.thread_id = h.thread_id AND lg_blobs.checkpoint_ns = h.checkpoint_ns
                 AND lg_blobs.channel = v.channel AND lg_blobs.version = v.version
             ORDER BY lg_blobs.version
             LIMIT 1
         ) AS b
     UNION ALL
     SELECT
-        s.thread_id, s.checkpoint_ns, s.channel, s.top_version, b.base_version,
+        s.tenant_id, s.thread_id, s.checkpoint_ns, s.channel, s.top_version, b.base_version,
         s.depth + 1 AS depth,
         b.item_count, b.type, b.blob
     FROM segments AS s
@@ -104,7 +113,8 @@ segments AS (
             SELECT lg_blobs.base_version, lg_blobs.item_count, lg_blobs.type, lg_blobs.blob
             FROM lg_blobs
             WHERE
-                lg_blobs.thread_id = s.thread_id AND lg_blobs.checkpoint_ns = s.checkpoint_ns
+                lg_blobs.tenant_id = s.tenant_id
+                AND lg_blobs.thread_id = s.thread_id AND lg_blobs.checkpoint_ns = s.checkpoint_ns
                 AND lg_blobs.channel = s.channel AND lg_blobs.version = s.base_version
             ORDER BY lg_blobs.version
             LIMIT 1
@@ -133,17 +143,20 @@ SELECT
 FROM head
 INNER JOIN lg_writes AS w
     ON
-        head.thread_id = w.thread_id AND head.checkpoint_ns = w.checkpoint_ns
+        head.tenant_id = w.tenant_id
+        AND head.thread_id = w.thread_id AND head.checkpoint_ns = w.checkpoint_ns
         AND head.checkpoint_id = w.checkpoint_id;
 
 -- name: langgraph.list :many
 -- Checkpoints matching optional thread, namespace, id, metadata and before filters, newest first.
 WITH RECURSIVE head AS (
     SELECT
-        thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
+        tenant_id, thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
+        metadata
     FROM lg_checkpoints
     WHERE
-        (:thread_id::text IS NULL OR thread_id = :thread_id)
+        tenant_id = (SELECT toolkit_tenant_or_default())
+        AND (:thread_id::text IS NULL OR thread_id = :thread_id)
         AND (:checkpoint_ns::text IS NULL OR checkpoint_ns = :checkpoint_ns)
         AND (:checkpoint_id::text IS NULL OR checkpoint_id = :checkpoint_id)
         AND (:before::text IS NULL OR checkpoint_id < :before)
@@ -153,31 +166,33 @@ WITH RECURSIVE head AS (
 ),
 
 seeds AS (
-    SELECT DISTINCT h.thread_id, h.checkpoint_ns, v.channel, v.version
+    SELECT DISTINCT h.tenant_id, h.thread_id, h.checkpoint_ns, v.channel, v.version
     FROM head AS h
     CROSS JOIN LATERAL jsonb_each_text(h.checkpoint -> 'channel_versions') AS v (channel, version)
 ),
 
 segments AS (
     SELECT
-        b.thread_id, b.checkpoint_ns, b.channel, b.version AS top_version, b.base_version,
-        0 AS depth, b.item_count, b.type, b.blob
+        b.tenant_id, b.thread_id, b.checkpoint_ns, b.channel, b.version AS top_version,
+        b.base_version, 0 AS depth, b.item_count, b.type, b.blob
     FROM seeds AS s
     CROSS JOIN
         LATERAL (
             SELECT
-                lg_blobs.thread_id, lg_blobs.checkpoint_ns, lg_blobs.channel, lg_blobs.version,
-                lg_blobs.base_version, lg_blobs.item_count, lg_blobs.type, lg_blobs.blob
+                lg_blobs.tenant_id, lg_blobs.thread_id, lg_blobs.checkpoint_ns, lg_blobs.channel,
+                lg_blobs.version, lg_blobs.base_version, lg_blobs.item_count, lg_blobs.type,
+                lg_blobs.blob
             FROM lg_blobs
             WHERE
-                lg_blobs.thread_id = s.thread_id AND lg_blobs.checkpoint_ns = s.checkpoint_ns
+                lg_blobs.tenant_id = s.tenant_id
+                AND lg_blobs.thread_id = s.thread_id AND lg_blobs.checkpoint_ns = s.checkpoint_ns
                 AND lg_blobs.channel = s.channel AND lg_blobs.version = s.version
             ORDER BY lg_blobs.version
             LIMIT 1
         ) AS b
     UNION ALL
     SELECT
-        s.thread_id, s.checkpoint_ns, s.channel, s.top_version, b.base_version,
+        s.tenant_id, s.thread_id, s.checkpoint_ns, s.channel, s.top_version, b.base_version,
         s.depth + 1 AS depth,
         b.item_count, b.type, b.blob
     FROM segments AS s
@@ -186,7 +201,8 @@ segments AS (
             SELECT lg_blobs.base_version, lg_blobs.item_count, lg_blobs.type, lg_blobs.blob
             FROM lg_blobs
             WHERE
-                lg_blobs.thread_id = s.thread_id AND lg_blobs.checkpoint_ns = s.checkpoint_ns
+                lg_blobs.tenant_id = s.tenant_id
+                AND lg_blobs.thread_id = s.thread_id AND lg_blobs.checkpoint_ns = s.checkpoint_ns
                 AND lg_blobs.channel = s.channel AND lg_blobs.version = s.base_version
             ORDER BY lg_blobs.version
             LIMIT 1
@@ -215,34 +231,41 @@ SELECT
 FROM head
 INNER JOIN lg_writes AS w
     ON
-        head.thread_id = w.thread_id AND head.checkpoint_ns = w.checkpoint_ns
+        head.tenant_id = w.tenant_id
+        AND head.thread_id = w.thread_id AND head.checkpoint_ns = w.checkpoint_ns
         AND head.checkpoint_id = w.checkpoint_id;
 
 -- name: langgraph.delete_threads :exec
 -- Delete every checkpoint, value and write of the given threads.
 WITH checkpoints_gone AS (
-    DELETE FROM lg_checkpoints WHERE thread_id = any(:thread_ids::text[])
+    DELETE FROM lg_checkpoints
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = any(:thread_ids::text[])
 ),
 
 writes_gone AS (
-    DELETE FROM lg_writes WHERE thread_id = any(:thread_ids::text[])
+    DELETE FROM lg_writes
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = any(:thread_ids::text[])
 )
 
-DELETE FROM lg_blobs WHERE thread_id = any(:thread_ids::text[]);
+DELETE FROM lg_blobs
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = any(:thread_ids::text[]);
 
 -- name: langgraph.delete_runs :many
 -- Delete the checkpoints (and their writes) made by the given runs; returns the threads touched.
 WITH gone AS (
     DELETE FROM lg_checkpoints
-    WHERE metadata ? 'run_id' AND metadata ->> 'run_id' = any(:run_ids::text[])
-    RETURNING thread_id, checkpoint_ns, checkpoint_id
+    WHERE
+        tenant_id = (SELECT toolkit_tenant_or_default())
+        AND metadata ? 'run_id' AND metadata ->> 'run_id' = any(:run_ids::text[])
+    RETURNING tenant_id, thread_id, checkpoint_ns, checkpoint_id
 ),
 
 writes_gone AS (
     DELETE FROM lg_writes AS w
     USING gone
     WHERE
-        w.thread_id = gone.thread_id AND w.checkpoint_ns = gone.checkpoint_ns
+        w.tenant_id = gone.tenant_id
+        AND w.thread_id = gone.thread_id AND w.checkpoint_ns = gone.checkpoint_ns
         AND w.checkpoint_id = gone.checkpoint_id
 )
 
@@ -254,13 +277,14 @@ GROUP BY gone.thread_id;
 -- Delete all but the newest :keep checkpoints per namespace of the threads (all: NULL) but :skip.
 WITH ranked AS (
     SELECT
-        thread_id, checkpoint_ns, checkpoint_id,
+        tenant_id, thread_id, checkpoint_ns, checkpoint_id,
         row_number() OVER (
             PARTITION BY thread_id, checkpoint_ns ORDER BY checkpoint_id DESC
         ) AS position
     FROM lg_checkpoints
     WHERE
-        (:thread_ids::text[] IS NULL OR thread_id = any(:thread_ids::text[]))
+        tenant_id = (SELECT toolkit_tenant_or_default())
+        AND (:thread_ids::text[] IS NULL OR thread_id = any(:thread_ids::text[]))
         AND NOT thread_id = any(:skip::text[])
 ),
 
@@ -269,16 +293,18 @@ gone AS (
     USING ranked AS r
     WHERE
         r.position > :keep
+        AND c.tenant_id = r.tenant_id
         AND c.thread_id = r.thread_id AND c.checkpoint_ns = r.checkpoint_ns
         AND c.checkpoint_id = r.checkpoint_id
-    RETURNING c.thread_id, c.checkpoint_ns, c.checkpoint_id
+    RETURNING c.tenant_id, c.thread_id, c.checkpoint_ns, c.checkpoint_id
 ),
 
 writes_gone AS (
     DELETE FROM lg_writes AS w
     USING gone
     WHERE
-        w.thread_id = gone.thread_id AND w.checkpoint_ns = gone.checkpoint_ns
+        w.tenant_id = gone.tenant_id
+        AND w.thread_id = gone.thread_id AND w.checkpoint_ns = gone.checkpoint_ns
         AND w.checkpoint_id = gone.checkpoint_id
 )
 
@@ -291,28 +317,33 @@ GROUP BY gone.thread_id;
 SELECT DISTINCT thread_id
 FROM lg_checkpoints
 WHERE
-    metadata ? 'counters_since_delta_snapshot'
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND metadata ? 'counters_since_delta_snapshot'
     AND (:thread_ids::text[] IS NULL OR thread_id = any(:thread_ids::text[]));
 
 -- name: langgraph.delete_idle_threads :many
 -- Delete the threads whose newest checkpoint is older than :idle_for; returns them.
 WITH idle AS (
-    SELECT thread_id, count(*)::integer AS checkpoints
+    SELECT tenant_id, thread_id, count(*)::integer AS checkpoints
     FROM lg_checkpoints
-    GROUP BY thread_id
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default())
+    GROUP BY tenant_id, thread_id
     HAVING max(created_at) < now() - :idle_for::interval
 ),
 
 checkpoints_gone AS (
-    DELETE FROM lg_checkpoints AS c USING idle WHERE c.thread_id = idle.thread_id
+    DELETE FROM lg_checkpoints AS c USING idle
+    WHERE c.tenant_id = idle.tenant_id AND c.thread_id = idle.thread_id
 ),
 
 writes_gone AS (
-    DELETE FROM lg_writes AS w USING idle WHERE w.thread_id = idle.thread_id
+    DELETE FROM lg_writes AS w USING idle
+    WHERE w.tenant_id = idle.tenant_id AND w.thread_id = idle.thread_id
 ),
 
 blobs_gone AS (
-    DELETE FROM lg_blobs AS b USING idle WHERE b.thread_id = idle.thread_id
+    DELETE FROM lg_blobs AS b USING idle
+    WHERE b.tenant_id = idle.tenant_id AND b.thread_id = idle.thread_id
 )
 
 SELECT idle.thread_id, idle.checkpoints FROM idle;
@@ -320,39 +351,42 @@ SELECT idle.thread_id, idle.checkpoints FROM idle;
 -- name: langgraph.collect_blobs :exec
 -- Delete the values of the threads that no checkpoint reads any more (directly or as a delta base).
 WITH RECURSIVE live AS (
-    SELECT thread_id, checkpoint_ns, checkpoint
+    SELECT tenant_id, thread_id, checkpoint_ns, checkpoint
     FROM lg_checkpoints
-    WHERE thread_id = any(:thread_ids::text[])
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = any(:thread_ids::text[])
 ),
 
 needed AS (
-    SELECT DISTINCT live.thread_id, live.checkpoint_ns, v.channel, v.version
+    SELECT DISTINCT live.tenant_id, live.thread_id, live.checkpoint_ns, v.channel, v.version
     FROM live
     CROSS JOIN
         LATERAL
         jsonb_each_text(live.checkpoint -> 'channel_versions') AS v (channel, version)
     UNION
-    SELECT b.thread_id, b.checkpoint_ns, b.channel, b.base_version
+    SELECT b.tenant_id, b.thread_id, b.checkpoint_ns, b.channel, b.base_version
     FROM needed AS n
     INNER JOIN lg_blobs AS b
         ON
-            n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns
+            n.tenant_id = b.tenant_id
+            AND n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns
             AND n.channel = b.channel AND n.version = b.version
     WHERE b.base_version IS NOT NULL
 )
 
 DELETE FROM lg_blobs AS b
 WHERE
-    b.thread_id = any(:thread_ids::text[])
+    b.tenant_id = (SELECT toolkit_tenant_or_default())
+    AND b.thread_id = any(:thread_ids::text[])
     AND NOT EXISTS (
         SELECT 1 FROM needed AS n
         WHERE
-            n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns
+            n.tenant_id = b.tenant_id
+            AND n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns
             AND n.channel = b.channel AND n.version = b.version
     );
 
 -- name: langgraph.copy_thread :exec
--- Copy every checkpoint, value and write of thread :source to thread :target.
+-- Copy every checkpoint, value and write of thread :source to thread :target, in the same tenant.
 WITH checkpoints_copied AS (
     INSERT INTO lg_checkpoints (
         thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
@@ -360,8 +394,8 @@ WITH checkpoints_copied AS (
     SELECT
         :target::text, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
     FROM lg_checkpoints
-    WHERE thread_id = :source::text
-    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO NOTHING
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = :source::text
+    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id) DO NOTHING
 ),
 
 writes_copied AS (
@@ -372,8 +406,8 @@ writes_copied AS (
         :target::text, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type,
         blob
     FROM lg_writes
-    WHERE thread_id = :source::text
-    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
+    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = :source::text
+    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
 )
 
 INSERT INTO lg_blobs (
@@ -381,8 +415,8 @@ INSERT INTO lg_blobs (
 )
 SELECT :target::text, checkpoint_ns, channel, version, type, base_version, item_count, blob
 FROM lg_blobs
-WHERE thread_id = :source::text
-ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = :source::text
+ON CONFLICT (tenant_id, thread_id, checkpoint_ns, channel, version) DO NOTHING;
 
 -- name: langgraph.tables_ready :scalar
 -- Whether migration 0006 made the LangGraph tables in this database.

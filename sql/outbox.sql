@@ -3,17 +3,35 @@
 
 -- name: outbox.enqueue :exec
 -- Add one message to the outbox, in the caller's transaction.
-INSERT INTO outbox (id, queue, message_type, body, headers)
-VALUES (:id, :queue, :message_type, :body, :headers);
+-- As :tenant_id when given (a sweep by a role the policies do not bind
+-- re-enqueues each row's own tenant; for a role they bind, WITH CHECK refuses
+-- any other than the transaction's), else the transaction's tenant.
+INSERT INTO outbox (id, tenant_id, queue, message_type, body, headers)
+VALUES (
+    :id, coalesce(:tenant_id::uuid, (SELECT toolkit_tenant_or_default())),
+    :queue, :message_type, :body, :headers
+);
 
--- name: outbox.enqueue_many :copy
--- Add many messages at once (COPY), in the caller's transaction.
-COPY outbox (id, queue, message_type, body, headers) FROM STDIN;
+-- name: outbox.enqueue_many :exec
+-- Add many messages in the caller's transaction, one array per column.
+-- They take the transaction's tenant (the column default), and their seq,
+-- the claim order, in the arrays' order. Not COPY: COPY FROM is refused on a
+-- table under row level security for a role the policies bind.
+INSERT INTO outbox (id, queue, message_type, body)
+SELECT batch.id, batch.queue, batch.message_type, batch.body
+FROM
+    unnest(:ids::uuid[], :queues::text[], :message_types::text[], :bodies::jsonb[])
+    WITH ORDINALITY AS batch (id, queue, message_type, body, position)
+ORDER BY batch.position;
 
 -- name: outbox.claim :many
 -- Lock up to :limit unsent, due messages; concurrent relays skip locked rows.
+-- The relay's queries (claim, mark_sent, mark_failed, prune) name no tenant:
+-- the relay publishes every tenant's messages, as a role that bypasses the
+-- policies (toolkit_relay, migration 0009); a role they bind sees its own.
+-- Each message carries its row's tenant_id in its x-tenant-id header.
 SELECT
-    id, queue, message_type, body::text AS body, headers, attempts, created_at
+    id, tenant_id, queue, message_type, body::text AS body, headers, attempts, created_at
 FROM outbox
 WHERE sent_at IS NULL AND available_at <= now()
 ORDER BY seq
@@ -51,7 +69,8 @@ SELECT
     count(*) FILTER (WHERE sent_at IS NOT NULL) AS sent,
     count(*) FILTER (WHERE sent_at IS NULL AND attempts > 0) AS failing,
     min(created_at) FILTER (WHERE sent_at IS NULL) AS oldest_pending_at
-FROM outbox;
+FROM outbox
+WHERE tenant_id = (SELECT toolkit_tenant_or_default());
 
 -- name: outbox.get :one
 -- Fetch one outbox message by id (its message_id).
@@ -59,4 +78,4 @@ SELECT
     id, queue, message_type, body::text AS body, headers, attempts, last_error,
     available_at, sent_at, created_at
 FROM outbox
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;

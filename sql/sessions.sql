@@ -18,7 +18,7 @@ SELECT
     id, user_id, agent_id, title, state, expires_at, ended_at, version,
     created_at, updated_at
 FROM sessions
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: sessions.list :many
 -- A keyset page of sessions, optionally filtered by user and agent.
@@ -28,7 +28,8 @@ SELECT
     created_at, updated_at
 FROM sessions
 WHERE
-    (:user_id::uuid IS NULL OR user_id = :user_id)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:user_id::uuid IS NULL OR user_id = :user_id)
     AND (:agent_id::uuid IS NULL OR agent_id = :agent_id)
     AND {keyset}
 ORDER BY {order}
@@ -39,7 +40,8 @@ LIMIT :limit;
 SELECT count(*)
 FROM sessions
 WHERE
-    (:user_id::uuid IS NULL OR user_id = :user_id)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:user_id::uuid IS NULL OR user_id = :user_id)
     AND (:agent_id::uuid IS NULL OR agent_id = :agent_id);
 
 -- name: sessions.search :many
@@ -48,7 +50,9 @@ SELECT
     id, user_id, agent_id, title, state, expires_at, ended_at, version,
     created_at, updated_at
 FROM sessions
-WHERE title ILIKE '%' || replace(replace(replace(:text, '\', '\\'), '%', '\%'), '_', '\_') || '%'
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND title ILIKE '%' || replace(replace(replace(:text, '\', '\\'), '%', '\%'), '_', '\_') || '%'
 ORDER BY title, id
 LIMIT :limit;
 
@@ -58,16 +62,24 @@ UPDATE sessions
 SET
     title = CASE WHEN :set_title THEN :title ELSE title END,
     state = CASE WHEN :set_state THEN :state ELSE state END
-WHERE id = :id AND version = :expected_version
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND version = :expected_version
 RETURNING
     id, user_id, agent_id, title, state, expires_at, ended_at, version,
     created_at, updated_at;
+
+-- name: sessions.current_version :scalar
+-- The current version of a session, to explain a failed guarded update.
+SELECT version FROM sessions WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: sessions.touch :returning
 -- Extend a live session's expiry to :ttl_seconds from now.
 UPDATE sessions
 SET expires_at = now() + make_interval(secs => :ttl_seconds)
-WHERE id = :id AND ended_at IS NULL AND expires_at > now()
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND id = :id
+    AND ended_at IS NULL
+    AND expires_at > now()
 RETURNING
     id, user_id, agent_id, title, state, expires_at, ended_at, version,
     created_at, updated_at;
@@ -76,7 +88,7 @@ RETURNING
 -- End a session that has not ended yet.
 UPDATE sessions
 SET ended_at = now()
-WHERE id = :id AND ended_at IS NULL
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND ended_at IS NULL
 RETURNING
     id, user_id, agent_id, title, state, expires_at, ended_at, version,
     created_at, updated_at;
@@ -85,7 +97,7 @@ RETURNING
 -- Why a session refused a change: its version, expiry and end.
 SELECT id, version, expires_at, ended_at, expires_at <= now() AS expired
 FROM sessions
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: sessions.purge_expired :exec
 -- Delete sessions that expired before now, at most :limit at a time.
@@ -99,4 +111,4 @@ WHERE id IN (
 
 -- name: sessions.delete :exec
 -- Delete a session.
-DELETE FROM sessions WHERE id = :id;
+DELETE FROM sessions WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;

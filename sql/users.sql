@@ -1,13 +1,15 @@
 -- Users: people who use the platform. Ordinary reads never select
 -- password_hash; only users.get_credentials does, for authentication
 -- (through user_credentials(), the only reader the application role has).
+-- Users are shared by tenants: a tenant sees and updates the users with a
+-- membership in it (migration 0009), and creating a user makes its
+-- membership in the transaction's tenant.
 
 -- name: users.create :one
--- Insert a user and return it (email is unique, case-insensitively).
-INSERT INTO users (email, display_name, role, is_active, password_hash)
-VALUES (:email, :display_name, :role, :is_active, :password_hash)
-RETURNING
-    id, email, display_name, role, is_active, version, created_at, updated_at;
+-- Insert a user and its membership in the current tenant, and return it.
+-- (The default tenant without one; email is unique, case-insensitively.)
+SELECT id, email, display_name, role, is_active, version, created_at, updated_at
+FROM create_user(:email, :display_name, :role, :is_active, :password_hash);
 
 -- name: users.get :one
 -- Fetch one user by id.
@@ -84,5 +86,6 @@ SELECT set_user_password_hash(:id, :password_hash);
 SELECT version FROM users WHERE id = :id;
 
 -- name: users.delete :exec
--- Delete a user (their agents, workflows and sessions go with them).
+-- Delete a user everywhere (their agents, workflows and sessions go with them).
+-- A role the policies bind deletes nothing: it would reach other tenants' rows.
 DELETE FROM users WHERE id = :id;

@@ -15,7 +15,7 @@ SELECT
     id, owner_id, agent_id, name, description, definition, status, version,
     created_at, updated_at
 FROM workflows
-WHERE id = :id;
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: workflows.list :many
 -- A keyset page of workflows, optionally filtered by status and owner.
@@ -25,7 +25,8 @@ SELECT
     created_at, updated_at
 FROM workflows
 WHERE
-    (:status::text IS NULL OR status = :status)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:status::text IS NULL OR status = :status)
     AND (:owner_id::uuid IS NULL OR owner_id = :owner_id)
     AND {keyset}
 ORDER BY {order}
@@ -36,7 +37,8 @@ LIMIT :limit;
 SELECT count(*)
 FROM workflows
 WHERE
-    (:status::text IS NULL OR status = :status)
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND (:status::text IS NULL OR status = :status)
     AND (:owner_id::uuid IS NULL OR owner_id = :owner_id);
 
 -- name: workflows.search :many
@@ -45,7 +47,9 @@ SELECT
     id, owner_id, agent_id, name, description, definition, status, version,
     created_at, updated_at
 FROM workflows
-WHERE name ILIKE '%' || replace(replace(replace(:text, '\', '\\'), '%', '\%'), '_', '\_') || '%'
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND name ILIKE '%' || replace(replace(replace(:text, '\', '\\'), '%', '\%'), '_', '\_') || '%'
 ORDER BY name, id
 LIMIT :limit;
 
@@ -57,7 +61,7 @@ SET
     name = CASE WHEN :set_name THEN :name ELSE name END,
     description = CASE WHEN :set_description THEN :description ELSE description END,
     definition = CASE WHEN :set_definition THEN :definition ELSE definition END
-WHERE id = :id AND version = :expected_version
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND version = :expected_version
 RETURNING
     id, owner_id, agent_id, name, description, definition, status, version,
     created_at, updated_at;
@@ -66,7 +70,7 @@ RETURNING
 -- Publish a draft workflow.
 UPDATE workflows
 SET status = 'published'
-WHERE id = :id AND status = 'draft'
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id AND status = 'draft'
 RETURNING
     id, owner_id, agent_id, name, description, definition, status, version,
     created_at, updated_at;
@@ -75,19 +79,22 @@ RETURNING
 -- Archive a draft or published workflow.
 UPDATE workflows
 SET status = 'archived'
-WHERE id = :id AND status IN ('draft', 'published')
+WHERE
+    tenant_id = (SELECT toolkit_tenant_or_default())
+    AND id = :id
+    AND status IN ('draft', 'published')
 RETURNING
     id, owner_id, agent_id, name, description, definition, status, version,
     created_at, updated_at;
 
 -- name: workflows.current_version :scalar
 -- The current version of a workflow, to explain a failed guarded update.
-SELECT version FROM workflows WHERE id = :id;
+SELECT version FROM workflows WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: workflows.current_status :scalar
 -- The current status of a workflow, to explain a refused transition.
-SELECT status FROM workflows WHERE id = :id;
+SELECT status FROM workflows WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: workflows.delete :exec
 -- Delete a workflow (its executions go with it).
-DELETE FROM workflows WHERE id = :id;
+DELETE FROM workflows WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 import venv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 
 from tests.support.modes import Mode, both, running
@@ -120,6 +122,41 @@ def superuser(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A separate autocommit connection for inspecting and tampering."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def make_role(superuser: psycopg.Connection[Any]) -> Iterator[Callable[..., str]]:
+    """Make a role (roles are cluster-wide: a unique name, dropped afterwards); returns its name.
+
+    ``make("LOGIN")`` is an application login: a member of toolkit_app, no
+    BYPASSRLS, owning nothing, so row level security binds it.
+    """
+    made: list[str] = []
+
+    def make(*attributes: str, member_of: tuple[str, ...] = ("toolkit_app",)) -> str:
+        name = f"tenancy_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        statement = sql.SQL("CREATE ROLE {} {}").format(
+            sql.Identifier(name), sql.SQL(" ".join(attributes))
+        )
+        superuser.execute(statement)
+        made.append(name)
+        for group in member_of:
+            superuser.execute(
+                sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(name))
+            )
+        return name
+
+    yield make
+    for name in reversed(made):
+        superuser.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        superuser.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def url_as(database_url: str, role: str) -> str:
+    """``database_url`` with ``role`` as its user."""
+    params = conninfo_to_dict(database_url)
+    params["user"] = role
+    return make_conninfo(**params)
 
 
 # -- the packaged toolkit (marker "packaging", tox -e package) ---------------

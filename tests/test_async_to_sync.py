@@ -56,7 +56,7 @@ def test_async_code_becomes_the_sync_twin() -> None:
 
         async def fetch(db: AsyncDatabase, check: Callable[[], Awaitable[int]]) -> int:
             async with db.connection() as conn:  # a comment survives
-                total = await _count.acall(conn, id=1)
+                total = await run(conn, _count, id=1)
             async for row in rows(conn):
                 total += await check()
             if ASYNC:
@@ -89,7 +89,7 @@ def test_async_code_becomes_the_sync_twin() -> None:
     assert '__all__ = ["Database", "fetch"]' in generated
     assert "def fetch(db: Database, check: Callable[[], int]) -> int:" in generated
     assert "with db.connection() as conn:  # a comment survives" in generated
-    assert "total = _count(conn, id=1)" in generated
+    assert "total = run(conn, _count, id=1)" in generated
     assert "for row in rows(conn):" in generated
     assert "total += 0" in generated and "nap(0)\n" not in generated
     assert "def __enter__(self)" in generated and "def close(self)" in generated
@@ -119,13 +119,17 @@ def test_the_check_names_a_stale_generated_module(tmp_path: Path) -> None:
     fresh = subprocess.run(check, capture_output=True, text=True, check=False, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     source = copy / "toolkit" / "aio" / "repositories" / "agents.py"
-    source.write_text(source.read_text().replace('ENTITY = "agent"', 'ENTITY = "robot"'))
+    original = source.read_text()
+    assert "The first active agents" in original
+    source.write_text(original.replace("The first active agents", "The first active robots"))
     stale = subprocess.run(check, capture_output=True, text=True, check=False, timeout=300)
     assert stale.returncode == 1
     assert "toolkit/repositories/agents.py is stale" in stale.stderr
     regenerate = [sys.executable, str(copy / "tools" / "async_to_sync.py")]
     subprocess.run(regenerate, check=True, capture_output=True, timeout=300)
-    assert 'ENTITY = "robot"' in (copy / "toolkit" / "repositories" / "agents.py").read_text()
+    assert (
+        "The first active robots" in (copy / "toolkit" / "repositories" / "agents.py").read_text()
+    )
     assert subprocess.run(check, capture_output=True, check=False, timeout=300).returncode == 0
 
 
@@ -171,6 +175,27 @@ def test_a_missing_async_only_path_fails_the_run_naming_it(
     monkeypatch.setattr(tool, "ASYNC_ONLY", tool.ASYNC_ONLY | {"db/gone.py"})  # type: ignore[attr-defined]
     assert tool.main(["--check"]) == 2  # type: ignore[attr-defined]
     assert "async-only module 'db/gone.py' (ASYNC_ONLY) does not exist" in capsys.readouterr().err
+
+
+def test_a_source_never_overwrites_a_hand_written_sync_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = _tool()
+    source = tmp_path / "toolkit" / "aio" / "repositories" / "records.py"
+    target = tmp_path / "toolkit" / "repositories" / "records.py"
+    for path, text in ((source, "async def f() -> None:\n    pass\n"), (target, '"""Mine."""\n')):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.setattr(tool, "ROOT", tmp_path)
+    monkeypatch.setattr(tool, "ASYNC_ROOT", tmp_path / "toolkit" / "aio")
+    monkeypatch.setattr(tool, "SYNC_ROOT", tmp_path / "toolkit")
+    for check in ([], ["--check"]):
+        assert tool.main([*check, str(source)]) == 2  # type: ignore[attr-defined]
+        assert (
+            "toolkit/aio/repositories/records.py would overwrite the hand-written "
+            "toolkit/repositories/records.py"
+        ) in capsys.readouterr().err
+    assert target.read_text() == '"""Mine."""\n'
 
 
 def test_gitattributes_marks_exactly_the_generated_modules() -> None:

@@ -25,16 +25,30 @@ ALLOWED = {
     "toolkit.concurrency": set(),
     "toolkit.leases": {"toolkit.concurrency"},
     "toolkit.errors": set(),
+    "toolkit.tenants": {"toolkit.errors"},
     "toolkit.config": {"toolkit.errors", "toolkit.concurrency"},
     "toolkit.records": {"toolkit.errors", "toolkit.concurrency"},
-    "toolkit.db": {"toolkit.errors", "toolkit.config", "toolkit.records", "toolkit.concurrency"},
-    "toolkit.cache": {"toolkit.errors", "toolkit.config", "toolkit.concurrency", "toolkit.leases"},
+    "toolkit.db": {
+        "toolkit.errors",
+        "toolkit.config",
+        "toolkit.records",
+        "toolkit.concurrency",
+        "toolkit.tenants",
+    },
+    "toolkit.cache": {
+        "toolkit.errors",
+        "toolkit.config",
+        "toolkit.concurrency",
+        "toolkit.leases",
+        "toolkit.tenants",
+    },
     "toolkit.messaging": {
         "toolkit.errors",
         "toolkit.config",
         "toolkit.records",
         "toolkit.db",
         "toolkit.concurrency",
+        "toolkit.tenants",
         "toolkit.leases",
     },
     "toolkit.storage": {
@@ -43,6 +57,7 @@ ALLOWED = {
         "toolkit.records",
         "toolkit.db",
         "toolkit.concurrency",
+        "toolkit.tenants",
     },
 }
 
@@ -56,13 +71,6 @@ TOP_LAYERS = (
     "toolkit.pytest_plugin",  # an entry point (pytest's), like the command line
 )
 """The top of the house: besides toolkit/aio/ itself, only these may import toolkit.aio."""
-
-BINDINGS_CIRCLE = frozenset({"toolkit.db.bind", "toolkit.db.drivers", "toolkit.aio.db.drivers"})
-"""A circle among (some of) these: bind imports both drivers so each binding carries
-``__call__`` and ``acall``; the drivers import bind for its types. Goes when bindings
-become values (issue 18, item 3)."""
-
-BINDINGS_XFAIL = pytest.mark.xfail(strict=True, reason="issue 18 item 3: bindings become values")
 
 
 def layer_of(module: str) -> str:
@@ -182,6 +190,21 @@ def test_an_upward_relative_import_is_caught_like_an_absolute_one() -> None:
     }
     with pytest.raises(AssertionError, match="goes above the toolkit"):
         toolkit_imports("from .... import x", "toolkit.db.fake")
+
+
+def test_records_hold_building_blocks_and_the_entities_are_the_repositories() -> None:
+    """Every layer builds on toolkit.records; none below the repositories knows an entity."""
+    entities = {"User", "Agent", "Workflow", "Execution", "Checkpoint", "Session", "AuditEvent"}
+    defined = {
+        node.name
+        for node in ast.parse((TOOLKIT / "records.py").read_text(encoding="utf-8")).body
+        if isinstance(node, ast.ClassDef)
+    }
+    assert defined and not defined & entities
+    assert upward_imports("toolkit.db.patterns", "from toolkit.records import Page") == set()
+    entity = "from toolkit.repositories.records import AuditEvent"
+    for below in ("toolkit.aio.db.patterns", "toolkit.storage.fake", "toolkit.messaging.fake"):
+        assert upward_imports(below, entity) == {"toolkit.repositories.records"}
 
 
 def test_no_module_imports_another_by_name_except_the_catalog_of_the_applications() -> None:
@@ -322,30 +345,27 @@ def test_every_kind_of_import_is_an_arrow() -> None:
 
 
 def test_no_import_circles() -> None:
-    found = [c for c in circles(import_graph()) if not set(c) <= BINDINGS_CIRCLE]
+    found = circles(import_graph())
     assert found == [], "import circles: " + "; ".join(" -> ".join(c) for c in found)
 
 
-@BINDINGS_XFAIL
 def test_the_bindings_circle_is_gone() -> None:
-    assert not [c for c in circles(import_graph()) if set(c) <= BINDINGS_CIRCLE]
+    """Bindings are values: bind imports no driver, so the drivers may import bind."""
+    graph = import_graph()
+    assert not {"toolkit.db.drivers", "toolkit.aio.db.drivers"} & graph["toolkit.db.bind"]
+    assert "toolkit.db.bind" in graph["toolkit.db.drivers"]
+    assert "toolkit.db.bind" in graph["toolkit.aio.db.drivers"]
 
 
 def _in(module: str, layers: tuple[str, ...]) -> bool:
     return any(module == layer or module.startswith(layer + ".") for layer in layers)
 
 
-def _closed_tree_cases() -> list[object]:
-    cases: list[object] = []
-    for module, _ in modules():
-        if _in(module, ("toolkit.aio", *TOP_LAYERS)):
-            continue
-        marks = [BINDINGS_XFAIL] if module == "toolkit.db.bind" else []
-        cases.append(pytest.param(module, id=module, marks=marks))
-    return cases
+def _below_the_top() -> list[str]:
+    return [m for m, _ in modules() if not _in(m, ("toolkit.aio", *TOP_LAYERS))]
 
 
-@pytest.mark.parametrize("module", _closed_tree_cases())
+@pytest.mark.parametrize("module", _below_the_top())
 def test_the_async_tree_is_closed(module: str) -> None:
     into_aio = into_the_async_tree(module, import_graph()[module])
     assert into_aio == [], f"{module} is below the top layers and imports {into_aio}"

@@ -47,6 +47,7 @@ from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import Topology
 from toolkit.repositories import agents
 from toolkit.storage import open_storage
+from toolkit.tenants import DEFAULT_TENANT
 
 from .core.factories import make_agent
 from .support.modes import both
@@ -316,7 +317,9 @@ def _notification() -> NotificationSend:
 def test_the_publisher_and_relay_never_show_the_amqp_password(watched, db, url: str) -> None:
     topology = Topology(prefix=f"leak{uuid.uuid4().hex[:8]}.")
     with Publisher(url, topology) as publisher:
-        published = raised(lambda: publisher.publish(_notification()), Unavailable)
+        published = raised(
+            lambda: publisher.publish(_notification(), tenant=DEFAULT_TENANT), Unavailable
+        )
     with db.transaction() as tx:
         outbox.enqueue(tx, _notification())
     with Relay(db, url, topology, listen=False) as relay:

@@ -28,6 +28,15 @@ matches its own hash), ``broken-link`` (a missing sequence or a
 previous anchor, so anchors are consistent with each other and matching the
 newest one vouches for every row up to it.
 
+The chain is per tenant (migration 0009), and so are its anchors: the
+queries read the chain of the transaction's tenant (the default tenant's
+without one), and the anchors are kept in that tenant's area of the store
+(:func:`~toolkit.storage.keys.tenant_area`), asked of the same transaction,
+so one tenant's chain is never anchored over, or checked against, another's.
+The default tenant's area is the store's root: anchors written before
+tenancy keep their keys and still vouch for its chain. To anchor a tenant's
+chain, pass a connection inside ``db.transaction(tenant=...)``.
+
 What remains possible: someone who controls both the database and the
 anchor store; and rows written after the newest anchor can be rewritten
 undetected until the next anchor. Run ``toolkit audit anchor`` periodically
@@ -51,7 +60,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
 import psycopg
@@ -59,15 +68,25 @@ from psycopg.pq import TransactionStatus
 
 from toolkit.config import Settings
 from toolkit.db.bind import Many, OneOrNone, Scalar
-from toolkit.errors import IntegrityError, InvalidInput, ToolkitError, bounded_repr
+from toolkit.db.drivers import run
+from toolkit.errors import (
+    IntegrityError,
+    InvalidInput,
+    RetentionUnavailable,
+    ToolkitError,
+    bounded_repr,
+)
 from toolkit.records import Record
+from toolkit.storage.keys import tenant_area
+from toolkit.tenants import tenant_id
 
 if TYPE_CHECKING:
     from toolkit.db.database import Connection
-    from toolkit.storage.base import Storage
+    from toolkit.storage.base import RetentionMode, Storage
 
 ANCHOR_PREFIX: Final = "audit-anchors/"
-"""Where anchors live in their store: ``audit-anchors/<sequence>-<time>.json``."""
+"""Where a tenant's anchors live in its area: ``<area>audit-anchors/<sequence>-<time>.json``
+(:func:`anchor_prefix`); the default tenant's area is the store's root."""
 
 ANCHOR_FORMAT: Final = "toolkit.audit-anchor/1"
 MAX_ROW_DIGESTS: Final = 10_000
@@ -79,7 +98,6 @@ DIGEST_HEX_CHARS: Final = 16
 
 MAX_ANCHOR_BYTES: Final = 1 << 20
 DEFAULT_RETENTION_DAYS: Final = 365
-RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
 
 _BATCH: Final = 1000
 _SEQUENCE_DIGITS: Final = 20
@@ -127,10 +145,10 @@ class Anchor:
     """Where it is stored (empty until written or when read without one)."""
 
     @property
-    def default_key(self) -> str:
-        """``audit-anchors/<zero-padded sequence>-<anchoring time>.json``: sorts by sequence."""
+    def file_name(self) -> str:
+        """``<zero-padded sequence>-<anchoring time>.json``: sorts by sequence."""
         stamp = self.anchored_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        return f"{ANCHOR_PREFIX}{self.sequence:0{_SEQUENCE_DIGITS}d}-{stamp}.json"
+        return f"{self.sequence:0{_SEQUENCE_DIGITS}d}-{stamp}.json"
 
     def to_json(self) -> bytes:
         """The stored document."""
@@ -260,6 +278,7 @@ class ChainHead(Record):
     created_at: datetime
 
 
+_chain_tenant = Scalar("audit_anchors.tenant", UUID, ())
 _head = OneOrNone("audit_anchors.head", ChainHead, ())
 _rows_after = Many("audit_anchors.rows", ChainRow, ("after", "upto", "limit"))
 _database_agrees = Scalar("audit_anchors.database_agrees", bool, ("seq",))
@@ -369,7 +388,7 @@ class _Walk:
 
 def _rows(conn: Connection, after: int, upto: int) -> Iterator[ChainRow]:
     while True:
-        batch = _rows_after(conn, after=after, upto=upto, limit=_BATCH)
+        batch = run(conn, _rows_after, after=after, upto=upto, limit=_BATCH)
         yield from batch
         if len(batch) < _BATCH:
             return
@@ -404,7 +423,7 @@ def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
     count = f"{walk.mismatches} row(s) from seq {seq} on"
     try:
         with _optional(conn):
-            database_agrees = bool(_database_agrees(conn, seq=seq))
+            database_agrees = bool(run(conn, _database_agrees, seq=seq))
         consulted = ""
     except (psycopg.Error, ToolkitError) as exc:  # the diagnosis is optional; the finding stands
         database_agrees = False
@@ -426,9 +445,15 @@ def _mismatch_finding(conn: Connection, walk: _Walk) -> Finding | None:
 # -- the anchor store ---------------------------------------------------------------
 
 
-def anchor_keys(storage: Storage) -> list[str]:
-    """Every anchor's key in ``storage``, oldest sequence first."""
-    return [info.key for info in storage.list(ANCHOR_PREFIX) if info.key.endswith(".json")]
+def anchor_prefix(tenant: UUID | str | None) -> str:
+    """Where ``tenant``'s anchors are kept: ``audit-anchors/`` for the default tenant (and
+    None), ``t/<tenant>/audit-anchors/`` for another; no tenant's prefix is inside another's."""
+    return f"{tenant_area(None if tenant is None else tenant_id(tenant))}{ANCHOR_PREFIX}"
+
+
+def anchor_keys(storage: Storage, tenant: UUID | str | None = None) -> list[str]:
+    """Every anchor's key of ``tenant`` (the default tenant's by default), oldest first."""
+    return [info.key for info in storage.list(anchor_prefix(tenant)) if info.key.endswith(".json")]
 
 
 def read_anchor(storage: Storage, key: str) -> Anchor:
@@ -436,56 +461,33 @@ def read_anchor(storage: Storage, key: str) -> Anchor:
     return Anchor.from_json(storage.get(key), key)
 
 
-def store_anchor(storage: Storage, anchor: Anchor, *, key: str | None = None) -> Anchor:
-    """Write ``anchor`` create-only (Conflict if the key exists); returns it with its key."""
-    target = key or anchor.default_key
+def store_anchor(
+    storage: Storage, anchor: Anchor, *, tenant: UUID | str | None = None, key: str | None = None
+) -> Anchor:
+    """Write ``anchor`` create-only (Conflict if the key exists); returns it with its key.
+
+    The key is ``key``, else the anchor's file name among ``tenant``'s anchors.
+    """
+    target = key or f"{anchor_prefix(tenant)}{anchor.file_name}"
     storage.put(target, anchor.to_json(), max_bytes=MAX_ANCHOR_BYTES, allowed_types=None)
     return Anchor(**{**anchor.__dict__, "key": target})
 
 
-def _lock(storage: Storage, key: str, days: int, mode: RetentionMode) -> str:
-    """Object Lock retention on S3 where the bucket has it; otherwise create-only."""
-    from toolkit.storage.backends import S3Storage  # noqa: PLC0415 - fsspec on first use
-    from toolkit.storage.streams import translating  # noqa: PLC0415
-
-    if not isinstance(storage, S3Storage):
-        return "create-only"
-    call = storage.fs.call_s3
-    target = {"Bucket": storage.bucket, "Key": f"{storage.prefix}/{key}" if storage.prefix else key}
+def _protect(storage: Storage, key: str, days: int, mode: RetentionMode) -> str:
+    """Retention on the anchor where the store has it (S3 Object Lock); otherwise create-only."""
     try:
-        config = call("get_object_lock_configuration", Bucket=storage.bucket)
-    except OSError as exc:
-        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
-        if code == "ObjectLockConfigurationNotFoundError":
-            return "create-only (the bucket has no Object Lock)"
-        raise IntegrityError(
-            f"anchor {key} was written, but the bucket's Object Lock setting could not be "
-            f"read: {exc}"
-        ) from exc
-    lock = config.get("ObjectLockConfiguration", {})
-    if lock.get("ObjectLockEnabled") != "Enabled":
-        return "create-only (the bucket has no Object Lock)"
-    if not lock.get("Rule", {}).get("DefaultRetention"):
-        until = datetime.now(UTC) + timedelta(days=days)
-        try:
-            call(
-                "put_object_retention",
-                **target,
-                Retention={"Mode": mode, "RetainUntilDate": until},
-            )
-        except Exception as exc:
-            raise IntegrityError(
-                f"anchor {key} was written, but setting its {mode} retention failed: {exc}"
-            ) from exc
-    with translating("inspecting", key):
-        head = call("head_object", **target)
-    if not head.get("ObjectLockMode"):
-        raise IntegrityError(f"anchor {key} was written, but S3 reports no retention on it")
-    return f"{head['ObjectLockMode']} retention until {head['ObjectLockRetainUntilDate']:%Y-%m-%d}"
+        held = storage.retain(key, mode=mode, until=datetime.now(UTC) + timedelta(days=days))
+    except RetentionUnavailable as exc:
+        return f"create-only ({exc.reason})" if exc.reason else "create-only"
+    except ToolkitError as exc:
+        raise IntegrityError(f"anchor {key} was written, but its retention failed: {exc}") from exc
+    return f"{held.mode} retention until {held.until:%Y-%m-%d}"
 
 
-def _latest_anchors(storage: Storage, latest: int | None) -> tuple[list[Anchor], list[Finding]]:
-    keys = anchor_keys(storage)
+def _latest_anchors(
+    storage: Storage, tenant: UUID, latest: int | None
+) -> tuple[list[Anchor], list[Finding]]:
+    keys = anchor_keys(storage, tenant)
     if latest is not None:
         keys = keys[-latest:] if latest > 0 else []
     anchors, findings = [], []
@@ -510,6 +512,12 @@ def _expectations(anchors: Sequence[Anchor]) -> dict[int, tuple[str, str]]:
 # -- the two operations -------------------------------------------------------------
 
 
+def _tenant_of_chain(conn: Connection) -> UUID:
+    """The tenant whose chain ``conn``'s queries read, asked of the database in the same
+    transaction, so the anchors used are that chain's however its tenant was set."""
+    return tenant_id(run(conn, _chain_tenant))
+
+
 def write_anchor(
     conn: Connection,
     storage: Storage,
@@ -517,7 +525,10 @@ def write_anchor(
     retention_days: int = DEFAULT_RETENTION_DAYS,
     retention_mode: RetentionMode = "COMPLIANCE",
 ) -> AnchorResult | None:
-    """Anchor the chain head now; None when the chain is empty.
+    """Anchor the head of the transaction's tenant's chain now; None when it is empty.
+
+    The anchor goes among that tenant's anchors (:func:`anchor_prefix`):
+    run it in ``db.transaction(tenant=...)`` to anchor a tenant's chain.
 
     The rows since the previous anchor are recomputed and linked to it
     first: IntegrityError (and nothing written) when the chain no longer
@@ -539,11 +550,12 @@ def write_anchor(
             field="retention_mode",
             value=retention_mode,
         )
-    head = _head(conn)
+    tenant = _tenant_of_chain(conn)
+    head = run(conn, _head)
     if head is None:
         return None
     head_seq, head_hash, head_time = head.seq, head.hash, head.created_at
-    anchors, bad = _latest_anchors(storage, 1)
+    anchors, bad = _latest_anchors(storage, tenant, 1)
     if bad:
         raise IntegrityError(f"refusing to anchor: {bad[0].message}; run toolkit audit verify")
     previous = anchors[-1] if anchors else None
@@ -570,19 +582,20 @@ def write_anchor(
         digests_from=since[0][0] if since else head_seq,
         row_digests=tuple(digest.hex()[:DIGEST_HEX_CHARS] for _, digest in since),
     )
-    stored = store_anchor(storage, anchor)
-    return AnchorResult(stored, _lock(storage, stored.key, retention_days, retention_mode))
+    stored = store_anchor(storage, anchor, tenant=tenant)
+    return AnchorResult(stored, _protect(storage, stored.key, retention_days, retention_mode))
 
 
 def verify(conn: Connection, storage: Storage, *, latest: int | None = None) -> AnchorReport:
-    """Check the whole chain in Python against the anchors (the newest ``latest``, or all).
+    """Check the transaction's tenant's chain in Python against that tenant's anchors
+    (the newest ``latest``, or all); run it in ``db.transaction(tenant=...)`` for a tenant.
 
     Every row's hash is recomputed here and its link checked; every anchored
     sequence must still exist with the hash recorded.
     """
     if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int)):
         raise InvalidInput("latest must be an integer or None", field="latest")
-    anchors, findings = _latest_anchors(storage, latest)
+    anchors, findings = _latest_anchors(storage, _tenant_of_chain(conn), latest)
     walk = _Walk(_expectations(anchors))
     walk.run(conn, 0, 2**63 - 1, b"")
     for found in (walk.contradicted, walk.broken, _mismatch_finding(conn, walk)):
@@ -617,7 +630,7 @@ def verify(conn: Connection, storage: Storage, *, latest: int | None = None) -> 
 
 
 def anchor_store_url(settings: Settings) -> str:
-    """``TOOLKIT_AUDIT_ANCHOR_URL``, else ``TOOLKIT_STORAGE_URL`` (keys ``audit-anchors/...``)."""
+    """``TOOLKIT_AUDIT_ANCHOR_URL``, else ``TOOLKIT_STORAGE_URL`` (keys :func:`anchor_prefix`)."""
     return settings.audit_anchor_url or settings.storage_url
 
 
@@ -630,6 +643,7 @@ __all__ = [
     "Finding",
     "FindingKind",
     "anchor_keys",
+    "anchor_prefix",
     "anchor_store_url",
     "event_hash",
     "read_anchor",

@@ -113,6 +113,25 @@ class ConfigurationError(ToolkitError):
     """A setting is missing or invalid; the message names the variable."""
 
 
+class TenantRequired(ConfigurationError):
+    """Tenant-owned rows were used in a transaction that carries no tenant.
+
+    Row-level security asked for the transaction's tenant (SQLSTATE TN001)
+    and none was set: run the work in ``Database.transaction(tenant=...)``
+    or ``Database.connection(tenant=...)``. Nothing was read or written.
+    """
+
+
+class TenancyUnavailable(ConfigurationError):
+    """Tenant-scoped work refused to start: the database role is not bound by row-level security.
+
+    A superuser, a role with BYPASSRLS, and the owner of the tables (or a
+    member of the role that owns them) can read or switch off every
+    tenant's rows; the message names which. Connect as a login role that is
+    a member of ``toolkit_app``. Nothing was run.
+    """
+
+
 class InvalidInput(ToolkitError, ValueError):
     """An argument was rejected before it could change anything.
 
@@ -154,6 +173,21 @@ class RetryableConflict(Conflict):
 
 class InvalidReference(ToolkitError):
     """A foreign key points at a row that does not exist (or still has children)."""
+
+
+class TenantMismatch(InvalidReference):
+    """A row names another tenant than the transaction's; row-level security refused it.
+
+    Raised for an INSERT or UPDATE whose ``tenant_id`` is not the current
+    tenant's (the policies' WITH CHECK). A row referencing another tenant's
+    row fails its composite foreign key and raises :class:`InvalidReference`,
+    this class's base, so ``except InvalidReference`` handles both. Nothing
+    was written. ``table`` names the table; the message never shows values.
+    """
+
+    def __init__(self, message: str, *, table: str | None = None) -> None:
+        super().__init__(message)
+        self.table = table
 
 
 class StaleVersion(ToolkitError):
@@ -241,6 +275,20 @@ class DeserializationRefused(IntegrityError):
     def __init__(self, message: str, *, refused: Sequence[str]) -> None:
         super().__init__(message)
         self.refused = tuple(refused)
+
+
+class RetentionUnavailable(ConfigurationError):
+    """The storage cannot put an object under retention (S3 Object Lock); nothing was changed.
+
+    Raised by ``Storage.retain`` on the local, memory and pyfilesystem2 back
+    ends, whose objects are protected by create-only writes alone, and on an
+    S3 bucket without Object Lock. ``reason`` says what could be changed
+    (``"the bucket has no Object Lock"``), None where nothing can.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SourceFailed(ToolkitError):

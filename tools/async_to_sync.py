@@ -14,7 +14,6 @@ and formats the result. What it changes:
 
 * ``async def`` / ``async with`` / ``async for`` lose ``async``, and
   ``await x`` becomes ``x``;
-* ``binding.acall(...)`` becomes ``binding(...)`` (the sync driver);
 * names in :data:`RENAMES` (and any ``AsyncName``) become their sync names,
   ``toolkit.aio.x`` imports become ``toolkit.x`` and ``redis.asyncio``
   becomes ``redis``;
@@ -37,6 +36,11 @@ A run over every source also keeps the tool's own tables honest: it fails
 path that does not exist, and it writes the block of ``.gitattributes``
 that marks every generated module ``linguist-generated`` (``--check`` fails
 if that block is not exactly the generated modules).
+
+Hand-written sync modules live beside generated ones (``toolkit/db/bind.py``,
+``toolkit/repositories/records.py``): only a path with an async source is
+generated, and a source whose twin would overwrite a module without the
+generated header fails the run (exit 2, naming both).
 """
 
 from __future__ import annotations
@@ -95,6 +99,10 @@ HEADER = (
 )
 
 
+GENERATED_MARK = HEADER.split("{", 1)[0]
+"""How every generated module starts; a module without it is hand-written."""
+
+
 class TransformError(Exception):
     """The async source uses something the transform cannot turn into sync code."""
 
@@ -125,7 +133,6 @@ _TEXT_RULES = (
     (re.compile(r"\btoolkit\.aio\."), "toolkit."),
     (re.compile(r"\bawait "), ""),
     (re.compile(r"\basync (?=with |for |def )"), ""),
-    (re.compile(r"\.acall\("), "("),
 )
 
 
@@ -211,19 +218,6 @@ class _Collector(ast.NodeVisitor):
         value_start = self.offsets.start(node.value)
         self.edits.append(Edit(start, value_start, ""))
         self.visit(node.value)
-
-    def visit_Call(self, node: ast.Call) -> None:
-        func = node.func
-        if isinstance(func, ast.Attribute) and func.attr == "acall":
-            # binding.acall(...) -> binding(...): cut ".acall" after the value.
-            self.edits.append(Edit(self.offsets.end(func.value), self.offsets.end(func), ""))
-            self.visit(func.value)
-            for arg in node.args:
-                self.visit(arg)
-            for keyword in node.keywords:
-                self.visit(keyword)
-            return
-        self.generic_visit(node)
 
     def visit_Expr(self, node: ast.Expr) -> None:
         if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
@@ -413,6 +407,20 @@ def sync_path(source: Path) -> Path:
     return SYNC_ROOT / source.resolve().relative_to(ASYNC_ROOT)
 
 
+def generated_twin(source: Path, target: Path) -> str | None:
+    """The text of ``source``'s sync twin ``target`` (None if there is none yet);
+    TransformError if ``target`` is hand-written, which a run never overwrites."""
+    if not target.exists():
+        return None
+    current = target.read_text(encoding="utf-8")
+    if not current.startswith(GENERATED_MARK):
+        raise TransformError(
+            f"{source.relative_to(ROOT)} would overwrite the hand-written "
+            f"{target.relative_to(ROOT)}; rename one of them"
+        )
+    return current
+
+
 def is_source(path: Path) -> bool:
     """True for a module under toolkit/aio/ that has a generated sync twin."""
     path = path.resolve()
@@ -503,13 +511,13 @@ def main(argv: list[str] | None = None) -> int:
     _matched_rules.clear()
     stale = []
     for source in chosen:
+        target = sync_path(source)
         try:
+            current = generated_twin(source, target)
             code = transform(source.read_text(encoding="utf-8"), source)
         except TransformError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        target = sync_path(source)
-        current = target.read_text(encoding="utf-8") if target.exists() else None
         if current == code:
             continue
         if args.check:

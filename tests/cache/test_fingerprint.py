@@ -135,7 +135,7 @@ def cache(client: CacheClient) -> LLMCache:
 
 def test_key_is_namespaced_versioned_and_never_holds_the_prompt(cache: LLMCache) -> None:
     key = cache.key(BASE)
-    assert re.fullmatch(rf"{cache.client.namespace}:llm:v1:[0-9a-f]{{64}}", key)
+    assert re.fullmatch(rf"{cache.client.namespace}:llm:v1:\{{shared\}}:[0-9a-f]{{64}}", key)
     for word in ("terse", "2+2", "gpt-4o-mini", "openai"):
         assert word not in key
 

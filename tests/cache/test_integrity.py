@@ -124,7 +124,7 @@ def test_without_a_key_signed_entries_are_read_as_before(
 def generation_values(raw: redis.Redis, namespace: str) -> dict[bytes, bytes]:
     """Every generation key of the namespace and its raw value, as an attacker would save them."""
     found: dict[bytes, bytes] = {}
-    for key in raw.scan_iter(match=f"{namespace}:llm:v1:gen*"):
+    for key in raw.scan_iter(match=f"{namespace}:llm:v1:{{shared}}:gen*"):
         value = raw.get(key)
         assert value is not None
         found[key] = value

@@ -175,7 +175,7 @@ def test_a_lost_generation_key_never_revives_old_entries(
     llm.set(request(), "old")
     llm.invalidate_model("gpt-4o-mini")
     # The generation key is evicted (or deleted) and a new one is made.
-    for key in raw_redis.scan_iter(match=f"{client.namespace}:llm:v1:gen*"):
+    for key in raw_redis.scan_iter(match=f"{client.namespace}:llm:v1:{{shared}}:gen*"):
         raw_redis.delete(key)
     llm.set(request("other"), "x")
     assert llm.get(request()) is None

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from tests.support.modes import both
-from toolkit.records import Agent, Execution, User, Workflow
+from toolkit.repositories.records import Agent, Execution, User, Workflow
 
 # Sync or async repositories, as the running test's mode says.
 agents = both("toolkit.repositories.agents")

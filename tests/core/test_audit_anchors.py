@@ -13,23 +13,31 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import psycopg
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, url_as
 from tests.storage.conftest import s3_admin, s3_endpoint  # noqa: F401 - fixtures
 from toolkit.audit_anchors import (
     ANCHOR_PREFIX,
+    Anchor,
     FindingKind,
     anchor_keys,
+    anchor_prefix,
     read_anchor,
     store_anchor,
     verify,
     write_anchor,
 )
+from toolkit.config import load_settings
+from toolkit.db import Database
+from toolkit.db.tenancy import DEFAULT_TENANT
 from toolkit.errors import Conflict, IntegrityError
 from toolkit.repositories import audit_events
 from toolkit.storage import LocalStorage, S3Storage, Storage
@@ -67,21 +75,26 @@ def _tamper(superuser: Any) -> None:
     superuser.execute("ALTER TABLE audit_events DISABLE TRIGGER audit_events_no_update")
 
 
-def _rechain(superuser: Any, from_seq: int) -> None:
-    """Recompute prev_hash and hash of every row from ``from_seq`` with the database's function."""
-    (last,) = superuser.execute("SELECT max(seq) FROM audit_events").fetchone()
+def _rechain(superuser: Any, from_seq: int, tenant: UUID = DEFAULT_TENANT) -> None:
+    """Recompute prev_hash and hash of every row of ``tenant``'s chain from ``from_seq`` on with
+    the database's function."""
+    (last,) = superuser.execute(
+        "SELECT max(seq) FROM audit_events WHERE tenant_id = %s", [tenant]
+    ).fetchone()
+    where = {"seq": 0, "tenant": tenant}
     for seq in range(from_seq, last + 1):
+        where["seq"] = seq
         superuser.execute(
-            "UPDATE audit_events SET prev_hash = coalesce("
-            "(SELECT hash FROM audit_events WHERE seq = %(seq)s - 1), '\\x'::bytea) "
-            "WHERE seq = %(seq)s",
-            {"seq": seq},
+            "UPDATE audit_events SET prev_hash = coalesce((SELECT hash FROM audit_events "
+            "WHERE tenant_id = %(tenant)s AND seq = %(seq)s - 1), '\\x'::bytea) "
+            "WHERE tenant_id = %(tenant)s AND seq = %(seq)s",
+            where,
         )
         superuser.execute(
             "UPDATE audit_events SET hash = audit_event_hash("
             "prev_hash, seq, id, actor_id, action, entity, entity_id, details, created_at) "
-            "WHERE seq = %(seq)s",
-            {"seq": seq},
+            "WHERE tenant_id = %(tenant)s AND seq = %(seq)s",
+            where,
         )
 
 
@@ -322,3 +335,117 @@ def test_verify_inside_a_transaction_survives_a_hash_function_that_fails(
         edited = report.first(FindingKind.EDITED)
         assert edited is not None and "could not be called" in edited.message
         assert audit_events.count(tx) == 3  # the transaction is still usable
+
+
+# -- one chain, and one set of anchors, per tenant ----------------------------------
+
+TENANT_A = UUID("aaaaaaaa-0000-4000-8000-0000000000a1")
+TENANT_B = UUID("bbbbbbbb-0000-4000-8000-0000000000b1")
+
+
+@pytest.fixture
+def app_url(database_url: str, make_role: Callable[..., str], superuser: Any) -> str:
+    """This test's database as a LOGIN role in toolkit_app; tenants A and B exist."""
+    for tenant in (TENANT_A, TENANT_B):
+        superuser.execute("INSERT INTO tenants (id, name) VALUES (%s, 'anchored')", [tenant])
+    return url_as(database_url, make_role("LOGIN"))
+
+
+@pytest.fixture
+def app_db(app_url: str) -> Iterator[Database]:
+    settings = load_settings(database_url=app_url, pool_min_size=0, pool_max_size=2)
+    with Database(settings) as database:
+        yield database
+
+
+def test_each_tenant_anchors_and_verifies_its_own_chain(
+    conn, superuser: psycopg.Connection[Any], app_db: Database, anchors: Storage
+) -> None:
+    _record_events(conn, 2)  # the default tenant's chain, anchored in the same store
+    default = write_anchor(conn, anchors)
+    assert default is not None and default.anchor.key.startswith(ANCHOR_PREFIX)
+    results = {}
+    for tenant in (TENANT_A, TENANT_B):
+        with app_db.transaction(tenant=tenant) as tx:
+            _record_events(tx, 5)
+            results[tenant] = write_anchor(tx, anchors)  # both at seq 5: no Conflict
+    for tenant, result in results.items():
+        assert result is not None and result.anchor.sequence == 5
+        assert result.anchor.key.startswith(f"t/{tenant}/audit-anchors/")
+        assert anchor_keys(anchors, tenant) == [result.anchor.key]
+        with app_db.transaction(tenant=tenant) as tx:
+            report = verify(tx, anchors)
+        assert report.ok, report.findings
+        assert (report.rows_checked, report.anchors_checked) == (5, 1)
+    assert anchor_keys(anchors) == [default.anchor.key]
+    assert verify(conn, anchors).ok
+    # Tenant A's row 3 rewritten and its chain re-hashed: only A's verify fails.
+    _tamper(superuser)
+    superuser.execute(
+        "UPDATE audit_events SET details = '{\"n\": 99}' WHERE tenant_id = %s AND seq = 3",
+        [TENANT_A],
+    )
+    _rechain(superuser, 3, TENANT_A)
+    with app_db.transaction(tenant=TENANT_A) as tx:
+        broken = verify(tx, anchors)
+    rewritten = broken.first(FindingKind.REWRITTEN)
+    assert broken.kinds() == {FindingKind.REWRITTEN}
+    assert rewritten is not None and rewritten.sequence == 3
+    with app_db.transaction(tenant=TENANT_B) as tx:
+        assert verify(tx, anchors).ok
+    assert verify(conn, anchors).ok
+
+
+def test_an_anchor_written_before_tenancy_still_vouches_for_the_default_chain(
+    conn, superuser: psycopg.Connection[Any], anchors: Storage
+) -> None:
+    _record_events(conn, 4)
+    seq, digest, created = superuser.execute(
+        "SELECT seq, hash, created_at FROM audit_events WHERE tenant_id = %s "
+        "ORDER BY seq DESC LIMIT 1",
+        [DEFAULT_TENANT],
+    ).fetchone()
+    old = Anchor(seq, bytes(digest).hex(), created, created, seq)
+    old_key = f"audit-anchors/{seq:020d}-20240101T000000000000Z.json"  # the layout before 0009
+    anchors.put(old_key, old.to_json(), allowed_types=None)
+    report = verify(conn, anchors)
+    assert report.ok and report.anchors_checked == 1, report.findings
+    assert anchor_prefix(None) == anchor_prefix(DEFAULT_TENANT) == "audit-anchors/"
+    _record_events(conn, 2)
+    later = write_anchor(conn, anchors)  # extends the old anchor, next to it
+    assert later is not None and later.anchor.key.startswith("audit-anchors/0000")
+    assert anchor_keys(anchors) == [old_key, later.anchor.key]
+    _tamper(superuser)
+    superuser.execute(
+        "UPDATE audit_events SET action = 'thing.hidden' WHERE tenant_id = %s AND seq = 4",
+        [DEFAULT_TENANT],
+    )
+    _rechain(superuser, 4)
+    broken = verify(conn, anchors)
+    assert broken.kinds() == {FindingKind.REWRITTEN}
+    assert any(old_key in str(finding) for finding in broken.findings), broken.findings
+
+
+def test_the_audit_commands_take_a_tenant_and_refuse_one_as_a_superuser(
+    superuser: psycopg.Connection[Any],
+    app_db: Database,
+    app_url: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "anchor-store"
+    for tenant in (TENANT_A, TENANT_B):
+        with app_db.transaction(tenant=tenant) as tx:
+            _record_events(tx, 3)
+        where = {"database_url": app_url, "anchor_folder": folder}
+        anchored = _toolkit("anchor", "--tenant", str(tenant), **where)
+        assert anchored.returncode == 0, anchored.stderr
+        assert "seq 3 hash" in anchored.stdout and f"t/{tenant}/audit-anchors/" in anchored.stdout
+        intact = _toolkit("verify", "--tenant", str(tenant), **where)
+        assert intact.returncode == 0, intact.stdout + intact.stderr
+        assert "3 rows recomputed and linked; 1 anchor(s) agree" in intact.stdout
+    refused = _toolkit(
+        "verify", "--tenant", str(TENANT_A), database_url=database_url, anchor_folder=folder
+    )
+    assert refused.returncode != 0 and "tenant-scoped work refused" in refused.stderr
+    assert "a superuser" in refused.stderr

@@ -12,6 +12,7 @@ from tests.core.factories import make_agent, make_execution, make_user
 from tests.reliability.test_fuzz_repositories import fingerprint
 from toolkit.errors import MAX_SHOWN, IntegrityError, InvalidInput, ToolkitError
 from toolkit.repositories import (
+    Audit,
     agents,
     audit_events,
     checkpoints,
@@ -72,6 +73,23 @@ def bad_calls(seeded: dict[str, Any]) -> list[tuple[str, Callable[[Any], Any]]]:
         ),
         ("bool version", lambda c: agents.update(c, agent.id, expected_version=True, name="x")),
         ("text version", lambda c: users.update(c, owner.id, expected_version="1", role="admin")),
+        # mypy refuses both (the keywords are typed from AgentUpdate); at run time too:
+        (
+            "unknown update field",
+            lambda c: agents.update(c, agent.id, expected_version=1, colour="red"),  # type: ignore[call-arg]
+        ),
+        (
+            "create-only update field",
+            lambda c: agents.update(c, agent.id, expected_version=1, owner_id=owner.id),  # type: ignore[call-arg]
+        ),
+        (
+            "not an audit",
+            lambda c: agents.update(c, agent.id, expected_version=1, name="x", audit="me"),  # type: ignore[typeddict-item]
+        ),
+        (
+            "audit details not a mapping",
+            lambda c: agents.delete(c, agent.id, audit=Audit(owner.id, details=["x"])),  # type: ignore[arg-type]
+        ),
         (
             "bad type slug",
             lambda c: agents.create(c, {"owner_id": owner.id, "name": "x", "type": "Bad Type!"}),

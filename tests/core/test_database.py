@@ -19,7 +19,6 @@ from tests.core.factories import make_agent, make_user
 from tests.support.modes import both, execute, fetchone
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
-from toolkit.db.inputs import Audit
 from toolkit.errors import (
     Closed,
     ConfigurationError,
@@ -31,6 +30,7 @@ from toolkit.errors import (
     RetryableConflict,
     Unavailable,
 )
+from toolkit.repositories import Audit
 
 # Every test runs against Database and AsyncDatabase (tests/support/modes.py).
 pytestmark = pytest.mark.usefixtures("mode")

@@ -62,6 +62,8 @@ class DemoRun:
     done: subprocess.CompletedProcess[str]
     folder: Path
     namespace: str
+    dbname: str
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         database_url=server_url(dbname), cache_namespace=namespace, amqp_url=CLOSED_AMQP_URL
     )
     try:
-        yield DemoRun(run_toolkit("demo", env=env, cwd=folder), folder, namespace)
+        yield DemoRun(run_toolkit("demo", env=env, cwd=folder), folder, namespace, dbname, env)
     finally:
         drop_database(dbname)
         client = redis.Redis(host="127.0.0.1", port=6379)
@@ -125,6 +127,128 @@ def test_the_cache_keys_go_under_the_configured_namespace(demo_run: DemoRun) -> 
     finally:
         client.close()
     assert keys, f"no cache key under TOOLKIT_CACHE_NAMESPACE={demo_run.namespace}"
+
+
+# -- the two workspaces (step 12) ----------------------------------------------
+
+WORKSPACE_LINE = re.compile(
+    r"^    workspace '(?P<name>\w+)' \(tenant (?P<tenant>[0-9a-f-]{36})\): "
+    r"user (?P<email>\S+), agent 'Research helper' (?P<agent>[0-9a-f-]{36})$",
+    flags=re.MULTILINE,
+)
+
+
+@dataclass(frozen=True)
+class ShownWorkspace:
+    """A workspace as the demo's output names it."""
+
+    name: str
+    tenant: uuid.UUID
+    email: str
+    agent: uuid.UUID
+
+
+def shown_workspaces(out: str) -> list[ShownWorkspace]:
+    return [
+        ShownWorkspace(m["name"], uuid.UUID(m["tenant"]), m["email"], uuid.UUID(m["agent"]))
+        for m in WORKSPACE_LINE.finditer(out)
+    ]
+
+
+def workspaces_section(out: str) -> list[str]:
+    """The lines of step 12, without its heading."""
+    _, _, rest = out.partition("\n12. ")
+    return [line.strip() for line in rest.splitlines()[1:] if line.startswith("    ")]
+
+
+@pytest.fixture(scope="module")
+def second_run(demo_run: DemoRun) -> subprocess.CompletedProcess[str]:
+    """``toolkit demo`` once more, on the first run's database, namespace and folder."""
+    return run_toolkit("demo", env=demo_run.env, cwd=demo_run.folder)
+
+
+def test_the_workspaces_section_shows_each_claim_as_toolkit_app(demo_run: DemoRun) -> None:
+    out = demo_run.done.stdout
+    lines = workspaces_section(out)
+    assert lines, out
+    role, *_ = lines
+    assert role.startswith("run as the role toolkit_app (") and "-c role=toolkit_app" in role
+    assert "login 'postgres'" in role and "row-level security does not bind 'postgres'" in role
+    assert "each lists only its own agents: 'Acme' yes, 'Globex' yes" in lines, out
+    assert (
+        "a read of the other workspace's agent by id: NotFound in 'Acme', NotFound in 'Globex'"
+        in (lines)
+    ), out
+    assert "a query of agents without a tenant: TenantRequired (an error, not an empty list)" in (
+        lines
+    ), out
+    (cache,) = [line for line in lines if line.startswith("the same LLM request in both")]
+    assert "computed in Acme, computed again in Globex" in cache and "two entries" in cache, cache
+    assert f"{demo_run.namespace}:llm:v1:{{shared}}:" in cache, "the shared namespace is named"
+    (seen,) = [line for line in lines if line.startswith("as 'postgres'")]
+    assert "in 2 tenants" in seen, seen
+
+
+def test_the_workspaces_rows_are_in_two_tenants_in_the_database(demo_run: DemoRun) -> None:
+    a, b = shown_workspaces(demo_run.done.stdout)
+    assert (a.name, b.name) == ("Acme", "Globex") and a.tenant != b.tenant
+    with psycopg.connect(server_url(demo_run.dbname)) as superuser:  # RLS does not bind it
+        for workspace in (a, b):
+            agents = superuser.execute(
+                "SELECT a.id, a.tenant_id, t.name FROM agents AS a"
+                " JOIN tenants AS t ON t.id = a.tenant_id"
+                " WHERE a.name = 'Research helper' AND a.tenant_id = %s",
+                [workspace.tenant],
+            ).fetchall()
+            assert agents == [(workspace.agent, workspace.tenant, workspace.name)]
+            memberships = superuser.execute(
+                "SELECT m.tenant_id FROM memberships AS m JOIN users AS u ON u.id = m.user_id"
+                " WHERE u.email = %s",
+                [workspace.email],
+            ).fetchall()
+            assert memberships == [(workspace.tenant,)], "the user belongs to its workspace only"
+
+
+def test_the_same_llm_request_is_one_entry_per_workspace_in_redis(demo_run: DemoRun) -> None:
+    (cache,) = [
+        line
+        for line in workspaces_section(demo_run.done.stdout)
+        if line.startswith("the same LLM request")
+    ]
+    client = redis.Redis(host="127.0.0.1", port=6379, decode_responses=True)
+    fingerprints = []
+    try:
+        for workspace in shown_workspaces(demo_run.done.stdout):
+            prefix = f"{demo_run.namespace}:llm:v1:{{{workspace.tenant}}}:"
+            assert prefix in cache, "the line names each workspace's entry"
+            rest = [key[len(prefix) :] for key in client.scan_iter(f"{prefix}*")]
+            entries = [r for r in rest if ":" not in r and r != "gen"]
+            assert len(entries) == 1, rest
+            fingerprints.append(entries[0])
+    finally:
+        client.close()
+    assert fingerprints[0] == fingerprints[1], "the two entries are of the same request"
+    assert f":{fingerprints[0][:12]}..." in cache
+
+
+def test_a_second_run_works_with_fresh_workspaces(
+    demo_run: DemoRun, second_run: subprocess.CompletedProcess[str]
+) -> None:
+    assert second_run.returncode == 0, second_run.stdout + second_run.stderr
+    assert second_run.stdout.rstrip().endswith("demo complete")
+    again = workspaces_section(second_run.stdout)
+    assert "each lists only its own agents: 'Acme' yes, 'Globex' yes" in again, second_run.stdout
+    cache = next(line for line in again if line.startswith("the same LLM request"))
+    assert "computed in Acme, computed again in Globex" in cache, "fresh tenants, fresh entries"
+    first = {w.tenant for w in shown_workspaces(demo_run.done.stdout)}
+    second = {w.tenant for w in shown_workspaces(second_run.stdout)}
+    assert len(first | second) == 4, "each run makes its own two tenants"
+    with psycopg.connect(server_url(demo_run.dbname)) as superuser:
+        (named,) = superuser.execute(
+            "SELECT count(*) FROM tenants WHERE id = ANY(%s) AND name IN ('Acme', 'Globex')",
+            [list(first | second)],
+        ).fetchone() or (0,)
+    assert named == 4
 
 
 def test_the_fixes_name_an_install_that_works() -> None:

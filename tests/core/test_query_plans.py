@@ -18,9 +18,14 @@ from toolkit.catalog import load_bindings
 from toolkit.db.bind import Many
 
 SEED = """
+INSERT INTO tenants (name) SELECT 'Tenant ' || g FROM generate_series(1, 2000) AS g;
+
 INSERT INTO users (email, display_name, role)
 SELECT 'u' || g || '@example.com', 'User ' || g, (ARRAY['admin', 'member', 'viewer'])[1 + g % 3]
 FROM generate_series(1, 2000) AS g;
+
+-- users.create makes each user's membership in the tenant; a raw insert does it here.
+INSERT INTO memberships (user_id) SELECT id FROM users;
 
 INSERT INTO agents (owner_id, name, type, is_active)
 SELECT u.ids[1 + g % 2000], 'Agent ' || g, 'type' || (g % 20), g % 10 <> 0

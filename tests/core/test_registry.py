@@ -146,13 +146,14 @@ def test_statements_carry_their_query_name(conn, superuser) -> None:
 
 
 def test_a_misspelt_or_missing_parameter_fails_before_anything_is_sent(conn) -> None:
+    from toolkit.db import run
     from toolkit.repositories import agents
 
     get = agents._entity._get
     with pytest.raises(QueryDefinitionError, match=r"agents\.get called with unknown \['idd'\]"):
-        get(conn, idd="00000000-0000-4000-8000-000000000000")
+        run(conn, get, idd="00000000-0000-4000-8000-000000000000")
     with pytest.raises(QueryDefinitionError, match=r"missing \['id'\]"):
-        get(conn)
+        run(conn, get)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 
 from tests.core.factories import make_agent, make_execution, make_user, make_workflow
 from tests.support.modes import both
+from toolkit.db.patterns import INSERT_ROWS_PER_STATEMENT
 from toolkit.errors import (
     Conflict,
     IllegalTransition,
@@ -18,8 +19,8 @@ from toolkit.errors import (
     NotFound,
     StaleVersion,
 )
-from toolkit.records import AgentCreate
 from toolkit.repositories import UNSET, Audit
+from toolkit.repositories.records import AgentCreate
 
 # Every test runs against the sync and the async repositories (tests/support/modes.py).
 pytestmark = pytest.mark.usefixtures("mode")
@@ -164,7 +165,7 @@ def test_foreign_keys_become_invalid_reference(conn) -> None:
     assert agents.count(conn) == 0
 
 
-def test_bulk_create_through_copy(db) -> None:
+def test_bulk_create(db) -> None:
     with db.transaction() as tx:
         owner = make_user(tx)
         written = agents.create_many(
@@ -178,6 +179,20 @@ def test_bulk_create_through_copy(db) -> None:
     with db.connection() as conn:
         assert agents.count(conn, {"type": "bulk"}) == 500
         assert agents.by_type(conn, "bulk", limit=1)[0].config.model == "m"
+
+
+def test_bulk_create_over_several_statements_writes_all_or_nothing(conn) -> None:
+    # More rows than one statement takes: on a bare connection the statements
+    # share a transaction of their own, so a bad owner in the last one undoes the first.
+    owner = make_user(conn)
+    many = INSERT_ROWS_PER_STATEMENT + 1
+    good = [{"owner_id": owner.id, "name": f"bulk {i}", "type": "bulk"} for i in range(many)]
+    orphan = {"owner_id": uuid.uuid4(), "name": "orphan", "type": "bulk"}
+    with pytest.raises(InvalidReference, match="agents_owner_id_fkey"):
+        agents.create_many(conn, [*good[:-1], orphan])
+    assert agents.count(conn) == 0
+    assert agents.create_many(conn, good) == many
+    assert agents.count(conn, {"type": "bulk"}) == many
 
 
 # Workflows

@@ -29,10 +29,13 @@ from tests.core.factories import make_agent, make_user
 from toolkit.config import load_settings
 from toolkit.db import Database, migrate
 from toolkit.db.registry import package_directory
+from toolkit.db.tenancy import DEFAULT_TENANT
 from toolkit.errors import DatabaseError, NotFound, Unavailable
 from toolkit.repositories import agents, audit_events, users
 
 APP_LOGIN = f"toolkit_app_login_{os.getpid()}"
+TENANT = DEFAULT_TENANT
+"""The application role works in a tenant (migration 0009); these tests, in the default one."""
 TOOLKIT_MIGRATIONS = sorted(
     p.name.removesuffix(".sql")
     for p in package_directory("migrations").glob("*.sql")
@@ -55,13 +58,15 @@ def app_url(database_url, superuser):
 
 def test_the_application_role_reads_and_writes(app_url, superuser) -> None:
     with Database(load_settings(database_url=app_url, pool_min_size=0)) as db:
-        with db.transaction() as tx:
+        with db.transaction(tenant=TENANT) as tx:
             agent = make_agent(tx, description="as the app")
             audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             assert conn.info.user == APP_LOGIN
             assert agents.get(conn, agent.id).description == "as the app"
-            users.delete(conn, agent.owner_id)
+            # Users are shared by tenants: a role the policies bind deletes none (0009).
+            with pytest.raises(NotFound):
+                users.delete(conn, agent.owner_id)
             assert audit_events.verify_chain(conn).ok
 
 
@@ -73,7 +78,7 @@ def test_a_privileged_role_is_warned_about_once_and_the_app_role_is_not(
         caplog.clear()
         with Database(load_settings(database_url=url)) as db:
             for _ in range(3):
-                with db.connection() as conn:
+                with db.connection(tenant=None if warned else TENANT) as conn:
                     agents.count(conn)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         if warned:
@@ -114,7 +119,7 @@ def test_audit_events_cannot_be_changed_by_privilege_not_only_by_trigger(
 ) -> None:
     with (
         Database(load_settings(database_url=app_url, pool_min_size=0)) as db,
-        db.transaction() as tx,
+        db.transaction(tenant=TENANT) as tx,
     ):
         audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
     # The trigger answers restrict_violation; a refused privilege is checked first.
@@ -138,9 +143,9 @@ def test_the_password_hash_is_readable_only_through_get_credentials(
     app_url, superuser, statement
 ) -> None:
     with Database(load_settings(database_url=app_url, pool_min_size=0)) as db:
-        with db.transaction() as tx:
+        with db.transaction(tenant=TENANT) as tx:
             user = make_user(tx, password_hash="$argon2id$v=19$planted")
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             credentials = users.get_credentials(conn, user.email.upper())
             assert credentials is not None
             assert (credentials.id, credentials.password_hash) == (
@@ -165,7 +170,10 @@ def test_the_password_hash_is_readable_only_through_get_credentials(
 
 
 PINNED = "search_path=pg_catalog, public, pg_temp"
-CHAIN_LOCK = "SELECT pg_advisory_lock(hashtext('toolkit.audit_events'))"
+PINNED_WITHOUT_PUBLIC = "search_path=pg_catalog, pg_temp"
+"""The tenant functions of 0009 name nothing in public: pinned without it."""
+CHAIN_LOCK = f"SELECT pg_advisory_lock(audit_chain_lock_key('{TENANT}'))"
+"""The advisory lock of the default tenant's audit chain."""
 
 
 def app_database(app_url: str) -> Database:
@@ -177,8 +185,8 @@ def test_every_toolkit_function_runs_with_a_pinned_search_path(superuser) -> Non
         "SELECT p.proname, p.proconfig FROM pg_proc AS p "
         "WHERE p.pronamespace = 'public'::regnamespace "
         "AND NOT EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = p.oid AND d.deptype = 'e') "
-        "AND p.proconfig IS DISTINCT FROM ARRAY[%s]",
-        [PINNED],
+        "AND p.proconfig IS DISTINCT FROM ARRAY[%s] AND p.proconfig IS DISTINCT FROM ARRAY[%s]",
+        [PINNED, PINNED_WITHOUT_PUBLIC],
     ).fetchall()
     assert unpinned == []
 
@@ -194,17 +202,22 @@ def test_a_temp_table_named_audit_events_neither_forges_nor_wedges_the_chain(
     app_url, planted_seq
 ) -> None:
     with app_database(app_url) as db:
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             audit_events.record(conn, {"action": "agent.checked", "entity": "agent"})
         with psycopg.connect(app_url, autocommit=True) as attacker:
             attacker.execute("CREATE TEMP TABLE audit_events (seq bigint, hash bytea)")
             attacker.execute("INSERT INTO audit_events VALUES (%s, '\\xdead')", [planted_seq])
+            attacker.execute("BEGIN")
+            attacker.execute(
+                "SELECT pg_catalog.set_config('toolkit.tenant_id', %s, true)", [str(TENANT)]
+            )
             (seq,) = attacker.execute(
                 "INSERT INTO public.audit_events (action, entity, prev_hash, hash) "
                 "VALUES ('agent.checked', 'agent', '', '') RETURNING seq"
             ).fetchone()
+            attacker.execute("COMMIT")
         assert seq == 2
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             later = [
                 audit_events.record(conn, {"action": "agent.checked", "entity": "agent"}).seq
                 for _ in range(2)
@@ -224,7 +237,7 @@ def test_holding_the_audit_chain_lock_fails_audited_writes_within_10_seconds(
             started = time.monotonic()
             with (
                 pytest.raises(Unavailable, match="audit chain lock") as refused,
-                db.transaction() as tx,
+                db.transaction(tenant=TENANT) as tx,
             ):
                 audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
             waited = time.monotonic() - started
@@ -244,7 +257,7 @@ def test_a_shorter_lock_timeout_bounds_the_chain_lock_wait_and_is_kept(app_url) 
         started = time.monotonic()
         with (
             pytest.raises(Unavailable, match=r"audit chain lock .* within 200ms"),
-            db.transaction() as tx,
+            db.transaction(tenant=TENANT) as tx,
         ):
             tx.execute("SET LOCAL lock_timeout = '200ms'")
             audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
@@ -253,20 +266,20 @@ def test_a_shorter_lock_timeout_bounds_the_chain_lock_wait_and_is_kept(app_url) 
         release = threading.Timer(0.3, lambda: holder.execute("SELECT pg_advisory_unlock_all()"))
         release.start()
         try:
-            with db.transaction() as tx:
+            with db.transaction(tenant=TENANT) as tx:
                 tx.execute("SET LOCAL lock_timeout = '5s'")
                 event = audit_events.record(tx, {"action": "agent.checked", "entity": "agent"})
                 assert tx.execute("SHOW lock_timeout").fetchone() == ("5s",)
         finally:
             release.join()
         assert event.seq == 1
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             assert audit_events.verify_chain(conn).ok
 
 
 def test_the_password_hash_cannot_be_updated_but_through_its_setter(app_url, superuser) -> None:
     with app_database(app_url) as db:
-        with db.transaction() as tx:
+        with db.transaction(tenant=TENANT) as tx:
             user = make_user(tx, password_hash="$argon2id$v=19$planted")
         for statement in (
             "UPDATE users SET password_hash = 'x'",
@@ -278,7 +291,7 @@ def test_the_password_hash_cannot_be_updated_but_through_its_setter(app_url, sup
                 pytest.raises(psycopg.errors.InsufficientPrivilege),
             ):
                 conn.execute(statement)
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             # Every other column may still be updated.
             users.update(conn, user.id, expected_version=user.version, display_name="Renamed")
             users.set_password_hash(conn, user.id, "$argon2id$v=19$replaced")
@@ -297,10 +310,10 @@ def test_the_password_hash_cannot_be_updated_but_through_its_setter(app_url, sup
 def test_credentials_are_looked_up_by_exact_email_one_row_per_call(app_url) -> None:
     """What the README promises, and what it says is not prevented."""
     with app_database(app_url) as db:
-        with db.transaction() as tx:
+        with db.transaction(tenant=TENANT) as tx:
             alice = make_user(tx, email="alice@example.com", password_hash="$hash$alice")
             make_user(tx, email="bob@example.com", password_hash="$hash$bob")
-        with db.connection() as conn:
+        with db.connection(tenant=TENANT) as conn:
             for pattern in ("%", "%@example.com", "alice@%", "_lice@example.com", "", None):
                 assert conn.execute(
                     "SELECT count(*) FROM user_credentials(%s)", [pattern]

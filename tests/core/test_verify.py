@@ -13,6 +13,7 @@ from uuid import UUID
 import pytest
 
 from tests.core.factories import make_agent, make_user
+from tests.support.modes import both
 from toolkit.catalog import load_bindings
 from toolkit.cli import main
 from toolkit.db import bind
@@ -20,6 +21,8 @@ from toolkit.db.registry import QueryRegistry
 from toolkit.db.verify import outer_join_nullable_tables, verify
 from toolkit.errors import IntegrityError, QueryDefinitionError
 from toolkit.records import Record
+
+drivers = both("toolkit.db.drivers")
 
 SQL = """
 -- name: probe.agent :one
@@ -205,13 +208,6 @@ def ratings_app(tmp_path, monkeypatch, superuser):
     bind.BINDINGS[:] = before
 
 
-def run(mode, binding, conn, *args, **values):
-    """Call ``binding`` on the sync or the async connection of the running mode."""
-    if mode.is_async:
-        return mode.run(binding.acall(conn, *args, **values))
-    return binding(conn, *args, **values)
-
-
 def test_a_null_from_an_outer_join_in_a_non_optional_field_raises_integrity_error(
     mode, conn, superuser, ratings_app
 ) -> None:
@@ -223,26 +219,26 @@ def test_a_null_from_an_outer_join_in_a_non_optional_field_raises_integrity_erro
     one = bind.One("ratings.of_agent", RatedAgent, ("id",), entity="agent")
 
     # The rated agent reads as before; the unrated one is refused, naming query and column.
-    assert run(mode, one, conn, rated.id, id=rated.id).rating == 4
+    assert drivers.run(conn, one, rated.id, id=rated.id).rating == 4
     where = rf"{re.escape(str(ratings_app))}:\d+: "
     with pytest.raises(IntegrityError, match=where + r"ratings\.of_agents .*column rating\b"):
-        run(mode, many, conn, owner_id=owner.id)
+        drivers.run(conn, many, owner_id=owner.id)
     with pytest.raises(
         IntegrityError, match=where + r"ratings\.of_agent returned NULL in column rating"
     ) as raised:
-        run(mode, one, conn, unrated.id, id=unrated.id)
+        drivers.run(conn, one, unrated.id, id=unrated.id)
     assert "RatedAgent.rating is int (not Optional)" in str(raised.value)
     assert str(unrated.id) not in str(raised.value) and "b-unrated" not in str(raised.value)
 
     # An expression verify cannot judge (no outer join in sight) is checked too.
     best = bind.One("ratings.best_of_agent", RatedAgent, ("id",), entity="agent")
-    assert run(mode, best, conn, rated.id, id=rated.id).rating == 4
+    assert drivers.run(conn, best, rated.id, id=rated.id).rating == 4
     with pytest.raises(IntegrityError, match=r"best_of_agent returned NULL in column rating"):
-        run(mode, best, conn, unrated.id, id=unrated.id)
+        drivers.run(conn, best, unrated.id, id=unrated.id)
 
     # Declared Optional, the same rows read, None for the unrated agent.
     maybe = bind.Many("ratings.of_agents", MaybeRatedAgent, ("owner_id",))
-    assert [a.rating for a in run(mode, maybe, conn, owner_id=owner.id)] == [4, None]
+    assert [a.rating for a in drivers.run(conn, maybe, owner_id=owner.id)] == [4, None]
 
 
 def test_verify_flags_a_non_optional_field_from_the_nullable_side_of_an_outer_join(
@@ -327,18 +323,18 @@ def test_a_one_column_query_bound_to_a_plain_type_returns_its_values(mode, conn,
     configs = bind.Many("names.configs", dict, ("owner_id",))
     name = bind.One("names.of_agent", str, ("id",), entity="agent")
 
-    assert run(mode, names, conn, owner_id=owner.id) == ["a-first", "b-second"]
-    assert [c["max_tokens"] for c in run(mode, configs, conn, owner_id=owner.id)] == [1, 2]
-    assert run(mode, name, conn, first.id, id=first.id) == "a-first"
+    assert drivers.run(conn, names, owner_id=owner.id) == ["a-first", "b-second"]
+    assert [c["max_tokens"] for c in drivers.run(conn, configs, owner_id=owner.id)] == [1, 2]
+    assert drivers.run(conn, name, first.id, id=first.id) == "a-first"
 
     # NULL cannot be told from "no row" in a plain type: refused, naming query and column.
     descriptions = bind.Many("names.descriptions", str, ("owner_id",))
     with pytest.raises(IntegrityError, match=r"names\.descriptions returned NULL in column"):
-        run(mode, descriptions, conn, owner_id=owner.id)
+        drivers.run(conn, descriptions, owner_id=owner.id)
     # More than one column has no single value to return.
     identities = bind.Many("names.identities", str, ("owner_id",))
     with pytest.raises(QueryDefinitionError, match=r"names\.identities returns columns"):
-        run(mode, identities, conn, owner_id=owner.id)
+        drivers.run(conn, identities, owner_id=owner.id)
 
 
 def test_verify_checks_a_one_column_query_bound_to_a_plain_type(conn, names_app) -> None:
@@ -421,3 +417,39 @@ def test_cli_verify_of_one_column_bindings_prints_no_traceback(
     assert "Traceback" not in output, output
     assert done.returncode == returncode, output
     assert expected in output, output
+
+
+def test_verify_reports_a_tenant_owned_table_the_database_does_not_guard(conn) -> None:
+    """A table with tenant_id needs RLS on, FORCEd, and a policy per verb; a view over it
+    needs security_invoker. toolkit_make_tenant_owned() gives a table all of it."""
+    from toolkit.db.verify import tenancy_problems
+
+    def problems() -> list[str]:
+        return [str(p) for p in tenancy_problems(conn) if "verify_probe" in str(p)]
+
+    conn.execute(
+        "CREATE TABLE verify_probe (id int PRIMARY KEY, tenant_id uuid NOT NULL "
+        "DEFAULT toolkit_tenant_or_default() REFERENCES tenants)"
+    )
+    assert problems() == [
+        "table verify_probe: tenancy: has tenant_id but row level security is off",
+        "table verify_probe: tenancy: no policy for SELECT, INSERT, UPDATE, DELETE",
+    ]
+    conn.execute("ALTER TABLE verify_probe ENABLE ROW LEVEL SECURITY")
+    conn.execute(
+        "CREATE POLICY p ON verify_probe FOR SELECT USING (tenant_id = (SELECT toolkit_tenant()))"
+    )
+    assert problems() == [
+        "table verify_probe: tenancy: row level security is not FORCEd: its owner bypasses it",
+        "table verify_probe: tenancy: no policy for INSERT, UPDATE, DELETE",
+    ]
+    conn.execute("DROP POLICY p ON verify_probe")
+    conn.execute("SELECT toolkit_make_tenant_owned('verify_probe')")
+    assert problems() == []
+    conn.execute("CREATE VIEW verify_probe_view AS SELECT id FROM verify_probe")
+    assert problems() == [
+        "view verify_probe_view: tenancy: reads tenant-owned verify_probe with its owner's "
+        "rights, bypassing the policies: ALTER VIEW ... SET (security_invoker = true)"
+    ]
+    conn.execute("ALTER VIEW verify_probe_view SET (security_invoker = true)")
+    assert problems() == []

@@ -7,19 +7,25 @@ this folder out (``--ignore=tests/integrations``) instead of skipping it.
 
 PostgreSQL comes from the shared fixtures (a fresh migrated database per
 test); Redis is the real one at 127.0.0.1:6379, one namespace per test.
+Tenant-scoped tests connect as a LOGIN role of their own in ``toolkit_app``
+(:func:`app_login`), which row-level security binds.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_asyncio
 import redis
-from psycopg.conninfo import make_conninfo
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from toolkit.cache import CacheClient
@@ -28,6 +34,8 @@ from toolkit.integrations.langgraph import ToolkitCheckpointSaver
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HEALTHY_TIMEOUT = 2.0
+TENANT_A = uuid.UUID("aaaaaaaa-0000-4000-8000-00000000000a")
+TENANT_B = uuid.UUID("bbbbbbbb-0000-4000-8000-00000000000b")
 
 
 @dataclass
@@ -86,6 +94,35 @@ def shared_settings(pg_server: Any) -> Iterator[Settings]:
     )
     yield load_settings(database_url=url, pool_min_size=0, pool_max_size=4, pool_timeout=5.0)
     janitor.drop()
+
+
+@contextmanager
+def app_login(database_url: str, tenants: Sequence[uuid.UUID] = ()) -> Iterator[Settings]:
+    """Settings for ``database_url`` as a new LOGIN role in toolkit_app, dropped afterwards.
+
+    The role has no BYPASSRLS and owns nothing, so row-level security binds
+    it. The ``tenants`` rows are written as the superuser (``database_url``'s
+    role) first. Roles are cluster-wide: each gets a name of its own.
+    """
+    role = f"lg_app_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as superuser:
+        superuser.execute(
+            sql.SQL("CREATE ROLE {} LOGIN IN ROLE toolkit_app").format(sql.Identifier(role))
+        )
+        for tenant in tenants:
+            superuser.execute(
+                "INSERT INTO tenants (id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [tenant, f"tenant {tenant}"],
+            )
+    params = conninfo_to_dict(database_url)
+    params["user"] = role
+    try:
+        yield load_settings(
+            database_url=make_conninfo(**params), pool_min_size=0, pool_max_size=4, pool_timeout=5.0
+        )
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as superuser:
+            superuser.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture

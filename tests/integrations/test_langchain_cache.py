@@ -8,6 +8,7 @@ behaviour the cache keeps: fail-open, full-request keys, no secrets stored.
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,6 +23,9 @@ from toolkit.cache import CacheClient, CircuitBreaker, LLMCache
 from toolkit.integrations.langchain import DEFAULT_MODEL, ToolkitLLMCache
 
 from .conftest import REDIS_URL
+
+TENANT_A = uuid.UUID("0b8a4f0e-5d3c-4a51-9c1e-0a6a1f7e2b01")
+TENANT_B = uuid.UUID("5f2d9c77-8e41-4f0a-b3d6-6c1e9a0d4b02")
 
 CHAT_LLM_STRING = (
     '{"lc": 1, "type": "constructor", "id": ["langchain", "chat_models", "openai", "ChatOpenAI"]}'
@@ -43,6 +47,12 @@ class TestToolkitLLMCacheAsync(AsyncCacheTestSuite):
     @pytest_asyncio.fixture
     async def cache(self, cache_client: CacheClient) -> AsyncIterator[ToolkitLLMCache]:
         yield ToolkitLLMCache.from_client(cache_client)
+
+
+class TestToolkitLLMCacheOfATenant(SyncCacheTestSuite):
+    @pytest.fixture
+    def cache(self, cache_client: CacheClient) -> ToolkitLLMCache:
+        return ToolkitLLMCache.from_client(cache_client, tenant=TENANT_A)
 
 
 def test_key_is_the_whole_request(cache_client: CacheClient) -> None:
@@ -142,6 +152,46 @@ def test_a_cached_model_answers_from_the_cache(cache_client: CacheClient) -> Non
         assert model.invoke("another").content == "second"
     finally:
         set_llm_cache(None)
+
+
+def test_a_tenants_cache_serves_only_its_tenants_entries(cache_client: CacheClient) -> None:
+    shared = ToolkitLLMCache.from_client(cache_client)
+    a = ToolkitLLMCache.from_client(cache_client, tenant=str(TENANT_A))
+    b = a.for_tenant(TENANT_B)
+    assert (shared.tenant, a.tenant, b.tenant) == (None, TENANT_A, TENANT_B)
+    a.update("p", CHAT_LLM_STRING, [Generation(text="A's")])
+    assert b.lookup("p", CHAT_LLM_STRING) is None
+    assert shared.lookup("p", CHAT_LLM_STRING) is None
+    b.update("p", CHAT_LLM_STRING, [Generation(text="B's")])
+    shared.update("p", CHAT_LLM_STRING, [Generation(text="everyone's")])
+    assert a.lookup("p", CHAT_LLM_STRING) == [Generation(text="A's")]
+    assert b.lookup("p", CHAT_LLM_STRING) == [Generation(text="B's")]
+    a.clear()  # A's alone
+    assert a.lookup("p", CHAT_LLM_STRING) is None
+    assert b.lookup("p", CHAT_LLM_STRING) == [Generation(text="B's")]
+    assert shared.lookup("p", CHAT_LLM_STRING) == [Generation(text="everyone's")]
+    b.clear(model="gpt-4o-mini")
+    assert b.lookup("p", CHAT_LLM_STRING) is None
+    assert shared.lookup("p", CHAT_LLM_STRING) == [Generation(text="everyone's")]
+    # Every key carries its tenant's hash tag (or the shared namespace's).
+    keys = list(cache_client.redis.scan_iter(match=f"{cache_client.namespace}:*"))
+    assert {key.split(b"{")[1].split(b"}")[0] for key in keys} == {
+        str(TENANT_A).encode(),
+        str(TENANT_B).encode(),
+        b"shared",
+    }
+
+
+def test_a_model_per_tenant_answers_from_its_tenants_cache(cache_client: CacheClient) -> None:
+    """End to end through LangChain, each tenant's model with its tenant's cache."""
+    base = ToolkitLLMCache.from_client(cache_client)
+    model_a = FakeListChatModel(responses=["first", "second"], cache=base.for_tenant(TENANT_A))
+    model_b = FakeListChatModel(responses=["first", "second"], cache=base.for_tenant(TENANT_B))
+    assert model_a.invoke("warm up").content == "first"
+    assert model_a.invoke("hello").content == "second"
+    assert model_b.invoke("hello").content == "first"  # computed: A's entry is not B's
+    assert model_b.invoke("hello").content == "first"  # from B's cache
+    assert model_a.invoke("hello").content == "second"  # from A's cache
 
 
 def test_unknown_llm_strings_use_the_default_model(cache_client: CacheClient) -> None:

@@ -22,7 +22,9 @@ from toolkit.config import Settings
 from toolkit.db import Database
 from toolkit.messaging import Relay, Topology, Worker
 from toolkit.messaging.connection import close_quietly, connect
+from toolkit.messaging.models import TENANT_HEADER
 from toolkit.messaging.topology import declare, delete
+from toolkit.tenants import DEFAULT_TENANT
 
 from ..support.tcp_proxy import TcpProxy
 
@@ -127,6 +129,32 @@ def get_all(
         connection.process_data_events(time_limit=0.05)
     channel.close()
     return out
+
+
+def raw_publish(
+    broker: pika.BlockingConnection,
+    topology: Topology,
+    body: bytes,
+    message_id: str | None,
+    headers: dict[str, Any] | None = None,
+    *,
+    with_tenant: bool = True,
+) -> None:
+    """Publish to ``audit.log`` behind the toolkit's back, as any client of the broker
+    could: ``headers`` as given, plus the default tenant's header unless
+    ``with_tenant`` is False or ``headers`` name a tenant themselves."""
+    sent = {TENANT_HEADER: str(DEFAULT_TENANT)} if with_tenant else {}
+    sent.update(headers or {})
+    channel = broker.channel()
+    channel.confirm_delivery()
+    channel.basic_publish(
+        topology.exchange,
+        "audit.log",
+        body,
+        pika.BasicProperties(delivery_mode=2, message_id=message_id, headers=sent or None),
+        mandatory=True,
+    )
+    channel.close()
 
 
 def depth(connection: pika.BlockingConnection, queue: str) -> int:

@@ -28,10 +28,19 @@ from toolkit.db import Connection, Database
 from toolkit.messaging import AuditLog, Delivery, Publisher, Topology, Worker, inbox
 from toolkit.messaging.connection import ConnectionOptions
 from toolkit.messaging.consumer import INVALID_RETRY_HEADER
+from toolkit.tenants import DEFAULT_TENANT
 
 from ..support.tcp_proxy import TcpProxy
 from . import _procs
-from .conftest import AMQP_URL, FAST_LADDER, amqp_url_for, depth, get_all, wait_for
+from .conftest import (
+    AMQP_URL,
+    FAST_LADDER,
+    amqp_url_for,
+    depth,
+    get_all,
+    raw_publish,
+    wait_for,
+)
 
 EVENT = AuditLog(action="user.created", entity="user")
 
@@ -46,25 +55,6 @@ def effect_count(db: Database, message_id: Any = None) -> int:
                 (message_id,),
             )
         return int(row.fetchone()[0])  # type: ignore[index]
-
-
-def raw_publish(
-    broker: pika.BlockingConnection,
-    topology: Topology,
-    body: bytes,
-    message_id: str | None,
-    headers: dict[str, Any] | None = None,
-) -> None:
-    channel = broker.channel()
-    channel.confirm_delivery()
-    channel.basic_publish(
-        topology.exchange,
-        "audit.log",
-        body,
-        pika.BasicProperties(delivery_mode=2, message_id=message_id, headers=headers),
-        mandatory=True,
-    )
-    channel.close()
 
 
 def encoding_doubles(encode_value: Callable[[list[bytes], Any], int]) -> Any:
@@ -88,8 +78,9 @@ def test_handled_once_even_when_delivered_twice(
     run_worker(worker)
     message_id = str(uuid.uuid4())
     with Publisher(AMQP_URL, topology) as publisher:
-        publisher.publish(EVENT, message_id=message_id)
-        publisher.publish(EVENT, message_id=message_id)  # a duplicate, same id
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT, message_id=message_id)
+        # a duplicate, same id
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT, message_id=message_id)
     wait_for(lambda: worker.stats.handled == 2)
     assert worker.stats.duplicates == 1
     assert effect_count(effects, message_id) == 1
@@ -110,7 +101,7 @@ def test_poison_message_goes_down_the_ladder_then_is_parked(
     worker = Worker(AMQP_URL, topology, {"audit.log": always_fails})
     run_worker(worker)
     with Publisher(AMQP_URL, topology) as publisher:
-        message_id = publisher.publish(EVENT)
+        message_id = publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     parked = get_all(broker, topology.parking_queue("audit.log"), expect=1, timeout=10)
     assert len(parked) == 1
     props, body = parked[0]
@@ -218,7 +209,7 @@ def test_a_handler_that_recovers_on_retry_is_applied_once(
     worker = Worker(AMQP_URL, topology, {"audit.log": flaky})
     run_worker(worker)
     with Publisher(AMQP_URL, topology) as publisher:
-        message_id = publisher.publish(EVENT)
+        message_id = publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     wait_for(lambda: effect_count(effects, message_id) == 1)
     assert seen == [0, 1]
     assert depth(broker, topology.parking_queue("audit.log")) == 0
@@ -264,7 +255,7 @@ def test_consumer_killed_between_effect_and_ack_the_inbox_absorbs_the_redelivery
     effects: Database, topology: Topology, broker: pika.BlockingConnection, run_worker: Any
 ) -> None:
     with Publisher(AMQP_URL, topology) as publisher:
-        message_id = publisher.publish(EVENT)
+        message_id = publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     context = multiprocessing.get_context("spawn")
     child = context.Process(
         target=_procs.worker_dies_after_effect, args=(effects.url, AMQP_URL, topology.prefix)
@@ -286,8 +277,8 @@ def test_sigterm_finishes_the_current_message_then_exits(
     effects: Database, topology: Topology, broker: pika.BlockingConnection
 ) -> None:
     with Publisher(AMQP_URL, topology) as publisher:
-        first = publisher.publish(EVENT)
-        publisher.publish(EVENT)
+        first = publisher.publish(EVENT, tenant=DEFAULT_TENANT)
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     context = multiprocessing.get_context("spawn")
     child = context.Process(
         target=_procs.slow_worker, args=(effects.url, AMQP_URL, topology.prefix, 0.8)
@@ -326,7 +317,7 @@ def test_heartbeats_keep_flowing_during_long_work(
     )
     run_worker(worker)
     with Publisher(AMQP_URL, topology) as publisher:
-        publisher.publish(EVENT)
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     wait_for(lambda: worker.stats.handled == 1, timeout=10)
     time.sleep(0.3)
     assert worker.stats.reconnects == 0  # the connection survived the long handler
@@ -344,10 +335,10 @@ def test_worker_reconnects_after_the_connection_is_cut(
     worker = Worker(amqp_url_for(rabbit_proxy.port), topology, {"audit.log": handler})
     run_worker(worker)
     with Publisher(AMQP_URL, topology) as publisher:
-        publisher.publish(EVENT)
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT)
         wait_for(lambda: effect_count(effects) == 1)
         rabbit_proxy.cut_all()
-        publisher.publish(EVENT)
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     wait_for(lambda: effect_count(effects) == 2, timeout=15)
     assert worker.stats.reconnects >= 1
 
@@ -372,8 +363,8 @@ def test_async_handlers_await_longer_than_the_heartbeat_on_one_loop_of_their_own
     )
     running = run_worker(worker)
     with Publisher(AMQP_URL, topology) as publisher:
-        publisher.publish(EVENT)
-        publisher.publish(EVENT)
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT)
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     wait_for(lambda: worker.stats.handled == 2, timeout=15)
     time.sleep(0.3)
     assert worker.stats.reconnects == 0  # the connection survived the long awaits
@@ -399,7 +390,7 @@ def test_an_async_handlers_exception_goes_down_the_ladder_then_is_parked(
     worker = Worker(AMQP_URL, topology, {"audit.log": always_fails})
     run_worker(worker)
     with Publisher(AMQP_URL, topology) as publisher:
-        message_id = publisher.publish(EVENT)
+        message_id = publisher.publish(EVENT, tenant=DEFAULT_TENANT)
     [(props, _)] = get_all(broker, topology.parking_queue("audit.log"), expect=1, timeout=10)
     assert props.message_id == message_id
     assert props.headers["x-parked-reason"] == "retries-exhausted"
@@ -433,8 +424,9 @@ def test_async_inbox_handler_applies_a_duplicate_once_and_closes_its_pool(
     running = run_worker(worker)
     message_id = str(uuid.uuid4())
     with Publisher(AMQP_URL, topology) as publisher:
-        publisher.publish(EVENT, message_id=message_id)
-        publisher.publish(EVENT, message_id=message_id)  # a duplicate, same id
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT, message_id=message_id)
+        # a duplicate, same id
+        publisher.publish(EVENT, tenant=DEFAULT_TENANT, message_id=message_id)
     wait_for(lambda: worker.stats.handled == 2)
     assert worker.stats.duplicates == 1
     assert effect_count(effects, message_id) == 1

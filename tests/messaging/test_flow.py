@@ -30,8 +30,8 @@ from toolkit.messaging import (
     inbox,
     outbox,
 )
-from toolkit.records import Execution
 from toolkit.repositories import Audit, executions
+from toolkit.repositories.records import Execution
 from toolkit.workflows import service
 from toolkit.workflows.demo_messaging import run_demo_messaging
 

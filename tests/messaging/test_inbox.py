@@ -12,6 +12,7 @@ import pytest
 from tests.support.modes import Mode, both
 from toolkit.errors import InvalidInput
 from toolkit.messaging import AuditLog, Delivery
+from toolkit.tenants import DEFAULT_TENANT
 
 inbox = both("toolkit.messaging.inbox")
 
@@ -25,6 +26,7 @@ def delivery(message_id: uuid.UUID | None = None) -> Delivery:
         queue="audit.log",
         message=EVENT,
         message_id=message_id or uuid.uuid4(),
+        tenant=DEFAULT_TENANT,
         retry_count=0,
         redelivered=False,
         headers={},

@@ -13,6 +13,7 @@ from tests.support.modes import both
 from toolkit.errors import InvalidInput, MessageTooLarge, NotFound
 from toolkit.messaging import AuditLog, WorkflowExecute
 from toolkit.messaging.inputs import NOTIFY_CHANNEL
+from toolkit.messaging.models import TENANT_HEADER
 
 outbox = both("toolkit.messaging.outbox")
 
@@ -93,6 +94,11 @@ def test_enqueue_many_writes_every_message_in_order(db: Any) -> None:
             "64",
         ),
         (lambda tx: outbox.enqueue(tx, event(), headers=[("x", 1)]), InvalidInput, "mapping"),
+        (
+            lambda tx: outbox.enqueue(tx, event(), headers={TENANT_HEADER: str(uuid.uuid4())}),
+            InvalidInput,
+            "x-tenant-id' is set by the toolkit",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(

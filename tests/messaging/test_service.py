@@ -17,7 +17,8 @@ from toolkit.aio.workflows import service as aservice
 from toolkit.errors import IllegalTransition, InvalidInput
 from toolkit.messaging import AuditLog, Delivery, NotificationSend, WorkflowExecute
 from toolkit.messaging.models import MODELS, Message
-from toolkit.records import Execution
+from toolkit.repositories.records import Execution
+from toolkit.tenants import DEFAULT_TENANT
 from toolkit.workflows import service as sservice
 
 from ..core.factories import make_workflow
@@ -46,6 +47,7 @@ def execute_delivery(execution: Execution, acks: list[int]) -> Delivery:
         queue="workflow.execute",
         message=WorkflowExecute(execution_id=execution.id, workflow_id=execution.workflow_id),
         message_id=uuid.uuid4(),
+        tenant=DEFAULT_TENANT,
         retry_count=0,
         redelivered=False,
         headers={},

@@ -181,14 +181,11 @@ def leftovers(storage: Storage) -> list[str]:
             if path.is_file()
         )
     if isinstance(storage, S3Storage):
-        client = storage.fs.call_s3
-        found = [
-            item["Key"]
-            for item in client("list_objects_v2", Bucket=storage.bucket).get("Contents", [])
-        ]
+        request = storage.objects.request
+        found = [item["Key"] for item in request("list_objects_v2").get("Contents", [])]
         found += [
             "upload:" + upload["Key"]
-            for upload in client("list_multipart_uploads", Bucket=storage.bucket).get("Uploads", [])
+            for upload in request("list_multipart_uploads").get("Uploads", [])
         ]
         return sorted(found)
     if isinstance(storage, MemoryStorage):

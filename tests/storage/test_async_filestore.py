@@ -36,7 +36,7 @@ from toolkit.errors import (
     SourceFailed,
     Unavailable,
 )
-from toolkit.records import User
+from toolkit.repositories.records import User
 from toolkit.storage import Storage
 
 from .conftest import leftovers

@@ -47,7 +47,7 @@ def test_s3_urls(s3_endpoint: str, s3_bucket: str) -> None:
     assert isinstance(storage, S3Storage)
     assert (storage.bucket, storage.prefix) == (s3_bucket, "deep/prefix")
     storage.put("x.txt", b"x")
-    assert storage.fs.call_s3("head_object", Bucket=s3_bucket, Key="deep/prefix/x.txt")
+    assert storage.objects.request("head_object", Key="deep/prefix/x.txt")
     config = storage.fs.s3._client_config  # botocore's checksum setting for S3-compatible servers
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"

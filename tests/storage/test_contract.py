@@ -9,6 +9,7 @@ import threading
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,8 @@ def test_every_method_rejects_bad_keys(storage: Storage, bad: str) -> None:
         lambda: storage.move(bad, "ok"),
         lambda: storage.move("ok", bad),
         lambda: storage.url(bad),
+        lambda: storage.retain(bad, mode="GOVERNANCE", until=datetime.now(UTC) + timedelta(days=1)),
+        lambda: storage.retention(bad),
     ):
         with pytest.raises(InvalidInput, match=r"invalid (key|source|target)"):
             call()

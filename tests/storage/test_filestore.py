@@ -29,8 +29,8 @@ from toolkit.errors import (
     SourceFailed,
     Unavailable,
 )
-from toolkit.records import User
 from toolkit.repositories import Audit
+from toolkit.repositories.records import User
 from toolkit.storage import LocalStorage, Storage
 from toolkit.storage.keys import staging_key
 
@@ -365,4 +365,4 @@ def test_sweep_removes_partial_local_writes(
         report = store.sweep(conn, grace_seconds=0, now=LATER)
     assert [key.rsplit("/", 1)[-1] for key in report.partial_uploads] == [".tmp-crashed"]
     assert not os.path.exists(partial)
-    assert staging_key(uuid4()).startswith("_staging/")
+    assert staging_key(uuid4(), tenant=None).startswith("_staging/")

@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -34,10 +34,10 @@ import pytest
 from tests.core.factories import make_user
 from toolkit.db import Database
 from toolkit.errors import Conflict, IntegrityError, InvalidInput
-from toolkit.records import User
+from toolkit.repositories.records import User
 from toolkit.storage import FileStore, LocalStorage, MemoryStorage, Storage
 from toolkit.storage import repository as files
-from toolkit.storage.keys import staging_key
+from toolkit.storage.keys import staging_key, staging_prefix
 
 from .conftest import leftovers
 
@@ -275,8 +275,9 @@ def owner(db: Database) -> User:
         return make_user(conn)
 
 
-def test_every_public_method_refuses_staging_keys(storage: Storage) -> None:
-    staged = staging_key(uuid4())
+@pytest.mark.parametrize("tenant", [None, UUID("aaaaaaaa-0000-4000-8000-00000000000a")])
+def test_every_public_method_refuses_staging_keys(storage: Storage, tenant: UUID | None) -> None:
+    staged = staging_key(uuid4(), tenant=tenant)
     storage._put(staged, b"staged bytes", None, None, None)  # as FileStore.stage does
     storage.put("public/file.txt", b"public")
     for name, call in {
@@ -289,14 +290,16 @@ def test_every_public_method_refuses_staging_keys(storage: Storage) -> None:
         "move from": lambda: storage.move(staged, "public/stolen.txt"),
         "move to": lambda: storage.move("public/file.txt", staged + "x"),
         "url": lambda: storage.url(staged),
-        "list": lambda: storage.list("_staging/"),
+        "list": lambda: storage.list(staging_prefix(tenant)),
+        "retain": lambda: storage.retain(staged, mode="GOVERNANCE", until=LATER),
+        "retention": lambda: storage.retention(staged),
     }.items():
         with pytest.raises(InvalidInput, match="starting with a letter or digit"):
             call()
             pytest.fail(f"{name} accepted a staging key")
     # Nothing changed, and the toolkit's own entry points still reach the staging area.
     assert storage._get_internal(staged) == b"staged bytes"
-    assert [info.key for info in storage._list_internal("_staging/")] == [staged]
+    assert [info.key for info in storage._list_internal(staging_prefix(tenant))] == [staged]
     assert storage.get("public/file.txt") == b"public"
 
 

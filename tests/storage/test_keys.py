@@ -18,7 +18,14 @@ from toolkit.storage.keys import (
     check_prefix,
     clean_filename,
     file_key,
+    is_file_key,
+    is_internal,
+    is_staging_prefix,
+    staging_key,
+    staging_prefix,
+    tenant_area,
 )
+from toolkit.tenants import DEFAULT_TENANT
 
 TRAVERSAL_CORPUS = [
     ("..", "'..' segment"),
@@ -107,9 +114,37 @@ def test_prefixes_may_be_empty_or_end_with_a_slash() -> None:
 
 def test_generated_keys_are_owner_purpose_uuid() -> None:
     owner, file_id = uuid.uuid4(), uuid.uuid4()
-    assert file_key(owner, "attachment", file_id) == f"{owner}/attachment/{file_id}"
+    assert file_key(owner, "attachment", file_id, tenant=None) == f"{owner}/attachment/{file_id}"
     with pytest.raises(InvalidInput, match="purpose must be one of"):
-        file_key(owner, "secret", file_id)
+        file_key(owner, "secret", file_id, tenant=None)
+
+
+def test_generated_keys_start_with_their_tenants_area() -> None:
+    owner, file_id, tenant, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    key = file_key(owner, "generated", file_id, tenant=tenant)
+    assert key == f"t/{tenant}/{owner}/generated/{file_id}"
+    assert staging_key(file_id, tenant=tenant) == f"t/{tenant}/_staging/{file_id}"
+    # The default tenant's area is the root, so a single workspace keeps its layout.
+    assert tenant_area(DEFAULT_TENANT) == tenant_area(None) == ""
+    assert staging_key(file_id, tenant=DEFAULT_TENANT) == f"_staging/{file_id}"
+    legacy = file_key(owner, "generated", file_id, tenant=DEFAULT_TENANT)
+    assert legacy == f"{owner}/generated/{file_id}"
+    # A key belongs to exactly one tenant's area: none is inside another's.
+    assert is_file_key(key, tenant=tenant)
+    assert not is_file_key(key, tenant=other)
+    assert not is_file_key(key, tenant=None)
+    assert is_file_key(legacy, tenant=None)
+    assert not is_file_key(legacy, tenant=tenant)
+    for stray in (f"t/{tenant}/{owner}/generated/x", f"t/{tenant}/_staging/{file_id}", "a/b/c"):
+        assert not is_file_key(stray, tenant=tenant)
+    # Staging keys are the toolkit's own in every area; nothing else is.
+    assert is_internal(staging_key(file_id, tenant=tenant))
+    assert is_staging_prefix(staging_prefix(tenant))
+    assert is_staging_prefix(staging_prefix(None))
+    assert not is_internal(f"t/{tenant}/x/_staging/{file_id}")
+    assert not is_staging_prefix(f"t/{tenant}/")
+    with pytest.raises(InvalidInput, match="tenant must be a UUID"):
+        tenant_area("workspace-a")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@
   or unreachable never raises: a read is a miss and a write is dropped.
 * :class:`LLMCache`: responses keyed on a canonical SHA-256 fingerprint of
   the whole request, with stampede control, O(1) invalidation by model or
-  namespace, and no caching of sensitive data (:class:`SecretDetector`).
+  namespace, no caching of sensitive data (:class:`SecretDetector`), and
+  per-tenant entries (``LLMCache(client, tenant=...)``, ``for_tenant``)
+  whose keys are Redis Cluster hash-tagged by tenant.
 
 This package stands alone: it never imports :mod:`toolkit.db`.
 """

@@ -6,7 +6,8 @@ An entry is one marker byte followed by the payload::
     0x02 zlib(<payload>)      compressed
     0x04 <tag> <expiry> <entry>   signed: a plain or compressed entry behind its HMAC
 
-``tag`` is HMAC-SHA256 (32 bytes), keyed with the cache's integrity key,
+``tag`` is HMAC-SHA256 (32 bytes), keyed with the cache's integrity key
+(a tenant's entries: with a key derived from it, :meth:`Signer.for_tenant`),
 over the Redis key name (4-byte big-endian length, then UTF-8), the
 absolute expiry (8 bytes, big-endian Unix milliseconds) and the inner
 entry, so an entry forged, altered or copied to another key fails it, and
@@ -59,11 +60,14 @@ import json.scanner
 import time
 import zlib
 from typing import Any, Final, NamedTuple, TypeAlias, cast
+from uuid import UUID
 
 __all__ = [
     "DEFAULT_MAX_ENTRY_BYTES",
     "GENERATION_BYTES",
     "SPLIT_MIN_CHARS",
+    "TENANT_KEY_CONTEXT",
+    "TENANT_SIGNERS",
     "Body",
     "CorruptEntryError",
     "EntryTooLargeError",
@@ -90,6 +94,10 @@ EXPIRY_BYTES: Final = 8
 _SIGNED_HEADER: Final = 1 + TAG_BYTES + EXPIRY_BYTES
 MIN_KEY_BYTES: Final = 16
 """The shortest integrity key accepted (128 bits)."""
+TENANT_KEY_CONTEXT: Final = b"toolkit tenant "
+"""What a tenant's signing key is derived over, before the tenant's UUID bytes."""
+TENANT_SIGNERS: Final = 4096
+"""How many tenants' derived signers one :class:`Signer` remembers."""
 DEFAULT_MAX_ENTRY_BYTES: Final = 32 << 20
 """The default maximum entry size: the largest payload written or read (32 MiB)."""
 GENERATION_BYTES: Final = 16
@@ -145,13 +153,33 @@ class Signer:
     Raises ValueError for a key shorter than :data:`MIN_KEY_BYTES`.
     """
 
-    __slots__ = ("_base",)
+    __slots__ = ("_base", "_tenants")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"an integrity key needs at least {MIN_KEY_BYTES} bytes")
         # Copying a keyed HMAC skips hashing the padded key on every call.
         self._base = hmac.new(key, digestmod="sha256")
+        self._tenants: dict[UUID, Signer] = {}
+
+    def for_tenant(self, tenant: UUID) -> Signer:
+        """The signer of ``tenant``'s entries: its key is HMAC-SHA256(this key,
+        :data:`TENANT_KEY_CONTEXT` + the tenant's 16 UUID bytes).
+
+        Derived once per tenant and remembered (up to :data:`TENANT_SIGNERS`
+        tenants, then afresh), so binding a cache to a tenant costs a dict
+        lookup. Two tenants' entries are signed under different keys: an
+        entry copied from one tenant's key to another's never verifies.
+        """
+        found = self._tenants.get(tenant)
+        if found is None:
+            mac = self._base.copy()
+            mac.update(TENANT_KEY_CONTEXT + tenant.bytes)
+            found = Signer(mac.digest())
+            if len(self._tenants) >= TENANT_SIGNERS:
+                self._tenants = {}  # start afresh rather than grow
+            self._tenants[tenant] = found  # a racing thread derives the same signer
+        return found
 
     def tag(self, name: str, entry: bytes | memoryview) -> bytes:
         """The HMAC of ``entry`` stored under the Redis key ``name``."""

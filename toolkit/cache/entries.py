@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
+from uuid import UUID
 
 from toolkit.cache import codec
+from toolkit.cache.fingerprint import KEY_VERSION
 from toolkit.errors import InvalidInput
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "EXTEND_LUA",
     "OFF_LOOP_BYTES",
     "RELEASE_LUA",
+    "SHARED_TAG",
     "CachedResponse",
     "Default",
     "GenerationMemory",
@@ -38,6 +41,7 @@ __all__ = [
     "encode_body",
     "generation_time",
     "is_nondeterministic",
+    "key_prefix",
     "lease_key",
     "new_generation_value",
     "open_generation",
@@ -135,6 +139,23 @@ class Lookup(enum.Enum):
     """Redis answered: nothing usable."""
     UNAVAILABLE = "unavailable"
     """Redis did not answer (or the breaker is open)."""
+
+
+SHARED_TAG: Final = "shared"
+"""The hash tag of the shared namespace (a cache bound to no tenant); no UUID's text."""
+
+
+def key_prefix(namespace: str, tenant: UUID | None) -> str:
+    """The start of every key of ``tenant``'s entries: ``<namespace>:llm:<version>:{<tenant>}:``.
+
+    ``{<tenant>}`` (the UUID's text, or ``{shared}`` for None) is the key's
+    Redis Cluster hash tag: a namespace holds no brace, so it is the first
+    ``{...}``, and an entry, its lease and the tenant's generation keys all
+    hash to one slot, where a multi-key ``MGET``, pipeline or script on them
+    is allowed.
+    """
+    tag = SHARED_TAG if tenant is None else str(tenant)
+    return f"{namespace}:llm:{KEY_VERSION}:{{{tag}}}:"
 
 
 def lease_key(prefix: str, entry_key: str) -> str:

@@ -1,6 +1,6 @@
 """Checks, conversions and outcomes shared by the sync and async cache clients.
 
-No I/O: the namespace, key, TTL, timeout and integrity-key checks (each
+No I/O: the namespace, tenant, key, TTL, timeout and integrity-key checks (each
 raising :class:`~toolkit.errors.InvalidInput` before any call to Redis), the
 value encodings of the byte and JSON methods, :class:`Outcome` and the
 errors that count as an outage. :mod:`toolkit.cache.client` and

@@ -2,7 +2,9 @@
 
 What an anchor is and what verify checks: :mod:`toolkit.audit_anchors`.
 Run ``anchor`` periodically and ``verify`` from a host the database owner does
-not control.
+not control. Each run is one tenant's chain: the default tenant's, or with
+``--tenant`` that tenant's, read in a transaction of that tenant (so as a
+login role in toolkit_app: the door refuses a superuser with a tenant).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run(args: argparse.Namespace, action: str) -> int:
-    from toolkit.db.database import connect
+    from toolkit.db.database import connect, transaction_on
     from toolkit.db.errors import raise_translated
     from toolkit.storage.backends import open_storage
 
@@ -39,16 +41,16 @@ def _run(args: argparse.Namespace, action: str) -> int:
             settings.database_url, connect_timeout=settings.connect_timeout, context="connecting"
         )
         try:
-            with conn:
+            with conn, transaction_on(conn, tenant=args.tenant) as tx:
                 if action == "anchor":
                     result = write_anchor(
-                        conn,
+                        tx,
                         storage,
                         retention_days=args.retention_days,
                         retention_mode=args.retention_mode,
                     )
                 else:
-                    report = verify(conn, storage, latest=args.latest)
+                    report = verify(tx, storage, latest=args.latest)
         except psycopg.Error as exc:
             raise_translated(exc, f"audit {action}")
     if action == "anchor":
@@ -93,6 +95,12 @@ def register(commands: Subcommands) -> None:
         sub = add_command(actions, name, texts[name], handler)
         sub.add_argument(
             "--anchor-url", help="override TOOLKIT_AUDIT_ANCHOR_URL (the anchor store) for this run"
+        )
+        sub.add_argument(
+            "--tenant",
+            metavar="UUID",
+            help="this tenant's chain and anchors instead of the default tenant's; connect as a "
+            "login role in toolkit_app (a superuser, BYPASSRLS role or table owner is refused)",
         )
         if name == "anchor":
             sub.add_argument(

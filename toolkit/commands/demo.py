@@ -1,4 +1,4 @@
-"""``toolkit demo``: migrate and walk one story through the toolkit."""
+"""``toolkit demo``: migrate, walk one story through the toolkit, then two workspaces."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ def demo_command(args: argparse.Namespace) -> int:
 def register(commands: Subcommands) -> None:
     """Add ``demo``."""
     demo = add_command(
-        commands, "demo", "migrate and walk one story through the toolkit", demo_command
+        commands,
+        "demo",
+        "migrate, walk one story through the toolkit, then two workspaces side by side",
+        demo_command,
     )
     demo.add_argument(
         "--embedded",

@@ -12,13 +12,18 @@ from toolkit.storage.filestore import DEFAULT_GRACE_SECONDS, FileStore
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    """Run one sweep against the configured database and storage; prints what it did."""
+    """Run one sweep against the configured database and storage; prints what it did.
+
+    One tenant's area and rows at a time: the default tenant's, or with
+    ``--tenant`` that tenant's (in a transaction of that tenant, so as a
+    login role in toolkit_app).
+    """
     settings = settings_from_options(
         args, {"database_url": "database_url", "storage_url": "storage_url"}
     )
     with open_storage(settings.storage_url) as storage, Database(settings) as database:
-        store = FileStore(storage)
-        with database.connection() as conn:
+        store = FileStore(storage, tenant=args.tenant)
+        with database.connection(tenant=store.tenant) as conn:
             report = store.sweep(conn, grace_seconds=args.grace_seconds)
     print(f"sweep: {report.summary()}")
     return 0
@@ -39,4 +44,9 @@ def register(commands: Subcommands) -> None:
         type=float,
         default=DEFAULT_GRACE_SECONDS,
         help="only touch objects older than this many seconds",
+    )
+    sweep.add_argument(
+        "--tenant",
+        help="sweep this tenant's files (its UUID; connect as a login role in toolkit_app) "
+        "instead of the default tenant's",
     )

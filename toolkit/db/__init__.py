@@ -1,7 +1,9 @@
-"""PostgreSQL: the pool, the query registry, migrations and verification."""
+"""PostgreSQL: the pool, the driver that runs bindings, the query registry, migrations
+and verification."""
 
 from toolkit.db.database import Connection, Database
+from toolkit.db.drivers import copy, run
 from toolkit.db.errors import translate_error
 from toolkit.db.migrations import migrate, rollback
 
-__all__ = ["Connection", "Database", "migrate", "rollback", "translate_error"]
+__all__ = ["Connection", "Database", "copy", "migrate", "rollback", "run", "translate_error"]

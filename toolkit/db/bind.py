@@ -1,18 +1,17 @@
 """Bindings: a named query tied to the record it returns and the parameters it takes.
 
-Repository modules bind their queries at import time::
+Repository modules bind their queries at import time, and a driver runs them::
 
     _get = One("agents.get", Agent, ("id",), entity="agent")
-    agent = _get(conn, agent_id, id=agent_id)            # sync
-    agent = await _get.acall(aconn, agent_id, id=agent_id)  # async
+    agent = run(conn, _get, agent_id, id=agent_id)           # toolkit.db.run
+    agent = await run(aconn, _get, agent_id, id=agent_id)    # toolkit.aio.db.run
 
 A binding is a value: its statement (rendered once per sort and
 direction), its parameters, its result kind and its row factory, built
-once. It does no I/O itself: calling it hands it to the sync driver,
-``acall`` to the async one (:mod:`toolkit.aio.db.drivers`, whose sync twin
-:mod:`toolkit.db.drivers` is generated from it); each kind's class
-says what to fetch and how to finish the result (PugSQL's one small class
-per kind).
+once. It does no I/O and imports no driver: :func:`toolkit.aio.db.drivers.run`
+(and its generated sync twin :func:`toolkit.db.drivers.run`) runs it; each
+kind's class says what to fetch and how to finish the result (PugSQL's one
+small class per kind).
 
 Binding checks that the query exists, has the expected result kind and uses
 exactly the declared parameters, so a mismatch fails when the module is
@@ -30,19 +29,16 @@ from __future__ import annotations
 import json
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from operator import is_, itemgetter
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, Never, NoReturn, TypeVar
 
 import psycopg
 from psycopg.rows import RowMaker
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from toolkit.aio.db import drivers as async_drivers
 from toolkit.config import default_settings
-from toolkit.db import drivers
-from toolkit.db.database import Connection
 from toolkit.db.registry import (
     CURSOR_PARAMS,
     Kind,
@@ -55,15 +51,17 @@ from toolkit.errors import IntegrityError, NotFound, QueryDefinitionError, bound
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
-
-AsyncConnection = psycopg.AsyncConnection[Any]
-"""What the async forms take: an async connection or transaction."""
+T_co = TypeVar("T_co", covariant=True)
 
 
 @lru_cache(maxsize=1)
 def registry() -> QueryRegistry:
     """Every named query, loaded once: the toolkit's ``sql/``, then ``TOOLKIT_SQL_PATH``'s."""
     return QueryRegistry.with_application(default_settings().sql_folders)
+
+
+RUN_KEYWORDS = frozenset({"sort", "descending"})
+"""The keywords ``run`` takes for itself: no query parameter may take these names."""
 
 
 class Binding:
@@ -92,6 +90,12 @@ class Binding:
             raise QueryDefinitionError(
                 f"{self.query.location}: {name} is :{self.query.kind.value}, "
                 f"but is bound as :{self.kind.value}"
+            )
+        reserved = sorted(RUN_KEYWORDS.intersection(params))
+        if reserved:
+            raise QueryDefinitionError(
+                f"{self.query.location}: {name} takes parameter(s) {', '.join(reserved)}, "
+                "which are run()'s own keywords (a Many's order): rename them in the query"
             )
         if self.query.sortable:
             params = (*params, *CURSOR_PARAMS)
@@ -145,6 +149,17 @@ class Binding:
     def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> Any:
         """What the caller gets from what the driver fetched (the rows, by default)."""
         return fetched
+
+    def __call__(self, *args: Never, **values: Never) -> NoReturn:
+        """Refuse to be called: a binding is a value, which a driver runs.
+
+        Bindings were once callable; a caller not yet changed gets this
+        message, and mypy an error (no argument fits ``Never``).
+        """
+        raise QueryDefinitionError(
+            f"{self.query.location}: {self.name} is a binding, a value: run it with "
+            "toolkit.db.run(conn, binding, ...) or await toolkit.aio.db.run(conn, binding, ...)"
+        )
 
 
 BINDINGS: list[Binding] = []
@@ -410,7 +425,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
-class One(Binding, Generic[T]):
+class One(Binding, Generic[T_co]):
     """A ``:one`` query: exactly one record (or value, bound to a plain type), or NotFound."""
 
     kind = Kind.ONE
@@ -419,7 +434,7 @@ class One(Binding, Generic[T]):
     def __init__(
         self,
         name: str,
-        record: type[T],
+        record: type[T_co],
         params: Sequence[str],
         entity: str,
         *,
@@ -428,45 +443,31 @@ class One(Binding, Generic[T]):
         super().__init__(name, params, record, prepare=prepare)
         self.entity = entity
 
-    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> T:
+    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> T_co:
         if fetched is None:
             raise NotFound(self.entity, key if key is not None else dict(values))
-        return typing.cast(T, fetched)
-
-    def __call__(self, conn: Connection, key: Any = None, /, **values: Any) -> T:
-        return typing.cast(T, drivers.run(conn, self, values, key=key))
-
-    async def acall(self, conn: AsyncConnection, key: Any = None, /, **values: Any) -> T:
-        """The same, on an async connection."""
-        return typing.cast(T, await async_drivers.run(conn, self, values, key=key))
+        return typing.cast(T_co, fetched)
 
 
-class OneOrNone(Binding, Generic[T]):
+class OneOrNone(Binding, Generic[T_co]):
     """An ``:optional`` query: one record (or value, bound to a plain type) or None."""
 
     kind = Kind.OPTIONAL
     fetch = Fetch.ONE
 
     def __init__(
-        self, name: str, record: type[T], params: Sequence[str], *, prepare: bool | None = None
+        self, name: str, record: type[T_co], params: Sequence[str], *, prepare: bool | None = None
     ) -> None:
         super().__init__(name, params, record, prepare=prepare)
 
-    def __call__(self, conn: Connection, /, **values: Any) -> T | None:
-        return typing.cast(T | None, drivers.run(conn, self, values))
 
-    async def acall(self, conn: AsyncConnection, /, **values: Any) -> T | None:
-        """The same, on an async connection."""
-        return typing.cast(T | None, await async_drivers.run(conn, self, values))
-
-
-class Returning(OneOrNone[T]):
+class Returning(OneOrNone[T_co]):
     """A ``:returning`` write: the row it changed, or None when its guard failed."""
 
     kind = Kind.RETURNING
 
 
-class Many(Binding, Generic[T]):
+class Many(Binding, Generic[T_co]):
     """A ``:many`` query: a list of records, optionally sorted from a whitelist.
 
     Bound to a plain type (``Many("q", str, ())``), a one-column query's
@@ -476,58 +477,25 @@ class Many(Binding, Generic[T]):
     kind = Kind.MANY
 
     def __init__(
-        self, name: str, record: type[T], params: Sequence[str], *, prepare: bool | None = None
+        self, name: str, record: type[T_co], params: Sequence[str], *, prepare: bool | None = None
     ) -> None:
         super().__init__(name, params, record, prepare=prepare)
 
-    def __call__(
-        self,
-        conn: Connection,
-        /,
-        *,
-        sort: str | None = None,
-        descending: bool = False,
-        **values: Any,
-    ) -> list[T]:
-        return typing.cast(
-            list[T], drivers.run(conn, self, values, sort=sort, descending=descending)
-        )
 
-    async def acall(
-        self,
-        conn: AsyncConnection,
-        /,
-        *,
-        sort: str | None = None,
-        descending: bool = False,
-        **values: Any,
-    ) -> list[T]:
-        """The same, on an async connection."""
-        rows = await async_drivers.run(conn, self, values, sort=sort, descending=descending)
-        return typing.cast(list[T], rows)
-
-
-class Scalar(Binding, Generic[T]):
+class Scalar(Binding, Generic[T_co]):
     """A ``:scalar`` query: the first column of the first row (None without rows)."""
 
     kind = Kind.SCALAR
     fetch = Fetch.ONE
 
     def __init__(
-        self, name: str, result: type[T], params: Sequence[str], *, prepare: bool | None = None
+        self, name: str, result: type[T_co], params: Sequence[str], *, prepare: bool | None = None
     ) -> None:
         super().__init__(name, params, None, prepare=prepare)
         self.result = result
 
-    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> T | None:
-        return None if fetched is None else typing.cast(T, fetched[0])
-
-    def __call__(self, conn: Connection, /, **values: Any) -> T | None:
-        return typing.cast(T | None, drivers.run(conn, self, values))
-
-    async def acall(self, conn: AsyncConnection, /, **values: Any) -> T | None:
-        """The same, on an async connection."""
-        return typing.cast(T | None, await async_drivers.run(conn, self, values))
+    def finish(self, fetched: Any, key: Any, values: Mapping[str, Any]) -> T_co | None:
+        return None if fetched is None else typing.cast(T_co, fetched[0])
 
 
 class Exec(Binding):
@@ -539,13 +507,6 @@ class Exec(Binding):
     def __init__(self, name: str, params: Sequence[str], *, prepare: bool | None = None) -> None:
         super().__init__(name, params, None, prepare=prepare)
 
-    def __call__(self, conn: Connection, /, **values: Any) -> int:
-        return typing.cast(int, drivers.run(conn, self, values))
-
-    async def acall(self, conn: AsyncConnection, /, **values: Any) -> int:
-        """The same, on an async connection."""
-        return typing.cast(int, await async_drivers.run(conn, self, values))
-
 
 class Copy(Binding):
     """A ``:copy`` statement (``COPY ... FROM STDIN``) fed rows in bulk."""
@@ -555,9 +516,6 @@ class Copy(Binding):
     def __init__(self, name: str) -> None:
         super().__init__(name, (), None)
 
-    def __call__(self, conn: Connection, rows: Iterable[Sequence[Any]], /) -> int:
-        return drivers.copy(conn, self, rows)
 
-    async def acall(self, conn: AsyncConnection, rows: Iterable[Sequence[Any]], /) -> int:
-        """The same, on an async connection."""
-        return await async_drivers.copy(conn, self, rows)
+Runnable = One[Any] | OneOrNone[Any] | Many[Any] | Scalar[Any] | Exec
+"""What the drivers' ``run`` takes: a binding of any kind but :class:`Copy` (fed by ``copy``)."""

@@ -18,6 +18,10 @@ One door: every transaction the toolkit opens, :meth:`Database.transaction`
 and the one a write with ``audit=`` opens on a bare connection
 (:func:`toolkit.db.patterns.atomic`), runs through :func:`transaction_on`,
 so the lost-COMMIT lookup and the error translation are the same everywhere.
+It is also where the tenant is set: ``transaction(tenant=...)`` and
+``connection(tenant=...)`` send BEGIN and the transaction-local tenant in one
+round trip (:mod:`toolkit.db.tenancy`), so the tenant ends with the
+transaction and no pooled connection carries one to its next user.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 from weakref import WeakKeyDictionary
 
 import psycopg
+from psycopg import sql
+from psycopg.abc import Query
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
@@ -45,11 +52,13 @@ from toolkit.db.errors import (
     raise_translated,
     translate_error,
 )
+from toolkit.db.tenancy import BEGIN_AS_TENANT, tenant_id
 from toolkit.errors import (
     Closed,
     DatabaseError,
     InvalidInput,
     OutcomeUnknown,
+    TenancyUnavailable,
     ToolkitError,
     Unavailable,
 )
@@ -60,6 +69,7 @@ __all__ = [
     "TransactionOutcome",
     "connect",
     "is_alive",
+    "tenant_of",
     "transaction_on",
     "translate_error",
 ]
@@ -81,39 +91,86 @@ def connect(url: str, *, connect_timeout: float, context: str) -> Connection:
         raise connection_failure(exc, url, context) from exc
 
 
+# Owning a table (directly or through a role the user is a member of) lets the
+# user alter it, switch its row-level security off or drop its policies.
 _PRIVILEGES = """
-SELECT r.rolsuper, r.rolbypassrls, EXISTS (
-    SELECT 1 FROM pg_class AS c
-    WHERE c.relowner = r.oid AND c.relname = 'audit_events' AND c.relkind = 'r'
+SELECT r.rolsuper, r.rolbypassrls, NOT r.rolsuper AND EXISTS (
+    SELECT 1 FROM pg_catalog.pg_class AS c
+    WHERE c.relkind IN ('r', 'p')
+      AND (c.relrowsecurity OR c.relname = 'audit_events')
+      AND pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
 )
-FROM pg_roles AS r WHERE r.rolname = current_user
+FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user
 """
+_PRIVILEGED = (
+    "a superuser",
+    "a role with BYPASSRLS",
+    "the owner of the tables (or a member of the role that owns them)",
+)
 
 
-def _warn_if_privileged(conn: Connection) -> None:
-    """Log one warning when the role bypasses what the toolkit_app role enforces."""
+def _privileges(conn: Connection) -> str | None:
+    """What lets ``conn``'s role bypass the application role's limits, if anything.
+
+    "a superuser", "a role with BYPASSRLS", "the owner of the tables ...",
+    joined by "and"; None for a role bound by them (as toolkit_app's members are).
+    """
     try:
         cursor = conn.execute(_PRIVILEGES)
         row = cursor.fetchone()
     except psycopg.Error as exc:
         raise_translated(exc, "checking the role's privileges")
     if not row:
-        return
-    reasons = [
-        reason
-        for held, reason in zip(
-            row, ("a superuser", "BYPASSRLS", "the owner of the tables"), strict=True
-        )
-        if held
-    ]
-    if reasons:
+        return None
+    return (
+        " and ".join(reason for held, reason in zip(row, _PRIVILEGED, strict=True) if held) or None
+    )
+
+
+def _warn_if_privileged(conn: Connection) -> None:
+    """Log one warning when the role bypasses what the toolkit_app role enforces."""
+    privileged = _privileges(conn)
+    if privileged:
         log.warning(
             "connected to %s, which is %s: the application role's protections "
-            "(no DDL, append-only audit events, hidden password hashes) are off; "
-            "connect as a login role in toolkit_app",
+            "(no DDL, append-only audit events, hidden password hashes, tenant "
+            "isolation) are off; connect as a login role in toolkit_app",
             describe_target(str(conn.info.dsn)),
-            " and ".join(reasons),
+            privileged,
         )
+
+
+def _asked_tenancy_refusal(conn: Connection) -> str | None:
+    """Why ``conn``'s role may not run tenant-scoped work (None: it may): one round trip."""
+    privileged = _privileges(conn)
+    if privileged is None:
+        return None
+    return (
+        f"tenant-scoped work refused: the role {conn.info.user!r} is {privileged}, so "
+        "row-level security would not keep tenants apart; connect as a login role in "
+        "toolkit_app (no superuser, no BYPASSRLS, owns no table)"
+    )
+
+
+# What each connection of the application's own (an AsyncDatabase remembers its
+# own answer) may do with a tenant, asked on its first tenant-scoped transaction.
+_own_refusals: WeakKeyDictionary[Connection, str | None] = WeakKeyDictionary()
+
+
+def _refuse_untenantable(conn: Connection, home: Database | None) -> None:
+    """Raise :class:`TenancyUnavailable` if ``conn``'s role is not bound by row-level security.
+
+    Asked once per Database (or connection of the application's own) and
+    remembered, so a tenant-scoped transaction costs no extra round trip.
+    """
+    if home is not None:
+        refusal = home._tenancy_refusal(conn)
+    elif conn in _own_refusals:
+        refusal = _own_refusals[conn]
+    else:
+        refusal = _own_refusals[conn] = _asked_tenancy_refusal(conn)
+    if refusal is not None:
+        raise TenancyUnavailable(refusal)
 
 
 def _rollback_quietly(conn: Connection) -> None:
@@ -162,9 +219,26 @@ _REUSED_MAYBE = "the server restarted since, so a 'committed' may be a later tra
 # connection's own conninfo lacks the password (psycopg hides it).
 _homes: WeakKeyDictionary[Connection, Database] = WeakKeyDictionary()
 
+# The tenant of the transaction the door holds open on a connection, while it is
+# open: what a component handed that transaction (the file store) checks its own
+# tenant against, without asking the server.
+_tenants: WeakKeyDictionary[Connection, UUID] = WeakKeyDictionary()
+
+
+def tenant_of(conn: Connection) -> UUID | None:
+    """The tenant of the transaction :func:`transaction_on` holds open on ``conn``; no I/O.
+
+    None outside such a transaction, and inside one begun without a tenant
+    (whose rows are the default tenant's). A tenant set other than through
+    the door is not seen.
+    """
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        return None
+    return _tenants.get(conn)
+
 
 @contextmanager
-def transaction_on(conn: Connection) -> Iterator[Connection]:
+def transaction_on(conn: Connection, *, tenant: UUID | str | None = None) -> Iterator[Connection]:
     """The one door: run the block inside BEGIN ... COMMIT on a bare autocommit ``conn``.
 
     :meth:`Database.transaction` is this on a pooled connection; a write
@@ -180,7 +254,17 @@ def transaction_on(conn: Connection) -> Iterator[Connection]:
     at once, to be asked later with ``transaction_status(xid)``. Raises
     :class:`InvalidInput` for a connection already inside a transaction or
     not in autocommit (its owner commits it, not the toolkit).
+
+    With a ``tenant`` (a UUID or its text; :class:`InvalidInput` otherwise),
+    BEGIN and ``set_config('toolkit.tenant_id', tenant, true)`` go in one
+    round trip, so the tenant is transaction-local: it ends with the COMMIT
+    or ROLLBACK, and the connection carries none afterwards. Before the first
+    such transaction the role is checked once (per Database, or per
+    connection of the application's own) and :class:`TenancyUnavailable` is
+    raised, nothing begun, if it is a superuser, has BYPASSRLS or owns the
+    tables. Without a tenant, only BEGIN is sent.
     """
+    scoped = None if tenant is None else tenant_id(tenant)
     status = conn.info.transaction_status
     if status != TransactionStatus.IDLE or not conn.autocommit:
         state = "not in autocommit mode" if status == TransactionStatus.IDLE else status.name
@@ -190,20 +274,37 @@ def transaction_on(conn: Connection) -> Iterator[Connection]:
             field="conn",
         )
     home = _homes.get(conn)
+    begin: Query = "BEGIN"
+    if scoped is not None:
+        _refuse_untenantable(conn, home)
+        # A simple query of two statements: one round trip. The id is a parsed
+        # UUID, quoted as a literal besides.
+        begin = sql.SQL(BEGIN_AS_TENANT).format(tenant=sql.Literal(str(scoped)))
     try:
-        conn.execute("BEGIN")
-    except psycopg.Error as exc:
-        raise_translated(exc, "BEGIN")
-    try:
-        yield conn
-    except psycopg.Error as exc:
-        _rollback_quietly(conn)
-        raise_translated(exc, "transaction")
-    except BaseException:
-        # Includes a cancelled task: the statement was cancelled, now the transaction.
-        _rollback_quietly(conn)
+        conn.execute(begin)
+    except BaseException as exc:
+        # BEGIN ran but setting the tenant failed, or the caller was interrupted
+        # (a cancelled task): no transaction, nor tenant, is left behind.
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            _rollback_quietly(conn)
+        if isinstance(exc, psycopg.Error):
+            raise_translated(exc, "BEGIN")
         raise
-    _commit(conn, home)
+    if scoped is not None:
+        _tenants[conn] = scoped
+    try:
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            _rollback_quietly(conn)
+            raise_translated(exc, "transaction")
+        except BaseException:
+            # Includes a cancelled task: the statement was cancelled, now the transaction.
+            _rollback_quietly(conn)
+            raise
+        _commit(conn, home)
+    finally:
+        _tenants.pop(conn, None)
 
 
 def _commit(conn: Connection, home: Database | None) -> None:
@@ -300,6 +401,23 @@ class Database:
         # opening, rather than each sending a probe connection of its own.
         self._opening = Lock()
         self._open_failure: ToolkitError | None = None
+        # Whether tenant-scoped work may run as this role, asked on first use only.
+        self._checking_tenancy = Lock()
+        self._tenancy_known = False
+        self._tenancy_refused: str | None = None
+
+    def _tenancy_refusal(self, conn: Connection) -> str | None:
+        """Why this database's role may not run tenant-scoped work (None: it may).
+
+        Asked on ``conn`` (one of this pool's) by the first caller only; later
+        ones, and those that waited meanwhile, get the remembered answer.
+        """
+        if not self._tenancy_known:
+            with self._checking_tenancy:
+                if not self._tenancy_known:
+                    self._tenancy_refused = _asked_tenancy_refusal(conn)
+                    self._tenancy_known = True
+        return self._tenancy_refused
 
     def _adopt(self, conn: Connection) -> None:
         """Tag a connection the pool just made as this database's (see :func:`transaction_on`)."""
@@ -374,8 +492,22 @@ class Database:
         self.close()
 
     @contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A pooled autocommit connection for reads or single statements."""
+    def connection(self, tenant: UUID | str | None = None) -> Iterator[Connection]:
+        """A pooled autocommit connection for reads or single statements.
+
+        With a ``tenant``, the block runs as one transaction of that tenant,
+        exactly as :meth:`transaction` (committed on exit, rolled back by an
+        exception): the tenant is set transaction-local, because a session
+        setting would stay on the pooled connection for its next user and be
+        lost behind a transaction-mode pooler, so it cannot outlive a
+        transaction.
+        """
+        with self._pooled() if tenant is None else self.transaction(tenant=tenant) as conn:
+            yield conn
+
+    @contextmanager
+    def _pooled(self) -> Iterator[Connection]:
+        """A pooled autocommit connection, handed back idle (or discarded)."""
         self._open("connection()")
         conn = self._checked_out()
         try:
@@ -398,6 +530,7 @@ class Database:
         """
         deadline = time.monotonic() + self.settings.pool_timeout
         while True:
+            pass
             try:
                 conn = self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
             except PoolClosed as exc:
@@ -405,14 +538,22 @@ class Database:
                 raise_translated(exc, "getting a connection")
             except (PoolTimeout, psycopg.Error) as exc:
                 raise_translated(exc, "getting a connection")
+            pass
             if is_alive(conn):
                 return conn
             conn.close()
             self._pool.putconn(conn)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self, tenant: UUID | str | None = None) -> Iterator[Connection]:
         """A connection inside BEGIN ... COMMIT; an exception rolls it back.
+
+        With a ``tenant`` (a UUID or its text), row-level security shows and
+        accepts only that tenant's rows in the block; the tenant is set in the
+        same round trip as BEGIN and ends with the transaction. The first
+        tenant-scoped use of this database checks its role once and raises
+        :class:`~toolkit.errors.TenancyUnavailable` for a superuser, a role
+        with BYPASSRLS, or the tables' owner (see :func:`transaction_on`).
 
         Driver errors raised inside, or by the COMMIT itself, come out as
         toolkit exceptions. When the connection is lost during COMMIT, the
@@ -424,7 +565,8 @@ class Database:
         ``pool_timeout``; ask :meth:`transaction_status` later.
         """
         self._refuse_if_closed("transaction()")
-        with self.connection() as conn, transaction_on(conn):
+        scoped = None if tenant is None else tenant_id(tenant)  # refused before a checkout
+        with self._pooled() as conn, transaction_on(conn, tenant=scoped):
             yield conn
 
     def transaction_status(

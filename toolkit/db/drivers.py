@@ -3,11 +3,13 @@
 """The driver: run a bound query on a psycopg connection.
 
 A binding (:mod:`toolkit.db.bind`) is a value: its statement per sort, its
-parameters, its result kind and its row factory, and no I/O. :func:`run`
-and :func:`copy`, written once in ``toolkit/aio/db/drivers.py`` (async) and
-generated from it as ``toolkit/db/drivers.py`` (sync), are the only places
-a named query is executed, so every repository, the LangGraph saver and an
-application's own queries run the same way, sync or async:
+parameters, its result kind and its row factory, and no I/O; it imports no
+driver, the drivers import it. ``run(conn, binding, ...)`` (typed per kind)
+and ``copy(conn, binding, rows)``, written once in
+``toolkit/aio/db/drivers.py`` (async) and generated from it as
+``toolkit/db/drivers.py`` (sync), are the only places a named query is
+executed, so every repository, the LangGraph saver and an application's own
+queries run the same way, sync or async:
 
 1. the statement (rendered once per sort and direction) is sent with bound
    parameters, results in binary format, prepared as the binding says;
@@ -26,31 +28,61 @@ drive loop per mode.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
 
+from toolkit.db.bind import Binding, Copy, Exec, Many, One, OneOrNone, Runnable, Scalar
 from toolkit.db.database import Connection
 from toolkit.db.errors import raise_translated
 from toolkit.db.results import Fetch, json_as_bytes
 from toolkit.errors import ToolkitError
 
-if TYPE_CHECKING:
-    from toolkit.db.bind import Binding, Copy
-
 T = TypeVar("T")
 
 
+@overload
+def run(conn: Connection, query: One[T], key: Any = None, /, **values: Any) -> T: ...
+@overload
+def run(conn: Connection, query: OneOrNone[T], /, **values: Any) -> T | None: ...
+@overload
+def run(conn: Connection, query: Scalar[T], /, **values: Any) -> T | None: ...
+@overload
+def run(
+    conn: Connection,
+    query: Many[T],
+    /,
+    *,
+    sort: str | None = None,
+    descending: bool = False,
+    **values: Any,
+) -> list[T]: ...
+@overload
+def run(conn: Connection, query: Exec, /, **values: Any) -> int: ...
 def run(
     conn: Connection,
     query: Binding,
-    values: Mapping[str, Any],
-    *,
     key: Any = None,
+    /,
+    *,
     sort: str | None = None,
     descending: bool = False,
+    **values: Any,
 ) -> Any:
-    """Run ``query`` with ``values`` on ``conn``; the kind's result."""
+    """Run ``query`` on ``conn`` with ``values`` (its parameters, by name); the kind's result.
+
+    * :class:`~toolkit.db.bind.One`: the record, or NotFound naming ``key``
+      (the values when ``key`` is None);
+    * :class:`~toolkit.db.bind.OneOrNone` and :class:`~toolkit.db.bind.Returning`:
+      the record or None; :class:`~toolkit.db.bind.Scalar`: the value or None;
+    * :class:`~toolkit.db.bind.Many`: the list, ordered by ``sort`` (a column
+      of the query's ``-- sort:`` whitelist), ``descending`` if asked;
+    * :class:`~toolkit.db.bind.Exec`: the number of rows affected.
+
+    Values whose names are not exactly the binding's parameters are refused
+    (QueryDefinitionError) before anything is sent.
+    """
+    # Every repository call's hot path: one Python call from the caller, no per-kind wrapper.
     query.check_values(values)
     json_as_bytes(conn)
     statement = query.statement_text(sort, descending)
@@ -81,7 +113,7 @@ def copy(conn: Connection, query: Copy, rows: Iterable[Sequence[Any]]) -> int:
     return count
 
 
-def drive(conn: Connection, op: Generator[tuple[Binding, Mapping[str, Any]], Any, T]) -> T:
+def drive(conn: Connection, op: Generator[tuple[Runnable, Mapping[str, Any]], Any, T]) -> T:
     """Run a sans-IO operation on ``conn``; what it returns.
 
     ``op`` yields ``(binding, values)`` calls and is sent each one's result;
@@ -97,6 +129,6 @@ def drive(conn: Connection, op: Generator[tuple[Binding, Mapping[str, Any]], Any
             return stop.value  # type: ignore[no-any-return]
         error = None
         try:
-            result = run(conn, binding, values)
+            result = run(conn, binding, **values)
         except ToolkitError as exc:
             error = exc

@@ -8,6 +8,7 @@ Connection strings themselves (parsing, masking, describing) are
 
 from __future__ import annotations
 
+import re
 from typing import Literal, NoReturn
 
 import psycopg
@@ -15,6 +16,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import PoolTimeout
 
 from toolkit.db.conninfo import describe_target
+from toolkit.db.tenancy import TENANT_REQUIRED_SQLSTATE
 from toolkit.errors import (
     ConfigurationError,
     Conflict,
@@ -22,6 +24,8 @@ from toolkit.errors import (
     InvalidInput,
     InvalidReference,
     RetryableConflict,
+    TenantMismatch,
+    TenantRequired,
     ToolkitError,
     Unavailable,
 )
@@ -49,9 +53,30 @@ def translate_error(exc: BaseException, context: str) -> ToolkitError:
     return error
 
 
+_RLS_REFUSED_ROW = re.compile(r'violates row-level security policy.* for table "(?P<table>[^"]+)"')
+"""A WITH CHECK failure: "new row violates row-level security policy ... for table "t"".
+Other SQLSTATE 42501 messages (a missing privilege, or "query would be affected by
+row-level security policy" under row_security = off) are not a tenant mismatch."""
+
+
 def _translated(exc: psycopg.Error, context: str) -> ToolkitError:
     state = exc.sqlstate or ""
     primary = exc.diag.message_primary or str(exc).strip().splitlines()[0]
+    if state == TENANT_REQUIRED_SQLSTATE:
+        return TenantRequired(
+            f"{context}: no tenant is set for this transaction, and row-level security "
+            "needs one; run it in Database.transaction(tenant=...) or "
+            "Database.connection(tenant=...)"
+        )
+    refused_row = _RLS_REFUSED_ROW.search(primary) if state == "42501" else None
+    if refused_row:
+        # The server's message names the table and policy, never the row's values.
+        table = refused_row["table"]
+        return TenantMismatch(
+            f"{context}: the row names another tenant than the transaction's, so row-level "
+            f'security on table "{table}" refused it; nothing was written',
+            table=table,
+        )
     if isinstance(exc, pg_errors.UniqueViolation):
         return Conflict(f"{context}: {primary}")
     if isinstance(exc, pg_errors.ForeignKeyViolation):

@@ -5,7 +5,8 @@ naming the field), :func:`validate_patch`, :func:`parse_id` /
 :func:`parse_ids`, :func:`check_int`, :func:`check_limit`, :func:`check_count`,
 :func:`check_retention`, :func:`check_search_text`, :func:`jsonb`, the
 keyset cursor tokens (:func:`encode_cursor`, :func:`decode_cursor`) and
-partial updates (:data:`UNSET`, :func:`patch_params`). Re-exported by
+partial updates (:data:`UNSET`, :func:`patch_params`, :class:`GuardedUpdate`),
+and :class:`AuditWrite`, what ``audit=`` takes. Re-exported by
 :mod:`toolkit.db.patterns` and :mod:`toolkit.aio.db.patterns`.
 """
 
@@ -15,15 +16,26 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Annotated, Any, Final, TypeVar
+from typing import (
+    Annotated,
+    Any,
+    Final,
+    NamedTuple,
+    NotRequired,
+    Protocol,
+    Required,
+    TypedDict,
+    TypeVar,
+    runtime_checkable,
+)
 from uuid import UUID
 
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from toolkit.db.bind import Exec, One
 from toolkit.errors import InvalidInput, bounded_repr
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,15 +65,44 @@ class Unset:
 
 
 UNSET: Final = Unset()
-"""Default of every update argument: the field is not changed. ``None`` sets NULL."""
+"""An update argument that leaves its field as it is, like leaving it out. ``None`` sets NULL."""
 
 
-@dataclass(frozen=True)
-class Audit:
-    """Who made a change, for the audit event a repository write records with it."""
+class AuditStatement(NamedTuple):
+    """The statement that appends a change's audit event (a ``:one`` that returns
+    it, or an ``:exec``), and its values."""
 
-    actor_id: UUID | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    binding: One[Any] | Exec
+    values: Mapping[str, Any]
+
+
+@runtime_checkable
+class AuditWrite(Protocol):
+    """What a write's ``audit=`` takes: the audit event it records with its change.
+
+    This layer knows no audit log: :meth:`event` names the statement that
+    appends the event, and the write runs it after the change, in the same
+    transaction (:func:`toolkit.aio.db.patterns.atomic`).
+    :class:`toolkit.repositories.Audit` is the toolkit's.
+    """
+
+    def event(
+        self, action: str, entity_id: UUID | None, details: Mapping[str, Any]
+    ) -> AuditStatement:
+        """The statement recording ``action`` (``<entity>.<verb>``) on ``entity_id``."""
+        ...
+
+
+class GuardedUpdate(TypedDict):
+    """The keywords of every optimistic ``update`` besides the fields it changes.
+
+    An entity's update arguments extend it with those fields (``total=False``);
+    :class:`~toolkit.aio.db.patterns.Entity` takes the added keys as its
+    patchable columns.
+    """
+
+    expected_version: Required[int]
+    audit: NotRequired[AuditWrite | None]
 
 
 def _location(loc: tuple[int | str, ...], model: type[BaseModel]) -> str:

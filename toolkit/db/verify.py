@@ -353,4 +353,80 @@ def verify(
     for query in queries if queries is not None else registry():
         if query.name not in bound:
             problems.append(Problem(query.location, query.name, "no function binds it"))
+    problems.extend(tenancy_problems(conn))
+    return problems
+
+
+_TENANT_OWNED = """
+SELECT
+    c.oid::regclass::text,
+    c.relrowsecurity,
+    c.relforcerowsecurity,
+    array(
+        SELECT p.polcmd::text FROM pg_policy AS p WHERE p.polrelid = c.oid ORDER BY 1
+    )
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+WHERE
+    c.relkind IN ('r', 'p')
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+    AND n.nspname NOT LIKE 'pg\\_%'
+    AND NOT c.relispartition
+ORDER BY 1
+"""
+
+_VIEWS_OVER_TENANT_TABLES = """
+SELECT DISTINCT v.oid::regclass::text, t.oid::regclass::text
+FROM pg_class AS v
+JOIN pg_rewrite AS r ON r.ev_class = v.oid
+JOIN pg_depend AS d ON d.objid = r.oid AND d.classid = 'pg_rewrite'::regclass
+JOIN pg_class AS t ON t.oid = d.refobjid AND t.oid <> v.oid
+JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+WHERE
+    v.relkind IN ('v', 'm')
+    AND (v.relkind = 'm' OR NOT coalesce(v.reloptions, '{}') @> '{security_invoker=true}')
+ORDER BY 1, 2
+"""
+
+_VERBS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE"}
+"""pg_policy.polcmd: the verb a policy covers (``*`` covers all four)."""
+
+
+def tenancy_problems(conn: psycopg.Connection[Any]) -> list[Problem]:
+    """Tenant-owned tables the database does not fully guard, and views that bypass them.
+
+    A table is tenant-owned when it has a ``tenant_id`` column. Each must
+    have row level security enabled and forced (else its owner reads every
+    tenant's rows) and a policy for each of SELECT, INSERT, UPDATE and
+    DELETE (a verb without one is refused silently: no rows, or an error
+    that names no tenant). A view or materialized view reading one runs with
+    its owner's rights, bypassing the policies, unless it is a view with
+    ``security_invoker``; a materialized view always does. The toolkit's own
+    tables and those ``toolkit_make_tenant_owned()`` made pass.
+    """
+    problems: list[Problem] = []
+    for table, enabled, forced, commands in conn.execute(_TENANT_OWNED).fetchall():
+        where = f"table {table}"
+        if not enabled:
+            problems.append(
+                Problem(where, "tenancy", "has tenant_id but row level security is off")
+            )
+        elif not forced:
+            problems.append(
+                Problem(where, "tenancy", "row level security is not FORCEd: its owner bypasses it")
+            )
+        covered = set(_VERBS.values()) if "*" in commands else {_VERBS[c] for c in commands}
+        missing = [verb for verb in _VERBS.values() if verb not in covered]
+        if missing:
+            problems.append(Problem(where, "tenancy", f"no policy for {', '.join(missing)}"))
+    for view, table in conn.execute(_VIEWS_OVER_TENANT_TABLES).fetchall():
+        problems.append(
+            Problem(
+                f"view {view}",
+                "tenancy",
+                f"reads tenant-owned {table} with its owner's rights, bypassing the "
+                "policies: ALTER VIEW ... SET (security_invoker = true)",
+            )
+        )
     return problems

@@ -11,10 +11,11 @@ parameters) and receive each call's result (a list of records, or the row
 count of an ``:exec``). :func:`run` drives one on a connection (or in a
 transaction) of a :class:`~toolkit.db.Database`, :func:`arun` of an
 :class:`~toolkit.aio.db.database.AsyncDatabase`, with the drivers' one drive
-loop per mode; the SQL text is the registry's in both cases. A
-failing statement is thrown into the generator, which may catch it (a put
-whose delta base vanished retries with the whole value) or let it out as
-a toolkit exception.
+loop per mode, as the tenant the run's config names (thread ids are per
+tenant); the SQL text is the registry's in both cases. A failing statement
+is thrown into the generator, which may catch it (a put whose delta base
+vanished goes on in a new unit of work with the whole value:
+:class:`Restart`) or let it out as a toolkit exception.
 """
 
 from __future__ import annotations
@@ -25,23 +26,28 @@ from collections import OrderedDict
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
+from uuid import UUID
 
 from toolkit.aio.db import drivers as async_drivers
 from toolkit.aio.db.database import AsyncDatabase
 from toolkit.db import drivers
-from toolkit.db.bind import Binding, Exec, Many, Scalar
+from toolkit.db.bind import Exec, Many, Runnable, Scalar
 from toolkit.db.database import Database
+from toolkit.errors import TenantRequired
 from toolkit.records import Record
 
 T = TypeVar("T")
 
 __all__ = [
+    "TENANT_KEY",
     "Call",
     "InsertedChannel",
     "LgRow",
     "Op",
+    "Restart",
     "Tail",
     "TailCache",
+    "TailKey",
     "ThreadCount",
     "ThreadId",
     "array_header",
@@ -149,7 +155,7 @@ TABLES_READY = Scalar("langgraph.tables_ready", bool, ())
 class Call(NamedTuple):
     """One statement of an operation: a binding and its parameters."""
 
-    binding: Binding
+    binding: Runnable
     params: dict[str, Any]
 
 
@@ -157,16 +163,60 @@ Op = Generator[Call, Any, T]
 """An operation: yields calls, receives each one's result, returns its own."""
 
 
-def run(db: Database, op: Op[T], *, transaction: bool = False) -> T:
-    """Run ``op`` on a connection of ``db`` (inside one of its transactions if asked)."""
-    with db.transaction() if transaction else db.connection() as conn:
-        return drivers.drive(conn, op)
+TENANT_KEY: Final = "tenant_id"
+"""The key of a run config's ``configurable`` that names the run's tenant (a UUID or its text)."""
+
+_WHERE_THE_TENANT_GOES: Final = (
+    f"the LangGraph saver takes it from the run config's configurable[{TENANT_KEY!r}], and "
+    "from tenant= in delete_thread, copy_thread, prune, delete_for_runs and retain"
+)
 
 
-async def arun(db: AsyncDatabase, op: Op[T], *, transaction: bool = False) -> T:
-    """Run ``op`` on a connection of ``db`` (inside one of its transactions if asked)."""
-    async with db.transaction() if transaction else db.connection() as conn:
-        return await async_drivers.drive(conn, op)
+class Restart(Exception):
+    """Raised by an operation to go on with ``then`` in a new unit of work.
+
+    A failed statement ends the transaction it ran in (and with a tenant,
+    every unit of work is a transaction), so an operation that recovers from
+    one (a put whose delta base vanished) cannot go on on the same connection.
+    """
+
+    def __init__(self, then: Op[Any]) -> None:
+        super().__init__("restart the operation in a new unit of work")
+        self.then = then
+
+
+def run(db: Database, op: Op[T], *, tenant: UUID | None = None, transaction: bool = False) -> T:
+    """Run ``op`` on a connection of ``db`` (in one of its transactions if asked) as ``tenant``.
+
+    With a tenant the connection's block is one transaction of that tenant
+    (:meth:`~toolkit.db.Database.connection`); without one, as the role's
+    own (the default tenant, or :class:`~toolkit.errors.TenantRequired`
+    where row-level security binds the role; its message says where the
+    saver takes the tenant from). A :class:`Restart` goes on in a new unit
+    of work.
+    """
+    while True:
+        try:
+            with db.transaction(tenant) if transaction else db.connection(tenant) as conn:
+                return drivers.drive(conn, op)
+        except Restart as restart:
+            op = restart.then
+        except TenantRequired as exc:
+            raise TenantRequired(f"{exc}; {_WHERE_THE_TENANT_GOES}") from exc
+
+
+async def arun(
+    db: AsyncDatabase, op: Op[T], *, tenant: UUID | None = None, transaction: bool = False
+) -> T:
+    """Async :func:`run`, on an :class:`~toolkit.aio.db.database.AsyncDatabase`."""
+    while True:
+        try:
+            async with db.transaction(tenant) if transaction else db.connection(tenant) as conn:
+                return await async_drivers.drive(conn, op)
+        except Restart as restart:
+            op = restart.then
+        except TenantRequired as exc:
+            raise TenantRequired(f"{exc}; {_WHERE_THE_TENANT_GOES}") from exc
 
 
 # -- append-only lists as deltas -------------------------------------------------
@@ -306,8 +356,17 @@ def join_segments(segments: list[tuple[int, int | None, bytes]]) -> bytes:
     return b"".join(parts)
 
 
+TailKey = tuple[str, str, str, str]
+"""(tenant, thread, namespace, channel) of a list channel; the tenant is ``""`` without one.
+
+The tenant leads because thread ids are per tenant: another tenant's
+thread of the same id has versions of the same names holding other values,
+so a delta must never be planned on its tail.
+"""
+
+
 class TailCache:
-    """The newest written version of each list channel, per (thread, namespace, channel).
+    """The newest written version of each list channel, per :data:`TailKey`.
 
     Bounded (least recently used entries go first) and safe to share
     between threads. A miss only costs storage: the next value is written
@@ -315,36 +374,36 @@ class TailCache:
     """
 
     def __init__(self, max_entries: int = 4096) -> None:
-        self._entries: OrderedDict[tuple[str, str, str], Tail] = OrderedDict()
+        self._entries: OrderedDict[TailKey, Tail] = OrderedDict()
         self._max = max_entries
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str, str]) -> Tail | None:
+    def get(self, key: TailKey) -> Tail | None:
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
             return found
 
-    def put(self, key: tuple[str, str, str], tail: Tail) -> None:
+    def put(self, key: TailKey, tail: Tail) -> None:
         with self._lock:
             self._entries[key] = tail
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def discard(self, key: tuple[str, str, str]) -> None:
+    def discard(self, key: TailKey) -> None:
         with self._lock:
             self._entries.pop(key, None)
 
-    def forget_threads(self, thread_ids: list[str] | None) -> None:
-        """Drop the entries of these threads (of every thread when None)."""
+    def forget_threads(self, tenant: str, thread_ids: list[str] | None) -> None:
+        """Drop the entries of these threads of ``tenant`` (of every thread when None)."""
         with self._lock:
             if thread_ids is None:
                 self._entries.clear()
                 return
-            wanted = set(thread_ids)
-            for key in [key for key in self._entries if key[0] in wanted]:
+            wanted = {(tenant, thread_id) for thread_id in thread_ids}
+            for key in [key for key in self._entries if key[:2] in wanted]:
                 del self._entries[key]
 
     def __len__(self) -> int:

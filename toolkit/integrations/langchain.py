@@ -19,7 +19,13 @@ what that cache does:
 * prompts or answers holding a secret (an API key, a private key, ...)
   are never stored;
 * ``clear()`` invalidates the namespace in O(1) (``clear(model=...)`` one
-  model); entries expire after the cache's TTL.
+  model); entries expire after the cache's TTL;
+* a cache built with a tenant (``from_client(client, tenant=...)``, or
+  :meth:`ToolkitLLMCache.for_tenant`) reads and writes that tenant's entries
+  only, and ``clear()`` invalidates that tenant's alone; without one, every
+  caller shares one namespace. LangChain's global cache (``set_llm_cache``)
+  is one per process, so a multi-tenant application passes the tenant's
+  cache to each model instead: ``ChatOpenAI(cache=cache.for_tenant(t))``.
 
 LangChain caches every call its user sent through a cached model, so the
 cache this module builds (:meth:`ToolkitLLMCache.from_client`) stores
@@ -41,6 +47,7 @@ import ast
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+from uuid import UUID
 
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.errors import InvalidInput
@@ -75,7 +82,8 @@ class ToolkitLLMCache(BaseCache):
 
     ``llm_cache``
         The LLM cache to use (its client's namespace, TTL, breaker and
-        counters are shared with every other user of it).
+        counters are shared with every other user of it); its tenant, if
+        it is bound to one (:meth:`LLMCache.for_tenant`), is this cache's.
     """
 
     def __init__(self, llm_cache: LLMCache) -> None:
@@ -84,15 +92,35 @@ class ToolkitLLMCache(BaseCache):
         self.llm_cache = llm_cache
 
     @classmethod
-    def from_client(cls, client: CacheClient, **options: Any) -> ToolkitLLMCache:
-        """A cache over a new ``LLMCache(client, **options)``; sampling calls are cached too."""
+    def from_client(
+        cls, client: CacheClient, *, tenant: UUID | str | None = None, **options: Any
+    ) -> ToolkitLLMCache:
+        """A cache over a new ``LLMCache(client, tenant=tenant, **options)``; sampling calls
+        are cached too. ``tenant`` None is the shared namespace."""
         options.setdefault("cache_nondeterministic", True)
-        return cls(LLMCache(client, **options))
+        return cls(LLMCache(client, tenant=tenant, **options))
 
     @classmethod
-    def from_url(cls, url: str, *, namespace: str = "langchain", **options: Any) -> ToolkitLLMCache:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str = "langchain",
+        tenant: UUID | str | None = None,
+        **options: Any,
+    ) -> ToolkitLLMCache:
         """A cache on the Redis at ``url`` under ``namespace`` (see :meth:`from_client`)."""
-        return cls.from_client(CacheClient.from_url(url, namespace=namespace), **options)
+        client = CacheClient.from_url(url, namespace=namespace)
+        return cls.from_client(client, tenant=tenant, **options)
+
+    @property
+    def tenant(self) -> UUID | None:
+        """The tenant whose entries this cache serves; None for the shared namespace."""
+        return self.llm_cache.tenant
+
+    def for_tenant(self, tenant: UUID | str) -> ToolkitLLMCache:
+        """This cache bound to ``tenant`` (cheap: see :meth:`LLMCache.for_tenant`)."""
+        return type(self)(self.llm_cache.for_tenant(tenant))
 
     def request(self, prompt: str, llm_string: str) -> dict[str, Any]:
         """The request the entry of (``prompt``, ``llm_string``) is keyed on.
@@ -135,7 +163,8 @@ class ToolkitLLMCache(BaseCache):
             _log.warning("not caching LangChain generations: %s", exc)
 
     def clear(self, **kwargs: Any) -> None:
-        """Invalidate every entry of the namespace, or of one model with ``clear(model=...)``."""
+        """Invalidate every entry of this cache's tenant (or of the shared namespace), or of
+        one model with ``clear(model=...)``."""
         model = kwargs.get("model")
         if model is not None:
             self.llm_cache.invalidate_model(str(model))

@@ -54,6 +54,24 @@ anything else raises ``DeserializationRefused`` without importing it. So a
 login that can write ``lg_blobs`` or ``lg_writes`` cannot make the workers
 that load a thread run code.
 
+Tenants
+-------
+Thread ids are per tenant. A run names its tenant in its config, as
+``config["configurable"]["tenant_id"]`` (:data:`TENANT_KEY`: a UUID or its
+text), and each call runs in one transaction of that tenant
+(``Database.connection(tenant=...)``), so row-level security shows and
+accepts that tenant's checkpoints only: two tenants may both run thread
+``"t1"`` and neither sees the other's, and ``list`` without a thread id
+lists the tenant's own. The configs the saver returns carry the tenant,
+so a checkpoint's config reads it again; it is not copied into the
+checkpoint's metadata (the row's ``tenant_id`` holds it). The methods that
+take thread or run ids instead of a config (``delete_thread``,
+``copy_thread``, ``prune``, ``delete_for_runs``, ``retain``) take it as
+``tenant=``. Without a tenant a call runs as the role's own: as a
+superuser or the tables' owner (one workspace), on the default tenant's
+threads; as the application role, the database refuses it with
+:class:`~toolkit.errors.TenantRequired`, never an empty answer.
+
 Retention
 ---------
 ``prune`` (LangGraph's API: ``keep_latest`` or ``delete``) and
@@ -83,13 +101,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, cast
+from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
 from toolkit.aio.db.database import AsyncDatabase
 from toolkit.config import Settings, default_settings
 from toolkit.db.database import Database
-from toolkit.errors import ConfigurationError, InvalidInput, InvalidReference
+from toolkit.errors import ConfigurationError, InvalidInput, InvalidReference, TenantMismatch
 from toolkit.integrations.checkpoint_store import (
     COLLECT_BLOBS,
     COPY_THREAD,
@@ -103,13 +122,16 @@ from toolkit.integrations.checkpoint_store import (
     PUT,
     PUT_WRITES,
     TABLES_READY,
+    TENANT_KEY,
     UPSERT_WRITES,
     Call,
     InsertedChannel,
     LgRow,
     Op,
+    Restart,
     Segment,
     TailCache,
+    TailKey,
     ThreadCount,
     ThreadId,
     arun,
@@ -117,6 +139,7 @@ from toolkit.integrations.checkpoint_store import (
     plan_list,
     run,
 )
+from toolkit.tenants import tenant_id
 
 try:
     from langchain_core.runnables import RunnableConfig
@@ -139,7 +162,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "pip install 'agent-persistence-toolkit[langgraph]'"
     ) from exc
 
-__all__ = ["PRUNE_STRATEGIES", "RetentionReport", "ToolkitCheckpointSaver"]
+__all__ = ["PRUNE_STRATEGIES", "TENANT_KEY", "RetentionReport", "ToolkitCheckpointSaver"]
 
 PRUNE_STRATEGIES: Final = ("keep_latest", "delete")
 _LATEST: Final = "\U0010ffff"
@@ -201,6 +224,10 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         serializer (wrap a ``StrictSerializer``) stores every version whole.
     ``tail_cache_size``
         How many list channels the process remembers for deltas.
+
+    Each call runs as the tenant its run config names in
+    ``configurable["tenant_id"]`` (the thread-id methods: ``tenant=``), so
+    thread ids are per tenant; see the module docstring.
 
     Use :meth:`from_settings` to build one from the toolkit's settings, and
     ``with`` / ``async with`` (or :meth:`close` / :meth:`aclose`) to release
@@ -301,7 +328,8 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (or the thread namespace's newest), or None."""
-        return run(self.database, self._get(config))
+        tenant = _tenant_of(config)
+        return run(self.database, self._get(tenant, config), tenant=tenant)
 
     def list(
         self,
@@ -311,8 +339,11 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        """Checkpoints matching the filters, newest first."""
-        yield from run(self.database, self._list(config, filter, before, limit))
+        """Checkpoints matching the filters, newest first (of the config's tenant only)."""
+        tenant = _tenant_of(config)
+        yield from run(
+            self.database, self._list(tenant, config, filter, before, limit), tenant=tenant
+        )
 
     def put(
         self,
@@ -322,7 +353,9 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and the channel values of ``new_versions``; one round trip."""
-        return run(self.database, self._put(config, checkpoint, metadata, new_versions))
+        tenant = _tenant_of(config)
+        op = self._put(tenant, config, checkpoint, metadata, new_versions)
+        return run(self.database, op, tenant=tenant)
 
     def put_writes(
         self,
@@ -334,27 +367,38 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Store a task's pending writes for the checkpoint ``config`` names."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            run(self.database, _single(call))
+            run(self.database, _single(call), tenant=_tenant_of(config))
 
-    def delete_thread(self, thread_id: str) -> None:
-        """Delete every checkpoint, value and write of a thread."""
-        self._tails.forget_threads([str(thread_id)])
-        run(self.database, _single(_delete_threads_call([str(thread_id)])))
+    def delete_thread(self, thread_id: str, *, tenant: UUID | str | None = None) -> None:
+        """Delete every checkpoint, value and write of a thread (of ``tenant``)."""
+        scoped = _scoped(tenant)
+        run(self.database, self._delete_thread(scoped, thread_id), tenant=scoped)
 
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints (with their writes and unread values) of these runs."""
+    def delete_for_runs(self, run_ids: Sequence[str], *, tenant: UUID | str | None = None) -> None:
+        """Delete the checkpoints (with their writes and unread values) of ``tenant``'s runs."""
+        scoped = _scoped(tenant)
         if run_ids:
-            run(self.database, self._delete_runs(run_ids), transaction=True)
+            run(self.database, self._delete_runs(scoped, run_ids), tenant=scoped, transaction=True)
 
-    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Copy every checkpoint, value and write of a thread to another thread id."""
-        run(self.database, _single(_copy_call(source_thread_id, target_thread_id)))
+    def copy_thread(
+        self, source_thread_id: str, target_thread_id: str, *, tenant: UUID | str | None = None
+    ) -> None:
+        """Copy every checkpoint, value and write of a thread to another thread id of ``tenant``."""
+        op = _single(_copy_call(source_thread_id, target_thread_id))
+        run(self.database, op, tenant=_scoped(tenant))
 
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+    def prune(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        strategy: str = "keep_latest",
+        tenant: UUID | str | None = None,
+    ) -> None:
         """Keep only the newest checkpoint per namespace (``keep_latest``) or ``delete`` all."""
-        op = self._prune(thread_ids, strategy)
+        scoped = _scoped(tenant)
+        op = self._prune(scoped, thread_ids, strategy)
         if op is not None:
-            run(self.database, op, transaction=True)
+            run(self.database, op, tenant=scoped, transaction=True)
 
     def retain(
         self,
@@ -362,8 +406,9 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         keep_last: int | None = None,
         idle_for: timedelta | None = None,
         thread_ids: Sequence[str] | None = None,
+        tenant: UUID | str | None = None,
     ) -> RetentionReport:
-        """Apply a retention policy in one transaction.
+        """Apply a retention policy to ``tenant``'s threads in one transaction.
 
         ``keep_last``: keep the newest N checkpoints of each namespace of each
         thread (of ``thread_ids``, or every thread), except threads whose
@@ -371,14 +416,18 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         channel is rebuilt from earlier checkpoints' writes). ``idle_for``:
         delete every thread whose newest checkpoint is older than that, of
         any thread. Values no kept checkpoint reads any more go with them.
+        Without a tenant: the role's own threads (see the module docstring).
         """
-        return run(self.database, self._retain(keep_last, idle_for, thread_ids), transaction=True)
+        scoped = _scoped(tenant)
+        op = self._retain(scoped, keep_last, idle_for, thread_ids)
+        return run(self.database, op, tenant=scoped, transaction=True)
 
     # -- LangGraph API: async --------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """Async :meth:`get_tuple`."""
-        return await arun(self.async_database, self._get(config))
+        tenant = _tenant_of(config)
+        return await arun(self.async_database, self._get(tenant, config), tenant=tenant)
 
     async def alist(
         self,
@@ -389,7 +438,9 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
         """Async :meth:`list`."""
-        for item in await arun(self.async_database, self._list(config, filter, before, limit)):
+        tenant = _tenant_of(config)
+        op = self._list(tenant, config, filter, before, limit)
+        for item in await arun(self.async_database, op, tenant=tenant):
             yield item
 
     async def aput(
@@ -400,9 +451,9 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Async :meth:`put`."""
-        return await arun(
-            self.async_database, self._put(config, checkpoint, metadata, new_versions)
-        )
+        tenant = _tenant_of(config)
+        op = self._put(tenant, config, checkpoint, metadata, new_versions)
+        return await arun(self.async_database, op, tenant=tenant)
 
     async def aput_writes(
         self,
@@ -414,27 +465,41 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Async :meth:`put_writes`."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            await arun(self.async_database, _single(call))
+            await arun(self.async_database, _single(call), tenant=_tenant_of(config))
 
-    async def adelete_thread(self, thread_id: str) -> None:
+    async def adelete_thread(self, thread_id: str, *, tenant: UUID | str | None = None) -> None:
         """Async :meth:`delete_thread`."""
-        self._tails.forget_threads([str(thread_id)])
-        await arun(self.async_database, _single(_delete_threads_call([str(thread_id)])))
+        scoped = _scoped(tenant)
+        await arun(self.async_database, self._delete_thread(scoped, thread_id), tenant=scoped)
 
-    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+    async def adelete_for_runs(
+        self, run_ids: Sequence[str], *, tenant: UUID | str | None = None
+    ) -> None:
         """Async :meth:`delete_for_runs`."""
+        scoped = _scoped(tenant)
         if run_ids:
-            await arun(self.async_database, self._delete_runs(run_ids), transaction=True)
+            op = self._delete_runs(scoped, run_ids)
+            await arun(self.async_database, op, tenant=scoped, transaction=True)
 
-    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+    async def acopy_thread(
+        self, source_thread_id: str, target_thread_id: str, *, tenant: UUID | str | None = None
+    ) -> None:
         """Async :meth:`copy_thread`."""
-        await arun(self.async_database, _single(_copy_call(source_thread_id, target_thread_id)))
+        op = _single(_copy_call(source_thread_id, target_thread_id))
+        await arun(self.async_database, op, tenant=_scoped(tenant))
 
-    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+    async def aprune(
+        self,
+        thread_ids: Sequence[str],
+        *,
+        strategy: str = "keep_latest",
+        tenant: UUID | str | None = None,
+    ) -> None:
         """Async :meth:`prune`."""
-        op = self._prune(thread_ids, strategy)
+        scoped = _scoped(tenant)
+        op = self._prune(scoped, thread_ids, strategy)
         if op is not None:
-            await arun(self.async_database, op, transaction=True)
+            await arun(self.async_database, op, tenant=scoped, transaction=True)
 
     async def aretain(
         self,
@@ -442,11 +507,12 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         keep_last: int | None = None,
         idle_for: timedelta | None = None,
         thread_ids: Sequence[str] | None = None,
+        tenant: UUID | str | None = None,
     ) -> RetentionReport:
         """Async :meth:`retain`."""
-        return await arun(
-            self.async_database, self._retain(keep_last, idle_for, thread_ids), transaction=True
-        )
+        scoped = _scoped(tenant)
+        op = self._retain(scoped, keep_last, idle_for, thread_ids)
+        return await arun(self.async_database, op, tenant=scoped, transaction=True)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         """The next version of a channel: a zero-padded counter and a random fraction.
@@ -465,7 +531,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     # -- operations (run sync or async) -----------------------------------------------
 
-    def _get(self, config: RunnableConfig) -> Op[CheckpointTuple | None]:
+    def _get(self, tenant: UUID | None, config: RunnableConfig) -> Op[CheckpointTuple | None]:
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = str(configurable.get("checkpoint_ns") or "")
@@ -478,7 +544,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "upper": str(wanted) if wanted else _LATEST,
             },
         )
-        tuples = self._tuples(rows)
+        tuples = self._tuples(tenant, rows)
         if not tuples:
             return None
         found = tuples[0]
@@ -488,6 +554,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _list(
         self,
+        tenant: UUID | None,
         config: RunnableConfig | None,
         filter: dict[str, Any] | None,
         before: RunnableConfig | None,
@@ -511,15 +578,19 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "limit": None if limit is None else max(0, limit),
             },
         )
-        return self._tuples(rows)
+        return self._tuples(tenant, rows)
 
     def _put(
         self,
+        tenant: UUID | None,
         config: RunnableConfig,
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
+        *,
+        whole: bool = False,
     ) -> Op[RunnableConfig]:
+        """Store a checkpoint; lists as deltas on a remembered tail they extend unless ``whole``."""
         configurable = config["configurable"]
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = str(configurable.get("checkpoint_ns") or "")
@@ -533,9 +604,9 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             version = str(raw_version)
             type_, data = self.serde.dumps_typed(value)
             segment = None
-            key = (thread_id, checkpoint_ns, channel)
+            key = _tail_key(tenant, thread_id, checkpoint_ns, channel)
             if type_ == "msgpack" and isinstance(value, list):
-                segment = plan_list(data, version, self._tails.get(key))
+                segment = plan_list(data, version, None if whole else self._tails.get(key))
             else:
                 self._tails.discard(key)
             rows.append(_Row(channel, version, type_, data, segment))
@@ -547,36 +618,35 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             "parent_checkpoint_id": None if parent_id is None else str(parent_id),
             "checkpoint": _jsonb(stored, "checkpoint"),
             "metadata": _jsonb(
-                dict(get_serializable_checkpoint_metadata(config, metadata)), "metadata"
+                dict(get_serializable_checkpoint_metadata(_without_tenant(config), metadata)),
+                "metadata",
             ),
         }
         try:
             inserted: builtins.list[InsertedChannel] = yield Call(
                 PUT, {**params, **_blob_arrays(rows)}
             )
+        except TenantMismatch:
+            raise  # a row of another tenant: never retried
         except InvalidReference:
-            # A delta's base was deleted meanwhile (retention): store values whole.
-            for row in rows:
-                if row.segment is not None:
-                    row.segment = plan_list(row.data, row.version, None)
-            inserted = yield Call(PUT, {**params, **_blob_arrays(rows)})
+            if whole or not any(row.segment and row.segment.base_version for row in rows):
+                raise
+            # A delta's base was deleted meanwhile (retention): store the values whole,
+            # in a new unit of work (the failed statement ended this one's transaction).
+            raise Restart(
+                self._put(tenant, config, checkpoint, metadata, new_versions, whole=True)
+            ) from None
         written = {item.channel for item in inserted}
         for row in rows:
             if row.segment is None:
                 continue
-            key = (thread_id, checkpoint_ns, row.channel)
+            key = _tail_key(tenant, thread_id, checkpoint_ns, row.channel)
             tail = row.segment.tail
             if row.channel in written and tail is not None:
                 self._tails.put(key, tail)
             else:
                 self._tails.discard(key)
-        return {
-            "configurable": {
-                "thread_id": thread_id,
-                "checkpoint_ns": checkpoint_ns,
-                "checkpoint_id": str(checkpoint["id"]),
-            }
-        }
+        return _config(tenant, thread_id, checkpoint_ns, str(checkpoint["id"]))
 
     def _writes_call(
         self,
@@ -611,16 +681,22 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             },
         )
 
-    def _delete_runs(self, run_ids: Sequence[str]) -> Op[None]:
+    def _delete_thread(self, tenant: UUID | None, thread_id: str) -> Op[None]:
+        self._tails.forget_threads(_tenant_text(tenant), [str(thread_id)])
+        yield _delete_threads_call([str(thread_id)])
+
+    def _delete_runs(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
         touched: builtins.list[ThreadCount] = yield Call(
             DELETE_RUNS, {"run_ids": [str(r) for r in run_ids]}
         )
         threads = [row.thread_id for row in touched]
         if threads:
             yield Call(COLLECT_BLOBS, {"thread_ids": threads})
-            self._tails.forget_threads(threads)
+            self._tails.forget_threads(_tenant_text(tenant), threads)
 
-    def _prune(self, thread_ids: Sequence[str], strategy: str) -> Op[Any] | None:
+    def _prune(
+        self, tenant: UUID | None, thread_ids: Sequence[str], strategy: str
+    ) -> Op[Any] | None:
         if strategy not in PRUNE_STRATEGIES:
             raise InvalidInput(
                 f"unknown prune strategy {strategy!r}; use one of {', '.join(PRUNE_STRATEGIES)}",
@@ -631,12 +707,13 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         if not ids:
             return None
         if strategy == "delete":
-            self._tails.forget_threads(ids)
+            self._tails.forget_threads(_tenant_text(tenant), ids)
             return _single(_delete_threads_call(ids))
-        return self._retain(1, None, ids, refuse_delta=True)
+        return self._retain(tenant, 1, None, ids, refuse_delta=True)
 
     def _retain(
         self,
+        tenant: UUID | None,
         keep_last: int | None,
         idle_for: timedelta | None,
         thread_ids: Sequence[str] | None,
@@ -676,7 +753,8 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             touched = [row.thread_id for row in trimmed]
             if touched:
                 values = yield Call(COLLECT_BLOBS, {"thread_ids": touched})
-        self._tails.forget_threads([row.thread_id for row in (*dropped, *trimmed)])
+        forgotten = [row.thread_id for row in (*dropped, *trimmed)]
+        self._tails.forget_threads(_tenant_text(tenant), forgotten)
         return RetentionReport(
             threads_dropped=tuple(sorted(row.thread_id for row in dropped)),
             checkpoints_deleted=sum(row.checkpoints for row in (*dropped, *trimmed)),
@@ -686,8 +764,10 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     # -- rows to tuples ---------------------------------------------------------
 
-    def _tuples(self, rows: builtins.list[LgRow]) -> builtins.list[CheckpointTuple]:
-        """Checkpoint tuples from a read's row stream, newest first."""
+    def _tuples(
+        self, tenant: UUID | None, rows: builtins.list[LgRow]
+    ) -> builtins.list[CheckpointTuple]:
+        """Checkpoint tuples from a read's row stream, newest first; configs name ``tenant``."""
         heads: builtins.list[LgRow] = []
         segments: dict[tuple[str, str, str, str], builtins.list[LgRow]] = {}
         writes: dict[tuple[str, str, str], builtins.list[LgRow]] = {}
@@ -721,11 +801,13 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             )
             result.append(
                 CheckpointTuple(
-                    config=_config(head.thread_id, head.checkpoint_ns, checkpoint_id),
+                    config=_config(tenant, head.thread_id, head.checkpoint_ns, checkpoint_id),
                     checkpoint=cast(Checkpoint, stored),
                     metadata=cast(CheckpointMetadata, head.metadata or {}),
                     parent_config=(
-                        _config(head.thread_id, head.checkpoint_ns, head.parent_checkpoint_id)
+                        _config(
+                            tenant, head.thread_id, head.checkpoint_ns, head.parent_checkpoint_id
+                        )
                         if head.parent_checkpoint_id
                         else None
                     ),
@@ -785,14 +867,45 @@ def _copy_call(source: str, target: str) -> Call:
     return Call(COPY_THREAD, {"source": str(source), "target": str(target)})
 
 
-def _config(thread_id: str, checkpoint_ns: str, checkpoint_id: str) -> RunnableConfig:
-    return {
-        "configurable": {
-            "thread_id": thread_id,
-            "checkpoint_ns": checkpoint_ns,
-            "checkpoint_id": checkpoint_id,
-        }
+def _config(
+    tenant: UUID | None, thread_id: str, checkpoint_ns: str, checkpoint_id: str
+) -> RunnableConfig:
+    """The config that names a checkpoint (and its tenant, when the call had one)."""
+    configurable: dict[str, Any] = {
+        "thread_id": thread_id,
+        "checkpoint_ns": checkpoint_ns,
+        "checkpoint_id": checkpoint_id,
     }
+    if tenant is not None:
+        configurable[TENANT_KEY] = str(tenant)
+    return {"configurable": configurable}
+
+
+def _scoped(tenant: UUID | str | None) -> UUID | None:
+    """A ``tenant=`` argument as a tenant id (InvalidInput if it is none), or None."""
+    return None if tenant is None else tenant_id(tenant)
+
+
+def _tenant_of(config: RunnableConfig | None) -> UUID | None:
+    """The tenant a run's config names under :data:`TENANT_KEY`, or None."""
+    return _scoped(((config or {}).get("configurable") or {}).get(TENANT_KEY))
+
+
+def _tenant_text(tenant: UUID | None) -> str:
+    return "" if tenant is None else str(tenant)
+
+
+def _tail_key(tenant: UUID | None, thread_id: str, checkpoint_ns: str, channel: str) -> TailKey:
+    return (_tenant_text(tenant), thread_id, checkpoint_ns, channel)
+
+
+def _without_tenant(config: RunnableConfig) -> RunnableConfig:
+    """``config`` without the tenant, whose key LangGraph would copy into the metadata."""
+    configurable = config.get("configurable") or {}
+    if TENANT_KEY not in configurable:
+        return config
+    kept = {key: value for key, value in configurable.items() if key != TENANT_KEY}
+    return cast(RunnableConfig, {**config, "configurable": kept})
 
 
 def _blob_arrays(rows: list[_Row]) -> dict[str, list[Any]]:

@@ -19,7 +19,17 @@ loop on first use; pass ``async_cleanup`` (``db.close``) to close them there
 when the worker stops. For each delivery:
 
 * a body that is not JSON, fails its model or lacks a UUID ``message_id`` is
-  parked at once, with the reason in its headers;
+  parked at once, with the reason in its headers; so is a message without
+  its tenant (``x-tenant-id``, reason ``missing-tenant``) or with one that is
+  not a UUID (``invalid-tenant``): no handler runs for it;
+* the handler gets the tenant as :attr:`Delivery.tenant` and runs its work in
+  :func:`toolkit.messaging.inbox.tenant_transaction` (``db.transaction(tenant=...)``;
+  :func:`~toolkit.messaging.inbox.transactional` does), so row-level security
+  keeps it, and its inbox record, in that tenant. A handler whose role the
+  policies do not bind (a superuser: single-workspace use) runs the default
+  tenant's messages without a tenant and refuses any other tenant's with
+  :class:`~toolkit.errors.TenancyUnavailable`, which parks the message at
+  once (reason ``tenancy-unavailable``): no retry gives the role a tenant;
 * a handler that returns is acked (after its transaction committed, so the
   effect is never lost; a crash before the ack redelivers the message and
   the inbox absorbs it);
@@ -69,7 +79,7 @@ from uuid import UUID
 import pika
 import pika.exceptions as pex
 
-from toolkit.errors import ToolkitError, Unavailable, bounded_repr
+from toolkit.errors import TenancyUnavailable, ToolkitError, Unavailable, bounded_repr
 from toolkit.leases import LeaseKeeper
 from toolkit.messaging.connection import (
     ConnectionOptions,
@@ -77,7 +87,7 @@ from toolkit.messaging.connection import (
     connect,
     translate,
 )
-from toolkit.messaging.models import MODELS, InvalidMessage, Message, decode
+from toolkit.messaging.models import MODELS, InvalidMessage, Message, decode, tenant_of
 from toolkit.messaging.publisher import Outgoing, Publisher
 from toolkit.messaging.topology import Topology, declare
 
@@ -98,6 +108,9 @@ class Delivery:
     """The logical queue, e.g. ``workflow.execute``."""
     message: Message
     message_id: UUID
+    tenant: UUID
+    """The tenant the message belongs to, from its ``x-tenant-id`` header; run the
+    work as it (:func:`toolkit.messaging.inbox.tenant_transaction`)."""
     retry_count: int
     """How many times it went down the retry ladder before this delivery, from
     0 to the ladder's length; a forged ``x-retry-count`` reads as the length."""
@@ -441,6 +454,7 @@ class Worker:
             self._park(incoming, "invalid-message", "message_id is not a UUID")
             return
         try:
+            tenant = tenant_of(headers)
             message = decode(queue, incoming.body, self.models)
         except InvalidMessage as exc:
             self._park(incoming, exc.reason, exc.detail)
@@ -449,6 +463,7 @@ class Worker:
             queue=queue,
             message=message,
             message_id=message_id,
+            tenant=tenant,
             retry_count=retry_count,
             redelivered=incoming.redelivered,
             headers=headers,
@@ -465,6 +480,10 @@ class Worker:
                 log.exception("worker: %s handler failed after acking %s", queue, message_id)
                 return
             log.warning("worker: %s handler failed on %s: %s", queue, message_id, exc)
+            if isinstance(exc, TenancyUnavailable):
+                # The role cannot run this tenant's work; no retry changes that.
+                self._park(incoming, "tenancy-unavailable", _text(exc), retry_count)
+                return
             if not trusted:
                 self._park(
                     incoming,
@@ -553,14 +572,26 @@ class Worker:
 class Periodic:
     """Runs ``fn`` every ``interval`` seconds on a daemon thread until stopped.
 
-    A :class:`~toolkit.leases.LeaseKeeper` whose renewal is ``fn`` and
-    never reports a loss: a failure is logged and the job runs again next time.
+    A :class:`~toolkit.leases.LeaseKeeper` whose renewal is ``fn``: a failure
+    is logged and the job runs again next time, except one of ``give_up_on``
+    (a failure the next run would repeat, such as a role not allowed the
+    job), which logs ``advice`` once and ends the job.
     """
 
-    def __init__(self, name: str, interval: float, fn: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        fn: Callable[[], object],
+        *,
+        give_up_on: tuple[type[Exception], ...] = (),
+        advice: str = "",
+    ) -> None:
         self.name = name
         self.interval = interval
         self.fn = fn
+        self.give_up_on = give_up_on
+        self.advice = advice
         self._keeper = LeaseKeeper(self._run_once, interval, name=name, stop_timeout=10.0)
 
     def start(self) -> Periodic:
@@ -570,9 +601,17 @@ class Periodic:
     def stop(self) -> None:
         self._keeper.stop()
 
+    @property
+    def ended(self) -> bool:
+        """True once the job gave up (one of ``give_up_on``)."""
+        return self._keeper.lost
+
     def _run_once(self) -> bool:
         try:
             self.fn()
+        except self.give_up_on as exc:
+            log.error("%s stopped (%s): %s", self.name, type(exc).__name__, self.advice)
+            return False
         except Exception:
             log.exception("%s failed; trying again in %.0fs", self.name, self.interval)
         return True

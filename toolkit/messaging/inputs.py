@@ -16,7 +16,7 @@ from typing import Any
 
 from toolkit.db.inputs import check_count
 from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.messaging.models import Message
+from toolkit.messaging.models import Message, refuse_tenant_header
 from toolkit.messaging.publisher import check_size
 
 NOTIFY_CHANNEL = "toolkit_outbox"
@@ -36,7 +36,8 @@ def _header_text(text: str) -> bool:
 
 def check_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """AMQP headers as stored and sent: at most 64 names of text, values of text,
-    whole numbers (64-bit), booleans or None; anything else is InvalidInput."""
+    whole numbers (64-bit), booleans or None; anything else is InvalidInput, and
+    so is :data:`~toolkit.messaging.models.TENANT_HEADER` (the relay sets it)."""
     if headers is None:
         return {}
     if not isinstance(headers, Mapping) or len(headers) > MAX_HEADERS:
@@ -60,6 +61,7 @@ def check_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
                 field="headers",
                 value=headers,
             )
+    refuse_tenant_header(headers)
     return dict(headers)
 
 

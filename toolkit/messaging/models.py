@@ -6,20 +6,33 @@ persistent delivery mode set by the publisher. The body carries
 ``schema_version``; a consumer decodes it with :func:`decode`, which
 refuses bodies that are not JSON, not an object, of an unknown version, or
 that fail the model.
+
+Every message names its tenant in the :data:`TENANT_HEADER` header, set by
+the toolkit (:func:`stamped`): the relay writes the outbox row's
+``tenant_id``, which row-level security gave the row, and a direct
+publisher the ``tenant`` it was passed. A caller's header of that name is
+refused (:func:`refuse_tenant_header`), and the body never says it. A
+consumer reads it with :func:`tenant_of`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from toolkit.errors import InvalidInput
 from toolkit.records import JsonObject, Text
+from toolkit.tenants import tenant_id
 
 CONTENT_TYPE = "application/json"
+
+TENANT_HEADER = "x-tenant-id"
+"""The header naming a message's tenant (the text of a UUID); only the toolkit sets it."""
 
 Action = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")]
 Entity = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -118,4 +131,37 @@ def decode(queue: str, body: bytes, models: dict[str, type[Message]] | None = No
         where = ".".join(str(part) for part in first["loc"]) or model.__name__
         raise InvalidMessage(
             "invalid-message", f"{model.__name__}.{where}: {first['msg']}"
+        ) from None
+
+
+def stamped(headers: Mapping[str, Any], tenant: UUID) -> dict[str, Any]:
+    """``headers`` with :data:`TENANT_HEADER` set to ``tenant``, whatever they said of it."""
+    return {**headers, TENANT_HEADER: str(tenant)}
+
+
+def refuse_tenant_header(headers: Mapping[str, Any]) -> None:
+    """InvalidInput if a caller's ``headers`` name the tenant: the toolkit sets it."""
+    if TENANT_HEADER in headers:
+        raise InvalidInput(
+            f"header {TENANT_HEADER!r} is set by the toolkit from the tenant the message "
+            "belongs to (the outbox row's, or a publisher's tenant=); leave it out",
+            field="headers",
+        )
+
+
+def tenant_of(headers: Mapping[str, Any]) -> UUID:
+    """The tenant a delivered message belongs to, from its :data:`TENANT_HEADER`.
+
+    Raises :class:`InvalidMessage` with reason ``missing-tenant`` (no header)
+    or ``invalid-tenant`` (not the text of a UUID); the value is not quoted.
+    """
+    if TENANT_HEADER not in headers:
+        raise InvalidMessage(
+            "missing-tenant", f"no {TENANT_HEADER} header: every message names its tenant"
+        )
+    try:
+        return tenant_id(headers[TENANT_HEADER])
+    except InvalidInput:
+        raise InvalidMessage(
+            "invalid-tenant", f"the {TENANT_HEADER} header is not the text of a UUID"
         ) from None

@@ -27,9 +27,11 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from toolkit.db.bind import Copy, Exec, One
+from toolkit.db.bind import Exec, One
 from toolkit.db.database import Connection
+from toolkit.db.drivers import run
 from toolkit.db.inputs import MAX_PRUNE_BATCH, check_count, check_retention, parse_id
+from toolkit.db.patterns import insert_rows
 from toolkit.messaging.inputs import (
     MAX_HEADER_TEXT,
     MAX_HEADERS,
@@ -43,6 +45,7 @@ from toolkit.messaging.inputs import (
 from toolkit.messaging.models import Message
 from toolkit.messaging.publisher import DEFAULT_MAX_MESSAGE_BYTES
 from toolkit.messaging.records import OutboxMessage, OutboxStats
+from toolkit.tenants import tenant_id
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -57,8 +60,8 @@ __all__ = [
     "stats",
 ]
 
-_enqueue = Exec("outbox.enqueue", ("id", "queue", "message_type", "body", "headers"))
-_enqueue_many = Copy("outbox.enqueue_many")
+_enqueue = Exec("outbox.enqueue", ("id", "tenant_id", "queue", "message_type", "body", "headers"))
+_enqueue_many = Exec("outbox.enqueue_many", ("ids", "queues", "message_types", "bodies"))
 _prune = Exec("outbox.prune", ("retention_seconds", "limit"))
 _stats = One("outbox.stats", OutboxStats, (), entity="outbox stats")
 _get = One("outbox.get", OutboxMessage, ("id",), entity="outbox message")
@@ -70,6 +73,7 @@ def enqueue(
     *,
     message_id: UUID | str | None = None,
     headers: Mapping[str, Any] | None = None,
+    tenant: UUID | str | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> UUID:
     """Write ``message`` into the outbox in ``tx``; returns its message_id.
@@ -77,12 +81,20 @@ def enqueue(
     Nothing is sent now: the relay publishes the row once ``tx`` commits,
     and nothing is ever sent if it rolls back. Raises MessageTooLarge for
     a body over the limit (the same check the publisher makes).
+
+    The message is the transaction's tenant's, or ``tenant``'s when given:
+    for a sweep by a role the policies do not bind, which works on every
+    tenant's rows. A role they bind may name only its transaction's tenant
+    (another raises TenantMismatch).
     """
     key = parse_id(message_id, "message_id") if message_id is not None else uuid.uuid4()
+    owner = None if tenant is None else tenant_id(tenant)
     message_body(message, check_max_bytes(max_message_bytes))
-    _enqueue(
+    run(
         tx,
+        _enqueue,
         id=key,
+        tenant_id=owner,
         queue=message.queue,
         message_type=message.type_name(),
         body=Jsonb(message.model_dump(mode="json")),
@@ -97,7 +109,11 @@ def enqueue_many(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[UUID]:
-    """Write many messages in one COPY, in ``tx``; returns their message_ids in order."""
+    """Write many messages in ``tx``, as its tenant; returns their message_ids in order.
+
+    The relay publishes them in this order. Every message is checked before
+    any is written (see :func:`~toolkit.db.patterns.insert_rows`).
+    """
     limit = check_max_bytes(max_message_bytes)
     ids: list[UUID] = []
     rows: list[tuple[Any, ...]] = []
@@ -105,26 +121,27 @@ def enqueue_many(
         body = message_body(message, limit)
         key = uuid.uuid4()
         ids.append(key)
-        rows.append((key, message.queue, message.type_name(), body.decode(), "{}"))
-    _enqueue_many(tx, rows)
+        rows.append((key, message.queue, message.type_name(), body.decode()))
+    insert_rows(tx, _enqueue_many, rows)
     return ids
 
 
 def stats(conn: Connection) -> OutboxStats:
     """How many messages wait, were sent, or are failing."""
-    return _stats(conn)
+    return run(conn, _stats)
 
 
 def get(conn: Connection, message_id: UUID | str) -> OutboxMessage:
     """One outbox message by its message_id; NotFound otherwise."""
     key = parse_id(message_id, "message_id")
-    return _get(conn, key, id=key)
+    return run(conn, _get, key, id=key)
 
 
 def prune(conn: Connection, retention: timedelta, *, limit: int = 10_000) -> int:
     """Delete up to ``limit`` rows sent longer than ``retention`` ago; returns how many."""
-    return _prune(
+    return run(
         conn,
+        _prune,
         retention_seconds=check_retention(retention),
         limit=check_count(limit, "limit", MAX_PRUNE_BATCH),
     )

@@ -2,7 +2,11 @@
 
 Both publishers send persistent JSON messages with ``mandatory`` set, so a
 message no queue is bound for comes back as an error instead of vanishing,
-and count a message as sent only once the broker confirmed it.
+and count a message as sent only once the broker confirmed it. Every message
+carries its tenant in the ``x-tenant-id`` header
+(:data:`~toolkit.messaging.models.TENANT_HEADER`): :func:`outgoing` and
+:meth:`Publisher.publish` take it as ``tenant=`` (the relay takes it from the
+outbox row), never from the caller's headers.
 
 * :class:`Publisher` (pika ``BlockingConnection``) waits for each message's
   own confirm: simple, and right for a single message (the consumer's retry
@@ -40,8 +44,9 @@ from toolkit.messaging.connection import (
     describe,
     parameters,
 )
-from toolkit.messaging.models import CONTENT_TYPE, Message
+from toolkit.messaging.models import CONTENT_TYPE, Message, refuse_tenant_header, stamped
 from toolkit.messaging.topology import Topology, declare
+from toolkit.tenants import tenant_id
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +83,18 @@ def outgoing(
     topology: Topology,
     message: Message,
     *,
+    tenant: uuid.UUID | str,
     message_id: str | uuid.UUID | None = None,
     headers: Mapping[str, Any] | None = None,
 ) -> Outgoing:
-    """``message`` addressed to its queue through ``topology``'s work exchange."""
+    """``message`` of ``tenant`` addressed to its queue through ``topology``'s work exchange.
+
+    Raises InvalidInput for a ``tenant`` that is not a UUID (or its text) and
+    for ``headers`` naming the tenant themselves.
+    """
     queue = topology.check(message.queue)
+    scoped = tenant_id(tenant)
+    refuse_tenant_header(headers or {})
     return Outgoing(
         exchange=topology.exchange,
         routing_key=queue,
@@ -90,7 +102,7 @@ def outgoing(
         message_id=str(message_id or uuid.uuid4()),
         message_type=message.type_name(),
         timestamp=int(time.time()),
-        headers=dict(headers or {}),
+        headers=stamped(headers or {}, scoped),
     )
 
 
@@ -187,15 +199,21 @@ class Publisher:
         self,
         message: Message,
         *,
+        tenant: uuid.UUID | str,
         message_id: str | uuid.UUID | None = None,
         headers: Mapping[str, Any] | None = None,
     ) -> str:
-        """Publish ``message`` to its queue and wait for the confirm; returns its message_id.
+        """Publish ``message`` of ``tenant`` to its queue and wait for the confirm;
+        returns its message_id.
 
-        Raises MessageTooLarge, Unroutable (no queue bound), Rejected
-        (negative confirm, e.g. the queue is full) or Unavailable.
+        A single-workspace application passes
+        :data:`~toolkit.tenants.DEFAULT_TENANT`. Raises InvalidInput (see
+        :func:`outgoing`), MessageTooLarge, Unroutable (no queue bound),
+        Rejected (negative confirm, e.g. the queue is full) or Unavailable.
         """
-        out = outgoing(self.topology, message, message_id=message_id, headers=headers)
+        out = outgoing(
+            self.topology, message, tenant=tenant, message_id=message_id, headers=headers
+        )
         self.send(out)
         return out.message_id
 

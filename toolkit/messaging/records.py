@@ -13,6 +13,8 @@ class OutboxRow(Record):
     """A claimed outbox message, as the relay publishes it."""
 
     id: UUID
+    tenant_id: UUID
+    """The tenant the row belongs to: its messages carry it in their tenant header."""
     queue: str
     message_type: str
     body: str

@@ -7,7 +7,8 @@ wrote, once its transaction committed:
    ``FOR UPDATE SKIP LOCKED`` (several relays share the work; a row is
    never skipped for good, as an ``id > last_seen`` cursor would when
    sequences commit out of order);
-2. publishes them with pipelined confirms;
+2. publishes them with pipelined confirms, each with its row's tenant in
+   the ``x-tenant-id`` header (the consumer runs it as that tenant);
 3. marks the confirmed ones sent, holds back the refused ones (unroutable,
    rejected) with a growing delay and the error, and commits. A relay that
    dies before the commit leaves its rows unsent: they go out again (the
@@ -17,6 +18,12 @@ It wakes on ``LISTEN toolkit_outbox`` (the insert trigger sends at most one
 NOTIFY per transaction, at commit) and polls as a fallback; while the broker
 is down it backs off, with the rows waiting in the table. Sent rows are
 pruned after ``retention``.
+
+It publishes every tenant's rows, so its database role must not be bound by
+row-level security: a login role with ``BYPASSRLS`` in ``toolkit_relay``
+(migration 0009 grants that role only what the relay does), or the
+superuser of a single-workspace deployment. A role in ``toolkit_app`` claims
+nothing: the policies refuse it without a tenant (TenantRequired).
 
 The relay is a process of its own (a thread loop over a blocking pika
 connection), so it exists in the sync API only; async applications enqueue
@@ -37,8 +44,10 @@ import psycopg
 
 from toolkit.db.bind import Exec, Many
 from toolkit.db.database import Database
+from toolkit.db.drivers import run
 from toolkit.errors import ToolkitError, Unavailable
 from toolkit.messaging.inputs import NOTIFY_CHANNEL
+from toolkit.messaging.models import stamped
 from toolkit.messaging.outbox import prune
 from toolkit.messaging.publisher import Outgoing, PipelinedPublisher
 from toolkit.messaging.records import OutboxRow
@@ -54,6 +63,8 @@ _mark_failed = Exec("outbox.mark_failed", ("ids", "error", "delay_seconds"))
 
 
 def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
+    """The message of ``row``, its tenant header set from the row's tenant_id (a header
+    of that name in the row's own headers, written by raw SQL, is overwritten)."""
     return Outgoing(
         exchange=topology.exchange,
         routing_key=row.queue,
@@ -61,7 +72,7 @@ def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
         message_id=str(row.id),
         message_type=row.message_type,
         timestamp=int(row.created_at.timestamp()),
-        headers=row.headers,
+        headers=stamped(row.headers, row.tenant_id),
     )
 
 
@@ -136,7 +147,7 @@ class Relay:
         part is marked sent first).
         """
         with self.db.transaction() as tx:
-            rows = _claim(tx, limit=self.batch_size)
+            rows = run(tx, _claim, limit=self.batch_size)
             if not rows:
                 return 0
             by_id = {str(row.id): row for row in rows}
@@ -146,12 +157,12 @@ class Relay:
             if self.after_publish is not None:
                 self.after_publish(rows)
             if result.acked:
-                _mark_sent(tx, ids=[by_id[i].id for i in result.acked])
+                run(tx, _mark_sent, ids=[by_id[i].id for i in result.acked])
             for message_id, reason in result.failed.items():
                 row = by_id[message_id]
                 delay = min(self.max_backoff * 10, 2.0 ** min(row.attempts, 10))
                 log.error("outbox message %s refused by the broker: %s", message_id, reason)
-                _mark_failed(tx, ids=[row.id], error=reason, delay_seconds=delay)
+                run(tx, _mark_failed, ids=[row.id], error=reason, delay_seconds=delay)
         self.stats.batches += 1
         self.stats.published += len(result.acked)
         self.stats.failed += len(result.failed)

@@ -6,52 +6,34 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Unpack
 from uuid import UUID
 
-from toolkit.db.bind import Copy
+from toolkit.db.bind import Exec
 from toolkit.db.database import Connection
-from toolkit.db.patterns import (
-    DEFAULT_LIMIT,
-    UNSET,
-    Audit,
-    Entity,
-    Unset,
-    validate,
-)
+from toolkit.db.patterns import DEFAULT_LIMIT, Entity, insert_rows, validate
 from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.records import Agent, AgentConfig, AgentCreate, AgentFilter
+from toolkit.repositories.records import Agent, AgentCreate, AgentFilter, AgentUpdate
 
-ENTITY = "agent"
-_PATCHABLE = ("name", "type", "description", "config", "is_active")
-
-_entity: Entity[Agent, AgentFilter] = Entity(
-    "agents",
-    Agent,
-    AgentFilter,
-    entity=ENTITY,
-    create=AgentCreate,
-    json_columns=("config",),
-    audit_fields=("name",),
-    search=True,
-    patchable=_PATCHABLE,
+_entity = Entity(
+    "agents", Agent, AgentFilter, AgentCreate, AgentUpdate, audit_fields=("name",), search=True
 )
-_copy = Copy("agents.copy")
+_create_many = Exec(
+    "agents.create_many",
+    ("owner_ids", "names", "types", "descriptions", "configs", "is_active"),
+)
 
-create = _entity.create
-get = _entity.get
-list = _entity.list
-count = _entity.count
-search = _entity.search
-delete = _entity.delete
+create, get, list = _entity.create, _entity.get, _entity.list
+count, search, delete = _entity.count, _entity.search, _entity.delete
 
 
 def create_many(conn: Connection, agents: Iterable[AgentCreate]) -> int:
-    """Bulk-create agents through COPY and return how many were written.
+    """Bulk-create agents in the connection's tenant and return how many were written.
 
     Each input is an AgentCreate or a mapping like :func:`create` takes; all
-    are validated before the COPY starts, so bad input writes nothing. An
-    InvalidReference part-way leaves nothing behind either (one statement).
+    are validated before anything is written, so bad input writes nothing.
+    An InvalidReference part-way (an owner that is not a user of this
+    tenant) leaves nothing behind either (see :func:`insert_rows`).
     """
     if not isinstance(agents, Iterable) or isinstance(agents, str | bytes | Mapping):
         raise InvalidInput(
@@ -60,19 +42,13 @@ def create_many(conn: Connection, agents: Iterable[AgentCreate]) -> int:
             value=agents,
         )
     checked = [validate(AgentCreate, a) for a in agents]
-    return _copy(
+    return insert_rows(
         conn,
-        (
-            (
-                a.owner_id,
-                a.name,
-                a.type,
-                a.description,
-                a.config.model_dump_json(),
-                a.is_active,
-            )
+        _create_many,
+        [
+            (a.owner_id, a.name, a.type, a.description, a.config.model_dump_json(), a.is_active)
             for a in checked
-        ),
+        ],
     )
 
 
@@ -88,33 +64,6 @@ def active(conn: Connection, *, limit: int = DEFAULT_LIMIT) -> builtins.list[Age
     return (_entity.list(conn, {"is_active": True}, limit=limit)).items
 
 
-def update(
-    conn: Connection,
-    agent_id: UUID | str,
-    *,
-    expected_version: int,
-    name: str | Unset = UNSET,
-    type: str | Unset = UNSET,
-    description: str | Unset | None = UNSET,
-    config: AgentConfig | Mapping[str, Any] | Unset = UNSET,
-    is_active: bool | Unset = UNSET,
-    audit: Audit | None = None,
-) -> Agent:
-    """Change the given fields (UNSET leaves one as is; None sets NULL).
-
-    Raises StaleVersion if the agent is no longer at ``expected_version``,
-    NotFound if it does not exist.
-    """
-    return _entity.update(
-        conn,
-        agent_id,
-        expected_version=expected_version,
-        changes={
-            "name": name,
-            "type": type,
-            "description": description,
-            "config": config,
-            "is_active": is_active,
-        },
-        audit=audit,
-    )
+def update(conn: Connection, agent_id: UUID | str, **arguments: Unpack[AgentUpdate]) -> Agent:
+    """Change the fields given in AgentUpdate at ``expected_version`` (see Entity.update)."""
+    return _entity.update(conn, agent_id, **arguments)

@@ -6,7 +6,8 @@ The log is append-only (a trigger refuses UPDATE, DELETE and TRUNCATE) and
 hash-chained: each row's hash covers the previous row's hash and its own
 content. :func:`verify_chain` recomputes the chain and names the first
 broken link. Repository writes record their event in the same transaction
-when given ``audit=Audit(actor_id)``; :func:`record` is the direct call.
+when given ``audit=Audit(actor_id)`` (:mod:`toolkit.repositories.audit`);
+:func:`record` is the direct call.
 """
 
 from __future__ import annotations
@@ -16,33 +17,28 @@ from typing import Any
 
 from toolkit.db.bind import Many
 from toolkit.db.database import Connection
-from toolkit.db.patterns import (
-    Entity,
-    insert_audit_event,
-    validate,
+from toolkit.db.drivers import run
+from toolkit.db.patterns import Entity, validate
+from toolkit.repositories.audit import APPEND, append_values
+from toolkit.repositories.records import (
+    AuditEvent,
+    AuditEventCreate,
+    AuditFilter,
+    ChainLink,
+    ChainReport,
 )
-from toolkit.records import AuditEvent, AuditEventCreate, AuditFilter, ChainLink, ChainReport
 
-ENTITY = "audit event"
 _CHAIN_BATCH = 1000
 
 _chain = Many("audit_events.chain", ChainLink, ("after_seq", "limit"))
-_entity: Entity[AuditEvent, AuditFilter] = Entity(
-    "audit_events",
-    AuditEvent,
-    AuditFilter,
-    entity=ENTITY,
-    delete=False,
-)
+_entity = Entity("audit_events", AuditEvent, AuditFilter, delete=False)
 
-get = _entity.get
-list = _entity.list
-count = _entity.count
+get, list, count = _entity.get, _entity.list, _entity.count
 
 
 def record(conn: Connection, data: AuditEventCreate | Mapping[str, Any]) -> AuditEvent:
     """Append one event; call it inside the transaction of the change it records."""
-    return insert_audit_event(conn, validate(AuditEventCreate, data))
+    return run(conn, APPEND, **append_values(validate(AuditEventCreate, data)))
 
 
 def verify_chain(conn: Connection) -> ChainReport:
@@ -56,7 +52,7 @@ def verify_chain(conn: Connection) -> ChainReport:
     previous_hash = b""
     after = 0
     while True:
-        links = _chain(conn, after_seq=after, limit=_CHAIN_BATCH)
+        links = run(conn, _chain, after_seq=after, limit=_CHAIN_BATCH)
         for link in links:
             reason = None
             if link.seq != expected_seq:

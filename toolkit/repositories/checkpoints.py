@@ -15,6 +15,7 @@ from uuid import UUID
 
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.db.database import Connection
+from toolkit.db.drivers import run
 from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     check_int,
@@ -24,7 +25,7 @@ from toolkit.db.patterns import (
     validate,
 )
 from toolkit.errors import Conflict
-from toolkit.records import Checkpoint, CheckpointCreate
+from toolkit.repositories.records import Checkpoint, CheckpointCreate
 
 ENTITY = "checkpoint"
 MAX_SEQUENCE = 2**31 - 1
@@ -50,8 +51,9 @@ def append(conn: Connection, data: CheckpointCreate | Mapping[str, Any]) -> Chec
     checkpoints never change once written.
     """
     checkpoint = validate(CheckpointCreate, data)
-    created = _append(
+    created = run(
         conn,
+        _append,
         execution_id=checkpoint.execution_id,
         sequence=checkpoint.sequence,
         parent_id=checkpoint.parent_id,
@@ -60,7 +62,9 @@ def append(conn: Connection, data: CheckpointCreate | Mapping[str, Any]) -> Chec
     )
     if created is not None:
         return created
-    existing = _get_at(conn, execution_id=checkpoint.execution_id, sequence=checkpoint.sequence)
+    existing = run(
+        conn, _get_at, execution_id=checkpoint.execution_id, sequence=checkpoint.sequence
+    )
     if existing is None:  # deleted between the two statements
         raise Conflict(
             f"checkpoint {checkpoint.sequence} of {checkpoint.execution_id} changed concurrently"
@@ -76,19 +80,22 @@ def append(conn: Connection, data: CheckpointCreate | Mapping[str, Any]) -> Chec
 def get(conn: Connection, checkpoint_id: UUID | str) -> Checkpoint:
     """The checkpoint with this id; NotFound otherwise."""
     key = parse_id(checkpoint_id)
-    return _get(conn, key, id=key)
+    return run(conn, _get, key, id=key)
 
 
 def get_at(conn: Connection, execution_id: UUID | str, sequence: int) -> Checkpoint | None:
     """The checkpoint of an execution at ``sequence``, or None."""
-    return _get_at(
-        conn, execution_id=parse_id(execution_id, "execution_id"), sequence=_sequence(sequence)
+    return run(
+        conn,
+        _get_at,
+        execution_id=parse_id(execution_id, "execution_id"),
+        sequence=_sequence(sequence),
     )
 
 
 def latest(conn: Connection, execution_id: UUID | str) -> Checkpoint | None:
     """The newest checkpoint of an execution, or None if it has none."""
-    return _latest(conn, execution_id=parse_id(execution_id, "execution_id"))
+    return run(conn, _latest, execution_id=parse_id(execution_id, "execution_id"))
 
 
 def history(
@@ -102,8 +109,9 @@ def history(
     # -1 (the default) means from the first; checked before any comparison, since
     # comparing a Decimal NaN raises.
     after = check_int(after_sequence, "after_sequence", -1, MAX_SEQUENCE)
-    return _history(
+    return run(
         conn,
+        _history,
         execution_id=parse_id(execution_id, "execution_id"),
         after_sequence=after,
         limit=check_limit(limit),
@@ -112,13 +120,13 @@ def history(
 
 def count(conn: Connection, execution_id: UUID | str) -> int:
     """How many checkpoints an execution has."""
-    return _count(conn, execution_id=parse_id(execution_id, "execution_id")) or 0
+    return run(conn, _count, execution_id=parse_id(execution_id, "execution_id")) or 0
 
 
 def prune(conn: Connection, execution_id: UUID | str, *, keep: int) -> int:
     """Delete all but the newest ``keep`` checkpoints; returns how many went."""
     kept = check_int(keep, "keep", 1, 1_000_000)
-    return _prune(conn, execution_id=parse_id(execution_id, "execution_id"), keep=kept)
+    return run(conn, _prune, execution_id=parse_id(execution_id, "execution_id"), keep=kept)
 
 
 def _sequence(value: Any) -> int:

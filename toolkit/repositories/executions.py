@@ -20,8 +20,9 @@ from pydantic import Field, StringConstraints
 
 from toolkit.db.bind import Many, Returning, Scalar
 from toolkit.db.database import Connection
+from toolkit.db.drivers import run
 from toolkit.db.patterns import (
-    Audit,
+    AuditWrite,
     Entity,
     check_limit,
     jsonb,
@@ -29,7 +30,13 @@ from toolkit.db.patterns import (
     transition,
     validate,
 )
-from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject
+from toolkit.records import Input, JsonObject
+from toolkit.repositories.records import (
+    Execution,
+    ExecutionCreate,
+    ExecutionFilter,
+    RequeuedExecution,
+)
 
 ENTITY = "execution"
 DEFAULT_LEASE_SECONDS = 60.0
@@ -55,22 +62,12 @@ _renew_lease = Returning("executions.renew_lease", Execution, ("id", *_LEASE))
 _succeed = Returning("executions.succeed", Execution, ("id", "output"))
 _fail = Returning("executions.fail", Execution, ("id", "error"))
 _cancel = Returning("executions.cancel", Execution, ("id",))
-_requeue_expired = Many("executions.requeue_expired", Execution, ("limit",))
+_requeue_expired = Many("executions.requeue_expired", RequeuedExecution, ("limit",))
 _current_status = Scalar("executions.current_status", str, ("id",))
-_entity: Entity[Execution, ExecutionFilter] = Entity(
-    "executions",
-    Execution,
-    ExecutionFilter,
-    entity=ENTITY,
-    create=ExecutionCreate,
-    json_columns=("input",),
-)
+_entity = Entity("executions", Execution, ExecutionFilter, ExecutionCreate)
 
-create = _entity.create
-get = _entity.get
-list = _entity.list
-count = _entity.count
-delete = _entity.delete
+create, get, list = _entity.create, _entity.get, _entity.list
+count, delete = _entity.count, _entity.delete
 
 
 def start(
@@ -79,7 +76,7 @@ def start(
     *,
     worker_id: str,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    audit: Audit | None = None,
+    audit: AuditWrite | None = None,
 ) -> Execution:
     """Move a pending execution to running under ``worker_id``'s lease."""
     lease = validate(_Lease, {"worker_id": worker_id, "lease_seconds": lease_seconds})
@@ -104,7 +101,7 @@ def claim_next(
     execution is claimed exactly once.
     """
     lease = validate(_Lease, {"worker_id": worker_id, "lease_seconds": lease_seconds})
-    return _claim_next(conn, **lease.model_dump())
+    return run(conn, _claim_next, **lease.model_dump())
 
 
 def renew_lease(
@@ -133,7 +130,7 @@ def succeed(
     execution_id: UUID | str,
     output: Mapping[str, Any] | None = None,
     *,
-    audit: Audit | None = None,
+    audit: AuditWrite | None = None,
 ) -> Execution:
     """Finish a running execution with its output."""
     outcome = validate(_Outcome, {"output": {} if output is None else output})
@@ -150,7 +147,7 @@ def succeed(
 
 
 def fail(
-    conn: Connection, execution_id: UUID | str, error: str, *, audit: Audit | None = None
+    conn: Connection, execution_id: UUID | str, error: str, *, audit: AuditWrite | None = None
 ) -> Execution:
     """Finish a running execution as failed with its error."""
     outcome = validate(_Outcome, {"error": error})
@@ -166,7 +163,9 @@ def fail(
     )
 
 
-def cancel(conn: Connection, execution_id: UUID | str, *, audit: Audit | None = None) -> Execution:
+def cancel(
+    conn: Connection, execution_id: UUID | str, *, audit: AuditWrite | None = None
+) -> Execution:
     """Cancel a pending or running execution."""
     return transition(
         conn,
@@ -179,6 +178,9 @@ def cancel(conn: Connection, execution_id: UUID | str, *, audit: Audit | None = 
     )
 
 
-def requeue_expired(conn: Connection, *, limit: int = 100) -> builtins.list[Execution]:
-    """Return up to ``limit`` running executions whose lease expired to pending."""
-    return _requeue_expired(conn, limit=check_limit(limit))
+def requeue_expired(conn: Connection, *, limit: int = 100) -> builtins.list[RequeuedExecution]:
+    """Return up to ``limit`` running executions whose lease expired to pending.
+
+    Each names its tenant: a role the policies do not bind sweeps every tenant's.
+    """
+    return run(conn, _requeue_expired, limit=check_limit(limit))

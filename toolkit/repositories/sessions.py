@@ -8,85 +8,45 @@ that :func:`touch` extends. An ended or expired session refuses changes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Unpack
 from uuid import UUID
 
 from toolkit.db.bind import Exec, OneOrNone, Returning
 from toolkit.db.database import Connection
+from toolkit.db.drivers import run
 from toolkit.db.patterns import (
-    UNSET,
-    Audit,
+    AuditWrite,
     Entity,
-    Unset,
     atomic,
-    changed_fields,
     check_limit,
-    guarded_update,
-    jsonb,
     parse_id,
     record_audit,
     validate_patch,
 )
 from toolkit.errors import IllegalTransition, NotFound, RetryableConflict
-from toolkit.records import Session, SessionCreate, SessionFilter, SessionState
+from toolkit.repositories.records import (
+    Session,
+    SessionCreate,
+    SessionFilter,
+    SessionState,
+    SessionUpdate,
+)
 
 ENTITY = "session"
-_PATCHABLE = ("title", "state")
 
-_update = Returning(
-    "sessions.update",
-    Session,
-    ("id", "expected_version", *_PATCHABLE, *(f"set_{name}" for name in _PATCHABLE)),
-)
 _touch = Returning("sessions.touch", Session, ("id", "ttl_seconds"))
 _end = Returning("sessions.end", Session, ("id",))
 _current_state = OneOrNone("sessions.current_state", SessionState, ("id",))
 _purge_expired = Exec("sessions.purge_expired", ("limit",))
-_entity: Entity[Session, SessionFilter] = Entity(
-    "sessions",
-    Session,
-    SessionFilter,
-    entity=ENTITY,
-    create=SessionCreate,
-    json_columns=("state",),
-    search=True,
-)
+_entity = Entity("sessions", Session, SessionFilter, SessionCreate, SessionUpdate, search=True)
 
-create = _entity.create
-get = _entity.get
-list = _entity.list
-count = _entity.count
-search = _entity.search
-delete = _entity.delete
+create, get, list = _entity.create, _entity.get, _entity.list
+count, search, delete = _entity.count, _entity.search, _entity.delete
 
 
-def update(
-    conn: Connection,
-    session_id: UUID | str,
-    *,
-    expected_version: int,
-    title: str | Unset | None = UNSET,
-    state: Mapping[str, Any] | Unset = UNSET,
-    audit: Audit | None = None,
-) -> Session:
-    """Change the title or state; StaleVersion or NotFound when the guard fails."""
-    key = parse_id(session_id)
-    changes = changed_fields({"title": title, "state": state})
-    values = validate_patch(SessionCreate, changes)
-    if "state" in values:
-        values["state"] = jsonb(values["state"])
-    return guarded_update(
-        conn,
-        _update,
-        _current_version,
-        entity=ENTITY,
-        key=key,
-        expected_version=expected_version,
-        changes=values,
-        columns=_PATCHABLE,
-        audit=audit,
-    )
+def update(conn: Connection, session_id: UUID | str, **arguments: Unpack[SessionUpdate]) -> Session:
+    """Change the title or state at ``expected_version`` (see Entity.update)."""
+    return _entity.update(conn, session_id, **arguments)
 
 
 def touch(conn: Connection, session_id: UUID | str, *, ttl_seconds: int = 86400) -> Session:
@@ -96,18 +56,18 @@ def touch(conn: Connection, session_id: UUID | str, *, ttl_seconds: int = 86400)
     """
     key = parse_id(session_id)
     ttl = validate_patch(SessionCreate, {"ttl_seconds": ttl_seconds})["ttl_seconds"]
-    touched = _touch(conn, id=key, ttl_seconds=ttl)
+    touched = run(conn, _touch, id=key, ttl_seconds=ttl)
     if touched is None:
         _refuse(conn, key, "active")
     assert touched is not None
     return touched
 
 
-def end(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None) -> Session:
+def end(conn: Connection, session_id: UUID | str, *, audit: AuditWrite | None = None) -> Session:
     """End a session; IllegalTransition if it has already ended."""
     key = parse_id(session_id)
     with atomic(conn):
-        ended = _end(conn, id=key)
+        ended = run(conn, _end, id=key)
         if ended is None:
             _refuse(conn, key, "ended")
         assert ended is not None
@@ -117,16 +77,11 @@ def end(conn: Connection, session_id: UUID | str, *, audit: Audit | None = None)
 
 def purge_expired(conn: Connection, *, limit: int = 1000) -> int:
     """Delete up to ``limit`` expired sessions; returns how many went."""
-    return _purge_expired(conn, limit=check_limit(limit))
-
-
-def _current_version(conn: Connection, key: UUID) -> int | None:
-    current = _current_state(conn, id=key)
-    return None if current is None else current.version
+    return run(conn, _purge_expired, limit=check_limit(limit))
 
 
 def _refuse(conn: Connection, key: UUID, target: str) -> None:
-    current = _current_state(conn, id=key)
+    current = run(conn, _current_state, id=key)
     if current is None:
         raise NotFound(ENTITY, key)
     status = "ended" if current.ended_at is not None else "expired" if current.expired else "active"

@@ -9,75 +9,43 @@ every change bumps it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Unpack
 from uuid import UUID
 
 from toolkit.db.bind import Returning, Scalar
 from toolkit.db.database import Connection
-from toolkit.db.patterns import (
-    UNSET,
-    Audit,
-    Entity,
-    Unset,
-    parse_id,
-    transition,
-)
-from toolkit.records import Workflow, WorkflowCreate, WorkflowDefinition, WorkflowFilter
+from toolkit.db.patterns import AuditWrite, Entity, parse_id, transition
+from toolkit.repositories.records import Workflow, WorkflowCreate, WorkflowFilter, WorkflowUpdate
 
 ENTITY = "workflow"
-_PATCHABLE = ("agent_id", "name", "description", "definition")
 
 _publish = Returning("workflows.publish", Workflow, ("id",))
 _archive = Returning("workflows.archive", Workflow, ("id",))
 _current_status = Scalar("workflows.current_status", str, ("id",))
-_entity: Entity[Workflow, WorkflowFilter] = Entity(
+_entity = Entity(
     "workflows",
     Workflow,
     WorkflowFilter,
-    entity=ENTITY,
-    create=WorkflowCreate,
-    json_columns=("definition",),
+    WorkflowCreate,
+    WorkflowUpdate,
     audit_fields=("name",),
     search=True,
-    patchable=_PATCHABLE,
 )
 
-create = _entity.create
-get = _entity.get
-list = _entity.list
-count = _entity.count
-search = _entity.search
-delete = _entity.delete
+create, get, list = _entity.create, _entity.get, _entity.list
+count, search, delete = _entity.count, _entity.search, _entity.delete
 
 
 def update(
-    conn: Connection,
-    workflow_id: UUID | str,
-    *,
-    expected_version: int,
-    agent_id: UUID | Unset | None = UNSET,
-    name: str | Unset = UNSET,
-    description: str | Unset | None = UNSET,
-    definition: WorkflowDefinition | Mapping[str, Any] | Unset = UNSET,
-    audit: Audit | None = None,
+    conn: Connection, workflow_id: UUID | str, **arguments: Unpack[WorkflowUpdate]
 ) -> Workflow:
-    """Change the given fields; StaleVersion or NotFound when the guard fails."""
-    return _entity.update(
-        conn,
-        workflow_id,
-        expected_version=expected_version,
-        changes={
-            "agent_id": agent_id,
-            "name": name,
-            "description": description,
-            "definition": definition,
-        },
-        audit=audit,
-    )
+    """Change the fields given in WorkflowUpdate at ``expected_version`` (see Entity.update)."""
+    return _entity.update(conn, workflow_id, **arguments)
 
 
-def publish(conn: Connection, workflow_id: UUID | str, *, audit: Audit | None = None) -> Workflow:
+def publish(
+    conn: Connection, workflow_id: UUID | str, *, audit: AuditWrite | None = None
+) -> Workflow:
     """Publish a draft; IllegalTransition from any other status."""
     key = parse_id(workflow_id)
     return transition(
@@ -85,7 +53,9 @@ def publish(conn: Connection, workflow_id: UUID | str, *, audit: Audit | None = 
     )
 
 
-def archive(conn: Connection, workflow_id: UUID | str, *, audit: Audit | None = None) -> Workflow:
+def archive(
+    conn: Connection, workflow_id: UUID | str, *, audit: AuditWrite | None = None
+) -> Workflow:
     """Archive a draft or published workflow; IllegalTransition if already archived."""
     key = parse_id(workflow_id)
     return transition(

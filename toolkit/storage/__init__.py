@@ -3,7 +3,8 @@
 * :func:`open_storage` picks the back end from ``TOOLKIT_STORAGE_URL``
   (``file://``, ``memory://``, ``s3://``; ``pyfs:`` with the extra).
 * :class:`Storage`: put (bytes or a stream, through the safe pipeline), open,
-  get, exists, info, delete, list, move, url.
+  get, exists, info, delete, list, move, url; retain and retention (S3
+  Object Lock; RetentionUnavailable on back ends without it).
 * :class:`FileStore`: bytes and ``files`` rows kept consistent (stage,
   record, promote, sweep); reads verify the SHA-256.
 * :mod:`toolkit.storage.keys`: the key grammar; :mod:`toolkit.storage.sniff`:
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     )
     from toolkit.storage.base import (
         ObjectInfo,
+        Retention,
+        RetentionMode,
         Storage,
         content_disposition,
         download_headers,
@@ -43,6 +46,8 @@ _HOMES = {
     "S3Storage": "backends",
     "open_storage": "backends",
     "ObjectInfo": "base",
+    "Retention": "base",
+    "RetentionMode": "base",
     "PutResult": "streams",
     "Storage": "base",
     "content_disposition": "base",
@@ -81,6 +86,8 @@ __all__ = [
     "MemoryStorage",
     "ObjectInfo",
     "PutResult",
+    "Retention",
+    "RetentionMode",
     "S3Storage",
     "StagedFile",
     "Storage",

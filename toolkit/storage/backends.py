@@ -21,8 +21,9 @@
   ``response_checksum_validation`` (``when_required`` for S3-compatible
   servers that reject the new default checksums; it is the default when an
   endpoint is given). Credentials come from the usual AWS chain, never
-  from the URL. The multipart code is :mod:`toolkit.storage.s3`, generated
-  from the async source the async API runs natively on the event loop.
+  from the URL. Every S3 request (the multipart upload, Object Lock
+  retention, ...) is in :mod:`toolkit.storage.s3`, generated from the async
+  source the async API runs natively on the event loop.
 
 Any other fsspec filesystem can be wrapped with :class:`FsspecStorage`
 (create-only is then guaranteed within one process only).
@@ -37,13 +38,12 @@ import posixpath
 import re
 import threading
 import uuid
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISDIR, S_ISLNK, S_ISREG
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import fsspec
@@ -51,10 +51,22 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from toolkit.errors import ConfigurationError, IntegrityError, InvalidInput, bounded_repr
-from toolkit.storage.base import ObjectInfo, Storage, content_disposition
-from toolkit.storage.keys import TMP_PREFIX
-from toolkit.storage.s3 import write_object
+from toolkit.storage.base import (
+    ObjectInfo,
+    Retention,
+    RetentionMode,
+    Storage,
+    check_retention,
+    content_disposition,
+)
+from toolkit.storage.keys import TMP_PREFIX, check_key
 from toolkit.storage.sniff import download_type
+from toolkit.storage.streams import translating
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from toolkit.storage.s3 import S3Objects
 
 PART_SIZE: Final = 8 << 20
 """Multipart part size on S3 (the minimum is 5 MiB)."""
@@ -424,7 +436,12 @@ class LocalStorage(FsspecStorage):
 
 
 class S3Storage(FsspecStorage):
-    """An S3 bucket (or S3-compatible server) under a key prefix, through s3fs."""
+    """An S3 bucket (or S3-compatible server) under a key prefix, through s3fs.
+
+    Every S3 request goes through :attr:`objects`
+    (:class:`~toolkit.storage.s3.S3Objects`, generated from the async API's
+    S3 module); listing, copying and presigning use s3fs's own methods.
+    """
 
     def __init__(
         self,
@@ -436,7 +453,7 @@ class S3Storage(FsspecStorage):
         checksum: str | None = None,
         part_size: int = PART_SIZE,
     ) -> None:
-        import s3fs  # noqa: PLC0415 - the optional extra toolkit[s3]
+        from toolkit.storage.s3 import S3Objects  # noqa: PLC0415 - the optional extra toolkit[s3]
 
         if checksum is None and endpoint_url:
             checksum = "when_required"
@@ -463,72 +480,46 @@ class S3Storage(FsspecStorage):
             "client_kwargs": client,
             "config_kwargs": config,
         }
-        self._async_filesystems: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        fs = s3fs.S3FileSystem(**self._fs_options)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = max(part_size, 5 << 20)
+        self.objects: S3Objects = S3Objects(
+            self.make_filesystem(), bucket=bucket, prefix=self.prefix, part_size=self.part_size
+        )
         root = f"{bucket}/{self.prefix}" if self.prefix else bucket
-        super().__init__(fs, root, url_scheme=f"s3://{root}/")
+        super().__init__(self.objects.fs, root, url_scheme=f"s3://{root}/")
 
-    def _object_key(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
+    def make_filesystem(self, *, loop: asyncio.AbstractEventLoop | None = None) -> Any:
+        """A new s3fs filesystem with this storage's endpoint, region, checksums and session.
+
+        With ``loop``, asynchronous on that event loop: the async API makes
+        one per loop, to send its requests natively.
+        """
+        import s3fs  # noqa: PLC0415 - the optional extra toolkit[s3]
+
+        if loop is None:
+            return s3fs.S3FileSystem(**self._fs_options)
+        return s3fs.S3FileSystem(asynchronous=True, loop=loop, **self._fs_options)
 
     def _key_of(self, path: str) -> str:
         return path[len(self.root) + 1 :]
 
     def _write(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
-        write_object(
-            self.fs.call_s3,
-            chunks,
-            bucket=self.bucket,
-            object_key=self._object_key(key),
-            key=key,
-            content_type=content_type,
-            part_size=self.part_size,
-        )
-
-    def _async_filesystem(self) -> Any:
-        """An s3fs filesystem in asynchronous mode for the running event loop (one per loop).
-
-        The async API's native S3 path (``_call_s3`` on the loop); close it
-        with :meth:`_close_async_filesystem` on the same loop.
-        """
-        import asyncio  # noqa: PLC0415 - only the async API needs it
-
-        import s3fs  # noqa: PLC0415 - the optional extra toolkit[s3]
-
-        loop = asyncio.get_running_loop()
-        fs = self._async_filesystems.get(loop)
-        if fs is None:
-            fs = s3fs.S3FileSystem(asynchronous=True, loop=loop, **self._fs_options)
-            self._async_filesystems[loop] = fs
-        return fs
-
-    async def _close_async_filesystem(self) -> None:
-        """Close the running loop's asynchronous filesystem's client, if one was made."""
-        import asyncio  # noqa: PLC0415 - only the async API needs it
-
-        fs = self._async_filesystems.pop(asyncio.get_running_loop(), None)
-        client = getattr(fs, "_s3", None)
-        if client is not None:
-            await client.__aexit__(None, None, None)
+        self.objects.write(key, chunks, content_type)
 
     def _open(self, key: str) -> IO[bytes]:
-        stream: IO[bytes] = self.fs.open(
-            self._full(key), "rb", block_size=self.part_size, cache_type="readahead"
-        )
+        stream: IO[bytes] = self.objects.open(key)
         return stream
 
     def _info(self, key: str) -> ObjectInfo:
-        head = self.fs.call_s3("head_object", Bucket=self.bucket, Key=self._object_key(key))
+        head = self.objects.head(key)
         return ObjectInfo(key=key, size=int(head["ContentLength"]), modified=_modified(head))
 
     def _delete(self, key: str) -> bool:
         # S3's DELETE succeeds for a missing key too: ask first, to report whether it existed.
         if not self._exists_fast(key):
             return False
-        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self._object_key(key))
+        self.objects.delete(key)
         return True
 
     def _move(self, source: str, target: str) -> None:
@@ -548,19 +539,31 @@ class S3Storage(FsspecStorage):
         return url
 
     def _list_stale_uploads(self, older_than: datetime) -> list[str]:
-        removed = []
-        listing = self.fs.call_s3("list_multipart_uploads", Bucket=self.bucket, Prefix=self.prefix)
-        for upload in listing.get("Uploads", []):
-            initiated = upload.get("Initiated")
-            if isinstance(initiated, datetime) and initiated < older_than:
-                self.fs.call_s3(
-                    "abort_multipart_upload",
-                    Bucket=self.bucket,
-                    Key=upload["Key"],
-                    UploadId=upload["UploadId"],
-                )
-                removed.append(upload["Key"])
-        return removed
+        return self.objects.abort_uploads_before(older_than)
+
+    def retain(self, key: str, *, mode: RetentionMode, until: datetime) -> Retention:
+        """Put ``key`` under S3 Object Lock retention until ``until``; the retention S3 reports.
+
+        Where the bucket has a default retention rule, S3 applied it when
+        the object was written and it stands (``mode`` and ``until`` are not
+        sent). RetentionUnavailable if the bucket has no Object Lock;
+        NotFound if there is no object at ``key``; IntegrityError if S3
+        reports no retention on it afterwards; Unavailable if S3 fails.
+        """
+        key = check_key(key)
+        check_retention(mode, until)
+        with translating("setting retention on", key):
+            return self.objects.retain(key, mode=mode, until=until)
+
+    def retention(self, key: str) -> Retention | None:
+        """The Object Lock retention S3 reports on ``key``, None when none; NotFound if absent."""
+        key = check_key(key)
+        with translating("inspecting", key):
+            return self.objects.retention(key)
+
+    def close(self) -> None:
+        """Close the S3 client's connections."""
+        self.objects.close()
 
 
 def _lstat_mode(name: str, folder: int) -> int | None:

@@ -25,27 +25,29 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import inspect
 import io
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Awaitable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any, Final, Protocol
+from typing import IO, Any, Final, Literal, Protocol, get_args
 
 from toolkit.errors import (
     IntegrityError,
     InvalidInput,
     NotFound,
+    RetentionUnavailable,
     bounded_repr,
 )
 from toolkit.storage.keys import (
-    STAGING_PREFIX,
     check_internal_or_key,
     check_key,
     check_prefix,
     clean_filename,
+    is_staging_prefix,
 )
 from toolkit.storage.pipeline import put_stream
 from toolkit.storage.sniff import (
@@ -70,6 +72,41 @@ class ObjectInfo:
     key: str
     size: int
     modified: datetime | None
+
+
+RetentionMode = Literal["GOVERNANCE", "COMPLIANCE"]
+"""S3 Object Lock's modes: GOVERNANCE can be lifted by a user with the right to bypass it,
+COMPLIANCE by no one (not the account's root user) until the date passes."""
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The retention an object is under: no one can delete or overwrite it before ``until``."""
+
+    mode: str
+    until: datetime
+
+
+def check_retention(mode: object, until: object) -> None:
+    """InvalidInput unless ``mode`` is a :data:`RetentionMode` and ``until`` a future aware time."""
+    if mode not in get_args(RetentionMode):
+        raise InvalidInput(
+            f"retention mode must be GOVERNANCE or COMPLIANCE, got {bounded_repr(mode)}",
+            field="mode",
+            value=mode,
+        )
+    if not isinstance(until, datetime) or until.tzinfo is None:
+        raise InvalidInput(
+            f"retain until must be a timezone-aware datetime, got {bounded_repr(until)}",
+            field="until",
+            value=until,
+        )
+    if until <= datetime.now(UTC):
+        raise InvalidInput(
+            f"retain until must be in the future, got {until.isoformat()}",
+            field="until",
+            value=until,
+        )
 
 
 class Sha256Check:
@@ -149,11 +186,15 @@ class VerifyingReader(io.RawIOBase):
 
 
 class AsyncRawReader(Protocol):
-    """A back end's async byte stream (an S3 body, a file read in a thread)."""
+    """A back end's async byte stream (an S3 body, a file read in a thread).
+
+    ``close`` may be a coroutine or not (aiobotocore's body closes at once
+    over aiohttp, awaited over httpx): the reader awaits what it returns.
+    """
 
     async def read(self, size: int, /) -> bytes: ...
 
-    async def close(self) -> None: ...
+    def close(self) -> Awaitable[None] | None: ...
 
 
 class AsyncVerifyingReader:
@@ -205,7 +246,9 @@ class AsyncVerifyingReader:
             return
         self.closed = True
         with translating("closing", self._key):
-            await self._raw.close()
+            closing = self._raw.close()
+            if inspect.isawaitable(closing):
+                await closing
 
     async def __aenter__(self) -> AsyncVerifyingReader:
         return self
@@ -382,6 +425,38 @@ class Storage(ABC):
         """Move an object to a new key, create-only: Conflict if ``target`` exists."""
         self._move_internal(check_key(source, "source"), check_key(target, "target"))
 
+    def retain(self, key: str, *, mode: RetentionMode, until: datetime) -> Retention:
+        """Put ``key`` under retention until ``until`` (S3 Object Lock); the retention it is under.
+
+        Until then no one can delete or overwrite the object (in GOVERNANCE
+        mode, a user allowed to bypass it can). RetentionUnavailable on back
+        ends without Object Lock: local disk, memory and pyfilesystem2, whose
+        objects are protected by create-only writes alone, and an S3 bucket
+        without it. InvalidInput for a bad key, mode or time.
+        """
+        check_key(key)
+        check_retention(mode, until)
+        raise RetentionUnavailable(
+            f"the {type(self).__name__} back end cannot put objects under retention "
+            "(S3 Object Lock): its objects are protected by create-only writes alone"
+        )
+
+    def retention(self, key: str) -> Retention | None:
+        """The retention ``key`` is under (S3 Object Lock), None when none; NotFound if absent."""
+        self.info(key)
+        return None
+
+    def write_chunks(self, key: str, chunks: Iterator[bytes], content_type: str) -> None:
+        """Store chunks at ``key`` as they come: the back end's own create-only, atomic write.
+
+        The sink of the upload pipeline, which has already limited, sniffed
+        and hashed the chunks; the async API runs it in a worker thread
+        behind its own pipeline. Applications call :meth:`put`. Takes the
+        toolkit's ``_staging/`` keys too; errors are the driver's (the
+        pipeline translates them).
+        """
+        self._write(check_internal_or_key(key), chunks, content_type)
+
     # -- the same, for keys the toolkit makes for itself (``_staging/...``) ---------------
     # The public methods above refuse those keys (the grammar says they are internal);
     # FileStore reaches its staging area through these.
@@ -417,7 +492,7 @@ class Storage(ABC):
             return False
 
     def _list_internal(self, prefix: str) -> builtins.list[ObjectInfo]:
-        prefix = prefix if prefix == STAGING_PREFIX else check_prefix(prefix)
+        prefix = prefix if is_staging_prefix(prefix) else check_prefix(prefix)
         with translating("listing", prefix or "<root>"):
             return sorted(self._list(prefix), key=lambda info: info.key)
 

@@ -5,8 +5,8 @@
 The protocol (every step may crash; none leaves a row pointing at missing bytes):
 
 1. :meth:`FileStore.stage` streams the bytes through the safe pipeline
-   (limit, SHA-256, sniffed type) to ``_staging/<file id>``, create-only.
-   The final key ``<owner>/<purpose>/<file id>`` is chosen now. A crash
+   (limit, SHA-256, sniffed type) to ``<area>_staging/<file id>``, create-only.
+   The final key ``<area><owner>/<purpose>/<file id>`` is chosen now. A crash
    here leaves at most a temporary file or an unfinished multipart upload,
    never an object at the final key.
 2. :meth:`FileStore.record` inserts the row (status ``staged``) in the
@@ -30,12 +30,26 @@ exceed the longest transaction between stage and commit):
   reported as lost (it cannot happen unless someone removed the bytes);
 * staged objects without a row (the transaction rolled back) are deleted,
   and those whose row is already stored are deleted as leftovers;
-* objects at a file key (``<uuid>/<purpose>/<uuid>``) without a row (the
-  row was deleted, the bytes not yet) are deleted. Other keys, written
+* objects at a file key (``<area><uuid>/<purpose>/<uuid>``) without a row
+  (the row was deleted, the bytes not yet) are deleted. Other keys, written
   with :meth:`Storage.put` directly, are never touched.
 
 Reads verify the SHA-256 recorded in the row by default
 (:class:`~toolkit.errors.IntegrityError` on a mismatch).
+
+Tenants. A store works for one tenant: ``FileStore(storage, tenant=t)``,
+or ``store.for_tenant(t)`` per request (none: the default tenant, as a
+single workspace and a superuser without a tenant are). Every key it makes
+starts with that tenant's area, ``<area>`` above (``t/<tenant>/``, nothing
+for the default tenant: :func:`~toolkit.storage.keys.tenant_area`); the
+transactions it opens are that tenant's; a transaction handed to it must be
+that tenant's (:func:`~toolkit.db.database.tenant_of`, no round trip),
+and a row whose key is not one of that tenant's file keys (forged or
+corrupted: it points into another tenant's area) is refused with
+:class:`~toolkit.errors.TenantMismatch` before any byte is read, written
+or deleted. Row-level security keeps the other tenants' rows out of sight;
+these checks keep their bytes out of reach. A sweep touches its tenant's
+area only.
 
 The async API (this module's twin under ``toolkit/aio/``, over the same
 Storage objects) uploads from bytes, an ``async read(n)`` object such
@@ -50,29 +64,30 @@ and existence checks go through a worker thread on every back end.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from uuid import UUID
 
-from toolkit.db.database import Connection, Database
-from toolkit.db.patterns import Audit, parse_id
-from toolkit.errors import Conflict, InvalidInput, NotFound
+from toolkit.db.database import Connection, Database, tenant_of
+from toolkit.db.patterns import AuditWrite, parse_id
+from toolkit.errors import Conflict, InvalidInput, NotFound, TenantMismatch
 from toolkit.storage import repository as files
 from toolkit.storage.base import Storage, VerifyingReader, download_headers
 from toolkit.storage.keys import (
-    STAGING_PREFIX,
-    check_key,
     check_purpose,
     clean_filename,
     file_key,
+    is_file_key,
     staging_key,
+    staging_prefix,
+    tenant_area,
 )
 from toolkit.storage.protocol import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_BYTES,
-    FILE_KEY,
     SWEEP_BATCH,
     StagedFile,
     SweepReport,
@@ -81,6 +96,7 @@ from toolkit.storage.protocol import (
 from toolkit.storage.records import File
 from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
 from toolkit.storage.streams import Source
+from toolkit.tenants import tenant_id
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
@@ -100,18 +116,62 @@ class FileStore:
     back end behind an async facade, whose methods are awaited. There,
     close the store (or use it as a context manager) to release the S3
     client it opened on the event loop; the back end stays open.
+
+    ``tenant`` (a UUID or its text) is the tenant the store works for; None
+    is the default tenant (see the module docstring, "Tenants").
     """
 
     def __init__(
         self,
         storage: Storage,
         *,
+        tenant: UUID | str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         allowed_types: Collection[str] | None = DEFAULT_ALLOWED_TYPES,
     ) -> None:
         self.storage = storage
+        self._tenant = None if tenant is None else tenant_id(tenant)
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
+
+    @property
+    def tenant(self) -> UUID | None:
+        """The tenant this store works for; None for the default tenant."""
+        return self._tenant
+
+    def for_tenant(self, tenant: UUID | str) -> FileStore:
+        """This store working for ``tenant`` (a UUID or its text): cheap, one per request.
+
+        It shares this store's Storage (in the async API, its facade and S3
+        client: closing either store releases that client, made again on
+        next use) and limits. None is refused (InvalidInput), so a tenant
+        that was never resolved cannot fall back to the default one.
+        """
+        bound = copy.copy(self)
+        bound._tenant = tenant_id(tenant)
+        return bound
+
+    def _check_transaction(self, conn: Connection) -> None:
+        """TenantMismatch unless ``conn``'s transaction is this store's tenant's."""
+        if tenant_area(tenant_of(conn)) != tenant_area(self._tenant):
+            raise TenantMismatch(
+                "the transaction's tenant is not the file store's: run it in "
+                "database.transaction(tenant=store.tenant), or use store.for_tenant(...)",
+                table="files",
+            )
+
+    def _key_of(self, file: File) -> str:
+        """``file.key`` if it is one of this tenant's file keys; TenantMismatch otherwise."""
+        if not is_file_key(file.key, tenant=self._tenant):
+            raise TenantMismatch(
+                f"file {file.id}: its key is not one of this tenant's file keys (a forged "
+                "or corrupted row); nothing was read, written or deleted",
+                table="files",
+            )
+        return file.key
+
+    def _staging(self, file_id: UUID) -> str:
+        return staging_key(file_id, tenant=self._tenant)
 
     def close(self) -> None:
         """Release what the async API opened on this event loop; the Storage stays open."""
@@ -151,7 +211,7 @@ class FileStore:
         owner = parse_id(owner_id, "owner_id")
         purpose = check_purpose(purpose)
         file_id = uuid.uuid4()
-        staging = staging_key(file_id)
+        staging = self._staging(file_id)
         result = self.storage._put(  # the staging prefix is the store's own
             staging,
             data,
@@ -163,7 +223,7 @@ class FileStore:
             id=file_id,
             owner_id=owner,
             purpose=purpose,
-            key=file_key(owner, purpose, file_id),
+            key=file_key(owner, purpose, file_id, tenant=self._tenant),
             staging_key=staging,
             original_name=clean_filename(original_name),
             size=result.size,
@@ -179,9 +239,19 @@ class FileStore:
         *,
         execution_id: UUID | str | None = None,
         session_id: UUID | str | None = None,
-        audit: Audit | None = None,
+        audit: AuditWrite | None = None,
     ) -> File:
-        """Insert the row of ``staged`` in the caller's transaction (step 2)."""
+        """Insert the row of ``staged`` in the caller's transaction (step 2).
+
+        The transaction must be this store's tenant's, and ``staged`` staged
+        by a store of the same tenant (TenantMismatch otherwise).
+        """
+        self._check_transaction(conn)
+        if staged.key != file_key(staged.owner_id, staged.purpose, staged.id, tenant=self._tenant):
+            raise TenantMismatch(
+                f"file {staged.id} was staged for another tenant than the file store's",
+                table="files",
+            )
         return files.create(
             conn,
             {
@@ -206,23 +276,26 @@ class FileStore:
         """Move committed bytes to their final key and mark the row stored (step 3).
 
         NotFound (and the staged bytes discarded) if the row was never
-        committed. Safe to repeat, and safe to race with the sweep.
+        committed. Safe to repeat, and safe to race with the sweep. ``conn``
+        must be this store's tenant's (TenantMismatch otherwise).
         """
+        self._check_transaction(conn)
         try:
             row = files.get(conn, file.id)
         except NotFound:
-            self.storage._delete_internal(staging_key(file.id))
+            self.storage._delete_internal(self._staging(file.id))
             raise
         if row.status == "stored":
             return row
         return self._promote_row(conn, row)
 
     def _promote_row(self, conn: Connection, row: File) -> File:
-        staging = staging_key(row.id)
+        staging = self._staging(row.id)
+        key = self._key_of(row)
         try:
-            self.storage._move_internal(staging, check_key(row.key))
+            self.storage._move_internal(staging, key)
         except NotFound:
-            if not self.storage.exists(row.key):
+            if not self.storage.exists(key):
                 raise
         except Conflict:
             # Copied before a crash, not yet deleted (S3): the final bytes are there.
@@ -232,7 +305,7 @@ class FileStore:
 
     def discard(self, staged: StagedFile) -> None:
         """Remove staged bytes whose transaction rolled back (the sweep would, later)."""
-        self.storage._delete_internal(staged.staging_key)
+        self.storage._delete_internal(self._staging(staged.id))
 
     def store(
         self,
@@ -246,7 +319,7 @@ class FileStore:
         execution_id: UUID | str | None = None,
         session_id: UUID | str | None = None,
         max_bytes: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditWrite | None = None,
     ) -> File:
         """Stage, record in a transaction of its own, and promote: the whole protocol.
 
@@ -262,25 +335,26 @@ class FileStore:
             max_bytes=max_bytes,
         )
         try:
-            with database.transaction() as tx:
+            with database.transaction(tenant=self._tenant) as tx:
                 self.record(
                     tx, staged, execution_id=execution_id, session_id=session_id, audit=audit
                 )
         except BaseException:
             self.discard(staged)
             raise
-        with database.connection() as conn:
+        with database.connection(tenant=self._tenant) as conn:
             return self.promote(conn, staged)
 
     # -- reading ------------------------------------------------------------------------
 
     def _location(self, file: File) -> str:
-        if file.status == "stored" or self.storage.exists(file.key):
-            return file.key
-        staging = staging_key(file.id)
+        key = self._key_of(file)
+        if file.status == "stored" or self.storage.exists(key):
+            return key
+        staging = self._staging(file.id)
         if self.storage._exists_internal(staging):
             return staging
-        return file.key
+        return key
 
     def open(self, file: File, *, verify: bool = True) -> VerifyingReader:
         """A streaming read of a file's bytes; reading to the end checks the SHA-256.
@@ -308,12 +382,13 @@ class FileStore:
         such as HTML or SVG is never served as itself); an application that
         serves the bytes itself must send :meth:`headers`.
         """
+        key = self._key_of(file)
         if file.status != "stored":
             raise InvalidInput(
                 f"file {file.id} is not promoted yet (status {file.status})", field="status"
             )
         return self.storage.url(
-            file.key, expires=expires, filename=file.original_name, content_type=file.content_type
+            key, expires=expires, filename=file.original_name, content_type=file.content_type
         )
 
     @staticmethod
@@ -331,15 +406,20 @@ class FileStore:
     # -- deleting and sweeping ----------------------------------------------------------
 
     def delete(
-        self, database: Database, file_id: UUID | str, *, audit: Audit | None = None
+        self, database: Database, file_id: UUID | str, *, audit: AuditWrite | None = None
     ) -> File:
-        """Delete the row, then the bytes (a crash in between leaves an orphan for the sweep)."""
-        with database.transaction() as tx:
+        """Delete the row, then the bytes (a crash in between leaves an orphan for the sweep).
+
+        A row whose key is not one of this tenant's file keys is refused
+        (TenantMismatch): the transaction rolls back, nothing is deleted.
+        """
+        with database.transaction(tenant=self._tenant) as tx:
             row = files.delete(tx, file_id, audit=audit)
-        if row is None:
-            raise NotFound("file", file_id)
-        self.storage.delete(row.key)
-        self.storage._delete_internal(staging_key(row.id))
+            if row is None:
+                raise NotFound("file", file_id)
+            key = self._key_of(row)
+        self.storage.delete(key)
+        self.storage._delete_internal(self._staging(row.id))
         return row
 
     def sweep(
@@ -349,7 +429,13 @@ class FileStore:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         now: datetime | None = None,
     ) -> SweepReport:
-        """Reconcile storage and rows, touching only what is older than ``grace_seconds``."""
+        """Reconcile storage and rows, touching only what is older than ``grace_seconds``.
+
+        Only this store's tenant's area and rows, in ``conn``, a transaction
+        of that tenant (TenantMismatch otherwise). Rows whose key is not one
+        of the tenant's file keys are left as they are and reported.
+        """
+        self._check_transaction(conn)
         if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int | float):
             raise InvalidInput("grace_seconds must be a number", field="grace_seconds")
         if grace_seconds < 0:
@@ -365,26 +451,31 @@ class FileStore:
     def _sweep_staged_rows(self, conn: Connection, grace: float, report: SweepReport) -> None:
         while True:
             rows = files.staged_before(conn, grace, limit=SWEEP_BATCH)
-            for row in rows:
+            fresh = [row for row in rows if row.id not in report.misplaced_rows]
+            for row in fresh:
+                if not is_file_key(row.key, tenant=self._tenant):
+                    report.misplaced_rows.append(row.id)  # stays staged: skipped from now on
+                    continue
                 try:
                     self._promote_row(conn, row)
                     report.promoted.append(row.id)
                 except NotFound:
                     files.delete(conn, row.id)
                     report.lost_rows.append(row.id)
-            if len(rows) < SWEEP_BATCH:
+            if len(rows) < SWEEP_BATCH or not fresh:
                 return
 
     def _sweep_staged_objects(
         self, conn: Connection, cutoff: datetime, report: SweepReport
     ) -> None:
-        listed = self.storage._list_internal(STAGING_PREFIX)
+        prefix = staging_prefix(self._tenant)
+        listed = self.storage._list_internal(prefix)
         staged = [info.key for info in listed if info.modified is None or info.modified < cutoff]
         for start in range(0, len(staged), SWEEP_BATCH):
             ids: dict[UUID, str] = {}
             for key in staged[start : start + SWEEP_BATCH]:
                 try:
-                    ids[UUID(key[len(STAGING_PREFIX) :])] = key
+                    ids[UUID(key[len(prefix) :])] = key
                 except ValueError:
                     self.storage._delete_internal(key)
                     report.staged_without_row.append(key)
@@ -394,6 +485,9 @@ class FileStore:
                 if row is None:
                     self.storage._delete_internal(key)
                     report.staged_without_row.append(key)
+                elif not is_file_key(row.key, tenant=self._tenant):
+                    if row.id not in report.misplaced_rows:
+                        report.misplaced_rows.append(row.id)
                 elif row.status == "staged":
                     self._promote_row(conn, row)
                     report.promoted.append(row.id)
@@ -410,11 +504,13 @@ class FileStore:
         folds = self.storage._folds_case()
         candidates = [
             (info.key, info.key.lower() if folds else info.key)
-            for info in self.storage.list("")
+            for info in self.storage.list(tenant_area(self._tenant))
             if info.modified is None or info.modified < cutoff
         ]
         candidates = [
-            (key, canonical) for key, canonical in candidates if FILE_KEY.match(canonical)
+            (key, canonical)
+            for key, canonical in candidates
+            if is_file_key(canonical, tenant=self._tenant)
         ]
         for start in range(0, len(candidates), SWEEP_BATCH):
             batch = candidates[start : start + SWEEP_BATCH]

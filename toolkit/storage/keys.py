@@ -11,9 +11,14 @@ segments and over-long names. Because a segment never starts with ``.`` or
 ``_``, a key from outside can never name a back end's temporary files
 (``.tmp-*``) nor the toolkit's staging area (``_staging/``).
 
-Keys the toolkit makes (:func:`file_key`) are ``<owner>/<purpose>/<uuid>``;
-the client's file name is metadata only (:func:`clean_filename`) and never
-becomes part of a path.
+Keys the toolkit makes start with their tenant's area (:func:`tenant_area`):
+``t/<tenant>/`` for a tenant, nothing for the default tenant (and for work
+without a tenant), so a single-workspace store keeps the layout it had
+before tenants. A file's key (:func:`file_key`) is
+``<area><owner>/<purpose>/<uuid>``, its staging key (:func:`staging_key`)
+``<area>_staging/<uuid>``; every part is a UUID or a fixed word, none comes
+from the caller's text. The client's file name is metadata only
+(:func:`clean_filename`) and never becomes part of a path.
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ from typing import Final
 from uuid import UUID
 
 from toolkit.errors import InvalidInput, bounded_repr
+from toolkit.tenants import DEFAULT_TENANT, tenant_id
 
 MAX_KEY_LENGTH: Final = 512
 MAX_SEGMENT_LENGTH: Final = 128
 MAX_SEGMENTS: Final = 8
 MAX_FILENAME_LENGTH: Final = 255
 STAGING_PREFIX: Final = "_staging/"
-"""Where bytes wait until their row is committed; unreachable by outside keys."""
+"""Where bytes wait until their row is committed (after the tenant's area); unreachable
+by outside keys."""
+
+TENANTS_PREFIX: Final = "t/"
+"""Where the tenants' areas are: ``t/<tenant>/`` each (the default tenant's is the root)."""
 
 TMP_PREFIX: Final = ".tmp-"
 """Name prefix of every back end's unfinished writes; no key segment can start with '.'."""
@@ -38,6 +48,9 @@ TMP_PREFIX: Final = ".tmp-"
 PURPOSES: Final = ("attachment", "generated")
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_AREA = re.compile(rf"^{TENANTS_PREFIX}{_UUID}/")
+_FILE_KEY = re.compile(rf"{_UUID}/(?:{'|'.join(PURPOSES)})/{_UUID}")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _DEVICE_NAMES = frozenset(
@@ -107,15 +120,51 @@ def check_prefix(prefix: object, field: str = "prefix") -> str:
     return _check_text(prefix, field, allow_trailing_slash=True)
 
 
-def staging_key(file_id: UUID) -> str:
+def tenant_area(tenant: UUID | None) -> str:
+    """The prefix of every key the toolkit makes for ``tenant``: ``t/<tenant>/``.
+
+    The default tenant's, and that of work without a tenant (whose rows are
+    the default tenant's), is the empty prefix: a single-workspace store
+    keeps its keys. No tenant's area is inside another's, the default's
+    included: its keys start with a UUID, never with ``t``.
+    """
+    if tenant is None:
+        return ""
+    tenant = tenant_id(tenant)
+    return "" if tenant == DEFAULT_TENANT else f"{TENANTS_PREFIX}{tenant}/"
+
+
+def staging_prefix(tenant: UUID | None) -> str:
+    """Where ``tenant``'s files wait for their rows: ``<area>_staging/``."""
+    return f"{tenant_area(tenant)}{STAGING_PREFIX}"
+
+
+def staging_key(file_id: UUID, *, tenant: UUID | None) -> str:
     """The staging key of a file's bytes before their row is committed."""
-    return f"{STAGING_PREFIX}{file_id}"
+    return f"{staging_prefix(tenant)}{file_id}"
+
+
+def is_file_key(key: str, *, tenant: UUID | None) -> bool:
+    """Whether ``key`` is a file key in ``tenant``'s area (as :func:`file_key` makes them)."""
+    area = tenant_area(tenant)
+    return key.startswith(area) and _FILE_KEY.fullmatch(key, len(area)) is not None
+
+
+def _after_area(key: str) -> str:
+    """``key`` without the tenant's area it starts with (if any)."""
+    return _AREA.sub("", key, count=1)
 
 
 def is_internal(key: str) -> bool:
-    """Whether ``key`` is one the toolkit makes for itself (staging)."""
-    rest = key[len(STAGING_PREFIX) :]
-    return key.startswith(STAGING_PREFIX) and _SEGMENT.fullmatch(rest) is not None
+    """Whether ``key`` is one the toolkit makes for itself (in a tenant's staging area)."""
+    rest = _after_area(key)
+    name = rest[len(STAGING_PREFIX) :]
+    return rest.startswith(STAGING_PREFIX) and _SEGMENT.fullmatch(name) is not None
+
+
+def is_staging_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` is a tenant's staging area (:func:`staging_prefix`)."""
+    return _after_area(prefix) == STAGING_PREFIX
 
 
 def check_internal_or_key(key: object, field: str = "key") -> str:
@@ -136,9 +185,9 @@ def check_purpose(purpose: object) -> str:
     return str(purpose)
 
 
-def file_key(owner_id: UUID, purpose: str, file_id: UUID) -> str:
-    """The final key of a file: ``<owner>/<purpose>/<file id>``."""
-    return check_key(f"{owner_id}/{check_purpose(purpose)}/{file_id}")
+def file_key(owner_id: UUID, purpose: str, file_id: UUID, *, tenant: UUID | None) -> str:
+    """The final key of a file: ``<tenant's area><owner>/<purpose>/<file id>``."""
+    return check_key(f"{tenant_area(tenant)}{owner_id}/{check_purpose(purpose)}/{file_id}")
 
 
 def clean_filename(name: object) -> str | None:

@@ -13,9 +13,9 @@ into a back end: :meth:`Storage.put` and the FileStore both go through it.
 
 The caller hands over the source as a reader and the back end's write: in
 the sync API :func:`~toolkit.storage.streams.reader` and ``Storage._write``; in
-the async API ``async_reader`` and ``write_async`` of
-:mod:`toolkit.storage.async_io` (natively async on S3, the back end's own
-blocking write in a worker thread elsewhere).
+the async API ``async_reader`` and the write of the storage facade in
+``toolkit/aio/storage/async_io.py`` (natively async on S3, the back end's own
+blocking ``Storage.write_chunks`` in a worker thread elsewhere).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 from uuid import UUID
@@ -17,7 +16,6 @@ from toolkit.storage.records import File
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "DEFAULT_MAX_BYTES",
-    "FILE_KEY",
     "SWEEP_BATCH",
     "StagedFile",
     "SweepReport",
@@ -28,10 +26,6 @@ DEFAULT_MAX_BYTES: Final = 100 << 20
 """The upload limit unless the FileStore or the call says otherwise (100 MiB)."""
 
 DEFAULT_GRACE_SECONDS: Final = 3600.0
-
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-FILE_KEY: Final = re.compile(rf"^{_UUID}/(attachment|generated)/{_UUID}$")
-"""The keys the FileStore makes (``<owner>/<purpose>/<file id>``): only these are orphans."""
 
 SWEEP_BATCH: Final = 500
 
@@ -62,6 +56,8 @@ class SweepReport:
     staged_without_row: list[str] = field(default_factory=list)
     staged_leftovers: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    misplaced_rows: list[UUID] = field(default_factory=list)
+    """Rows whose key is not one of the tenant's file keys (forged or corrupted): untouched."""
 
     def summary(self) -> str:
         """One line of counts."""
@@ -71,7 +67,8 @@ class SweepReport:
             f"{len(self.staged_without_row)} staged object(s) without a row removed, "
             f"{len(self.staged_leftovers)} staging leftover(s) removed, "
             f"{len(self.orphans)} orphaned object(s) removed, "
-            f"{len(self.lost_rows)} row(s) without bytes deleted"
+            f"{len(self.lost_rows)} row(s) without bytes deleted, "
+            f"{len(self.misplaced_rows)} row(s) with a key outside the tenant's area left alone"
         )
 
 

@@ -15,10 +15,11 @@ from uuid import UUID
 
 from toolkit.db.bind import Many, One, Returning
 from toolkit.db.database import Connection
+from toolkit.db.drivers import run
 from toolkit.db.patterns import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    Audit,
+    AuditWrite,
     atomic,
     check_limit,
     list_page,
@@ -58,12 +59,15 @@ _delete = Returning("files.delete", File, ("id",))
 
 
 def create(
-    conn: Connection, values: FileCreate | Mapping[str, Any], *, audit: Audit | None = None
+    conn: Connection,
+    values: FileCreate | Mapping[str, Any],
+    *,
+    audit: AuditWrite | None = None,
 ) -> File:
     """Insert a file row (status 'staged'), as the FileStore does after staging the bytes."""
     row = validate(FileCreate, values)
     with atomic(conn):
-        created = _create(conn, **row.model_dump())
+        created = run(conn, _create, **row.model_dump())
         record_audit(
             conn,
             audit,
@@ -77,12 +81,12 @@ def create(
 def get(conn: Connection, file_id: UUID | str) -> File:
     """The file with this id; NotFound otherwise."""
     key = parse_id(file_id)
-    return _get(conn, key, id=key)
+    return run(conn, _get, key, id=key)
 
 
 def get_many(conn: Connection, file_ids: Sequence[UUID]) -> builtins.list[File]:
     """The files among ``file_ids`` (at most 1,000; missing ones are simply absent)."""
-    return _get_many(conn, ids=parse_ids(file_ids, "file_ids"))
+    return run(conn, _get_many, ids=parse_ids(file_ids, "file_ids"))
 
 
 def with_keys(conn: Connection, keys: Sequence[str]) -> builtins.list[File]:
@@ -96,7 +100,7 @@ def with_keys(conn: Connection, keys: Sequence[str]) -> builtins.list[File]:
     for key in keys:
         if not isinstance(key, str) or not 1 <= len(key) <= 512 or not key.isprintable():
             raise InvalidInput(f"not a file key: {bounded_repr(key)}", field="keys", value=key)
-    return _existing_keys(conn, keys=builtins.list(keys))
+    return run(conn, _existing_keys, keys=builtins.list(keys))
 
 
 def list(
@@ -122,7 +126,7 @@ def list(
 
 def mark_stored(conn: Connection, file_id: UUID) -> File | None:
     """Mark a staged file stored; None if it is not staged (already stored, or gone)."""
-    return _mark_stored(conn, id=parse_id(file_id, "file_id"))
+    return run(conn, _mark_stored, id=parse_id(file_id, "file_id"))
 
 
 def staged_before(
@@ -140,14 +144,16 @@ def staged_before(
             field="grace_seconds",
             value=grace_seconds,
         )
-    return _staged_before(conn, grace_seconds=float(grace_seconds), limit=check_limit(limit))
+    return run(conn, _staged_before, grace_seconds=float(grace_seconds), limit=check_limit(limit))
 
 
-def delete(conn: Connection, file_id: UUID | str, *, audit: Audit | None = None) -> File | None:
+def delete(
+    conn: Connection, file_id: UUID | str, *, audit: AuditWrite | None = None
+) -> File | None:
     """Delete a file's row and return it (None if it did not exist)."""
     key = parse_id(file_id)
     with atomic(conn):
-        deleted = _delete(conn, id=key)
+        deleted = run(conn, _delete, id=key)
         if deleted is not None:
             record_audit(conn, audit, "file.deleted", key, {"key": deleted.key})
     return deleted

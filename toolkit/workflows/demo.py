@@ -6,8 +6,10 @@ without Redis both are computed and the demo goes on), writes checkpoints,
 completes it, stores its generated report (read back
 with its checksum checked), and the audit chain verifies; then the workflow
 runs once more through the outbox, RabbitMQ and a worker, which prints the
-notification it produced. It runs
-against the configured database; where none answers, it says so in one line
+notification it produced. Last, two workspaces (tenants) side by side each
+make a user and an agent and send the same LLM request, and neither sees
+the other's (:mod:`toolkit.workflows.demo_workspaces`). It runs against the
+configured database; where none answers, it says so in one line
 with the fix, or runs on an embedded PostgreSQL (a database of the URL's
 name) when pgserver, the ``embedded`` extra, is installed (``pip install
 pgserver``, or ``pip install '.[embedded]'`` in a checkout). A server that
@@ -41,7 +43,6 @@ from toolkit.db.database import Database
 from toolkit.db.errors import connection_failure
 from toolkit.db.migrations import migrate
 from toolkit.errors import ConfigurationError
-from toolkit.records import Agent
 from toolkit.repositories import (
     Audit,
     agents,
@@ -51,8 +52,11 @@ from toolkit.repositories import (
     users,
     workflows,
 )
+from toolkit.repositories.records import Agent
 from toolkit.workflows.demo_messaging import run_demo_messaging
+from toolkit.workflows.demo_model import AGENT, fake_model, llm_request
 from toolkit.workflows.demo_storage import store_demo_report
+from toolkit.workflows.demo_workspaces import run_demo_workspaces
 
 
 def _reachable(url: str) -> bool:
@@ -104,19 +108,13 @@ def _privileged_note(database: Database) -> str | None:
     what = "a superuser" if row[1] else "a BYPASSRLS role"
     return (
         f"running as {row[0]!r}, {what}: fine for the demo, but it bypasses the toolkit_app "
-        "role's protections (no DDL, append-only audit events, hidden password hashes); "
-        "an application connects as a login role in toolkit_app"
+        "role's protections (no DDL, append-only audit events, hidden password hashes, "
+        "tenant isolation); an application connects as a login role in toolkit_app"
     )
 
 
 def _step(number: int, text: str) -> None:
     print(f"{number:>2}. {text}")
-
-
-def fake_model(request: dict[str, Any]) -> str:
-    """A deterministic stand-in for an LLM: the same request, the same answer."""
-    question = request["messages"][-1]["content"]
-    return f"Summary of {question!r}: machines can compute what is computable."
 
 
 def cached_llm_calls(settings: Settings, agent: Agent) -> tuple[str, str]:
@@ -125,14 +123,7 @@ def cached_llm_calls(settings: Settings, agent: Agent) -> tuple[str, str]:
     The second identical call is a hit. Without Redis both are computed
     (the cache fails open) and the demo goes on.
     """
-    request: dict[str, Any] = {
-        "model": agent.config.model,
-        "temperature": agent.config.temperature,
-        "messages": [
-            {"role": "system", "content": f"You are {agent.name}."},
-            {"role": "user", "content": "On Computable Numbers"},
-        ],
-    }
+    request = llm_request(agent)
     with CacheClient.from_settings(settings) as client:  # under TOOLKIT_CACHE_NAMESPACE
         llm = LLMCache(client)
         llm.invalidate(request)  # a fresh start on every run
@@ -175,12 +166,7 @@ def walk_story(database: Database) -> dict[str, Any]:
     with database.transaction() as tx:
         agent = agents.create(
             tx,
-            {
-                "owner_id": user.id,
-                "name": "Research helper",
-                "type": "researcher",
-                "config": {"model": "demo-model", "temperature": 0.0, "tools": ["search"]},
-            },
+            {**AGENT, "owner_id": user.id},
             audit=actor,
         )
         workflow = workflows.create(
@@ -282,5 +268,10 @@ def run_demo(settings: Settings, *, embedded: bool = False) -> int:
             input={"paper": "On Computable Numbers"},
             echo=lambda line: print(f"    {line}"),
         )
+        _step(12, "two workspaces side by side, each a tenant the database keeps apart:")
+        kept_apart = run_demo_workspaces(database, echo=lambda line: print(f"    {line}"))
+    if not kept_apart:
+        print("demo failed: the two workspaces were NOT kept apart (see above)")
+        return 1
     print("demo complete")
     return 0

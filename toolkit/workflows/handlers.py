@@ -1,9 +1,10 @@
 """The default handlers ``toolkit worker`` runs, and how to plug in others.
 
 ``--work module:function`` replaces the workflow work function (it gets the
-running :class:`~toolkit.records.Execution` and returns its output);
+running :class:`~toolkit.repositories.records.Execution` and returns its output);
 ``--handler queue=module:function`` replaces a queue's handler (it gets a
-:class:`~toolkit.messaging.consumer.Delivery`).
+:class:`~toolkit.messaging.consumer.Delivery`, and does its work in
+``inbox.tenant_transaction(db, delivery)``: as the message's tenant).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from toolkit.errors import ConfigurationError
 from toolkit.messaging import inbox
 from toolkit.messaging.consumer import Delivery, Handler
 from toolkit.messaging.models import AuditLog, NotificationSend
-from toolkit.records import Execution
+from toolkit.repositories.records import Execution
 from toolkit.workflows.service import WorkFunction, workflow_handler
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ execution and enqueues the notification in one transaction. A worker that
 dies leaves a running execution whose lease expires; :func:`sweep_expired`
 returns it to pending and enqueues it again. The state machine is the
 handler's inbox: a duplicate message finds the execution no longer pending
-and does nothing.
+and does nothing. Every transaction of the handler (claim, lease renewals,
+finish) runs as the message's tenant (:func:`toolkit.messaging.inbox.tenant_transaction`).
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ from toolkit.db.database import Connection, Database
 from toolkit.db.patterns import validate
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
 from toolkit.leases import LeaseKeeper
-from toolkit.messaging import outbox
+from toolkit.messaging import inbox, outbox
 from toolkit.messaging.consumer import Delivery, Handler
 from toolkit.messaging.models import AuditLog, NotificationSend, WorkflowExecute
-from toolkit.records import AuditEvent, AuditEventCreate, Execution
 from toolkit.repositories import Audit, audit_events, executions, workflows
+from toolkit.repositories.records import (
+    AuditEvent,
+    AuditEventCreate,
+    Execution,
+    RequeuedExecution,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +141,18 @@ def record_audit_event(tx: Connection, data: AuditEventCreate | Mapping[str, Any
     return event
 
 
-def sweep_expired(db: Database, *, limit: int = 100) -> list[Execution]:
+def sweep_expired(
+    db: Database, *, tenant: UUID | str | None = None, limit: int = 100
+) -> list[RequeuedExecution]:
     """Return executions whose lease expired to pending and enqueue them again.
 
     One transaction: an execution is back in pending exactly when its new
-    ``workflow.execute`` message is in the outbox.
+    ``workflow.execute`` message is in the outbox, as the execution's
+    tenant. Without ``tenant``, a role the policies do not bind (an
+    operator's: superuser or BYPASSRLS) sweeps every tenant, and a role they
+    bind raises TenantRequired; with one, only that tenant's executions.
     """
-    with db.transaction() as tx:
+    with db.transaction(tenant=tenant) as tx:
         expired = executions.requeue_expired(tx, limit=limit)
         for execution in expired:
             outbox.enqueue(
@@ -151,6 +162,7 @@ def sweep_expired(db: Database, *, limit: int = 100) -> list[Execution]:
                     workflow_id=execution.workflow_id,
                     attempt=execution.attempt,
                 ),
+                tenant=execution.tenant_id,
             )
     if expired:
         log.warning("sweeper: %d execution(s) with an expired lease re-enqueued", len(expired))
@@ -158,13 +170,20 @@ def sweep_expired(db: Database, *, limit: int = 100) -> list[Execution]:
 
 
 def _execution_lease_keeper(
-    db: Database, execution_id: UUID, worker_id: str, lease: float, every: float
+    db: Database,
+    delivery: Delivery,
+    execution_id: UUID,
+    *,
+    worker_id: str,
+    lease: float,
+    every: float,
 ) -> LeaseKeeper:
-    """A keeper that renews an execution's lease beside its work; ``lost`` notes a lost lease."""
+    """A keeper that renews an execution's lease beside its work, as the delivery's
+    tenant; ``lost`` notes a lost lease."""
 
     def renew() -> bool:
         try:
-            with db.connection() as conn:
+            with inbox.tenant_transaction(db, delivery) as conn:
                 executions.renew_lease(conn, execution_id, worker_id=worker_id, lease_seconds=lease)
         except IllegalTransition:
             log.error("execution %s: lease lost (swept or cancelled)", execution_id)
@@ -195,7 +214,7 @@ def workflow_handler(
         message = delivery.message
         assert isinstance(message, WorkflowExecute)
         try:
-            with db.transaction() as tx:
+            with inbox.tenant_transaction(db, delivery) as tx:
                 execution = executions.start(
                     tx, message.execution_id, worker_id=worker_id, lease_seconds=lease_seconds
                 )
@@ -204,7 +223,9 @@ def workflow_handler(
             log.info("workflow.execute %s ignored: %s", delivery.message_id, exc)
             return
         delivery.ack_now()
-        with _execution_lease_keeper(db, execution.id, worker_id, lease_seconds, every) as keeper:
+        with _execution_lease_keeper(
+            db, delivery, execution.id, worker_id=worker_id, lease=lease_seconds, every=every
+        ) as keeper:
             try:
                 output: Mapping[str, Any] | None = work(execution)
                 error = None
@@ -213,7 +234,7 @@ def workflow_handler(
         if keeper.lost:
             return
         try:
-            with db.transaction() as tx:
+            with inbox.tenant_transaction(db, delivery) as tx:
                 finish_execution(tx, execution.id, output=output, error=error)
         except IllegalTransition:
             log.error("execution %s was taken from this worker before it finished", execution.id)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import builtins
 
 from evaluations.records import Evaluation, EvaluationCreate, EvaluationFilter
+from toolkit.db import Connection, run
 from toolkit.db.bind import Many, Scalar
-from toolkit.db.database import Connection
 from toolkit.db.patterns import Entity, validate
 
 _entity: Entity[Evaluation, EvaluationFilter] = Entity(
@@ -21,7 +21,6 @@ _entity: Entity[Evaluation, EvaluationFilter] = Entity(
     EvaluationFilter,
     entity="evaluation",
     create=EvaluationCreate,
-    json_columns=("details",),
 )
 _pass_rate = Scalar("evaluations.pass_rate", float, ("metric",))
 _metrics = Many("evaluations.metrics", str, ())
@@ -38,9 +37,9 @@ delete = _entity.delete
 
 def pass_rate(conn: Connection, metric: str) -> float | None:
     """The share of passed evaluations of ``metric``; None when there are none."""
-    return _pass_rate(conn, metric=validate(EvaluationFilter, {"metric": metric}).metric)
+    return run(conn, _pass_rate, metric=validate(EvaluationFilter, {"metric": metric}).metric)
 
 
 def metrics(conn: Connection) -> builtins.list[str]:
     """Every metric evaluated so far, in order."""
-    return _metrics(conn)
+    return run(conn, _metrics)

@@ -25,8 +25,8 @@ from toolkit.aio.db import AsyncDatabase
 from toolkit.aio.repositories import users as async_users
 from toolkit.db import Connection, Database
 from toolkit.errors import InvalidInput, InvalidReference, NotFound, QueryDefinitionError
-from toolkit.records import Execution
 from toolkit.repositories import executions, users, workflows
+from toolkit.repositories.records import Execution
 
 APP = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,21 @@
 """A cache of LLM responses keyed on a canonical fingerprint of the request.
 
-See :class:`AsyncLLMCache`. Keys (``<ns>`` is the client's namespace, ``<fp>`` the
-request fingerprint, ``<ms>`` a digest of the model name)::
+See :class:`AsyncLLMCache`. Keys (``<ns>`` is the client's namespace, ``<t>`` the
+tenant's UUID or ``shared``, ``<fp>`` the request fingerprint, ``<ms>`` a digest
+of the model name)::
 
-    <ns>:llm:v1:<fp>           the entry
-    <ns>:llm:v1:lease:<fp>     the stampede lease while one caller computes it
-    <ns>:llm:v1:gen            generation of the whole namespace
-    <ns>:llm:v1:gen:<ms>       generation of one model
+    <ns>:llm:v1:{<t>}:<fp>         the entry
+    <ns>:llm:v1:{<t>}:lease:<fp>   the stampede lease while one caller computes it
+    <ns>:llm:v1:{<t>}:gen          generation of the tenant's whole namespace
+    <ns>:llm:v1:{<t>}:gen:<ms>     generation of one model, for that tenant
+
+``{<t>}`` is the Redis Cluster hash tag: every key of one tenant hashes to
+one slot, so the ``MGET`` of an entry with its generations (and its lease),
+the generations' pipeline and the lease scripts never cross slots. Each
+tenant (and the shared namespace) has its own generations, so invalidating
+one leaves the others' entries valid; with an integrity key each tenant's
+entries and generations are signed with a key derived from it
+(:meth:`~toolkit.cache.codec.Signer.for_tenant`).
 
 Every entry records the two generations it was written under; a lookup
 reads the entry and both generations with one ``MGET`` and treats an entry
@@ -40,6 +49,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from functools import lru_cache
 from typing import Any, Final, TypeVar, cast
+from uuid import UUID
 
 from redis.asyncio import Redis
 
@@ -61,6 +71,7 @@ from toolkit.cache.entries import (
     Plan,
     encode_body,
     is_nondeterministic,
+    key_prefix,
     lease_key,
     new_generation_value,
     open_generation,
@@ -68,16 +79,21 @@ from toolkit.cache.entries import (
     usage_of,
 )
 from toolkit.cache.fingerprint import (
-    KEY_VERSION,
     Canonical,
     KeyExplanation,
     RequestFingerprinter,
     model_scope,
 )
-from toolkit.cache.inputs import Outcome, fraction, positive_seconds, ttl_seconds
+from toolkit.cache.inputs import (
+    Outcome,
+    fraction,
+    positive_seconds,
+    ttl_seconds,
+)
 from toolkit.cache.secrets import SecretDetector
 from toolkit.cache.stats import BypassReason, CacheStats
 from toolkit.errors import InvalidInput
+from toolkit.tenants import tenant_id
 
 __all__ = ["AsyncLLMCache"]
 # Shared with the other API (toolkit.cache.entries); apart, so both spellings sort.
@@ -121,6 +137,12 @@ class AsyncLLMCache:
         ``too_large``); a stored entry that is or inflates larger is corrupt.
     ``lease_ttl`` / ``wait_timeout`` / ``poll_interval``
         Stampede control of :meth:`get_or_compute`, see there.
+    ``tenant``
+        The tenant (a UUID or its text) whose entries this cache reads and
+        writes; None (the default) is the one shared namespace, which every
+        cache built without a tenant shares: an identical request from any
+        caller hits the same entry there. A platform serving several tenants
+        builds one cache and binds it per request with :meth:`for_tenant`.
 
     Entries are signed when the client has an integrity key (see
     :class:`AsyncCacheClient`); then only entries that verify are served.
@@ -140,6 +162,7 @@ class AsyncLLMCache:
         lease_ttl: float = 30.0,
         wait_timeout: float = 30.0,
         poll_interval: float = 0.005,
+        tenant: UUID | str | None = None,
     ) -> None:
         if not isinstance(client, AsyncCacheClient):
             raise InvalidInput(f"client must be a {AsyncCacheClient.__name__}", field="client")
@@ -167,9 +190,9 @@ class AsyncLLMCache:
             raise InvalidInput(
                 "max_entry_bytes must be >= 1", field="max_entry_bytes", value=max_entry_bytes
             )
+        bound = None if tenant is None else tenant_id(tenant)
         self._client = client
         self._max_entry_bytes = max_entry_bytes
-        self._signer = client.signer
         self._jitter = jitter
         self.cache_nondeterministic = bool(cache_nondeterministic)
         self._detector = _DEFAULT_DETECTOR if secret_detector is DEFAULT else secret_detector
@@ -178,13 +201,21 @@ class AsyncLLMCache:
         self._lease_ttl = float(lease_ttl)
         self._wait_timeout = float(wait_timeout)
         self._poll_interval = float(poll_interval)
-        self._prefix = f"{client.namespace}:llm:{KEY_VERSION}:"
-        self._ns_gen_key = self._prefix + "gen"
-        self._model_gen_key = lru_cache(maxsize=256)(self._make_model_gen_key)
         self._stats = client.recorder
         self._clean_requests: set[str] = set()
         self._release_script = client.redis.register_script(RELEASE_LUA)
         self._extend_script = client.redis.register_script(EXTEND_LUA)
+        self._model_scope = lru_cache(maxsize=256)(model_scope)  # shared with bound caches
+        self._bind(bound)
+
+    def _bind(self, tenant: UUID | None) -> None:
+        """Point this cache's keys and signer at ``tenant`` (None: the shared namespace)."""
+        self._tenant = tenant
+        self._prefix = key_prefix(self._client.namespace, tenant)
+        self._ns_gen_key = self._prefix + "gen"
+        self._model_gen_prefix = self._prefix + "gen:"
+        main = self._client.signer
+        self._signer = main if main is None or tenant is None else main.for_tenant(tenant)
 
     # -- public API ------------------------------------------------------------
 
@@ -192,6 +223,31 @@ class AsyncLLMCache:
     def client(self) -> AsyncCacheClient:
         """The underlying :class:`AsyncCacheClient`."""
         return self._client
+
+    @property
+    def tenant(self) -> UUID | None:
+        """The tenant whose entries this cache serves; None for the shared namespace."""
+        return self._tenant
+
+    def for_tenant(self, tenant: UUID | str) -> AsyncLLMCache:
+        """This cache bound to ``tenant`` (a UUID or its text): its own entries, leases,
+        generations and, with an integrity key, signing key.
+
+        Cheap enough to call per request (about 2 µs): the new cache shares
+        the client (breaker, counters), detector, fingerprinter, registered
+        scripts and memos with this one and copies its settings; the tenant's
+        derived key is computed once per tenant. None is refused
+        (InvalidInput), so a tenant that was never resolved cannot fall back
+        to the shared namespace.
+        """
+        bound = tenant_id(tenant)
+        if bound == self._tenant:
+            return self
+        # What copy.copy does, without its generic machinery (several times slower).
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view._bind(bound)
+        return view
 
     def key(self, request: Mapping[str, Any]) -> str:
         """The Redis key of ``request``'s entry (a digest only, never the prompt)."""
@@ -325,7 +381,8 @@ class AsyncLLMCache:
         return await self._client.call(op, False)
 
     async def invalidate_model(self, model: str) -> bool:
-        """Invalidate every entry of ``model`` (any namespace generation) in O(1).
+        """Invalidate every entry of ``model`` for this cache's tenant (or the shared
+        namespace), whatever the namespace generation, in O(1).
 
         Returns False if Redis could not be told (the entries then stay valid
         until their TTL).
@@ -335,7 +392,10 @@ class AsyncLLMCache:
         return await self._new_generation(self._model_gen_key(model)) is not None
 
     async def invalidate_all(self) -> bool:
-        """Invalidate every entry of this namespace in O(1)."""
+        """Invalidate every entry of this cache's tenant (or of the shared namespace) in O(1).
+
+        Other tenants' entries stay valid.
+        """
         return await self._new_generation(self._ns_gen_key) is not None
 
     def stats(self) -> CacheStats:
@@ -344,8 +404,8 @@ class AsyncLLMCache:
 
     # -- internals ---------------------------------------------------------------
 
-    def _make_model_gen_key(self, model: str) -> str:
-        return self._prefix + "gen:" + model_scope(model)
+    def _model_gen_key(self, model: str) -> str:
+        return self._model_gen_prefix + self._model_scope(model)
 
     def _plan(self, request: Mapping[str, Any]) -> Plan:
         canonical = self._fingerprinter.canonical(request)
@@ -363,7 +423,7 @@ class AsyncLLMCache:
         return Plan(
             self._prefix + canonical.fingerprint,
             canonical.model,
-            self._model_gen_key(canonical.model),
+            self._model_gen_prefix + self._model_scope(canonical.model),
             bypass,
         )
 
@@ -397,7 +457,7 @@ class AsyncLLMCache:
             if detector.scan_strings(strings):
                 return True
         if len(self._clean_requests) >= CLEAN_MEMORY:
-            self._clean_requests = set()  # start afresh rather than grow
+            self._clean_requests.clear()  # start afresh rather than grow (shared with bound caches)
         self._clean_requests.add(fingerprint)
         return False
 
@@ -730,7 +790,11 @@ class AsyncLLMCache:
                 return Lookup.MISS, True
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(namespace={self._client.namespace!r}, ttl={self._ttl:g})"
+        tenant = "shared" if self._tenant is None else str(self._tenant)
+        return (
+            f"{type(self).__name__}(namespace={self._client.namespace!r}, "
+            f"tenant={tenant!r}, ttl={self._ttl:g})"
+        )
 
 
 async def _finish(steps: Generator[None, None, T]) -> T:

@@ -10,8 +10,11 @@
   from :func:`encode_cursor`, checked by :func:`decode_cursor`.
 * Writes: :func:`guarded_update` (optimistic, ``expected_version``, partial
   with :data:`UNSET`), :func:`transition` (a guarded status change),
-  :func:`delete_row`, each with an optional :class:`Audit` event written in
-  the same transaction (:func:`atomic`).
+  :func:`delete_row`, each with an optional audit event written in the same
+  transaction (:func:`atomic`): ``audit=`` takes an :class:`AuditWrite`,
+  which names the statement; this layer knows no audit log.
+* Bulk writes: :func:`insert_rows` runs an ``INSERT ... SELECT FROM unnest(...)``
+  binding over many rows (COPY is refused under row level security).
 * :class:`Entity`: create/get/list/count/search/update/delete of one table.
 
 Every error is a toolkit error whose message shows the offending value
@@ -21,7 +24,8 @@ bounded (:func:`toolkit.errors.bounded_repr`).
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any, Generic, TypeVar
 from uuid import UUID
@@ -30,6 +34,7 @@ from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
 
 from toolkit.aio.db.database import AsyncConnection, transaction_on
+from toolkit.aio.db.drivers import run
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.inputs import (
     DEFAULT_LIMIT,
@@ -37,7 +42,8 @@ from toolkit.db.inputs import (
     MAX_PRUNE_BATCH,
     MAX_SEARCH_TEXT,
     UNSET,
-    Audit,
+    AuditWrite,
+    GuardedUpdate,
     Unset,
     changed_fields,
     check_count,
@@ -55,16 +61,18 @@ from toolkit.db.inputs import (
     validate_patch,
 )
 from toolkit.errors import IllegalTransition, InvalidInput, NotFound, StaleVersion, bounded_repr
-from toolkit.records import AuditEvent, AuditEventCreate, Page
+from toolkit.records import Page
 
 __all__ = [
     "DEFAULT_LIMIT",
+    "INSERT_ROWS_PER_STATEMENT",
     "MAX_LIMIT",
     "MAX_PRUNE_BATCH",
     "MAX_SEARCH_TEXT",
     "UNSET",
-    "Audit",
+    "AuditWrite",
     "Entity",
+    "GuardedUpdate",
     "Unset",
     "atomic",
     "changed_fields",
@@ -77,7 +85,7 @@ __all__ = [
     "delete_row",
     "encode_cursor",
     "guarded_update",
-    "insert_audit_event",
+    "insert_rows",
     "jsonb",
     "list_page",
     "parse_id",
@@ -115,8 +123,9 @@ async def list_page(
     after_id: UUID | None = None
     if cursor is not None:
         after_value, after_id = decode_cursor(cursor, column, descending)
-    rows = await query.acall(
+    rows = await run(
         conn,
+        query,
         sort=column,
         descending=descending,
         limit=limit + 1,
@@ -148,6 +157,31 @@ async def atomic(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+INSERT_ROWS_PER_STATEMENT = 10_000
+"""Rows :func:`insert_rows` sends in one statement: client and server each hold
+a statement's arrays whole, so a larger input goes in several statements."""
+
+
+async def insert_rows(conn: AsyncConnection, query: Exec, rows: Sequence[Sequence[Any]]) -> int:
+    """Write ``rows`` with ``query``, an ``INSERT ... SELECT FROM unnest(...)``; how many it wrote.
+
+    ``query`` takes one array per column, its parameters in the rows' column
+    order. Not COPY, which row level security refuses for a role the
+    policies bind. Up to :data:`INSERT_ROWS_PER_STATEMENT` rows go in one
+    statement; more go in several, inside the caller's transaction or (on a
+    bare connection) one of their own (:func:`atomic`), so a failure
+    part-way writes nothing either way.
+    """
+    size = INSERT_ROWS_PER_STATEMENT
+    chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+    written = 0
+    async with atomic(conn) if len(chunks) > 1 else nullcontext():
+        for chunk in chunks:
+            columns = [list(column) for column in zip(*chunk, strict=True)]
+            written += await run(conn, query, **dict(zip(query.params, columns, strict=True)))
+    return written
+
+
 async def transition(
     conn: AsyncConnection,
     change: Returning[R],
@@ -156,14 +190,14 @@ async def transition(
     entity: str,
     key: UUID,
     target: str,
-    audit: Audit | None,
+    audit: AuditWrite | None,
     params: Mapping[str, Any] | None = None,
 ) -> R:
     """Run a guarded status change; IllegalTransition or NotFound when it matches nothing."""
     async with atomic(conn):
-        changed = await change.acall(conn, id=key, **(params or {}))
+        changed = await run(conn, change, id=key, **(params or {}))
         if changed is None:
-            current = await current_status.acall(conn, id=key)
+            current = await run(conn, current_status, id=key)
             if current is None:
                 raise NotFound(entity, key)
             raise IllegalTransition(entity, key, current, target)
@@ -181,7 +215,7 @@ async def guarded_update(
     expected_version: int,
     changes: Mapping[str, Any],
     columns: tuple[str, ...],
-    audit: Audit | None,
+    audit: AuditWrite | None,
 ) -> R:
     """Run an optimistic partial update of ``columns`` from already-validated ``changes``.
 
@@ -200,7 +234,7 @@ async def guarded_update(
         )
     params = patch_params({column: changes.get(column, UNSET) for column in columns})
     async with atomic(conn):
-        updated = await update.acall(conn, id=key, expected_version=expected_version, **params)
+        updated = await run(conn, update, id=key, expected_version=expected_version, **params)
         if updated is None:
             current = await current_version(conn, key)
             if current is None:
@@ -211,82 +245,65 @@ async def guarded_update(
 
 
 async def delete_row(
-    conn: AsyncConnection, delete: Exec, *, entity: str, key: UUID, audit: Audit | None
+    conn: AsyncConnection, delete: Exec, *, entity: str, key: UUID, audit: AuditWrite | None
 ) -> None:
     """Delete one row by id (NotFound if there is none) with its audit event."""
     async with atomic(conn):
-        if await delete.acall(conn, id=key) == 0:
+        if await run(conn, delete, id=key) == 0:
             raise NotFound(entity, key)
         await record_audit(conn, audit, f"{entity}.deleted", key)
 
 
-_record_event = One(
-    "audit_events.record",
-    AuditEvent,
-    ("actor_id", "action", "entity", "entity_id", "details"),
-    entity="audit event",
-)
-
-
-async def insert_audit_event(conn: AsyncConnection, event: AuditEventCreate) -> AuditEvent:
-    """Append one validated audit event (the trigger links it into the chain)."""
-    return await _record_event.acall(
-        conn,
-        actor_id=event.actor_id,
-        action=event.action,
-        entity=event.entity,
-        entity_id=event.entity_id,
-        details=jsonb(event.details),
-    )
-
-
 async def record_audit(
     conn: AsyncConnection,
-    audit: Audit | None,
+    audit: AuditWrite | None,
     action: str,
     entity_id: UUID | None,
     details: Mapping[str, Any] | None = None,
-) -> AuditEvent | None:
+) -> None:
     """Append the audit event of a change, when the caller asked for one.
 
-    Called inside :func:`atomic` after the change, so a bad ``audit`` undoes it.
+    Called inside :func:`atomic` after the change, so a bad ``audit`` undoes
+    it; ``audit`` names the statement (:class:`AuditWrite`), run on ``conn``.
     """
     if audit is None:
-        return None
-    if not isinstance(audit, Audit) or not isinstance(audit.details, Mapping):
+        return
+    if not isinstance(audit, AuditWrite):
         raise InvalidInput(
-            f"audit must be an Audit(actor_id, details mapping), got {bounded_repr(audit)}",
+            "audit must be an AuditWrite such as toolkit.repositories.Audit(actor_id), "
+            f"got {bounded_repr(audit)}",
             field="audit",
             value=audit,
         )
-    event = validate(
-        AuditEventCreate,
-        {
-            "actor_id": audit.actor_id,
-            "action": action,
-            "entity": action.split(".", 1)[0],
-            "entity_id": entity_id,
-            "details": {**(details or {}), **audit.details},
-        },
-    )
-    return await insert_audit_event(conn, event)
+    statement = audit.event(action, entity_id, details or {})
+    await run(conn, statement.binding, **statement.values)
 
 
 F = TypeVar("F", bound=BaseModel)
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+"""Where a record's class name starts a word: ``AuditEvent`` is the entity "audit event"."""
 
 
 class Entity(Generic[R, F]):
     """The plain operations of one entity, from its named queries, in one place.
 
     A repository module declares what differs (table, record, filter model,
-    entity name, create model, jsonb columns, patchable columns, whether it
-    has ``search`` and ``delete``) and exposes these methods as its functions
-    (``get = _entity.get``); only real behaviour (leases, transitions,
-    credentials, chains) is written by hand. The queries it binds are
+    create model, update arguments, whether it has ``search`` and ``delete``)
+    and exposes these methods as its functions (``get = _entity.get``); only
+    real behaviour (leases, transitions, credentials, chains) is written by
+    hand. The entity's name in errors and audit actions is its record's
+    (``AuditEvent``: "audit event") unless ``entity`` says otherwise; a dict
+    or model value is written as jsonb. The queries it binds are
     ``<table>.get``, ``.list`` (keyset, filtered by the filter model's
     fields), ``.count``, and as declared ``.create`` (parameters: the create
-    model's fields), ``.search``, ``.update`` with ``.current_version``
-    (``patchable``), and ``.delete``.
+    model's fields), ``.search``, ``.update`` with ``.current_version``, and
+    ``.delete``.
+
+    ``update`` is the entity's update arguments, a :class:`GuardedUpdate`
+    TypedDict: its own keys are the patchable columns, and a module types its
+    ``update`` function with it (``**arguments: Unpack[AgentUpdate]``), since
+    a TypedDict cannot be a type parameter of this class.
     """
 
     def __init__(
@@ -294,22 +311,24 @@ class Entity(Generic[R, F]):
         table: str,
         record: type[R],
         filters: type[F],
-        *,
-        entity: str,
         create: type[BaseModel] | None = None,
-        json_columns: tuple[str, ...] = (),
+        update: type[Mapping[str, Any]] | None = None,
+        *,
         audit_fields: tuple[str, ...] = (),
         search: bool = False,
-        patchable: tuple[str, ...] = (),
         delete: bool = True,
+        entity: str | None = None,
     ) -> None:
         fields = tuple(filters.model_fields)
+        entity = entity or _WORD_START.sub(" ", record.__name__).lower()
         self.entity = entity
         self.filters = filters
         self.create_model = create
-        self.json_columns = json_columns
         self.audit_fields = audit_fields
-        self.patchable = patchable
+        guard = GuardedUpdate.__annotations__
+        self.patchable = tuple(
+            name for name in (update.__annotations__ if update else ()) if name not in guard
+        )
         self._get = One(f"{table}.get", record, ("id",), entity=entity)
         self._list = Many(f"{table}.list", record, (*fields, "limit"))
         self._count = Scalar(f"{table}.count", int, fields)
@@ -321,25 +340,27 @@ class Entity(Generic[R, F]):
         self._delete = Exec(f"{table}.delete", ("id",)) if delete else None
         self._search = Many(f"{table}.search", record, ("text", "limit")) if search else None
         self._update: Returning[R] | None = None
-        if patchable:
-            flags = tuple(f"set_{column}" for column in patchable)
+        if self.patchable:
+            flags = tuple(f"set_{column}" for column in self.patchable)
             self._update = Returning(
-                f"{table}.update", record, ("id", "expected_version", *patchable, *flags)
+                f"{table}.update", record, ("id", "expected_version", *self.patchable, *flags)
             )
             self._current_version = Scalar(f"{table}.current_version", int, ("id",))
 
-    def _stored(self, values: dict[str, Any]) -> dict[str, Any]:
-        for column in self.json_columns:
-            if column in values:
-                values[column] = jsonb(values[column])
-        return values
+    @staticmethod
+    def _stored(values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` as parameters: a dict or a model (a validated JSON field) as jsonb."""
+        return {
+            name: jsonb(value) if isinstance(value, dict | BaseModel) else value
+            for name, value in values.items()
+        }
 
     async def create(
         self,
         conn: AsyncConnection,
         data: BaseModel | Mapping[str, Any],
         *,
-        audit: Audit | None = None,
+        audit: AuditWrite | None = None,
     ) -> R:
         """Validate ``data`` with the create model and insert it, with its audit event;
         InvalidReference when a foreign key points nowhere, Conflict on a unique rule."""
@@ -348,7 +369,7 @@ class Entity(Generic[R, F]):
         given = validate(self.create_model, data)
         values = self._stored({name: getattr(given, name) for name in type(given).model_fields})
         async with atomic(conn):
-            created = await self._create.acall(conn, **values)
+            created = await run(conn, self._create, **values)
             details = {name: getattr(created, name) for name in self.audit_fields}
             await record_audit(conn, audit, f"{self.entity}.created", created.id, details)  # type: ignore[attr-defined]
         return created
@@ -356,7 +377,7 @@ class Entity(Generic[R, F]):
     async def get(self, conn: AsyncConnection, entity_id: UUID | str) -> R:
         """The row with this id, as its record; NotFound otherwise."""
         key = parse_id(entity_id)
-        return await self._get.acall(conn, key, id=key)
+        return await run(conn, self._get, key, id=key)
 
     async def list(
         self,
@@ -385,7 +406,7 @@ class Entity(Generic[R, F]):
         self, conn: AsyncConnection, filters: F | Mapping[str, Any] | None = None
     ) -> int:
         """How many rows match the filters."""
-        return await self._count.acall(conn, **validate(self.filters, filters).model_dump()) or 0
+        return await run(conn, self._count, **validate(self.filters, filters).model_dump()) or 0
 
     async def search(
         self, conn: AsyncConnection, text: str, *, limit: int = DEFAULT_LIMIT
@@ -394,9 +415,7 @@ class Entity(Generic[R, F]):
         are literal."""
         if self._search is None:
             raise NotImplementedError(f"{self.entity} has no search")
-        return await self._search.acall(
-            conn, text=check_search_text(text), limit=check_limit(limit)
-        )
+        return await run(conn, self._search, text=check_search_text(text), limit=check_limit(limit))
 
     async def update(
         self,
@@ -404,19 +423,27 @@ class Entity(Generic[R, F]):
         entity_id: UUID | str,
         *,
         expected_version: int,
-        changes: Mapping[str, Any],
-        audit: Audit | None = None,
+        audit: AuditWrite | None = None,
+        **changes: Any,
     ) -> R:
         """Change the given fields (UNSET ones keep their value; None sets NULL) at
-        ``expected_version``; StaleVersion when the row moved on, NotFound when gone."""
+        ``expected_version``; StaleVersion when the row moved on, NotFound when gone,
+        InvalidInput for a field that is not patchable."""
         if self.create_model is None or self._update is None:
             raise NotImplementedError(f"{self.entity} has no update")
+        unknown = sorted(set(changes).difference(self.patchable))
+        if unknown:
+            raise InvalidInput(
+                f"{self.entity} has no field {bounded_repr(unknown[0], 60)} to update; "
+                f"it updates {', '.join(self.patchable)}",
+                field=unknown[0][:64],
+            )
         key = parse_id(entity_id)
         values = self._stored(validate_patch(self.create_model, changed_fields(changes)))
         return await guarded_update(
             conn,
             self._update,
-            lambda c, k: self._current_version.acall(c, id=k),
+            lambda c, k: run(c, self._current_version, id=k),
             entity=self.entity,
             key=key,
             expected_version=expected_version,
@@ -426,7 +453,7 @@ class Entity(Generic[R, F]):
         )
 
     async def delete(
-        self, conn: AsyncConnection, entity_id: UUID | str, *, audit: Audit | None = None
+        self, conn: AsyncConnection, entity_id: UUID | str, *, audit: AuditWrite | None = None
     ) -> None:
         """Delete the row (and what cascades from it); NotFound if there is none."""
         if self._delete is None:

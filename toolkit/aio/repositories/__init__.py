@@ -11,11 +11,14 @@ from toolkit.aio.repositories import (
     audit_events,
     checkpoints,
     executions,
+    memberships,
     sessions,
+    tenants,
     users,
     workflows,
 )
-from toolkit.db.inputs import UNSET, Audit, Unset
+from toolkit.db.inputs import UNSET, Unset
+from toolkit.repositories.audit import Audit
 
 __all__ = [
     "UNSET",
@@ -25,7 +28,9 @@ __all__ = [
     "audit_events",
     "checkpoints",
     "executions",
+    "memberships",
     "sessions",
+    "tenants",
     "users",
     "workflows",
 ]

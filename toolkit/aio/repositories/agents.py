@@ -4,52 +4,34 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Unpack
 from uuid import UUID
 
 from toolkit.aio.db.database import AsyncConnection
-from toolkit.aio.db.patterns import (
-    DEFAULT_LIMIT,
-    UNSET,
-    Audit,
-    Entity,
-    Unset,
-    validate,
-)
-from toolkit.db.bind import Copy
+from toolkit.aio.db.patterns import DEFAULT_LIMIT, Entity, insert_rows, validate
+from toolkit.db.bind import Exec
 from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.records import Agent, AgentConfig, AgentCreate, AgentFilter
+from toolkit.repositories.records import Agent, AgentCreate, AgentFilter, AgentUpdate
 
-ENTITY = "agent"
-_PATCHABLE = ("name", "type", "description", "config", "is_active")
-
-_entity: Entity[Agent, AgentFilter] = Entity(
-    "agents",
-    Agent,
-    AgentFilter,
-    entity=ENTITY,
-    create=AgentCreate,
-    json_columns=("config",),
-    audit_fields=("name",),
-    search=True,
-    patchable=_PATCHABLE,
+_entity = Entity(
+    "agents", Agent, AgentFilter, AgentCreate, AgentUpdate, audit_fields=("name",), search=True
 )
-_copy = Copy("agents.copy")
+_create_many = Exec(
+    "agents.create_many",
+    ("owner_ids", "names", "types", "descriptions", "configs", "is_active"),
+)
 
-create = _entity.create
-get = _entity.get
-list = _entity.list
-count = _entity.count
-search = _entity.search
-delete = _entity.delete
+create, get, list = _entity.create, _entity.get, _entity.list
+count, search, delete = _entity.count, _entity.search, _entity.delete
 
 
 async def create_many(conn: AsyncConnection, agents: Iterable[AgentCreate]) -> int:
-    """Bulk-create agents through COPY and return how many were written.
+    """Bulk-create agents in the connection's tenant and return how many were written.
 
     Each input is an AgentCreate or a mapping like :func:`create` takes; all
-    are validated before the COPY starts, so bad input writes nothing. An
-    InvalidReference part-way leaves nothing behind either (one statement).
+    are validated before anything is written, so bad input writes nothing.
+    An InvalidReference part-way (an owner that is not a user of this
+    tenant) leaves nothing behind either (see :func:`insert_rows`).
     """
     if not isinstance(agents, Iterable) or isinstance(agents, str | bytes | Mapping):
         raise InvalidInput(
@@ -58,19 +40,13 @@ async def create_many(conn: AsyncConnection, agents: Iterable[AgentCreate]) -> i
             value=agents,
         )
     checked = [validate(AgentCreate, a) for a in agents]
-    return await _copy.acall(
+    return await insert_rows(
         conn,
-        (
-            (
-                a.owner_id,
-                a.name,
-                a.type,
-                a.description,
-                a.config.model_dump_json(),
-                a.is_active,
-            )
+        _create_many,
+        [
+            (a.owner_id, a.name, a.type, a.description, a.config.model_dump_json(), a.is_active)
             for a in checked
-        ),
+        ],
     )
 
 
@@ -87,32 +63,7 @@ async def active(conn: AsyncConnection, *, limit: int = DEFAULT_LIMIT) -> builti
 
 
 async def update(
-    conn: AsyncConnection,
-    agent_id: UUID | str,
-    *,
-    expected_version: int,
-    name: str | Unset = UNSET,
-    type: str | Unset = UNSET,
-    description: str | Unset | None = UNSET,
-    config: AgentConfig | Mapping[str, Any] | Unset = UNSET,
-    is_active: bool | Unset = UNSET,
-    audit: Audit | None = None,
+    conn: AsyncConnection, agent_id: UUID | str, **arguments: Unpack[AgentUpdate]
 ) -> Agent:
-    """Change the given fields (UNSET leaves one as is; None sets NULL).
-
-    Raises StaleVersion if the agent is no longer at ``expected_version``,
-    NotFound if it does not exist.
-    """
-    return await _entity.update(
-        conn,
-        agent_id,
-        expected_version=expected_version,
-        changes={
-            "name": name,
-            "type": type,
-            "description": description,
-            "config": config,
-            "is_active": is_active,
-        },
-        audit=audit,
-    )
+    """Change the fields given in AgentUpdate at ``expected_version`` (see Entity.update)."""
+    return await _entity.update(conn, agent_id, **arguments)

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from toolkit.aio.db.database import AsyncConnection
+from toolkit.aio.db.drivers import run
 from toolkit.aio.db.patterns import (
     DEFAULT_LIMIT,
     check_int,
@@ -22,7 +23,7 @@ from toolkit.aio.db.patterns import (
 )
 from toolkit.db.bind import Exec, Many, One, OneOrNone, Returning, Scalar
 from toolkit.errors import Conflict
-from toolkit.records import Checkpoint, CheckpointCreate
+from toolkit.repositories.records import Checkpoint, CheckpointCreate
 
 ENTITY = "checkpoint"
 MAX_SEQUENCE = 2**31 - 1
@@ -48,8 +49,9 @@ async def append(conn: AsyncConnection, data: CheckpointCreate | Mapping[str, An
     checkpoints never change once written.
     """
     checkpoint = validate(CheckpointCreate, data)
-    created = await _append.acall(
+    created = await run(
         conn,
+        _append,
         execution_id=checkpoint.execution_id,
         sequence=checkpoint.sequence,
         parent_id=checkpoint.parent_id,
@@ -58,8 +60,8 @@ async def append(conn: AsyncConnection, data: CheckpointCreate | Mapping[str, An
     )
     if created is not None:
         return created
-    existing = await _get_at.acall(
-        conn, execution_id=checkpoint.execution_id, sequence=checkpoint.sequence
+    existing = await run(
+        conn, _get_at, execution_id=checkpoint.execution_id, sequence=checkpoint.sequence
     )
     if existing is None:  # deleted between the two statements
         raise Conflict(
@@ -76,21 +78,24 @@ async def append(conn: AsyncConnection, data: CheckpointCreate | Mapping[str, An
 async def get(conn: AsyncConnection, checkpoint_id: UUID | str) -> Checkpoint:
     """The checkpoint with this id; NotFound otherwise."""
     key = parse_id(checkpoint_id)
-    return await _get.acall(conn, key, id=key)
+    return await run(conn, _get, key, id=key)
 
 
 async def get_at(
     conn: AsyncConnection, execution_id: UUID | str, sequence: int
 ) -> Checkpoint | None:
     """The checkpoint of an execution at ``sequence``, or None."""
-    return await _get_at.acall(
-        conn, execution_id=parse_id(execution_id, "execution_id"), sequence=_sequence(sequence)
+    return await run(
+        conn,
+        _get_at,
+        execution_id=parse_id(execution_id, "execution_id"),
+        sequence=_sequence(sequence),
     )
 
 
 async def latest(conn: AsyncConnection, execution_id: UUID | str) -> Checkpoint | None:
     """The newest checkpoint of an execution, or None if it has none."""
-    return await _latest.acall(conn, execution_id=parse_id(execution_id, "execution_id"))
+    return await run(conn, _latest, execution_id=parse_id(execution_id, "execution_id"))
 
 
 async def history(
@@ -104,8 +109,9 @@ async def history(
     # -1 (the default) means from the first; checked before any comparison, since
     # comparing a Decimal NaN raises.
     after = check_int(after_sequence, "after_sequence", -1, MAX_SEQUENCE)
-    return await _history.acall(
+    return await run(
         conn,
+        _history,
         execution_id=parse_id(execution_id, "execution_id"),
         after_sequence=after,
         limit=check_limit(limit),
@@ -114,13 +120,13 @@ async def history(
 
 async def count(conn: AsyncConnection, execution_id: UUID | str) -> int:
     """How many checkpoints an execution has."""
-    return await _count.acall(conn, execution_id=parse_id(execution_id, "execution_id")) or 0
+    return await run(conn, _count, execution_id=parse_id(execution_id, "execution_id")) or 0
 
 
 async def prune(conn: AsyncConnection, execution_id: UUID | str, *, keep: int) -> int:
     """Delete all but the newest ``keep`` checkpoints; returns how many went."""
     kept = check_int(keep, "keep", 1, 1_000_000)
-    return await _prune.acall(conn, execution_id=parse_id(execution_id, "execution_id"), keep=kept)
+    return await run(conn, _prune, execution_id=parse_id(execution_id, "execution_id"), keep=kept)
 
 
 def _sequence(value: Any) -> int:

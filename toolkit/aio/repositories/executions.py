@@ -17,8 +17,9 @@ from uuid import UUID
 from pydantic import Field, StringConstraints
 
 from toolkit.aio.db.database import AsyncConnection
+from toolkit.aio.db.drivers import run
 from toolkit.aio.db.patterns import (
-    Audit,
+    AuditWrite,
     Entity,
     check_limit,
     jsonb,
@@ -27,7 +28,13 @@ from toolkit.aio.db.patterns import (
     validate,
 )
 from toolkit.db.bind import Many, Returning, Scalar
-from toolkit.records import Execution, ExecutionCreate, ExecutionFilter, Input, JsonObject
+from toolkit.records import Input, JsonObject
+from toolkit.repositories.records import (
+    Execution,
+    ExecutionCreate,
+    ExecutionFilter,
+    RequeuedExecution,
+)
 
 ENTITY = "execution"
 DEFAULT_LEASE_SECONDS = 60.0
@@ -53,22 +60,12 @@ _renew_lease = Returning("executions.renew_lease", Execution, ("id", *_LEASE))
 _succeed = Returning("executions.succeed", Execution, ("id", "output"))
 _fail = Returning("executions.fail", Execution, ("id", "error"))
 _cancel = Returning("executions.cancel", Execution, ("id",))
-_requeue_expired = Many("executions.requeue_expired", Execution, ("limit",))
+_requeue_expired = Many("executions.requeue_expired", RequeuedExecution, ("limit",))
 _current_status = Scalar("executions.current_status", str, ("id",))
-_entity: Entity[Execution, ExecutionFilter] = Entity(
-    "executions",
-    Execution,
-    ExecutionFilter,
-    entity=ENTITY,
-    create=ExecutionCreate,
-    json_columns=("input",),
-)
+_entity = Entity("executions", Execution, ExecutionFilter, ExecutionCreate)
 
-create = _entity.create
-get = _entity.get
-list = _entity.list
-count = _entity.count
-delete = _entity.delete
+create, get, list = _entity.create, _entity.get, _entity.list
+count, delete = _entity.count, _entity.delete
 
 
 async def start(
@@ -77,7 +74,7 @@ async def start(
     *,
     worker_id: str,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
-    audit: Audit | None = None,
+    audit: AuditWrite | None = None,
 ) -> Execution:
     """Move a pending execution to running under ``worker_id``'s lease."""
     lease = validate(_Lease, {"worker_id": worker_id, "lease_seconds": lease_seconds})
@@ -102,7 +99,7 @@ async def claim_next(
     execution is claimed exactly once.
     """
     lease = validate(_Lease, {"worker_id": worker_id, "lease_seconds": lease_seconds})
-    return await _claim_next.acall(conn, **lease.model_dump())
+    return await run(conn, _claim_next, **lease.model_dump())
 
 
 async def renew_lease(
@@ -131,7 +128,7 @@ async def succeed(
     execution_id: UUID | str,
     output: Mapping[str, Any] | None = None,
     *,
-    audit: Audit | None = None,
+    audit: AuditWrite | None = None,
 ) -> Execution:
     """Finish a running execution with its output."""
     outcome = validate(_Outcome, {"output": {} if output is None else output})
@@ -148,7 +145,7 @@ async def succeed(
 
 
 async def fail(
-    conn: AsyncConnection, execution_id: UUID | str, error: str, *, audit: Audit | None = None
+    conn: AsyncConnection, execution_id: UUID | str, error: str, *, audit: AuditWrite | None = None
 ) -> Execution:
     """Finish a running execution as failed with its error."""
     outcome = validate(_Outcome, {"error": error})
@@ -165,7 +162,7 @@ async def fail(
 
 
 async def cancel(
-    conn: AsyncConnection, execution_id: UUID | str, *, audit: Audit | None = None
+    conn: AsyncConnection, execution_id: UUID | str, *, audit: AuditWrite | None = None
 ) -> Execution:
     """Cancel a pending or running execution."""
     return await transition(
@@ -179,6 +176,11 @@ async def cancel(
     )
 
 
-async def requeue_expired(conn: AsyncConnection, *, limit: int = 100) -> builtins.list[Execution]:
-    """Return up to ``limit`` running executions whose lease expired to pending."""
-    return await _requeue_expired.acall(conn, limit=check_limit(limit))
+async def requeue_expired(
+    conn: AsyncConnection, *, limit: int = 100
+) -> builtins.list[RequeuedExecution]:
+    """Return up to ``limit`` running executions whose lease expired to pending.
+
+    Each names its tenant: a role the policies do not bind sweeps every tenant's.
+    """
+    return await run(conn, _requeue_expired, limit=check_limit(limit))

@@ -7,11 +7,11 @@ Async-only code with no sync twin (declared by path in
 so the generated sync modules never import this module).
 
 * **S3** (:class:`~toolkit.storage.backends.S3Storage`): writes and reads are
-  native asyncio. s3fs's ``S3FileSystem(asynchronous=True)`` (one per event
-  loop, made by the S3Storage) sends the requests with aiobotocore on the
-  loop: the multipart upload is the same code as the sync one
-  (:func:`toolkit.aio.storage.s3.write_object`, from which the sync module is
-  generated), and a read streams ``get_object``'s body chunk by chunk.
+  native asyncio, through :class:`~toolkit.aio.storage.s3.AsyncS3Objects`
+  (the S3 requests of both APIs, written once; one per event loop, over an
+  s3fs filesystem in asynchronous mode that the S3Storage makes with its
+  settings): the multipart upload is the same code as the sync one, and a
+  read streams ``get_object``'s body chunk by chunk.
 * **Local disk, memory, pyfilesystem2**: there is no async file I/O worth
   having on Linux, so the back end's own blocking write (``O_NOFOLLOW``
   walk, temp file, ``fsync``, ``link``) runs in one worker thread
@@ -36,16 +36,22 @@ import contextlib
 import functools
 import inspect
 import io
+import weakref
 from asyncio import to_thread
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.aio.storage.pipeline import put_stream
-from toolkit.aio.storage.s3 import write_object
 from toolkit.errors import InvalidInput
 from toolkit.storage.backends import S3Storage
-from toolkit.storage.base import AsyncVerifyingReader, ObjectInfo, Storage
+from toolkit.storage.base import (
+    AsyncVerifyingReader,
+    ObjectInfo,
+    Retention,
+    RetentionMode,
+    Storage,
+)
 from toolkit.storage.keys import check_internal_or_key, check_key
 from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
 from toolkit.storage.streams import (
@@ -58,13 +64,13 @@ from toolkit.storage.streams import (
     translating,
 )
 
+if TYPE_CHECKING:
+    from toolkit.aio.storage.s3 import AsyncS3Objects
+
 __all__ = [
     "AsyncStorage",
     "AsyncVerifyingReader",
     "async_reader",
-    "close_async",
-    "open_async",
-    "write_async",
 ]
 
 
@@ -146,28 +152,6 @@ class _Abandoned(Exception):
     """The async caller was cancelled: the thread's write must fail and clean up."""
 
 
-async def write_async(
-    storage: Storage, key: str, chunks: AsyncIterator[bytes], content_type: str
-) -> None:
-    """Store every chunk at ``key`` (create-only, atomic, nothing left on failure).
-
-    Natively async on S3; elsewhere the back end's blocking write in one thread.
-    """
-    if isinstance(storage, S3Storage):
-        fs = storage._async_filesystem()
-        await write_object(
-            fs._call_s3,
-            chunks,
-            bucket=storage.bucket,
-            object_key=storage._object_key(key),
-            key=key,
-            content_type=content_type,
-            part_size=storage.part_size,
-        )
-        return
-    await _write_in_thread(storage, key, chunks, content_type)
-
-
 async def _write_in_thread(
     storage: Storage, key: str, chunks: AsyncIterator[bytes], content_type: str
 ) -> None:
@@ -199,7 +183,7 @@ async def _write_in_thread(
                 return
             yield chunk
 
-    work = asyncio.ensure_future(to_thread(storage._write, key, pull(), content_type))
+    work = asyncio.ensure_future(to_thread(storage.write_chunks, key, pull(), content_type))
     try:
         await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -230,39 +214,6 @@ class _ThreadRaw:
         await to_thread(self._stream.close)
 
 
-class _S3Raw:
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    async def read(self, size: int, /) -> bytes:
-        data: bytes = await self._body.read(size)
-        return data
-
-    async def close(self) -> None:
-        self._body.close()
-
-
-async def open_async(storage: Storage, key: str, sha256: str | None = None) -> AsyncVerifyingReader:
-    """A streaming read of ``key`` (a checked key, ``_staging/`` ones included); NotFound if
-    absent. Natively async on S3, ``read(n)`` calls in a thread elsewhere."""
-    key = check_internal_or_key(key)
-    if isinstance(storage, S3Storage):
-        fs = storage._async_filesystem()
-        with translating("opening", key):
-            response = await fs._call_s3(
-                "get_object", Bucket=storage.bucket, Key=storage._object_key(key)
-            )
-        return AsyncVerifyingReader(_S3Raw(response["Body"]), key, sha256, storage.chunk_size)
-    stream = await to_thread(storage._open_internal, key)
-    return AsyncVerifyingReader(_ThreadRaw(stream), key, sha256, storage.chunk_size)
-
-
-async def close_async(storage: Storage) -> None:
-    """Release what the async API opened for ``storage`` on the running loop (S3's client)."""
-    if isinstance(storage, S3Storage):
-        await storage._close_async_filesystem()
-
-
 # -- the async facade of a Storage --------------------------------------------------------
 
 
@@ -286,14 +237,37 @@ class AsyncStorage:
                 value=type(storage).__name__,
             )
         self.sync = storage
+        self._s3_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncS3Objects]
+        self._s3_by_loop = weakref.WeakKeyDictionary()
 
     @property
     def chunk_size(self) -> int:
         return self.sync.chunk_size
 
+    def _s3_objects(self) -> AsyncS3Objects | None:
+        """On S3, the running loop's S3 objects (made on first use); None on other back ends."""
+        storage = self.sync
+        if not isinstance(storage, S3Storage):
+            return None
+        loop = asyncio.get_running_loop()
+        objects = self._s3_by_loop.get(loop)
+        if objects is None:
+            from toolkit.aio.storage.s3 import AsyncS3Objects  # noqa: PLC0415 - the s3 extra
+
+            objects = AsyncS3Objects(
+                storage.make_filesystem(loop=loop),
+                bucket=storage.bucket,
+                prefix=storage.prefix,
+                part_size=storage.part_size,
+            )
+            self._s3_by_loop[loop] = objects
+        return objects
+
     async def release(self) -> None:
-        """Close the S3 client the async API opened on this event loop (if any)."""
-        await close_async(self.sync)
+        """Close the S3 client this facade opened on this event loop (if any)."""
+        objects = self._s3_by_loop.pop(asyncio.get_running_loop(), None)
+        if objects is not None:
+            await objects.close()
 
     async def aclose(self) -> None:
         """:meth:`release`, then close the back end."""
@@ -348,6 +322,14 @@ class AsyncStorage:
         """Move an object to a new key, create-only: Conflict if ``target`` exists."""
         await to_thread(self.sync.move, source, target)
 
+    async def retain(self, key: str, *, mode: RetentionMode, until: datetime) -> Retention:
+        """Put ``key`` under retention (S3 Object Lock); RetentionUnavailable without it."""
+        return await to_thread(functools.partial(self.sync.retain, key, mode=mode, until=until))
+
+    async def retention(self, key: str) -> Retention | None:
+        """The retention ``key`` is under (S3 Object Lock), None when none."""
+        return await to_thread(self.sync.retention, key)
+
     async def url(
         self,
         key: str,
@@ -375,7 +357,7 @@ class AsyncStorage:
     ) -> PutResult:
         max_bytes = check_max_bytes(max_bytes)
         return await put_stream(
-            functools.partial(write_async, self.sync),
+            self._write,
             key,
             async_reader(data),
             max_bytes=max_bytes,
@@ -384,8 +366,30 @@ class AsyncStorage:
             chunk_size=self.sync.chunk_size,
         )
 
+    async def _write(self, key: str, chunks: AsyncIterator[bytes], content_type: str) -> None:
+        """Store every chunk at ``key`` (create-only, atomic, nothing left on failure).
+
+        Natively async on S3; elsewhere the back end's blocking write in one thread.
+        """
+        s3 = self._s3_objects()
+        if s3 is not None:
+            await s3.write(key, chunks, content_type)
+        else:
+            await _write_in_thread(self.sync, key, chunks, content_type)
+
     async def _open_internal(self, key: str, *, sha256: str | None = None) -> AsyncVerifyingReader:
-        return await open_async(self.sync, key, sha256)
+        """A streaming read of ``key`` (``_staging/`` keys included); NotFound if absent.
+
+        Natively async on S3, ``read(n)`` calls in a thread elsewhere.
+        """
+        key = check_internal_or_key(key)
+        s3 = self._s3_objects()
+        if s3 is not None:
+            with translating("opening", key):
+                body = await s3.open(key)
+            return AsyncVerifyingReader(body, key, sha256, self.chunk_size)
+        stream = await to_thread(self.sync._open_internal, key)
+        return AsyncVerifyingReader(_ThreadRaw(stream), key, sha256, self.chunk_size)
 
     async def _get_internal(self, key: str, *, sha256: str | None = None) -> bytes:
         async with await self._open_internal(key, sha256=sha256) as stream:

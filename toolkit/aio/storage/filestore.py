@@ -3,8 +3,8 @@
 The protocol (every step may crash; none leaves a row pointing at missing bytes):
 
 1. :meth:`AsyncFileStore.stage` streams the bytes through the safe pipeline
-   (limit, SHA-256, sniffed type) to ``_staging/<file id>``, create-only.
-   The final key ``<owner>/<purpose>/<file id>`` is chosen now. A crash
+   (limit, SHA-256, sniffed type) to ``<area>_staging/<file id>``, create-only.
+   The final key ``<area><owner>/<purpose>/<file id>`` is chosen now. A crash
    here leaves at most a temporary file or an unfinished multipart upload,
    never an object at the final key.
 2. :meth:`AsyncFileStore.record` inserts the row (status ``staged``) in the
@@ -28,12 +28,26 @@ exceed the longest transaction between stage and commit):
   reported as lost (it cannot happen unless someone removed the bytes);
 * staged objects without a row (the transaction rolled back) are deleted,
   and those whose row is already stored are deleted as leftovers;
-* objects at a file key (``<uuid>/<purpose>/<uuid>``) without a row (the
-  row was deleted, the bytes not yet) are deleted. Other keys, written
+* objects at a file key (``<area><uuid>/<purpose>/<uuid>``) without a row
+  (the row was deleted, the bytes not yet) are deleted. Other keys, written
   with :meth:`Storage.put` directly, are never touched.
 
 Reads verify the SHA-256 recorded in the row by default
 (:class:`~toolkit.errors.IntegrityError` on a mismatch).
+
+Tenants. A store works for one tenant: ``AsyncFileStore(storage, tenant=t)``,
+or ``store.for_tenant(t)`` per request (none: the default tenant, as a
+single workspace and a superuser without a tenant are). Every key it makes
+starts with that tenant's area, ``<area>`` above (``t/<tenant>/``, nothing
+for the default tenant: :func:`~toolkit.storage.keys.tenant_area`); the
+transactions it opens are that tenant's; a transaction handed to it must be
+that tenant's (:func:`~toolkit.aio.db.database.tenant_of`, no round trip),
+and a row whose key is not one of that tenant's file keys (forged or
+corrupted: it points into another tenant's area) is refused with
+:class:`~toolkit.errors.TenantMismatch` before any byte is read, written
+or deleted. Row-level security keeps the other tenants' rows out of sight;
+these checks keep their bytes out of reach. A sweep touches its tenant's
+area only.
 
 The async API (this module's twin under ``toolkit/aio/``, over the same
 Storage objects) uploads from bytes, an ``async read(n)`` object such
@@ -48,6 +62,7 @@ and existence checks go through a worker thread on every back end.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
@@ -55,24 +70,24 @@ from types import TracebackType
 from uuid import UUID
 
 from toolkit.aio.concurrency import ASYNC
-from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
-from toolkit.aio.db.patterns import Audit, parse_id
+from toolkit.aio.db.database import AsyncConnection, AsyncDatabase, tenant_of
+from toolkit.aio.db.patterns import AuditWrite, parse_id
 from toolkit.aio.storage import async_io
 from toolkit.aio.storage import repository as files
-from toolkit.errors import Conflict, InvalidInput, NotFound
+from toolkit.errors import Conflict, InvalidInput, NotFound, TenantMismatch
 from toolkit.storage.base import AsyncVerifyingReader, Storage, download_headers
 from toolkit.storage.keys import (
-    STAGING_PREFIX,
-    check_key,
     check_purpose,
     clean_filename,
     file_key,
+    is_file_key,
     staging_key,
+    staging_prefix,
+    tenant_area,
 )
 from toolkit.storage.protocol import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_BYTES,
-    FILE_KEY,
     SWEEP_BATCH,
     StagedFile,
     SweepReport,
@@ -81,6 +96,7 @@ from toolkit.storage.protocol import (
 from toolkit.storage.records import File
 from toolkit.storage.sniff import DEFAULT_ALLOWED_TYPES
 from toolkit.storage.streams import AsyncSource
+from toolkit.tenants import tenant_id
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
@@ -100,12 +116,16 @@ class AsyncFileStore:
     back end behind an async facade, whose methods are awaited. There,
     close the store (or use it as a context manager) to release the S3
     client it opened on the event loop; the back end stays open.
+
+    ``tenant`` (a UUID or its text) is the tenant the store works for; None
+    is the default tenant (see the module docstring, "Tenants").
     """
 
     def __init__(
         self,
         storage: Storage,
         *,
+        tenant: UUID | str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         allowed_types: Collection[str] | None = DEFAULT_ALLOWED_TYPES,
     ) -> None:
@@ -113,8 +133,48 @@ class AsyncFileStore:
             self.storage = async_io.AsyncStorage(storage)
         else:
             self.storage = storage
+        self._tenant = None if tenant is None else tenant_id(tenant)
         self.max_bytes = max_bytes
         self.allowed_types = allowed_types
+
+    @property
+    def tenant(self) -> UUID | None:
+        """The tenant this store works for; None for the default tenant."""
+        return self._tenant
+
+    def for_tenant(self, tenant: UUID | str) -> AsyncFileStore:
+        """This store working for ``tenant`` (a UUID or its text): cheap, one per request.
+
+        It shares this store's Storage (in the async API, its facade and S3
+        client: closing either store releases that client, made again on
+        next use) and limits. None is refused (InvalidInput), so a tenant
+        that was never resolved cannot fall back to the default one.
+        """
+        bound = copy.copy(self)
+        bound._tenant = tenant_id(tenant)
+        return bound
+
+    def _check_transaction(self, conn: AsyncConnection) -> None:
+        """TenantMismatch unless ``conn``'s transaction is this store's tenant's."""
+        if tenant_area(tenant_of(conn)) != tenant_area(self._tenant):
+            raise TenantMismatch(
+                "the transaction's tenant is not the file store's: run it in "
+                "database.transaction(tenant=store.tenant), or use store.for_tenant(...)",
+                table="files",
+            )
+
+    def _key_of(self, file: File) -> str:
+        """``file.key`` if it is one of this tenant's file keys; TenantMismatch otherwise."""
+        if not is_file_key(file.key, tenant=self._tenant):
+            raise TenantMismatch(
+                f"file {file.id}: its key is not one of this tenant's file keys (a forged "
+                "or corrupted row); nothing was read, written or deleted",
+                table="files",
+            )
+        return file.key
+
+    def _staging(self, file_id: UUID) -> str:
+        return staging_key(file_id, tenant=self._tenant)
 
     async def aclose(self) -> None:
         """Release what the async API opened on this event loop; the Storage stays open."""
@@ -155,7 +215,7 @@ class AsyncFileStore:
         owner = parse_id(owner_id, "owner_id")
         purpose = check_purpose(purpose)
         file_id = uuid.uuid4()
-        staging = staging_key(file_id)
+        staging = self._staging(file_id)
         result = await self.storage._put(  # the staging prefix is the store's own
             staging,
             data,
@@ -167,7 +227,7 @@ class AsyncFileStore:
             id=file_id,
             owner_id=owner,
             purpose=purpose,
-            key=file_key(owner, purpose, file_id),
+            key=file_key(owner, purpose, file_id, tenant=self._tenant),
             staging_key=staging,
             original_name=clean_filename(original_name),
             size=result.size,
@@ -183,9 +243,19 @@ class AsyncFileStore:
         *,
         execution_id: UUID | str | None = None,
         session_id: UUID | str | None = None,
-        audit: Audit | None = None,
+        audit: AuditWrite | None = None,
     ) -> File:
-        """Insert the row of ``staged`` in the caller's transaction (step 2)."""
+        """Insert the row of ``staged`` in the caller's transaction (step 2).
+
+        The transaction must be this store's tenant's, and ``staged`` staged
+        by a store of the same tenant (TenantMismatch otherwise).
+        """
+        self._check_transaction(conn)
+        if staged.key != file_key(staged.owner_id, staged.purpose, staged.id, tenant=self._tenant):
+            raise TenantMismatch(
+                f"file {staged.id} was staged for another tenant than the file store's",
+                table="files",
+            )
         return await files.create(
             conn,
             {
@@ -210,23 +280,26 @@ class AsyncFileStore:
         """Move committed bytes to their final key and mark the row stored (step 3).
 
         NotFound (and the staged bytes discarded) if the row was never
-        committed. Safe to repeat, and safe to race with the sweep.
+        committed. Safe to repeat, and safe to race with the sweep. ``conn``
+        must be this store's tenant's (TenantMismatch otherwise).
         """
+        self._check_transaction(conn)
         try:
             row = await files.get(conn, file.id)
         except NotFound:
-            await self.storage._delete_internal(staging_key(file.id))
+            await self.storage._delete_internal(self._staging(file.id))
             raise
         if row.status == "stored":
             return row
         return await self._promote_row(conn, row)
 
     async def _promote_row(self, conn: AsyncConnection, row: File) -> File:
-        staging = staging_key(row.id)
+        staging = self._staging(row.id)
+        key = self._key_of(row)
         try:
-            await self.storage._move_internal(staging, check_key(row.key))
+            await self.storage._move_internal(staging, key)
         except NotFound:
-            if not await self.storage.exists(row.key):
+            if not await self.storage.exists(key):
                 raise
         except Conflict:
             # Copied before a crash, not yet deleted (S3): the final bytes are there.
@@ -236,7 +309,7 @@ class AsyncFileStore:
 
     async def discard(self, staged: StagedFile) -> None:
         """Remove staged bytes whose transaction rolled back (the sweep would, later)."""
-        await self.storage._delete_internal(staged.staging_key)
+        await self.storage._delete_internal(self._staging(staged.id))
 
     async def store(
         self,
@@ -250,7 +323,7 @@ class AsyncFileStore:
         execution_id: UUID | str | None = None,
         session_id: UUID | str | None = None,
         max_bytes: int | None = None,
-        audit: Audit | None = None,
+        audit: AuditWrite | None = None,
     ) -> File:
         """Stage, record in a transaction of its own, and promote: the whole protocol.
 
@@ -266,25 +339,26 @@ class AsyncFileStore:
             max_bytes=max_bytes,
         )
         try:
-            async with database.transaction() as tx:
+            async with database.transaction(tenant=self._tenant) as tx:
                 await self.record(
                     tx, staged, execution_id=execution_id, session_id=session_id, audit=audit
                 )
         except BaseException:
             await self.discard(staged)
             raise
-        async with database.connection() as conn:
+        async with database.connection(tenant=self._tenant) as conn:
             return await self.promote(conn, staged)
 
     # -- reading ------------------------------------------------------------------------
 
     async def _location(self, file: File) -> str:
-        if file.status == "stored" or await self.storage.exists(file.key):
-            return file.key
-        staging = staging_key(file.id)
+        key = self._key_of(file)
+        if file.status == "stored" or await self.storage.exists(key):
+            return key
+        staging = self._staging(file.id)
         if await self.storage._exists_internal(staging):
             return staging
-        return file.key
+        return key
 
     async def open(self, file: File, *, verify: bool = True) -> AsyncVerifyingReader:
         """A streaming read of a file's bytes; reading to the end checks the SHA-256.
@@ -312,12 +386,13 @@ class AsyncFileStore:
         such as HTML or SVG is never served as itself); an application that
         serves the bytes itself must send :meth:`headers`.
         """
+        key = self._key_of(file)
         if file.status != "stored":
             raise InvalidInput(
                 f"file {file.id} is not promoted yet (status {file.status})", field="status"
             )
         return await self.storage.url(
-            file.key, expires=expires, filename=file.original_name, content_type=file.content_type
+            key, expires=expires, filename=file.original_name, content_type=file.content_type
         )
 
     @staticmethod
@@ -335,15 +410,20 @@ class AsyncFileStore:
     # -- deleting and sweeping ----------------------------------------------------------
 
     async def delete(
-        self, database: AsyncDatabase, file_id: UUID | str, *, audit: Audit | None = None
+        self, database: AsyncDatabase, file_id: UUID | str, *, audit: AuditWrite | None = None
     ) -> File:
-        """Delete the row, then the bytes (a crash in between leaves an orphan for the sweep)."""
-        async with database.transaction() as tx:
+        """Delete the row, then the bytes (a crash in between leaves an orphan for the sweep).
+
+        A row whose key is not one of this tenant's file keys is refused
+        (TenantMismatch): the transaction rolls back, nothing is deleted.
+        """
+        async with database.transaction(tenant=self._tenant) as tx:
             row = await files.delete(tx, file_id, audit=audit)
-        if row is None:
-            raise NotFound("file", file_id)
-        await self.storage.delete(row.key)
-        await self.storage._delete_internal(staging_key(row.id))
+            if row is None:
+                raise NotFound("file", file_id)
+            key = self._key_of(row)
+        await self.storage.delete(key)
+        await self.storage._delete_internal(self._staging(row.id))
         return row
 
     async def sweep(
@@ -353,7 +433,13 @@ class AsyncFileStore:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         now: datetime | None = None,
     ) -> SweepReport:
-        """Reconcile storage and rows, touching only what is older than ``grace_seconds``."""
+        """Reconcile storage and rows, touching only what is older than ``grace_seconds``.
+
+        Only this store's tenant's area and rows, in ``conn``, a transaction
+        of that tenant (TenantMismatch otherwise). Rows whose key is not one
+        of the tenant's file keys are left as they are and reported.
+        """
+        self._check_transaction(conn)
         if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int | float):
             raise InvalidInput("grace_seconds must be a number", field="grace_seconds")
         if grace_seconds < 0:
@@ -371,26 +457,31 @@ class AsyncFileStore:
     ) -> None:
         while True:
             rows = await files.staged_before(conn, grace, limit=SWEEP_BATCH)
-            for row in rows:
+            fresh = [row for row in rows if row.id not in report.misplaced_rows]
+            for row in fresh:
+                if not is_file_key(row.key, tenant=self._tenant):
+                    report.misplaced_rows.append(row.id)  # stays staged: skipped from now on
+                    continue
                 try:
                     await self._promote_row(conn, row)
                     report.promoted.append(row.id)
                 except NotFound:
                     await files.delete(conn, row.id)
                     report.lost_rows.append(row.id)
-            if len(rows) < SWEEP_BATCH:
+            if len(rows) < SWEEP_BATCH or not fresh:
                 return
 
     async def _sweep_staged_objects(
         self, conn: AsyncConnection, cutoff: datetime, report: SweepReport
     ) -> None:
-        listed = await self.storage._list_internal(STAGING_PREFIX)
+        prefix = staging_prefix(self._tenant)
+        listed = await self.storage._list_internal(prefix)
         staged = [info.key for info in listed if info.modified is None or info.modified < cutoff]
         for start in range(0, len(staged), SWEEP_BATCH):
             ids: dict[UUID, str] = {}
             for key in staged[start : start + SWEEP_BATCH]:
                 try:
-                    ids[UUID(key[len(STAGING_PREFIX) :])] = key
+                    ids[UUID(key[len(prefix) :])] = key
                 except ValueError:
                     await self.storage._delete_internal(key)
                     report.staged_without_row.append(key)
@@ -400,6 +491,9 @@ class AsyncFileStore:
                 if row is None:
                     await self.storage._delete_internal(key)
                     report.staged_without_row.append(key)
+                elif not is_file_key(row.key, tenant=self._tenant):
+                    if row.id not in report.misplaced_rows:
+                        report.misplaced_rows.append(row.id)
                 elif row.status == "staged":
                     await self._promote_row(conn, row)
                     report.promoted.append(row.id)
@@ -418,11 +512,13 @@ class AsyncFileStore:
         folds = await self.storage._folds_case()
         candidates = [
             (info.key, info.key.lower() if folds else info.key)
-            for info in await self.storage.list("")
+            for info in await self.storage.list(tenant_area(self._tenant))
             if info.modified is None or info.modified < cutoff
         ]
         candidates = [
-            (key, canonical) for key, canonical in candidates if FILE_KEY.match(canonical)
+            (key, canonical)
+            for key, canonical in candidates
+            if is_file_key(canonical, tenant=self._tenant)
         ]
         for start in range(0, len(candidates), SWEEP_BATCH):
             batch = candidates[start : start + SWEEP_BATCH]

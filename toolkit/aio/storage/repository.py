@@ -12,10 +12,11 @@ from typing import Any
 from uuid import UUID
 
 from toolkit.aio.db.database import AsyncConnection
+from toolkit.aio.db.drivers import run
 from toolkit.aio.db.patterns import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    Audit,
+    AuditWrite,
     atomic,
     check_limit,
     list_page,
@@ -56,12 +57,15 @@ _delete = Returning("files.delete", File, ("id",))
 
 
 async def create(
-    conn: AsyncConnection, values: FileCreate | Mapping[str, Any], *, audit: Audit | None = None
+    conn: AsyncConnection,
+    values: FileCreate | Mapping[str, Any],
+    *,
+    audit: AuditWrite | None = None,
 ) -> File:
     """Insert a file row (status 'staged'), as the FileStore does after staging the bytes."""
     row = validate(FileCreate, values)
     async with atomic(conn):
-        created = await _create.acall(conn, **row.model_dump())
+        created = await run(conn, _create, **row.model_dump())
         await record_audit(
             conn,
             audit,
@@ -75,12 +79,12 @@ async def create(
 async def get(conn: AsyncConnection, file_id: UUID | str) -> File:
     """The file with this id; NotFound otherwise."""
     key = parse_id(file_id)
-    return await _get.acall(conn, key, id=key)
+    return await run(conn, _get, key, id=key)
 
 
 async def get_many(conn: AsyncConnection, file_ids: Sequence[UUID]) -> builtins.list[File]:
     """The files among ``file_ids`` (at most 1,000; missing ones are simply absent)."""
-    return await _get_many.acall(conn, ids=parse_ids(file_ids, "file_ids"))
+    return await run(conn, _get_many, ids=parse_ids(file_ids, "file_ids"))
 
 
 async def with_keys(conn: AsyncConnection, keys: Sequence[str]) -> builtins.list[File]:
@@ -94,7 +98,7 @@ async def with_keys(conn: AsyncConnection, keys: Sequence[str]) -> builtins.list
     for key in keys:
         if not isinstance(key, str) or not 1 <= len(key) <= 512 or not key.isprintable():
             raise InvalidInput(f"not a file key: {bounded_repr(key)}", field="keys", value=key)
-    return await _existing_keys.acall(conn, keys=builtins.list(keys))
+    return await run(conn, _existing_keys, keys=builtins.list(keys))
 
 
 async def list(
@@ -120,7 +124,7 @@ async def list(
 
 async def mark_stored(conn: AsyncConnection, file_id: UUID) -> File | None:
     """Mark a staged file stored; None if it is not staged (already stored, or gone)."""
-    return await _mark_stored.acall(conn, id=parse_id(file_id, "file_id"))
+    return await run(conn, _mark_stored, id=parse_id(file_id, "file_id"))
 
 
 async def staged_before(
@@ -138,18 +142,18 @@ async def staged_before(
             field="grace_seconds",
             value=grace_seconds,
         )
-    return await _staged_before.acall(
-        conn, grace_seconds=float(grace_seconds), limit=check_limit(limit)
+    return await run(
+        conn, _staged_before, grace_seconds=float(grace_seconds), limit=check_limit(limit)
     )
 
 
 async def delete(
-    conn: AsyncConnection, file_id: UUID | str, *, audit: Audit | None = None
+    conn: AsyncConnection, file_id: UUID | str, *, audit: AuditWrite | None = None
 ) -> File | None:
     """Delete a file's row and return it (None if it did not exist)."""
     key = parse_id(file_id)
     async with atomic(conn):
-        deleted = await _delete.acall(conn, id=key)
+        deleted = await run(conn, _delete, id=key)
         if deleted is not None:
             await record_audit(conn, audit, "file.deleted", key, {"key": deleted.key})
     return deleted

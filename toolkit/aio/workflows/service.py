@@ -18,7 +18,8 @@ execution and enqueues the notification in one transaction. A worker that
 dies leaves a running execution whose lease expires; :func:`sweep_expired`
 returns it to pending and enqueues it again. The state machine is the
 handler's inbox: a duplicate message finds the execution no longer pending
-and does nothing.
+and does nothing. Every transaction of the handler (claim, lease renewals,
+finish) runs as the message's tenant (:func:`toolkit.aio.messaging.inbox.tenant_transaction`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ from uuid import UUID
 from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 from toolkit.aio.db.patterns import validate
 from toolkit.aio.leases import LeaseKeeper
-from toolkit.aio.messaging import outbox
+from toolkit.aio.messaging import inbox, outbox
 from toolkit.aio.repositories import Audit, audit_events, executions, workflows
 from toolkit.errors import IllegalTransition, NotFound, ToolkitError
 from toolkit.messaging.consumer import AsyncHandler, Delivery
 from toolkit.messaging.models import AuditLog, NotificationSend, WorkflowExecute
-from toolkit.records import AuditEvent, AuditEventCreate, Execution
+from toolkit.repositories.records import (
+    AuditEvent,
+    AuditEventCreate,
+    Execution,
+    RequeuedExecution,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +141,18 @@ async def record_audit_event(
     return event
 
 
-async def sweep_expired(db: AsyncDatabase, *, limit: int = 100) -> list[Execution]:
+async def sweep_expired(
+    db: AsyncDatabase, *, tenant: UUID | str | None = None, limit: int = 100
+) -> list[RequeuedExecution]:
     """Return executions whose lease expired to pending and enqueue them again.
 
     One transaction: an execution is back in pending exactly when its new
-    ``workflow.execute`` message is in the outbox.
+    ``workflow.execute`` message is in the outbox, as the execution's
+    tenant. Without ``tenant``, a role the policies do not bind (an
+    operator's: superuser or BYPASSRLS) sweeps every tenant, and a role they
+    bind raises TenantRequired; with one, only that tenant's executions.
     """
-    async with db.transaction() as tx:
+    async with db.transaction(tenant=tenant) as tx:
         expired = await executions.requeue_expired(tx, limit=limit)
         for execution in expired:
             await outbox.enqueue(
@@ -151,6 +162,7 @@ async def sweep_expired(db: AsyncDatabase, *, limit: int = 100) -> list[Executio
                     workflow_id=execution.workflow_id,
                     attempt=execution.attempt,
                 ),
+                tenant=execution.tenant_id,
             )
     if expired:
         log.warning("sweeper: %d execution(s) with an expired lease re-enqueued", len(expired))
@@ -158,13 +170,20 @@ async def sweep_expired(db: AsyncDatabase, *, limit: int = 100) -> list[Executio
 
 
 def _execution_lease_keeper(
-    db: AsyncDatabase, execution_id: UUID, worker_id: str, lease: float, every: float
+    db: AsyncDatabase,
+    delivery: Delivery,
+    execution_id: UUID,
+    *,
+    worker_id: str,
+    lease: float,
+    every: float,
 ) -> LeaseKeeper:
-    """A keeper that renews an execution's lease beside its work; ``lost`` notes a lost lease."""
+    """A keeper that renews an execution's lease beside its work, as the delivery's
+    tenant; ``lost`` notes a lost lease."""
 
     async def renew() -> bool:
         try:
-            async with db.connection() as conn:
+            async with inbox.tenant_transaction(db, delivery) as conn:
                 await executions.renew_lease(
                     conn, execution_id, worker_id=worker_id, lease_seconds=lease
                 )
@@ -197,7 +216,7 @@ def workflow_handler(
         message = delivery.message
         assert isinstance(message, WorkflowExecute)
         try:
-            async with db.transaction() as tx:
+            async with inbox.tenant_transaction(db, delivery) as tx:
                 execution = await executions.start(
                     tx, message.execution_id, worker_id=worker_id, lease_seconds=lease_seconds
                 )
@@ -207,7 +226,7 @@ def workflow_handler(
             return
         delivery.ack_now()
         async with _execution_lease_keeper(
-            db, execution.id, worker_id, lease_seconds, every
+            db, delivery, execution.id, worker_id=worker_id, lease=lease_seconds, every=every
         ) as keeper:
             try:
                 output: Mapping[str, Any] | None = await work(execution)
@@ -217,7 +236,7 @@ def workflow_handler(
         if keeper.lost:
             return
         try:
-            async with db.transaction() as tx:
+            async with inbox.tenant_transaction(db, delivery) as tx:
                 await finish_execution(tx, execution.id, output=output, error=error)
         except IllegalTransition:
             log.error("execution %s was taken from this worker before it finished", execution.id)

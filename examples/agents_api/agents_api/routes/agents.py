@@ -19,7 +19,8 @@ from agents_api.errors import SERVICE_ERRORS, problem, problem_responses
 from agents_api.http import etag, expected_version, matches, record_response
 from toolkit.aio.repositories import agents
 from toolkit.db.inputs import DEFAULT_LIMIT
-from toolkit.records import Agent, AgentConfig, AgentCreate, LongText, Name, Page, Slug
+from toolkit.records import LongText, Name, Page, Slug
+from toolkit.repositories.records import Agent, AgentConfig, AgentCreate
 
 router = APIRouter(prefix="/agents", tags=["agents"], responses=SERVICE_ERRORS)
 

@@ -18,7 +18,7 @@ from agents_api.errors import SERVICE_ERRORS, problem_responses
 from agents_api.http import etag, record_response
 from toolkit.aio.repositories import executions
 from toolkit.aio.workflows.service import start_execution
-from toolkit.records import Execution, ExecutionCreate
+from toolkit.repositories.records import Execution, ExecutionCreate
 
 router = APIRouter(prefix="/executions", tags=["executions"], responses=SERVICE_ERRORS)
 

@@ -11,7 +11,8 @@ from agents_api.deps import Connection
 from agents_api.errors import SERVICE_ERRORS, problem_responses
 from agents_api.http import etag, record_response
 from toolkit.aio.repositories import users
-from toolkit.records import Email, Name, User
+from toolkit.records import Email, Name
+from toolkit.repositories.records import User
 
 router = APIRouter(prefix="/users", tags=["users"], responses=SERVICE_ERRORS)
 
