@@ -22,6 +22,7 @@ import os
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -546,10 +547,20 @@ def _assert_every_pooled_connection_is_clean(
 ) -> None:
     """``settings``: the tenant setting each pooled connection, all held at once, shows."""
     assert settings and all(setting in (None, "") for setting in settings), settings
-    states = superuser.execute(
-        "SELECT state FROM pg_stat_activity WHERE usename = %s AND datname = current_database()",
-        [role],
-    ).fetchall()
+    # A backend whose cancelled statement the server is still winding down can
+    # show 'active' for a moment after its connection came back: wait, bounded.
+    deadline = time.monotonic() + 5.0
+    while True:
+        states = superuser.execute(
+            "SELECT state FROM pg_stat_activity"
+            " WHERE usename = %s AND datname = current_database()",
+            [role],
+        ).fetchall()
+        if [state for (state,) in states] == ["idle"] * len(settings) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(0.05)
     assert [state for (state,) in states] == ["idle"] * len(settings), states
 
 
