@@ -17,12 +17,15 @@ rows, from the OTHER tenant's (the attack), or from both. The properties:
   has not seen yet, such as one ``create_many`` wrote, is looked up as the
   superuser and must be the caller's);
 * a count never counts more than the caller's own rows;
-* nothing a step does changes the other tenant's rows: a checksum of each
-  tenant-owned table's rows of that tenant (and of its users and its
-  ``tenants`` row), taken as the superuser, is the same after the step as
-  after that tenant's own last step. An attack is therefore either refused
-  with a documented error (NotFound, InvalidReference, TenantMismatch...)
-  or harmless (a filter naming the other tenant's user finds nothing);
+* a call naming the other tenant's rows is refused as if they did not exist
+  (NotFound, InvalidReference or TenantMismatch), or is harmless (a filter
+  naming the other tenant's user finds nothing): never IllegalTransition,
+  StaleVersion or Conflict, which would tell the row's state, version or
+  existence (but for the few ORACLES, by design, each with why);
+* nothing a step does changes the other tenant's rows: a checksum of that
+  tenant's rows in every table with a ``tenant_id`` (and of its users and its
+  ``tenants`` row), taken as the superuser after every step that wrote (or
+  was refused while naming the other's rows), is what that tenant left;
 * at the end, as the superuser, every row the map knows is still its
   tenant's.
 
@@ -142,10 +145,14 @@ BLIND = (NotFound, InvalidReference, InvalidInput)
 """How a call naming the other tenant's rows may be refused: as if they did not exist
 (TenantMismatch is an InvalidReference). IllegalTransition, StaleVersion or Conflict would
 tell the caller something about the other tenant's row: its state, version or existence."""
+EMAIL_ORACLE = (
+    "emails are unique across tenants, since a user is one person in every tenant they "
+    "belong to: giving a user (new or not) an email another tenant's user has is refused, "
+    "which tells the caller the email is registered somewhere"
+)
 ORACLES = {
-    ("users.create", "Conflict"): "emails are unique across tenants, since a user is one "
-    "person in every tenant they belong to: creating a user with an email another tenant's "
-    "user has is refused, which tells the caller that the email is registered somewhere",
+    ("users.create", "Conflict"): EMAIL_ORACLE,
+    ("users.update", "Conflict"): EMAIL_ORACLE,
 }
 """Refusals of the other tenant's rows that do tell something, by design, with why."""
 KNOWN_BROKEN: dict[str, tuple[str, str]] = {}
