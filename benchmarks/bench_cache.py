@@ -22,8 +22,9 @@ per lookup. The fresh requests are built before the timed section and
 their entries are stored by a separate process, so this process has never
 seen them when it looks them up. Responses are 2 KB and 64 KB (a str, and
 an OpenAI-shaped dict); target: ``LLMCache.get`` at most 1.3x the raw
-connection's time. One case forces zlib at 64 KB, to show what it costs (no
-target: compression is off below 128 KiB by default). The "parsed" rows
+connection's time with a repeated request, 1.5x with fresh ones. One case
+forces zlib at 64 KB, to show what it costs (no target: compression is off
+below 128 KiB by default). The "parsed" rows
 add ``json.loads`` to every baseline, since LLMCache hands back the dict.
 
 The other table: the cost of an integrity key on the hit path, a hit with
@@ -80,6 +81,8 @@ VIA_EXECUTE = "execute_command"
 VIA_CONNECTION = "raw connection"
 OWN_KEY = "own key"
 HIT_TARGET = 1.3
+FRESH_TARGET = 1.5
+"""Fresh requests pay for the fingerprint, the secret-hint scan and SHA-256 (issue #22)."""
 FRESH_BUDGET = 32 << 20
 """Bytes of entries stored for one fresh-request row (fewer lookups for large responses)."""
 
@@ -120,9 +123,14 @@ class HitRow:
         return ours.median_us / theirs.median_us
 
     @property
+    def target(self) -> float:
+        """1.3x with one repeated request, 1.5x with a fresh request per lookup."""
+        return FRESH_TARGET if self.requests.startswith("fresh") else HIT_TARGET
+
+    @property
     def ok(self) -> bool | None:
         """The target is judged against the like-for-like baseline: the same raw connection."""
-        return self.ratio(VIA_CONNECTION) <= HIT_TARGET if self.has_target else None
+        return self.ratio(VIA_CONNECTION) <= self.target if self.has_target else None
 
 
 @dataclass
@@ -508,7 +516,7 @@ def markdown_hits(rows: Sequence[HitRow]) -> str:
             f"| {times[VIA_EXECUTE].median_us:.1f} | {times[VIA_CONNECTION].median_us:.1f} "
             f"| {times[OWN_KEY].median_us:.1f} | {row.ratio(VIA_EXECUTE):.3f}x "
             f"| {row.ratio(VIA_CONNECTION):.3f}x | {row.ratio(VIA_CONNECTION, p10=True):.3f}x "
-            f"| {row.ratio(OWN_KEY):.3f}x | {f'<= {HIT_TARGET}x' if row.has_target else '-'} "
+            f"| {row.ratio(OWN_KEY):.3f}x | {f'<= {row.target}x' if row.has_target else '-'} "
             f"| {_met(row.ok)} |"
         )
     return "\n".join(lines)

@@ -25,11 +25,16 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, list[str]] = {
     "core": [],
     "cache": [],
+    "cache_cluster": [],
     "messaging": [],
     "storage": ["--size-mib", "1024", "--s3-size-mib", "256", "--rounds", "2"],
     "integrations": ["--rounds", "3"],
     "async": [],
     "tenancy": [],
+    "pgbouncer": [],
+    # 1,000,000 messages per outbox unless TOOLKIT_BENCH_RETENTION_MESSAGES says fewer:
+    # the one benchmark well past the quarter hour on a loaded 2-core machine.
+    "retention": [],
 }
 
 

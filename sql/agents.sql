@@ -22,6 +22,7 @@ FROM unnest(
 
 -- name: agents.get :one
 -- Fetch one agent by id.
+-- route: replica
 SELECT
     id, owner_id, name, type, description, config, is_active, version,
     created_at, updated_at
@@ -30,6 +31,7 @@ WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: agents.list :many
 -- A keyset page of agents, optionally filtered by type, activity and owner.
+-- route: replica
 -- sort: created_at timestamptz, name text
 SELECT
     id, owner_id, name, type, description, config, is_active, version,
@@ -46,6 +48,7 @@ LIMIT :limit;
 
 -- name: agents.count :scalar
 -- Count agents, optionally filtered by type, activity and owner.
+-- route: replica
 SELECT count(*)
 FROM agents
 WHERE

@@ -128,6 +128,7 @@ RETURNING
 
 -- name: executions.requeue_expired :many
 -- Return running executions whose lease expired (a dead worker) to pending.
+-- tenant: all
 -- A sweep: a role the policies do not bind requeues every tenant's; each row
 -- names its tenant, whose workflow.execute message it must be.
 UPDATE executions

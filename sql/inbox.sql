@@ -18,6 +18,7 @@ WHERE
 
 -- name: inbox.prune :exec
 -- Forget up to :limit entries older than :retention_seconds.
+-- tenant: all
 -- A sweep: a role the policies do not bind forgets every tenant's entries.
 DELETE FROM inbox AS i
 USING (

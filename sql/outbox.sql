@@ -26,6 +26,7 @@ ORDER BY batch.position;
 
 -- name: outbox.claim :many
 -- Lock up to :limit unsent, due messages; concurrent relays skip locked rows.
+-- tenant: all
 -- The relay's queries (claim, mark_sent, mark_failed, prune) name no tenant:
 -- the relay publishes every tenant's messages, as a role that bypasses the
 -- policies (toolkit_relay, migration 0009); a role they bind sees its own.
@@ -40,11 +41,13 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: outbox.mark_sent :exec
 -- Mark messages the broker confirmed as sent.
+-- tenant: all
 UPDATE outbox SET sent_at = now()
 WHERE id = any(:ids::uuid[]) AND sent_at IS NULL;
 
 -- name: outbox.mark_failed :exec
 -- Record a failed publish and hold the messages back for :delay_seconds.
+-- tenant: all
 UPDATE outbox
 SET
     attempts = attempts + 1,
@@ -54,6 +57,7 @@ WHERE id = any(:ids::uuid[]) AND sent_at IS NULL;
 
 -- name: outbox.prune :exec
 -- Delete up to :limit messages sent more than :retention_seconds ago.
+-- tenant: all
 DELETE FROM outbox
 WHERE id IN (
     SELECT id FROM outbox

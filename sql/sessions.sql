@@ -101,6 +101,7 @@ WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: sessions.purge_expired :exec
 -- Delete sessions that expired before now, at most :limit at a time.
+-- tenant: all
 DELETE FROM sessions
 WHERE id IN (
     SELECT id FROM sessions

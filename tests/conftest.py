@@ -7,12 +7,15 @@ root); each test gets its own copy, so tests cannot see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import subprocess
 import sys
 import uuid
 import venv
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 
 from tests.support.modes import Mode, both, running
+from tests.support.pgbouncer import POOLER_SETTINGS, THROUGH_PGBOUNCER
 from toolkit import DISTRIBUTION
 from toolkit.config import Settings, load_settings
 from toolkit.db import migrate
@@ -36,6 +40,10 @@ PG_PORT = int(os.environ.get("TOOLKIT_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("TOOLKIT_TEST_PG_USER", "postgres")
 # One name per test process, so parallel tox environments never collide.
 TEST_DB = f"toolkit_test_{os.getpid()}"
+
+if THROUGH_PGBOUNCER:
+    # Before any settings are read: what the toolkit needs behind a transaction pooler.
+    os.environ.update(POOLER_SETTINGS)
 
 
 def server_url(dbname: str = "postgres") -> str:
@@ -63,7 +71,89 @@ def _load_schema(**params: Any) -> None:
 pg_server = factories.postgresql_noproc(
     host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=TEST_DB, load=[_load_schema]
 )
-pg_client = factories.postgresql("pg_server")
+
+
+_DROP_BATCH = 40
+"""Used copies (about 10 MB each) kept before they are dropped together."""
+
+
+class _DatabaseCopies:
+    """One copy of the migrated template per test, named ``<template>_<n>``.
+
+    ``CREATE DATABASE ... TEMPLATE`` and ``DROP DATABASE`` cost a few hundred
+    milliseconds each, more than most tests: one thread of their own makes the
+    next copy while a test runs and drops used ones behind it, in batches, so a
+    test only waits for a copy that is not ready yet.
+    """
+
+    def __init__(self, template: str) -> None:
+        self._template = template
+        self._numbers = itertools.count()
+        self._admin = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-databases")
+        self._next: Future[str] | None = None
+        self._used: list[str] = []
+
+    def _run(self, statement: sql.Composable) -> None:
+        with psycopg.connect(server_url(), autocommit=True) as admin:
+            admin.execute(statement)
+
+    def _create(self) -> str:
+        name = f"{self._template}_{next(self._numbers)}"
+        self._run(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(self._template)
+            )
+        )
+        return name
+
+    def _drop(self, name: str) -> None:
+        # FORCE: a test that leaked a connection must not keep its database alive.
+        self._run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def take(self) -> str:
+        """A fresh copy for one test; starts making the one after it."""
+        ready = self._next or self._admin.submit(self._create)
+        self._next = self._admin.submit(self._create)
+        return ready.result()
+
+    def give_back(self, name: str) -> None:
+        """Drop a test's copy behind it, with the copies before it in batches of
+        ``_DROP_BATCH``: PostgreSQL 15 checkpoints on every DROP DATABASE, and
+        back-to-back drops share the work of one checkpoint."""
+        self._used.append(name)
+        if len(self._used) >= _DROP_BATCH:
+            batch, self._used = self._used, []
+            self._admin.submit(self._drop_all, batch)
+
+    def _drop_all(self, names: list[str]) -> None:
+        for name in names:
+            self._drop(name)
+
+    def close(self) -> None:
+        """Drop the copy made ahead, wait for every drop."""
+        if self._next is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._used.append(self._next.result())
+        self._admin.submit(self._drop_all, self._used)
+        self._admin.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def _database_copies(pg_server: Any) -> Iterator[_DatabaseCopies]:
+    copies = _DatabaseCopies(pg_server.template_dbname)
+    yield copies
+    copies.close()
+
+
+@pytest.fixture
+def pg_client(_database_copies: _DatabaseCopies) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to this test's own copy of the migrated template."""
+    name = _database_copies.take()
+    try:
+        with psycopg.connect(server_url(name)) as connection:
+            yield connection
+    finally:
+        _database_copies.give_back(name)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,9 +163,39 @@ def _postgres_is_up(request: pytest.FixtureRequest) -> None:
         _require_postgres()
 
 
+@pytest.fixture(scope="session")
+def pgbouncer_port() -> Iterator[int | None]:
+    """With TOOLKIT_TEST_THROUGH_PGBOUNCER=1, the port of a private PgBouncer in
+    transaction mode in front of the test server, started for the session; else None."""
+    if not THROUGH_PGBOUNCER:
+        yield None
+        return
+    from tests.reliability.private_servers import pgbouncer_available, private_pgbouncer
+
+    if not pgbouncer_available():
+        pytest.exit(
+            "TOOLKIT_TEST_THROUGH_PGBOUNCER=1 needs pgbouncer, root and the postgres user "
+            "(apt-get install -y pgbouncer)",
+            returncode=3,
+        )
+    with private_pgbouncer(PG_HOST, PG_PORT) as bouncer:
+        yield bouncer.port
+
+
 @pytest.fixture
-def database_url(pg_client: psycopg.Connection[Any]) -> str:
-    """The URL of this test's own freshly migrated database."""
+def database_url(pg_client: psycopg.Connection[Any], pgbouncer_port: int | None) -> str:
+    """The URL of this test's own freshly migrated database (through PgBouncer in that mode)."""
+    info = pg_client.info
+    if pgbouncer_port is not None:
+        return make_conninfo(
+            host="127.0.0.1", port=pgbouncer_port, user=info.user, dbname=info.dbname
+        )
+    return make_conninfo(host=info.host, port=info.port, user=info.user, dbname=info.dbname)
+
+
+@pytest.fixture
+def direct_database_url(pg_client: psycopg.Connection[Any]) -> str:
+    """This test's database reached directly, never through a pooler."""
     info = pg_client.info
     return make_conninfo(host=info.host, port=info.port, user=info.user, dbname=info.dbname)
 
@@ -118,9 +238,9 @@ def conn(db: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def superuser(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A separate autocommit connection for inspecting and tampering."""
-    with psycopg.connect(database_url, autocommit=True) as connection:
+def superuser(direct_database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A separate autocommit connection for inspecting and tampering (direct, never pooled)."""
+    with psycopg.connect(direct_database_url, autocommit=True) as connection:
         yield connection
 
 

@@ -6,7 +6,9 @@ no pool is made anywhere else.
 A second door is a ``.transaction(...)`` call on anything but a Database (a
 psycopg connection's own ``transaction()`` skips the lost-COMMIT lookup and
 the error translation), a ``.commit()`` call, a ``"BEGIN"``/``"COMMIT"``
-statement, or a ``ConnectionPool(...)`` / ``AsyncConnectionPool(...)``. A
+statement, a ``ConnectionPool(...)`` / ``AsyncConnectionPool(...)``, or a
+connection opened with psycopg's own ``connect`` (``Database.session()`` and the
+door's ``connect()`` make one with the door's settings). A
 Database-valued receiver is recognised by its name: ``db``, ``database``,
 ``async_db``, ``self._db``, ...
 """
@@ -33,6 +35,14 @@ def _last_name(node: ast.expr) -> str | None:
     return None
 
 
+def _opens_a_connection(func: ast.expr) -> bool:
+    """``psycopg.connect(...)``, ``Connection.connect(...)``, ``AsyncConnection.connect(...)``:
+    a connection that skips the door's settings (prepare threshold, options, timeouts)."""
+    if not (isinstance(func, ast.Attribute) and func.attr == "connect"):
+        return False
+    return _last_name(func.value) in ("psycopg", "Connection", "AsyncConnection")
+
+
 def second_doors(source: str) -> list[str]:
     """Every place in ``source`` that opens, commits or pools outside the one door."""
     found: list[tuple[int, str]] = []
@@ -53,7 +63,7 @@ def second_doors(source: str) -> list[str]:
                     statement = first.value.strip().rstrip(";").strip().upper()
                     if statement in ("BEGIN", "COMMIT", "START TRANSACTION", "END"):
                         found.append((node.lineno, where))
-        if _last_name(func) in POOLS:
+        if _last_name(func) in POOLS or _opens_a_connection(func):
             found.append((node.lineno, where))
     return [where for _, where in sorted(found)]
 
@@ -73,6 +83,9 @@ async def f(conn, db, database, self, pool_cls):
     async with db.transaction(), database.transaction(), self.async_db.transaction():
         pass
     conn.execute("SELECT 1")
+    listener = psycopg.connect("url")
+    other = await psycopg.AsyncConnection.connect("url")
+    fine = connect("url", connect_timeout=5, context="x")
 """
     assert [line.split(":")[0] for line in second_doors(source)] == [
         "line 3",
@@ -82,6 +95,8 @@ async def f(conn, db, database, self, pool_cls):
         "line 9",
         "line 10",
         "line 11",
+        "line 15",
+        "line 16",
     ]
 
 
@@ -92,7 +107,8 @@ SOURCES = sorted(p for p in TOOLKIT.rglob("*.py") if p not in THE_DOOR)
 def test_no_second_door_outside_the_database_module(path: Path) -> None:
     doors = second_doors(path.read_text(encoding="utf-8"))
     assert doors == [], (
-        f"{path.relative_to(TOOLKIT.parent)} opens a transaction, commits or makes a pool "
+        f"{path.relative_to(TOOLKIT.parent)} opens a connection or a transaction, commits or "
+        "makes a pool "
         f"outside Database/AsyncDatabase: {doors}; use db.transaction() "
         "(or toolkit.aio.db.database.transaction_on for a bare pooled connection)"
     )

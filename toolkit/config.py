@@ -36,9 +36,15 @@ ENV_FILE_VARIABLE = "TOOLKIT_ENV_FILE"
 DEFAULT_ENV_FILE = ".env"
 NOT_SETTINGS = frozenset({ENV_FILE_VARIABLE, "TOOLKIT_FUZZ_EXAMPLES"})
 """``TOOLKIT_*`` variables that are no setting but are read elsewhere: not warned about."""
-NOT_SETTINGS_PREFIXES = ("TOOLKIT_TEST_", "TOOLKIT_RELIABILITY_", "TOOLKIT_BENCH_")
+NOT_SETTINGS_PREFIXES = (
+    "TOOLKIT_TEST_",
+    "TOOLKIT_RELIABILITY_",
+    "TOOLKIT_BENCH_",
+    "TOOLKIT_CLUSTER_",
+)
 """Prefixes of ``TOOLKIT_*`` variables read by the pytest plugin (``TOOLKIT_TEST_SERVER_URL``),
-the toolkit's own tests and its benchmarks: not warned about."""
+the toolkit's own tests (the reliability and scale-out suites) and its benchmarks: not
+warned about."""
 
 
 class UnknownSettingWarning(UserWarning):
@@ -81,6 +87,17 @@ def _split_path(value: str) -> tuple[str, ...]:
 
 def _split_modules(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+# A comma or semicolon (as Celery writes broker lists) followed by the next URL's scheme:
+# a comma inside a password (allowed unencoded in a URL's userinfo) does not split.
+_AMQP_SEPARATOR = re.compile(r"\s*[,;]\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_amqp_urls(value: str) -> tuple[str, ...]:
+    """The broker URLs in ``value``: one URL, or several separated by commas (or
+    semicolons) before the next ``scheme://``."""
+    return tuple(part for part in _AMQP_SEPARATOR.split(value.strip()) if part.strip())
 
 
 def mask_password(url: str) -> str:
@@ -167,9 +184,23 @@ class Settings(BaseSettings):
     statement_timeout_ms: int = Field(default=30_000, ge=0, le=86_400_000)
     """Server-side bound on one statement; 0 disables it."""
     application_name: str = Field(default="toolkit", min_length=1, max_length=63)
+    database_replica_urls: str = ""
+    """Streaming replicas of ``database_url`` for reads marked ``-- route: replica``:
+    PostgreSQL URLs separated by whitespace. Empty: every read runs on the primary."""
+    replica_max_lag: float = Field(default=10.0, gt=0, le=86_400)
+    """Seconds of replay lag beyond which a replica is skipped until it catches up."""
+    replica_retry_interval: float = Field(default=1.0, gt=0, le=3600)
+    """Seconds a replica found down, lagging or not a standby is skipped before it is tried."""
+    prepare_threshold: int | None = Field(default=5, ge=0, le=1_000_000)
+    """Executions of one query on a connection before psycopg prepares it on the server
+    (psycopg's own default, 5); ``off`` (or ``none``) never prepares, even queries bound with
+    ``prepare=True``. Set ``off`` behind a transaction-mode pooler (PgBouncer 1.18, for one),
+    which cannot keep a prepared statement from one transaction to the next."""
 
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
+    """The cache's Redis; ``redis+cluster://host:port,host:port`` (or ``rediss+cluster://``)
+    names a Redis Cluster by its seed nodes."""
     cache_namespace: str = Field(default="toolkit", min_length=1, max_length=64)
     redis_connect_timeout: float = Field(default=0.05, gt=0, le=60)
     redis_socket_timeout: float = Field(default=0.05, gt=0, le=60)
@@ -178,7 +209,12 @@ class Settings(BaseSettings):
 
     # RabbitMQ
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    """RabbitMQ; several URLs separated by commas name a cluster's nodes (publishers,
+    workers and the relay reconnect to another node when theirs goes away)."""
     queue_prefix: str = Field(default="", max_length=64)
+    amqp_quorum_replicas: int | None = Field(default=None, ge=1, le=99)
+    """Nodes holding each quorum queue (``x-quorum-initial-group-size``) when the topology
+    is first declared; unset, the broker decides (``quorum_cluster_size``, 3 by default)."""
 
     # Storage
     storage_url: str = "file://./toolkit-files"
@@ -193,6 +229,14 @@ class Settings(BaseSettings):
     """Folders of the application's migrations, applied after the toolkit's."""
     app_modules: str = ""
     """Comma-separated modules whose import binds the application's queries."""
+
+    @field_validator("prepare_threshold", mode="before")
+    @classmethod
+    def _prepare_off(cls, value: object) -> object:
+        # "off" or "none" (any case): never prepare.
+        if isinstance(value, str) and value.strip().lower() in ("off", "none"):
+            return None
+        return value
 
     @field_validator("sql_path", "migrations_path")
     @classmethod
@@ -238,24 +282,57 @@ class Settings(BaseSettings):
             raise ValueError(MISPLACED_AT)
         return value
 
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _replica_urls(cls, value: str) -> str:
+        for url in value.split():
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ValueError("each replica must be a postgresql:// URL")
+            if misplaced_at(url):
+                raise ValueError(MISPLACED_AT)
+        return value
+
+    @property
+    def replica_urls(self) -> tuple[str, ...]:
+        """The replicas' URLs (``TOOLKIT_DATABASE_REPLICA_URLS``), in order."""
+        return tuple(self.database_replica_urls.split())
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        # redis+cluster:// and rediss+cluster:// name a Redis Cluster's seed nodes.
+        if not value.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        ):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+cluster:// "
+                "or rediss+cluster://"
+            )
         return value
 
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
+        urls = split_amqp_urls(value)
+        if not urls or not all(url.startswith(("amqp://", "amqps://")) for url in urls):
+            raise ValueError("must start with amqp:// or amqps:// (each URL of a list)")
         return value
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The broker URLs of ``TOOLKIT_AMQP_URL``: one, or a cluster's nodes in order."""
+        return split_amqp_urls(self.amqp_url)
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         """Fields for ``repr``, with passwords in connection URLs masked."""
         for name, value in super().__repr_args__():
             masked = name in _URL_FIELDS and isinstance(value, str)
+            if name == "database_replica_urls" and isinstance(value, str):
+                yield name, " ".join(mask_password(url) for url in value.split())
+                continue
+            if name == "amqp_url" and isinstance(value, str):
+                yield name, ",".join(mask_password(url) for url in split_amqp_urls(value))
+                continue
             if name == "cache_hmac_key" and value is not None:
                 yield name, _MASK
                 continue

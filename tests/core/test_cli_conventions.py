@@ -68,6 +68,7 @@ def test_every_command_is_defined_and_registered_in_toolkit_commands() -> None:
         "audit anchor",
         "audit verify",
         "demo",
+        "maintain",
         "migrate",
         "queries",
         "relay",

@@ -17,6 +17,7 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import PG_PORT, server_url
 from tests.core.factories import make_agent, make_user
 from tests.support.modes import both, execute, fetchone
+from tests.support.pgbouncer import OPTIONS_REFUSED, OWN_BACKEND, needs_session
 from tests.support.tcp_proxy import TcpProxy
 from toolkit.config import load_settings
 from toolkit.errors import (
@@ -44,6 +45,10 @@ def Database(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - reads as the cla
     return database_module.Database(*args, **kwargs)
 
 
+@needs_session(
+    "prepared statements are off behind a transaction pooler (TOOLKIT_PREPARE_THRESHOLD=off), "
+    "and the test counts them on its own server connection"
+)
 def test_reads_run_in_autocommit_and_keep_prepared_statements(db) -> None:
     with db.connection() as conn:
         agent = make_agent(conn)
@@ -62,6 +67,37 @@ def test_reads_run_in_autocommit_and_keep_prepared_statements(db) -> None:
     assert prepared == (1,)
 
 
+def test_prepare_threshold_off_reaches_every_pooled_connection(database_url, monkeypatch) -> None:
+    monkeypatch.setenv("TOOLKIT_PREPARE_THRESHOLD", "Off")
+    settings = load_settings(database_url=database_url, pool_min_size=0, pool_max_size=2)
+    assert settings.prepare_threshold is None
+    with Database(settings) as database:
+        with database.connection() as conn:
+            agent = make_agent(conn)
+        for _ in range(8):  # past psycopg's default threshold of 5
+            with database.connection() as conn:
+                assert conn.prepare_threshold is None
+                assert agents.get(conn, agent.id) == agent
+                prepared = fetchone(conn, "SELECT count(*) FROM pg_prepared_statements")
+                assert prepared == (0,)
+
+
+@pytest.mark.parametrize(
+    ("value", "threshold"), [("none", None), ("OFF", None), ("0", 0), ("12", 12)]
+)
+def test_prepare_threshold_reads_off_none_or_a_count(monkeypatch, value, threshold) -> None:
+    monkeypatch.setenv("TOOLKIT_PREPARE_THRESHOLD", value)
+    assert load_settings().prepare_threshold == threshold
+
+
+@pytest.mark.parametrize("value", ["sometimes", "-1", ""])
+def test_a_bad_prepare_threshold_names_its_variable(monkeypatch, value) -> None:
+    monkeypatch.setenv("TOOLKIT_PREPARE_THRESHOLD", value)
+    with pytest.raises(ConfigurationError, match="TOOLKIT_PREPARE_THRESHOLD"):
+        load_settings()
+
+
+@needs_session(OPTIONS_REFUSED)
 def test_application_name_and_statement_timeout(database_url) -> None:
     settings = load_settings(
         database_url=database_url, application_name="toolkit-test", statement_timeout_ms=100
@@ -103,6 +139,7 @@ def test_exhausted_pool_waits_a_bounded_time_then_raises(database_url) -> None:
         assert 0.25 < time.monotonic() - started < 2.0
 
 
+@needs_session(OWN_BACKEND)
 def test_pool_replaces_connections_killed_by_the_server(db, superuser) -> None:
     with db.connection() as conn:
         user = make_user(conn)
@@ -127,6 +164,7 @@ def test_unreachable_server_is_unavailable_within_the_bound() -> None:
     assert time.monotonic() - started < 3.0
 
 
+@needs_session(OWN_BACKEND)
 def test_a_connection_cut_mid_use_raises_unavailable(db, superuser) -> None:
     with db.connection() as conn:
         make_user(conn)
@@ -219,6 +257,7 @@ def test_a_database_that_cannot_be_used_fails_fast_with_one_clear_line(
     assert noisy == [], [r.getMessage() for r in noisy]
 
 
+@needs_session(OPTIONS_REFUSED)
 def test_options_in_the_url_are_kept_beside_the_toolkits_own(database_url: str) -> None:
     url = make_conninfo(database_url, options="-c search_path=pg_catalog,public")
     settings = load_settings(database_url=url, statement_timeout_ms=4321)

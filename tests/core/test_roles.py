@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -180,6 +181,12 @@ def app_database(app_url: str) -> Database:
     return Database(load_settings(database_url=app_url, pool_min_size=0))
 
 
+UNPINNED = ("toolkit_tenant", "toolkit_tenant_or_default")
+"""The two functions every statement on a tenant-owned table calls (migration 0010): a SET
+clause makes each call save, set and restore search_path, a measurable share of a short
+statement, so they pin nothing and name everything with its schema instead (checked below)."""
+
+
 def test_every_toolkit_function_runs_with_a_pinned_search_path(superuser) -> None:
     unpinned = superuser.execute(
         "SELECT p.proname, p.proconfig FROM pg_proc AS p "
@@ -188,7 +195,84 @@ def test_every_toolkit_function_runs_with_a_pinned_search_path(superuser) -> Non
         "AND p.proconfig IS DISTINCT FROM ARRAY[%s] AND p.proconfig IS DISTINCT FROM ARRAY[%s]",
         [PINNED, PINNED_WITHOUT_PUBLIC],
     ).fetchall()
-    assert unpinned == []
+    assert sorted(unpinned) == [(name, None) for name in UNPINNED]
+
+
+# What may stand bare in an unpinned function's body: plpgsql and SQL words, and its own
+# variable. Anything else (a function, type, operator or table) must be pg_catalog's, named so.
+_BODY_WORDS = {
+    "begin", "constant", "declare", "end", "errcode", "exception", "hint", "if", "is", "null",
+    "or", "raise", "return", "then", "true", "using", "setting",
+}  # fmt: skip
+_QUALIFIED = re.compile(r"\bOPERATOR\(pg_catalog\.[^)\s]+\)|\bpg_catalog\.[a-z_]+\b")
+
+
+def unqualified_names(body: str) -> list[str]:
+    """The words and operators in a function body that are not schema-qualified by
+    pg_catalog (string literals and comments aside)."""
+    code = re.sub(r"'(?:[^']|'')*'|--[^\n]*", " ", body)
+    code = _QUALIFIED.sub(" ", code)
+    code = re.sub(r"::\s+", " ", code.replace(":=", " "))  # a cast's type: qualified above
+    code = re.sub(r"\b(?:ERRCODE|HINT)\s*=", " ", code)  # RAISE's options, not an operator
+    found = [
+        w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$.]*", code) if w.lower() not in _BODY_WORDS
+    ]
+    return found + re.findall(r"[=<>!~+\-*/%^&|#@?:]+", code)
+
+
+def test_the_unpinned_tenant_functions_name_only_pg_catalog_objects(superuser) -> None:
+    bodies = superuser.execute(
+        "SELECT p.proname, p.prosrc, p.prosecdef FROM pg_proc AS p "
+        "WHERE p.pronamespace = 'public'::regnamespace AND p.proname = ANY(%s) ORDER BY 1",
+        [list(UNPINNED)],
+    ).fetchall()
+    assert [name for name, _, _ in bodies] == list(UNPINNED)
+    for name, body, security_definer in bodies:
+        assert not security_definer, name
+        assert unqualified_names(body) == [], name
+    # The check sees what it must refuse.
+    assert unqualified_names("BEGIN RETURN current_setting('x')::uuid; END") == [
+        "current_setting", "uuid", "::"
+    ]  # fmt: skip
+    assert unqualified_names("IF setting = '' THEN") == ["="]
+
+
+def test_the_unpinned_tenant_functions_ignore_a_hostile_search_path(app_url, superuser) -> None:
+    """A schema put first on the search path, shadowing every name the functions' bodies
+    could reach unqualified (function, types, operator), changes neither answer nor TN001."""
+    schema = f"hostile_{uuid.uuid4().hex[:8]}"
+    other = "11111111-1111-4111-8111-111111111111"
+    superuser.execute(
+        sql.SQL(
+            "CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO PUBLIC; "
+            "CREATE FUNCTION {s}.current_setting(text, boolean) RETURNS text "
+            "LANGUAGE sql AS $$ SELECT {other}::text $$; "
+            "CREATE FUNCTION {s}.always(text, text) RETURNS boolean "
+            "LANGUAGE sql AS $$ SELECT false $$; "
+            "CREATE OPERATOR {s}.= (LEFTARG = text, RIGHTARG = text, FUNCTION = {s}.always); "
+            "CREATE DOMAIN {s}.uuid AS pg_catalog.uuid CHECK (VALUE = {other}); "
+            "CREATE DOMAIN {s}.text AS pg_catalog.text CHECK (VALUE = {other})"
+        ).format(s=sql.Identifier(schema), other=sql.Literal(other))
+    )
+    try:
+        with psycopg.connect(app_url, autocommit=True) as conn:  # a new session: compiled here
+            conn.execute(sql.SQL("SET search_path = {}, pg_catalog").format(sql.Identifier(schema)))
+            with conn.transaction():
+                conn.execute(
+                    "SELECT pg_catalog.set_config('toolkit.tenant_id', %s, true)", [str(TENANT)]
+                )
+                row = conn.execute(
+                    "SELECT public.toolkit_tenant(), public.toolkit_tenant_or_default()"
+                ).fetchone()
+                assert row == (TENANT, TENANT)
+            assert conn.execute("SELECT public.toolkit_tenant_or_default()").fetchone() == (
+                uuid.UUID(int=0),
+            )
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute("SELECT public.toolkit_tenant()")
+            assert refused.value.sqlstate == "TN001"
+    finally:
+        superuser.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.mark.parametrize(

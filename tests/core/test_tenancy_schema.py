@@ -296,7 +296,8 @@ def insert_row(conn: psycopg.Connection[Any], table: str, row: dict[str, Any]) -
 
 
 def key_condition(conn: psycopg.Connection[Any], table: str, row: dict[str, Any]) -> sql.Composed:
-    """``(pk columns) = (row's values)``, to address ``row``."""
+    """``(pk columns) = (row's values)``, to address ``row`` (compared as JSON texts,
+    the form ``row`` came in: a timestamp's ``::text`` differs from its JSON)."""
     keys = [
         name
         for (name,) in conn.execute(
@@ -307,7 +308,8 @@ def key_condition(conn: psycopg.Connection[Any], table: str, row: dict[str, Any]
         ).fetchall()
     ]
     return sql.SQL(" AND ").join(
-        sql.SQL("{}::text = {}").format(sql.Identifier(k), sql.Literal(str(row[k]))) for k in keys
+        sql.SQL("to_jsonb({}) #>> '{{}}' = {}").format(sql.Identifier(k), sql.Literal(str(row[k])))
+        for k in keys
     )
 
 
@@ -1073,7 +1075,14 @@ def test_an_existing_database_converts_into_the_default_tenant_and_back(scratch_
     before = table_rows(scratch_url)
     assert all(before[t] for t in DATA_TABLES)
 
-    assert migrate(scratch_url).applied == ("0009.tenants",)
+    # 0009 converts; the toolkit's later migrations come with it, and go back with it.
+    later = tuple(
+        p.name.removesuffix(".sql")
+        for p in sorted(package_directory("migrations").glob("*.sql"))
+        if not p.name.endswith(".rollback.sql") and p.name > "0009"
+    )
+    assert later[0] == "0009.tenants"
+    assert migrate(scratch_url).applied == later
     assert table_rows(scratch_url) == before
     with psycopg.connect(scratch_url) as conn:
         for table in sorted(TENANT_OWNED):
@@ -1095,23 +1104,44 @@ def test_an_existing_database_converts_into_the_default_tenant_and_back(scratch_
     converted = snapshot(scratch_url)
     assert converted != single_tenant
 
-    assert rollback(scratch_url).rolled_back == ("0009.tenants",)
+    assert rollback(scratch_url, len(later)).rolled_back == tuple(reversed(later))
     assert snapshot(scratch_url) == single_tenant
     assert table_rows(scratch_url) == before
-    assert migrate(scratch_url).applied == ("0009.tenants",)
+    assert migrate(scratch_url).applied == later
     assert snapshot(scratch_url) == converted
     assert table_rows(scratch_url) == before
 
 
+def test_rolling_back_0010_restores_the_tenant_functions_of_0009_exactly(scratch_url) -> None:
+    """0010 drops the SET clause of toolkit_tenant() and toolkit_tenant_or_default() (every
+    name in them qualified instead); its rollback puts back 0009's definitions, SET included."""
+    migrate_to(scratch_url, "0009.tenants")
+    at_0009 = snapshot(scratch_url)
+    later = migrate(scratch_url).applied
+    assert "0010.tenant-functions" in later
+    with psycopg.connect(scratch_url) as conn:
+        unpinned = conn.execute(
+            "SELECT proname, proconfig FROM pg_proc WHERE proname LIKE 'toolkit\\_tenant%%' "
+            "ORDER BY 1"
+        ).fetchall()
+    assert unpinned == [("toolkit_tenant", None), ("toolkit_tenant_or_default", None)]
+    assert snapshot(scratch_url) != at_0009
+    assert rollback(scratch_url, len(later)).rolled_back == tuple(reversed(later))
+    assert snapshot(scratch_url) == at_0009
+
+
 def test_rollback_refuses_while_another_tenant_has_rows_and_changes_nothing(scratch_url) -> None:
-    migrate(scratch_url)
+    applied = migrate(scratch_url).applied
     with psycopg.connect(scratch_url, autocommit=True) as conn:
         seed_tenant(conn, TENANT_A, "a")
+    later = [migration for migration in applied if migration > "0009.tenants"]
+    if later:  # the toolkit's migrations after 0009 go first; 0009 is the one that refuses
+        rollback(scratch_url, len(later))
     converted = snapshot(scratch_url)
     with pytest.raises(DatabaseError, match=r"cannot roll back 0009\.tenants") as refused:
         rollback(scratch_url)
     message = str(refused.value)
     assert "1 in tenants" in message and "1 in agents" in message and "2 in checkpoints" in message
     assert "row(s) belong to tenants other than the default one" in message
-    assert all(state.applied for state in status(scratch_url))
+    assert [state.id for state in status(scratch_url) if state.applied][-1] == "0009.tenants"
     assert snapshot(scratch_url) == converted

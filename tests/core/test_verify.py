@@ -27,11 +27,11 @@ drivers = both("toolkit.db.drivers")
 SQL = """
 -- name: probe.agent :one
 -- An agent's identity columns.
-SELECT id, name, description, created_at FROM agents WHERE id = :id;
-
+SELECT id, name, description, created_at FROM agents
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 -- name: probe.count :scalar
 -- Count agents.
-SELECT count(*) FROM agents;
+SELECT count(*) FROM agents WHERE tenant_id = (SELECT toolkit_tenant_or_default());
 
 -- name: probe.broken :one
 -- Names a column that does not exist.
@@ -165,20 +165,20 @@ RATINGS_SQL = """-- The application's ratings of agents.
 -- Every agent of an owner with its rating, rated or not.
 SELECT a.id, a.name, r.rating
 FROM agents a LEFT JOIN agent_ratings r ON r.agent_id = a.id
-WHERE a.owner_id = :owner_id
+WHERE a.tenant_id = (SELECT toolkit_tenant_or_default()) AND a.owner_id = :owner_id
 ORDER BY a.name;
 
 -- name: ratings.of_agent :one
 -- One agent with its rating, rated or not.
 SELECT a.id, a.name, r.rating
 FROM agents a LEFT JOIN agent_ratings r ON r.agent_id = a.id
-WHERE a.id = :id;
+WHERE a.tenant_id = (SELECT toolkit_tenant_or_default()) AND a.id = :id;
 
 -- name: ratings.best_of_agent :one
 -- One agent with its best rating: an expression, NULL without ratings.
 SELECT a.id, a.name, (SELECT max(r.rating) FROM agent_ratings r WHERE r.agent_id = a.id) AS rating
 FROM agents a
-WHERE a.id = :id;
+WHERE a.tenant_id = (SELECT toolkit_tenant_or_default()) AND a.id = :id;
 """
 
 
@@ -282,23 +282,24 @@ NAMES_SQL = """-- An application's one-column queries.
 
 -- name: names.of_owner :many
 -- The names of an owner's agents.
-SELECT name FROM agents WHERE owner_id = :owner_id ORDER BY name;
-
+SELECT name FROM agents
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND owner_id = :owner_id ORDER BY name;
 -- name: names.configs :many
 -- The configs of an owner's agents.
-SELECT config FROM agents WHERE owner_id = :owner_id ORDER BY name;
-
+SELECT config FROM agents
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND owner_id = :owner_id ORDER BY name;
 -- name: names.of_agent :one
 -- One agent's name.
-SELECT name FROM agents WHERE id = :id;
+SELECT name FROM agents WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND id = :id;
 
 -- name: names.descriptions :many
 -- Descriptions: a nullable column.
-SELECT description FROM agents WHERE owner_id = :owner_id ORDER BY name;
-
+SELECT description FROM agents
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND owner_id = :owner_id ORDER BY name;
 -- name: names.identities :many
 -- Two columns.
-SELECT id, name FROM agents WHERE owner_id = :owner_id ORDER BY name;
+SELECT id, name FROM agents
+WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND owner_id = :owner_id ORDER BY name;
 """
 
 
@@ -453,3 +454,99 @@ def test_verify_reports_a_tenant_owned_table_the_database_does_not_guard(conn) -
     ]
     conn.execute("ALTER VIEW verify_probe_view SET (security_invoker = true)")
     assert problems() == []
+
+
+NOTES_TABLE = """
+CREATE TABLE notes (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id uuid NOT NULL DEFAULT toolkit_tenant_or_default() REFERENCES tenants (id),
+    body text NOT NULL
+);
+SELECT toolkit_make_tenant_owned('notes');
+CREATE TABLE note_kinds (name text PRIMARY KEY);
+"""
+NOTES_SQL = """-- An application's notes, a tenant-owned table.
+
+-- name: notes.mine :many
+-- The notes of the transaction's tenant.
+SELECT id, body FROM notes WHERE tenant_id = (SELECT toolkit_tenant_or_default());
+
+-- name: notes.everyone :many
+-- Every note: relies on the policies alone.
+SELECT id, body FROM notes;
+
+-- name: notes.counted :scalar
+-- Notes read inside a subquery, still unscoped.
+SELECT count(*) FROM (SELECT n.id FROM note_kinds AS k, notes AS n) AS s;
+
+-- name: notes.sweep :exec
+-- A cross-tenant sweep, run by a role the policies do not bind.
+-- tenant: all
+DELETE FROM notes WHERE body = '';
+
+-- name: notes.add :returning
+-- A note of the transaction's tenant: the column default names it.
+INSERT INTO notes (body) VALUES (:body) RETURNING id;
+
+-- name: notes.kinds :many
+-- A table that is not tenant-owned.
+SELECT name FROM note_kinds;
+"""
+
+
+class Note(Record):
+    id: UUID
+    body: str
+
+
+class NoteKind(Record):
+    name: str
+
+
+class NoteId(Record):
+    id: UUID
+
+
+def test_verify_reports_a_query_on_a_tenant_owned_table_that_names_no_tenant(
+    conn, superuser, tmp_path, monkeypatch
+) -> None:
+    """A query that reads a tenant-owned table must name its tenant, or declare itself
+    cross-tenant with '-- tenant: all'; an INSERT (its tenant is the column default) and
+    a query on another table pass. The toolkit's own queries pass (the test above)."""
+    superuser.execute(NOTES_TABLE)
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "notes.sql").write_text(NOTES_SQL)
+    queries = QueryRegistry.with_application([folder])
+    monkeypatch.setattr(bind, "registry", lambda: queries)
+    monkeypatch.setattr(bind, "BINDINGS", list(bind.BINDINGS))  # the bindings below, undone
+    problems = check(
+        conn,
+        queries,
+        bind.Many("notes.mine", Note, ()),
+        bind.Many("notes.everyone", Note, ()),
+        bind.Scalar("notes.counted", int, ()),
+        bind.Exec("notes.sweep", ()),
+        bind.Returning("notes.add", NoteId, ("body",)),
+        bind.Many("notes.kinds", NoteKind, ()),
+    )
+    problems = [p for p in problems if "notes" in p and "no function binds it" not in p]
+    advice = (
+        "but names no tenant: filter by tenant_id = (SELECT toolkit_tenant_or_default()), "
+        "or declare a deliberately cross-tenant query with '-- tenant: all'"
+    )
+    path = folder / "notes.sql"
+    assert problems == [
+        f"{path}:7: notes.everyone: reads tenant-owned notes {advice}",
+        f"{path}:11: notes.counted: reads tenant-owned notes {advice}",
+    ]
+
+
+def test_a_tenant_scope_other_than_all_is_refused_naming_file_and_line() -> None:
+    queries = QueryRegistry()
+    with pytest.raises(
+        QueryDefinitionError, match=r"sql/x\.sql:3: x\.y: unknown tenant scope 'some'"
+    ):
+        queries.load_text("-- name: x.y :many\n-- Doc.\n-- tenant: some\nSELECT 1;\n", "sql/x.sql")
+    queries.load_text("-- name: x.z :many\n-- Doc.\n-- tenant: all\nSELECT 1;\n", "sql/x.sql")
+    assert queries["x.z"].all_tenants

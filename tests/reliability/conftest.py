@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.report import render, render_row
+
 
 @dataclass(frozen=True)
 class Row:
@@ -40,29 +42,6 @@ class Row:
 
 
 ROWS: list[Row] = []
-
-
-def _cell(value: int | None) -> str:
-    return "n/a" if value is None else f"{value:,}"
-
-
-def render_row(r: Row) -> str:
-    """One Markdown table line."""
-    return (
-        f"| {r.scenario} | {r.operations:,} | {_cell(r.errors_surfaced)} | "
-        f"{_cell(r.outcome_unknown)} | {_cell(r.wrong)} | {_cell(r.data_lost)} | "
-        f"{_cell(r.duplicates_applied)} | {r.time_to_recover} |"
-    )
-
-
-def render(rows: list[Row]) -> str:
-    lines = [
-        "| scenario | operations | errors surfaced | outcome unknown | wrong | data lost "
-        "| duplicates applied | time to recover |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    lines += [render_row(r) for r in rows]
-    return "\n".join(lines)
 
 
 def _record(row: Row) -> None:

@@ -77,6 +77,12 @@ def database_url(storage_database_url: str) -> str:
     return storage_database_url
 
 
+@pytest.fixture
+def direct_database_url(database_url: str) -> str:
+    """The shared database, which these tests reach directly (never through a pooler)."""
+    return database_url
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """The URL of an in-process moto S3 server on loopback (dummy credentials set)."""

@@ -41,6 +41,7 @@ import errno
 import ipaddress
 import logging
 import queue
+import random
 import selectors
 import socket
 import struct
@@ -49,6 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -111,6 +113,33 @@ class _Connection:
     up: _Direction
     down: _Direction
     closed: bool = False
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bind_outside_the_ephemeral_range(listener: socket.socket, host: str) -> None:
+    """Bind to a free port the kernel never hands out as a client's local port.
+
+    refuse_new() closes the listener and restore() binds the same port again; a
+    port from the ephemeral range may meanwhile have become some client
+    connection's local port ("Address already in use").
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        try:
+            listener.bind((host, port))
+            return
+        except OSError:
+            continue
+    listener.bind((host, 0))
 
 
 class TcpProxy:
@@ -282,7 +311,10 @@ class TcpProxy:
     def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self._listen_host, self._listen_port))
+        if self._listen_port:
+            listener.bind((self._listen_host, self._listen_port))
+        else:
+            _bind_outside_the_ephemeral_range(listener, self._listen_host)
         listener.listen(128)
         listener.setblocking(False)
         self._listen_port = listener.getsockname()[1]

@@ -154,6 +154,9 @@ class Canonical(NamedTuple):
     """Every string kept in the key (values and dict keys), when the slow path collected them."""
 
 
+_new_canonical: Final = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class KeyExplanation:
     """What went into a request's cache key, from :meth:`LLMCache.explain_key`."""
@@ -248,7 +251,8 @@ class RequestFingerprinter:
         same key. Paths of dropped fields are appended to ``dropped`` when it
         is given.
         """
-        if not isinstance(request, Mapping):
+        # type() first: the ABC check of isinstance costs more, on every lookup.
+        if type(request) is not dict and not isinstance(request, Mapping):
             raise _bad("a request must be a dict", "request", type(request).__name__)
         model = request.get("model")
         if not isinstance(model, str) or not model.strip():
@@ -256,7 +260,8 @@ class RequestFingerprinter:
         if dropped is None and type(request) is dict:
             text = self._fast(request)
             if text is not None:
-                return Canonical(model, digest(text), text, None)
+                # tuple.__new__: a NamedTuple's own __new__ is a Python call, on every lookup.
+                return _new_canonical(Canonical, (model, digest(text), text, None))
         strings: list[str] = []
         where = ["request"]  # the field being walked, for error messages
         try:
@@ -300,7 +305,8 @@ class RequestFingerprinter:
             text = _encode(request)
         except (TypeError, ValueError, RecursionError):
             return None
-        if ".0" in text or "e+" in text:
+        # The "+" test is a memchr: most requests hold none, and skip the second scan.
+        if ".0" in text or ("+" in text and "e+" in text):
             return None
         return text
 

@@ -52,10 +52,8 @@ from functools import lru_cache
 from typing import Any, Final, TypeVar, cast
 from uuid import UUID
 
-from redis import Redis
-
 from toolkit.cache import codec, fingerprint
-from toolkit.cache.client import CacheClient
+from toolkit.cache.client import AnyRedis, CacheClient
 from toolkit.cache.entries import (
     CLEAN_MEMORY,
     DEFAULT,
@@ -103,6 +101,11 @@ __all__ += ["DEFAULT_LLM_TTL", "CachedResponse", "is_nondeterministic"]
 _log = logging.getLogger(__name__)
 
 _DEFAULT_DETECTOR: Final = SecretDetector()
+
+_MODEL_KEYS: Final = 256
+"""How many models' generation keys one cache (per tenant) remembers."""
+_new_tuple: Final = tuple.__new__
+"""Builds a NamedTuple without its Python-level ``__new__`` (a call saved per lookup)."""
 
 Generations = tuple[bytes, bytes]
 """The namespace and model generation ids in effect (verified, with an integrity key)."""
@@ -215,6 +218,7 @@ class LLMCache:
         self._prefix = key_prefix(self._client.namespace, tenant)
         self._ns_gen_key = self._prefix + "gen"
         self._model_gen_prefix = self._prefix + "gen:"
+        self._model_gen_keys: dict[str, str] = {}  # model -> its generation key, for this tenant
         main = self._client.signer
         self._signer = main if main is None or tenant is None else main.for_tenant(tenant)
 
@@ -374,7 +378,7 @@ class LLMCache:
         """Delete the entry of ``request``; returns whether one existed."""
         key = self.key(request)
 
-        def op(r: Redis) -> bool:
+        def op(r: AnyRedis) -> bool:
             return bool(r.unlink(key))
 
         return self._client.call(op, False)
@@ -404,14 +408,25 @@ class LLMCache:
     # -- internals ---------------------------------------------------------------
 
     def _model_gen_key(self, model: str) -> str:
-        return self._model_gen_prefix + self._model_scope(model)
+        known = self._model_gen_keys
+        key = known.get(model)
+        if key is None:
+            key = self._model_gen_prefix + self._model_scope(model)
+            if len(known) >= _MODEL_KEYS:
+                known.clear()  # start afresh rather than grow
+            known[model] = key
+        return key
 
     def _plan(self, request: Mapping[str, Any]) -> Plan:
         canonical = self._fingerprinter.canonical(request)
         bypass: str | None = None
         if request.get("sensitive"):
             bypass = BypassReason.SENSITIVE
-        elif self._detector is not None and self._holds_secret(request, canonical):
+        elif (
+            self._detector is not None
+            and canonical.fingerprint not in self._clean_requests  # a call saved on a repeat
+            and self._holds_secret(request, canonical)
+        ):
             bypass = BypassReason.SECRET_IN_REQUEST
         elif not self.cache_nondeterministic and is_nondeterministic(request):
             bypass = BypassReason.NONDETERMINISTIC
@@ -419,12 +434,10 @@ class LLMCache:
             self._forget(canonical)
         else:
             fingerprint.remember(canonical)
-        return Plan(
-            self._prefix + canonical.fingerprint,
-            canonical.model,
-            self._model_gen_prefix + self._model_scope(canonical.model),
-            bypass,
-        )
+        model = canonical.model
+        model_gen_key = self._model_gen_keys.get(model) or self._model_gen_key(model)
+        key = self._prefix + canonical.fingerprint
+        return _new_tuple(Plan, (key, model, model_gen_key, bypass))
 
     def _forget(self, canonical: Canonical) -> None:
         """Drop a sensitive or secret-bearing request's text from the in-process memos.
@@ -495,6 +508,13 @@ class LLMCache:
         was rolled back: counted as an integrity failure, and replaced with
         a newer generation so that no process serves what it revived.
         """
+        if (
+            self._signer is None
+            and ns_value is not None
+            and model_value is not None
+            and len(ns_value) == len(model_value) == codec.GENERATION_BYTES
+        ):
+            return ns_value, model_value  # what open_generation gives without a key, inline
         ns_key, model_key = self._ns_gen_key, plan.model_gen_key
         ns_gen = open_generation(ns_value, self._signer, ns_key)
         model_gen = open_generation(model_value, self._signer, model_key)
@@ -538,18 +558,27 @@ class LLMCache:
             return Lookup.MISS
         ns_gen, model_gen = (None, None) if generations is None else generations
         try:
-            meta = self._off_loop(
-                len(entry),
-                functools.partial(
-                    codec.decode,
+            if len(entry) < OFF_LOOP_BYTES:  # called directly: no partial to build on a hit
+                meta = codec.decode(
                     entry,
                     ns_gen,
                     model_gen,
                     max_bytes=self._max_entry_bytes,
                     signer=self._signer,
                     name=plan.key,
-                ),
-            )
+                )
+            else:
+                meta = run_blocking(
+                    functools.partial(
+                        codec.decode,
+                        entry,
+                        ns_gen,
+                        model_gen,
+                        max_bytes=self._max_entry_bytes,
+                        signer=self._signer,
+                        name=plan.key,
+                    )
+                )
         except codec.ForgedEntryError:
             _log.warning("deleting a cache entry that failed its integrity check: %s", plan.key)
             self._client.discard_forged(plan.key)
@@ -570,7 +599,7 @@ class LLMCache:
             return Lookup.MISS
         if count:
             self._stats.hit()
-        return CachedResponse(meta[3], meta[0], meta[1], meta[2], True)
+        return _new_tuple(CachedResponse, (meta[3], meta[0], meta[1], meta[2], True))
 
     def _store(
         self,
@@ -632,7 +661,7 @@ class LLMCache:
         memory = self._client.generation_memory
         fresh = tuple(new_generation_value(memory.newest(key)) for key in keys)
 
-        def op(r: Redis) -> list[Any]:
+        def op(r: AnyRedis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for key, generation in zip(keys, fresh, strict=True):
                 pipe.set(key, seal_generation(generation, self._signer, key), nx=True, get=True)
@@ -672,7 +701,7 @@ class LLMCache:
         generation = new_generation_value(memory.newest(key))
         value = seal_generation(generation, self._signer, key)
 
-        def op(r: Redis) -> bool:
+        def op(r: AnyRedis) -> bool:
             return bool(r.set(key, value))
 
         if not self._client.call(op, False):

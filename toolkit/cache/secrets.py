@@ -175,6 +175,8 @@ class SecretDetector:
         self._clean: set[str] = set()
         self._clean_chars = 0
         self._memo_lock = threading.Lock()
+        self._any_unhinted = any(not hints for _, _, hints in self._patterns)
+        self._hint_groups = _group_hints(hint for _, _, hints in self._patterns for hint in hints)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -220,15 +222,18 @@ class SecretDetector:
         text made of other texts (JSON holding them, say) can be cleared
         whole. It holds a hint test only, no regex scan.
         """
-        lowered: str | None = None
-        for _, _, hints in self._patterns:
-            if not hints:
-                return True
-            if lowered is None:
-                lowered = text.lower()
-            for hint in hints:
-                if hint in lowered:
+        if self._any_unhinted:
+            return True
+        lowered = text.lower()
+        # Hints sharing their first two characters are looked for only when a text
+        # holds those two: one scan instead of ten for the GitLab tokens, say.
+        for gate, members in self._hint_groups:
+            if gate in lowered:
+                if not members:
                     return True
+                for hint in members:
+                    if hint in lowered:
+                        return True
         return False
 
     def contains_secret(self, text: str) -> bool:
@@ -314,6 +319,19 @@ SCAN_WINDOW: Final = 32 << 10
 at most about a millisecond); see :meth:`SecretDetector.scan_value_steps`."""
 SCAN_OVERLAP: Final = 8 << 10
 """Characters each window reaches into the next, so a match up to this long is never cut."""
+
+
+def _group_hints(hints: Iterable[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(gate, members)`` pairs: hints sharing their first two characters under that
+    prefix (each holds it, so a text without it holds none of them), a hint of its
+    own as ``(hint, ())``."""
+    groups: dict[str, list[str]] = {}
+    for hint in dict.fromkeys(hints):  # dedupe, keep order
+        groups.setdefault(hint[:2], []).append(hint)
+    return tuple(
+        (members[0], ()) if len(members) == 1 else (prefix, tuple(members))
+        for prefix, members in groups.items()
+    )
 
 
 def _search(compiled: re.Pattern[str], text: str, start: int, end: int) -> bool:

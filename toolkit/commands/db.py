@@ -1,4 +1,5 @@
-"""``toolkit migrate``, ``rollback``, ``queries`` and ``verify``: the schema and the queries."""
+"""``toolkit migrate``, ``rollback``, ``maintain``, ``queries`` and ``verify``: the schema,
+its partitions and the queries."""
 
 from __future__ import annotations
 
@@ -50,6 +51,23 @@ def rollback_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def maintain_command(args: argparse.Namespace) -> int:
+    """Create the coming partitions and drop the expired ones (as the migration role)."""
+    from toolkit.db.partitions import maintain
+
+    report = maintain(_migration_url(args))
+    for name in report.created:
+        print(f"created {name}")
+    for name in report.dropped:
+        print(f"dropped {name}")
+    for name in report.kept:
+        print(f"kept {name}: expired, but it holds rows still to keep (unsent messages)")
+    for name in report.awaiting_drop:
+        print(f"detached {name}: dropped by the next run (a lock was not free)")
+    print(f"maintain: {report.summary()}")
+    return 0
+
+
 def queries_command(args: argparse.Namespace) -> int:
     """List the named queries, or show one's SQL."""
     from toolkit.db.bind import registry
@@ -98,7 +116,7 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def register(commands: Subcommands) -> None:
-    """Add ``migrate``, ``rollback``, ``queries`` and ``verify``."""
+    """Add ``migrate``, ``rollback``, ``maintain``, ``queries`` and ``verify``."""
     migrate = add_command(
         commands,
         "migrate",
@@ -114,6 +132,12 @@ def register(commands: Subcommands) -> None:
     how_many = rollback.add_mutually_exclusive_group()
     how_many.add_argument("--count", type=int, default=1, help="revert the newest N migrations")
     how_many.add_argument("--all", action="store_true", help="revert every applied migration")
+    add_command(
+        commands,
+        "maintain",
+        "create the coming time partitions and drop the expired ones (idempotent)",
+        maintain_command,
+    )
     queries = add_command(
         commands, "queries", "list the named queries, or show one's SQL", queries_command
     )

@@ -1,6 +1,7 @@
 """``toolkit relay`` and ``toolkit worker``: the outbox relay and the queue worker.
 
-Both read the ``TOOLKIT_*`` settings (``amqp_url``, ``queue_prefix``,
+Both read the ``TOOLKIT_*`` settings (``amqp_url``, one URL or a cluster's
+nodes comma-separated; ``queue_prefix``; ``amqp_quorum_replicas``;
 ``database_url``), declare the topology, and run until SIGTERM or SIGINT,
 then stop gracefully. Exit code 0 after a clean stop.
 """
@@ -49,7 +50,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
 def relay_command(args: argparse.Namespace) -> int:
     """Run the outbox relay until SIGTERM/SIGINT (or, with ``--once``, until drained)."""
     settings = settings_from_options(args)
-    topology = Topology(prefix=settings.queue_prefix)
+    topology = Topology(prefix=settings.queue_prefix, replicas=settings.amqp_quorum_replicas)
     with Database(settings) as db:
         relay = Relay(
             db,
@@ -186,7 +187,7 @@ def maintenance_jobs(
 def worker_command(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM/SIGINT, with the lease sweeper alongside."""
     settings = settings_from_options(args)
-    topology = Topology(prefix=settings.queue_prefix)
+    topology = Topology(prefix=settings.queue_prefix, replicas=settings.amqp_quorum_replicas)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     with Database(settings) as db:
         work = load_callable(args.work) if args.work else None

@@ -5,5 +5,15 @@ from toolkit.db.database import Connection, Database
 from toolkit.db.drivers import copy, run
 from toolkit.db.errors import translate_error
 from toolkit.db.migrations import migrate, rollback
+from toolkit.db.replicas import CommitPosition
 
-__all__ = ["Connection", "Database", "copy", "migrate", "rollback", "run", "translate_error"]
+__all__ = [
+    "CommitPosition",
+    "Connection",
+    "Database",
+    "copy",
+    "migrate",
+    "rollback",
+    "run",
+    "translate_error",
+]

@@ -104,6 +104,8 @@ class Binding:
         self.params = tuple(params)
         self.param_set = frozenset(self.params)
         self.record = record
+        # Read from a replica when the caller gives a commit position (-- route: replica).
+        self.on_replica = self.query.route == "replica"
         self.row_factory: Any = (
             None
             if record is None

@@ -22,6 +22,14 @@ It is also where the tenant is set: ``transaction(tenant=...)`` and
 ``connection(tenant=...)`` send BEGIN and the transaction-local tenant in one
 round trip (:mod:`toolkit.db.tenancy`), so the tenant ends with the
 transaction and no pooled connection carries one to its next user.
+
+And it is where reads meet replicas. With replica URLs, a transaction that
+wrote yields its commit position (:attr:`Database.commit_position`),
+read in the COMMIT's own round trip; ``connection(read_after=position)``
+sends each query marked ``-- route: replica`` to a replica that has replayed
+past that position (asked on the replica, before the query), else to the
+primary, and every other query to the primary. Without replicas nothing of
+this runs: COMMIT is a bare COMMIT and every query runs on the primary.
 """
 
 from __future__ import annotations
@@ -30,14 +38,16 @@ import copy
 import logging
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 from weakref import WeakKeyDictionary
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.abc import Query
 from psycopg.pq import ConnStatus, TransactionStatus
@@ -51,6 +61,13 @@ from toolkit.db.errors import (
     connection_failure,
     raise_translated,
     translate_error,
+)
+from toolkit.db.replicas import (
+    COMMIT_AND_POSITION,
+    REPLAY_STATE,
+    CommitPosition,
+    ReplicaHealth,
+    parse_lsn,
 )
 from toolkit.db.tenancy import BEGIN_AS_TENANT, tenant_id
 from toolkit.errors import (
@@ -66,9 +83,11 @@ from toolkit.errors import (
 __all__ = [
     "Connection",
     "Database",
+    "ReadRoute",
     "TransactionOutcome",
     "connect",
     "is_alive",
+    "read_route",
     "tenant_of",
     "transaction_on",
     "translate_error",
@@ -80,12 +99,29 @@ Connection = psycopg.Connection[Any]
 """What repository functions take first: a pooled connection or a transaction."""
 
 
-def connect(url: str, *, connect_timeout: float, context: str) -> Connection:
-    """A new autocommit connection, or one toolkit error line saying why not."""
+def connect(
+    url: str,
+    *,
+    connect_timeout: float,
+    context: str,
+    prepare_threshold: int | None = 5,
+    options: str | None = None,
+) -> Connection:
+    """A new autocommit connection, or one toolkit error line saying why not.
+
+    ``prepare_threshold`` is psycopg's (None: never prepare), as
+    ``TOOLKIT_PREPARE_THRESHOLD`` sets it for a pool's connections;
+    ``options``, when given, replaces the URL's (as a pool's connections send it).
+    """
     parse_conninfo(url)
+    extra: dict[str, Any] = {} if options is None else {"options": options}
     try:
         return psycopg.Connection.connect(
-            url, autocommit=True, connect_timeout=max(1, round(connect_timeout))
+            url,
+            autocommit=True,
+            connect_timeout=max(1, round(connect_timeout)),
+            prepare_threshold=prepare_threshold,
+            **extra,
         )
     except psycopg.Error as exc:
         raise connection_failure(exc, url, context) from exc
@@ -326,8 +362,19 @@ def _commit(conn: Connection, home: Database | None) -> None:
         raise_translated(exc, "transaction (before COMMIT; nothing was written)")
     xid = int(row[0]) if row and row[0] is not None else None
     started: datetime | None = row[1] if row else None
+    # With replicas, a transaction that wrote learns where its commit ends in the
+    # WAL, in the COMMIT's own round trip (a read-only one has nothing to wait for,
+    # and a replica's own transactions never write).
+    positioned = xid is not None and home is not None and bool(home._replicas)
     try:
-        conn.execute("COMMIT")
+        if positioned:
+            cursor = conn.execute(COMMIT_AND_POSITION)
+            cursor.nextset()
+            position = cursor.fetchone()
+            if home is not None and position is not None:
+                home._remember_position(CommitPosition.parse(position[0]))
+        else:
+            conn.execute("COMMIT")
     except psycopg.Error as exc:
         if xid is None or not isinstance(exc, psycopg.OperationalError):
             # No xid: the transaction wrote nothing, so it cannot have committed a change.
@@ -338,6 +385,9 @@ def _commit(conn: Connection, home: Database | None) -> None:
             outcome = home._outcome_of(xid, started)
         if outcome == "committed":
             log.warning("connection lost during COMMIT; transaction %s did commit", xid)
+            if positioned and home is not None:
+                # Where its commit ends is unknown: its reads must go to the primary.
+                home._remember_position(CommitPosition.PRIMARY)
             return
         if outcome == "aborted":
             raise Unavailable(
@@ -350,6 +400,68 @@ def _commit(conn: Connection, home: Database | None) -> None:
             xid=xid,
             server_started_at=started,
         ) from exc
+
+
+class ReadRoute:
+    """Where the reads of one ``connection(read_after=...)`` block may run.
+
+    Registered for the block's primary connection; the driver asks
+    :func:`read_route` for each binding it runs there.
+    """
+
+    __slots__ = ("after", "database", "pinned", "tenant")
+
+    def __init__(self, database: Database, after: CommitPosition, tenant: UUID | None) -> None:
+        self.database = database
+        self.after = after
+        self.tenant = tenant
+        # Set once a query not marked replica-routed ran in the block: it may have
+        # written, and only the primary sees that, so later reads stay there.
+        self.pinned = False
+
+
+# The route of each primary connection inside a connection(read_after=...) block, while
+# the block runs. A plain dict: the driver's test of it is one length check when empty.
+_routes: dict[Connection, ReadRoute] = {}
+
+
+def read_route(conn: Connection) -> ReadRoute | None:
+    """The read route of ``conn`` inside a ``connection(read_after=...)`` block; no I/O."""
+    return _routes.get(conn) if _routes else None
+
+
+class _Replica:
+    """One streaming replica: its URL, its health and its idle connections."""
+
+    def __init__(self, url: str, retry_interval: float) -> None:
+        self.url = url
+        self.health = ReplicaHealth(url, retry_interval)
+        self.idle: list[Connection] = []
+
+
+def _replica_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised on a replica) says the replica, not the query, failed.
+
+    A lost or refused connection, a server shutting down, or a query cancelled
+    by a conflict with recovery (SQLSTATE 40001 on a standby): the read is
+    served by the primary instead.
+    """
+    error = getattr(exc, "driver_error", None) or exc
+    return isinstance(
+        error,
+        (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            pg_errors.SerializationFailure,
+            pg_errors.AdminShutdown,
+        ),
+    )
+
+
+# The last commit position of a writing transaction, per task (thread) and database.
+_last_position: ContextVar[tuple[int, CommitPosition] | None] = ContextVar(
+    "toolkit_commit_position", default=None
+)
 
 
 class Database:
@@ -368,6 +480,7 @@ class Database:
         settings: Settings | None = None,
         *,
         url: str | None = None,
+        replica_urls: Sequence[str] | None = None,
         warn_if_privileged: bool = True,
     ) -> None:
         self.settings = settings or default_settings()
@@ -377,6 +490,13 @@ class Database:
         options = []
         if self.settings.statement_timeout_ms:
             options.append(f"-c statement_timeout={self.settings.statement_timeout_ms}")
+        self._connection_options = options
+        urls = self.settings.replica_urls if replica_urls is None else tuple(replica_urls)
+        for replica_url in urls:
+            parse_conninfo(replica_url)
+        self._replicas = [_Replica(u, self.settings.replica_retry_interval) for u in urls]
+        self._next_replica = 0
+        self._reads = {"replica": 0, "primary": 0, "fallback": 0}
         # The pool's own reconnect attempts log a warning each; one clear
         # error from open() is what the caller sees instead.
         self._pool = ConnectionPool(
@@ -389,6 +509,9 @@ class Database:
                 "application_name": self.settings.application_name,
                 "connect_timeout": max(1, round(self.settings.connect_timeout)),
                 "options": with_options(self.url, options),
+                # None behind a transaction-mode pooler: a statement prepared in one
+                # transaction's server connection is missing from the next one's.
+                "prepare_threshold": self.settings.prepare_threshold,
             },
             configure=self._adopt,
             reconnect_timeout=max(self.settings.pool_timeout, 5.0),
@@ -405,6 +528,11 @@ class Database:
         self._checking_tenancy = Lock()
         self._tenancy_known = False
         self._tenancy_refused: str | None = None
+
+    def _connection_kwargs(self, url: str) -> dict[str, Any]:
+        """How a replica's connections are made: as the pool's, with ``url``'s own options."""
+        made_as = cast(dict[str, Any], self._pool.kwargs)  # a dict: __init__ passes one
+        return dict(made_as, options=with_options(url, self._connection_options))
 
     def _tenancy_refusal(self, conn: Connection) -> str | None:
         """Why this database's role may not run tenant-scoped work (None: it may).
@@ -462,7 +590,13 @@ class Database:
                 raise _again(failure) from failure
             try:
                 with connect(
-                    self.url, connect_timeout=self.settings.connect_timeout, context="connecting"
+                    self.url,
+                    connect_timeout=self.settings.connect_timeout,
+                    context="connecting",
+                    prepare_threshold=self.settings.prepare_threshold,
+                    # The pool's startup options too: a pooler that refuses them
+                    # (PgBouncer and ``options``) is told here, in one line.
+                    options=with_options(self.url, self._connection_options),
                 ) as probe:
                     if self._warn_if_privileged:
                         _warn_if_privileged(probe)
@@ -472,6 +606,23 @@ class Database:
                 raise
             self._opened = True
             self._open_failure = None
+
+    def session(self, context: str) -> Connection:
+        """A connection of its own, outside the pool, made as the pool's are.
+
+        For a session that outlives any unit of work (the outbox relay's
+        ``LISTEN``); the caller closes it. ``context`` names the use in the
+        error raised when it cannot be made. Transactions still go through
+        :meth:`transaction` or :func:`transaction_on`.
+        """
+        self._refuse_if_closed(context)
+        return connect(
+            self.url,
+            connect_timeout=self.settings.connect_timeout,
+            context=context,
+            prepare_threshold=self.settings.prepare_threshold,
+            options=with_options(self.url, self._connection_options),
+        )
 
     def close(self) -> None:
         """Close every connection of the pool, for good: later use raises :class:`Closed`.
@@ -483,6 +634,10 @@ class Database:
             opened, self._opened = self._opened, False
         if opened:
             self._pool.close()
+        for replica in self._replicas:
+            idle, replica.idle = replica.idle, []
+            for conn in idle:
+                conn.close()
 
     def __enter__(self) -> Database:
         self._open("open()")
@@ -492,7 +647,12 @@ class Database:
         self.close()
 
     @contextmanager
-    def connection(self, tenant: UUID | str | None = None) -> Iterator[Connection]:
+    def connection(
+        self,
+        tenant: UUID | str | None = None,
+        *,
+        read_after: CommitPosition | str | None = None,
+    ) -> Iterator[Connection]:
         """A pooled autocommit connection for reads or single statements.
 
         With a ``tenant``, the block runs as one transaction of that tenant,
@@ -501,9 +661,167 @@ class Database:
         setting would stay on the pooled connection for its next user and be
         lost behind a transaction-mode pooler, so it cannot outlive a
         transaction.
+
+        With ``read_after`` (a :class:`CommitPosition`, or its text: usually
+        the caller's last :attr:`commit_position`, or ``CommitPosition.START``
+        when it has written nothing) and replicas configured, each query
+        marked ``-- route: replica`` run on the connection goes to a replica
+        that has replayed past that position (one replica asked per read, in
+        turn), in the same tenant if any, through :func:`transaction_on`;
+        when none has, it runs on the primary. Every other query runs on the
+        primary, and keeps the block's later reads there (it may have
+        written). A replica that is down, not a standby, or lags more than
+        ``replica_max_lag`` seconds is skipped for ``replica_retry_interval``
+        seconds, logged once, and its reads are served by the primary: no
+        error reaches the caller. Without replicas, ``read_after`` changes
+        nothing.
         """
-        with self._pooled() if tenant is None else self.transaction(tenant=tenant) as conn:
-            yield conn
+        after = None if read_after is None else self._position_of(read_after)
+        scoped = None if tenant is None else tenant_id(tenant)
+        with self._pooled() if scoped is None else self.transaction(tenant=scoped) as conn:
+            if after is None or not self._replicas:
+                yield conn
+                return
+            _routes[conn] = ReadRoute(self, after, scoped)
+            try:
+                yield conn
+            finally:
+                _routes.pop(conn, None)
+
+    @staticmethod
+    def _position_of(value: CommitPosition | str) -> CommitPosition:
+        if isinstance(value, CommitPosition):
+            return value
+        if isinstance(value, str):
+            return CommitPosition.parse(value)
+        raise InvalidInput(
+            "read_after must be a CommitPosition or its text",
+            field="read_after",
+            value=str(value)[:40],
+        )
+
+    @property
+    def commit_position(self) -> CommitPosition | None:
+        """Where the last writing transaction this task (thread) committed here ends in the WAL.
+
+        The read-your-writes token: pass it as ``connection(read_after=...)``,
+        in this process or (as its ``str``) in a later request. None before
+        such a commit, and always without replicas (no position is taken).
+        A transaction that wrote nothing leaves it as it was.
+        ``CommitPosition.PRIMARY`` when the COMMIT's answer was lost but the
+        lookup found it committed: reads given it run on the primary.
+        """
+        remembered = _last_position.get()
+        if remembered is None or remembered[0] != id(self):
+            return None
+        return remembered[1]
+
+    def _remember_position(self, position: CommitPosition) -> None:
+        _last_position.set((id(self), position))
+
+    def read_counts(self) -> dict[str, int]:
+        """Where this Database's replica-routed reads of ``read_after`` blocks ran.
+
+        ``replica``: on a replica; ``primary``: on the primary (no replica had
+        replayed the position, none was usable, or the block had run a query
+        that is not replica-routed); ``fallback``: begun on a replica that
+        failed, then served by the primary. Counted without a lock: under
+        threads a count may miss an increment.
+        """
+        return dict(self._reads)
+
+    @contextmanager
+    def replica_for(self, route: ReadRoute) -> Iterator[Connection | None]:
+        """A replica connection that has replayed past ``route.after``, or None: use the primary.
+
+        The driver runs one replica-routed query in the block. A failure of the
+        replica itself raised there (see :func:`_replica_failed`) is not raised:
+        the replica is skipped and the block ends normally, for the driver to
+        run the query on the primary instead.
+        """
+        found = None if route.pinned else self._replica_past(route.after)
+        if found is None:
+            self._reads["primary"] += 1
+            yield None
+            return
+        replica, conn = found
+        try:
+            if route.tenant is None:
+                yield conn
+            else:
+                with transaction_on(conn, tenant=route.tenant):
+                    yield conn
+        except Exception as exc:
+            if not _replica_failed(exc):
+                raise
+            replica.health.skip(f"it failed during a read ({type(exc).__name__})")
+            conn.close()
+            self._reads["fallback"] += 1
+        else:
+            self._reads["replica"] += 1
+        finally:
+            self._give_back(replica, conn)
+
+    def _replica_past(self, after: CommitPosition) -> tuple[_Replica, Connection] | None:
+        """The next usable replica, with a connection, if it has replayed past ``after``."""
+        self._refuse_if_closed("connection()")
+        count = len(self._replicas)
+        for step in range(count):
+            replica = self._replicas[(self._next_replica + step) % count]
+            if replica.health.may_try():
+                self._next_replica = (self._next_replica + step + 1) % count
+                break
+        else:
+            return None
+        conn: Connection | None = None
+        try:
+            conn = self._replica_connection(replica)
+            cursor = conn.execute(REPLAY_STATE)
+            row = cursor.fetchone()
+        except (psycopg.Error, ToolkitError) as exc:
+            if conn is not None:
+                conn.close()
+            replica.health.skip(f"it cannot be reached ({type(exc).__name__})")
+            return None
+        replayed, lag = row if row else (None, None)
+        if replayed is None:
+            reason = "it is not a standby (not in recovery)"
+        elif lag is not None and lag > self.settings.replica_max_lag:
+            reason = f"its replay lags {lag:.1f} s (bound {self.settings.replica_max_lag:g} s)"
+        else:
+            replica.health.usable()
+            if parse_lsn(replayed) >= after.lsn:
+                return replica, conn
+            self._give_back(replica, conn)
+            return None
+        replica.health.skip(reason)
+        self._give_back(replica, conn)
+        return None
+
+    def _replica_connection(self, replica: _Replica) -> Connection:
+        """An idle connection to ``replica`` that survived its idle time, or a new one."""
+        while True:
+            try:
+                conn = replica.idle.pop()
+            except IndexError:  # none idle (another thread may have taken the last)
+                break
+            if is_alive(conn):
+                return conn
+            conn.close()
+        try:
+            conn = psycopg.Connection.connect(replica.url, **self._connection_kwargs(replica.url))
+        except psycopg.Error as exc:
+            raise connection_failure(exc, replica.url, "connecting to a replica") from None
+        _homes[conn] = self  # its tenancy answer is the primary's: the same roles
+        return conn
+
+    def _give_back(self, replica: _Replica, conn: Connection) -> None:
+        """Keep a healthy replica connection for the next read (up to ``pool_max_size``)."""
+        healthy = not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
+        if healthy and not self._closed and len(replica.idle) < self.settings.pool_max_size:
+            replica.idle.append(conn)
+        elif not conn.closed:
+            conn.pgconn.finish()  # no round trip: a terminate message and the socket closed
 
     @contextmanager
     def _pooled(self) -> Iterator[Connection]:
@@ -609,7 +927,10 @@ class Database:
                 "xid must be a positive 64-bit transaction id", field="xid", value=str(xid)[:40]
             )
         probe = connect(
-            self.url, connect_timeout=self.settings.connect_timeout, context="transaction_status"
+            self.url,
+            connect_timeout=self.settings.connect_timeout,
+            context="transaction_status",
+            prepare_threshold=self.settings.prepare_threshold,
         )
         try:
             with probe:

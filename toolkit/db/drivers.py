@@ -33,7 +33,7 @@ from typing import Any, TypeVar, overload
 import psycopg
 
 from toolkit.db.bind import Binding, Copy, Exec, Many, One, OneOrNone, Runnable, Scalar
-from toolkit.db.database import Connection
+from toolkit.db.database import Connection, ReadRoute, read_route
 from toolkit.db.errors import raise_translated
 from toolkit.db.results import Fetch, json_as_bytes
 from toolkit.errors import ToolkitError
@@ -81,23 +81,53 @@ def run(
 
     Values whose names are not exactly the binding's parameters are refused
     (QueryDefinitionError) before anything is sent.
+
+    On a connection from ``Database.connection(read_after=...)``, a binding
+    whose query is marked ``-- route: replica`` may run on a replica instead
+    (see :meth:`~toolkit.db.database.Database.connection`).
     """
     # Every repository call's hot path: one Python call from the caller, no per-kind wrapper.
     query.check_values(values)
-    json_as_bytes(conn)
     statement = query.statement_text(sort, descending)
     try:
-        cursor = conn.cursor(row_factory=query.row_factory)
-        cursor.execute(statement, values, prepare=query.prepare, binary=True)
-        if query.fetch is Fetch.ALL:
-            fetched: Any = cursor.fetchall()
-        elif query.fetch is Fetch.ONE:
-            fetched = cursor.fetchone()
+        route = read_route(conn)
+        if route is None:
+            fetched = _fetch(conn, query, statement, values)
         else:
-            fetched = cursor.rowcount
+            fetched = _routed(conn, route, query, statement, values)
     except psycopg.Error as exc:
         raise_translated(exc, query.name)
     return query.finish(fetched, key, values)
+
+
+def _fetch(conn: Connection, query: Binding, statement: str, values: Mapping[str, Any]) -> Any:
+    """Send ``statement`` on ``conn`` and read what ``query``'s kind needs; psycopg errors."""
+    json_as_bytes(conn)
+    cursor = conn.cursor(row_factory=query.row_factory)
+    cursor.execute(statement, values, prepare=query.prepare, binary=True)
+    if query.fetch is Fetch.ALL:
+        return cursor.fetchall()
+    if query.fetch is Fetch.ONE:
+        return cursor.fetchone()
+    return cursor.rowcount
+
+
+def _routed(
+    conn: Connection,
+    route: ReadRoute,
+    query: Binding,
+    statement: str,
+    values: Mapping[str, Any],
+) -> Any:
+    """Run ``query`` on a replica that has replayed past the route's position, else on ``conn``."""
+    if not query.on_replica:
+        route.pinned = True  # it may write: the block's later reads must see it
+        return _fetch(conn, query, statement, values)
+    with route.database.replica_for(route) as replica:
+        if replica is not None:
+            return _fetch(replica, query, statement, values)
+    # No replica had replayed past the position, or the one asked failed meanwhile.
+    return _fetch(conn, query, statement, values)
 
 
 def copy(conn: Connection, query: Copy, rows: Iterable[Sequence[Any]]) -> int:

@@ -140,6 +140,14 @@ def connection_failure(exc: psycopg.Error, url: str, context: str) -> ToolkitErr
     target = describe_target(url)
     text = str(exc).strip()
     reason = text.rsplit("failed: ", 1)[-1].splitlines()[0].removeprefix("FATAL:").strip()
+    if "unsupported startup parameter" in text:
+        # PgBouncer refuses what it cannot replay on its shared server connections;
+        # the toolkit sends ``options`` for TOOLKIT_STATEMENT_TIMEOUT_MS.
+        return ConfigurationError(
+            f"{context}: {target}: {reason}: a pooler (PgBouncer) answers there and refuses it; "
+            "set TOOLKIT_STATEMENT_TIMEOUT_MS=0 and drop options= from the URL, and put the "
+            "bound on the role instead (ALTER ROLE ... SET statement_timeout = '30s')"
+        )
     if "database" in text and "does not exist" in text:
         return ConfigurationError(
             f"{context}: {target}: the database does not exist; "

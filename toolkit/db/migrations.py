@@ -8,7 +8,8 @@ refuses, before reverting any, when one of them has no rollback (yoyo would
 forget it without undoing it, and the next ``migrate`` would fail on what it left);
 ``status`` lists what is applied and pending. Runs hold a PostgreSQL advisory lock for
 their whole run, so concurrent runs queue up instead of racing. The lock
-dies with its session, so a crashed run never leaves a stale lock behind;
+belongs to a transaction held open for the run and dies with it, so a crashed
+run never leaves a stale lock behind, even through a transaction-mode pooler;
 yoyo's own lock row, which a killed run does leave, is cleared while the
 advisory lock is held (no other toolkit run can own it then).
 
@@ -35,7 +36,7 @@ from yoyo.exceptions import BadMigration, LockTimeout, MigrationConflict
 
 from toolkit.config import default_settings
 from toolkit.db.conninfo import describe_target, parse_conninfo
-from toolkit.db.database import Connection, connect
+from toolkit.db.database import Connection, connect, transaction_on
 from toolkit.db.errors import raise_translated
 from toolkit.db.registry import package_directory
 from toolkit.errors import ConfigurationError, DatabaseError, InvalidInput
@@ -110,9 +111,15 @@ def ensure_database(url: str) -> bool:
 def _migration_lock(url: str) -> Iterator[Connection]:
     conn = connect(url, connect_timeout=_CONNECT_TIMEOUT_S, context="connecting")
     try:
-        conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
-        conn.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
-        yield conn
+        # Held by a transaction kept open for the whole run, not by the session: a
+        # transaction-mode pooler (PgBouncer) keeps one server connection for an open
+        # transaction, but would hand a session lock's connection, still locked, to
+        # others once the statement ended. Closing the connection (or a crash) ends
+        # the transaction and the lock with it.
+        with transaction_on(conn):
+            conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+            yield conn
     except psycopg.Error as exc:
         raise_translated(exc, "taking the migration lock")
     finally:
@@ -131,6 +138,9 @@ def _locked_backend(url: str) -> Iterator[Any]:
             backend = get_backend(_yoyo_url(url))
         except psycopg.Error as exc:
             raise_translated(exc, "connecting to migrate")
+        # yoyo runs its bookkeeping statements once per migration: preparing them gains
+        # nothing, and through a transaction-mode pooler the prepared ones go missing.
+        backend.connection.prepare_threshold = None
         try:
             backend.break_lock()
             with backend.lock():

@@ -16,6 +16,17 @@ comment line is its one-line doc. Optional further header lines:
     ORDER BY list), which the registry composes with
     :class:`psycopg.sql.Identifier` from this whitelist only.
 
+``-- tenant: all``
+    the query is deliberately cross-tenant (a sweep or the outbox relay,
+    run by a role the row level security policies do not bind): ``toolkit
+    verify`` then does not ask it to name its tenant.
+
+``-- route: replica``
+    the query only reads, so a read given a commit position may run on a
+    streaming replica that has replayed past it (``-- route: primary``, the
+    default, keeps it on the primary). ``toolkit verify`` refuses a
+    replica-routed query that writes or locks rows.
+
 Parameters are written ``:name`` (``::type`` casts are left alone); that is
 the one parameter style. One lexer splits a query's SQL into code and
 verbatim spans (string literals, quoted identifiers, comments, dollar-quoted
@@ -67,6 +78,10 @@ CURSOR_PARAMS = ("after_value", "after_id")
 _HEADER = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s+:(?P<kind>\w+)\s*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 _SORT = re.compile(r"^--\s*sort:\s*(?P<spec>.+)$")
+_TENANT = re.compile(r"^--\s*tenant:\s*(?P<scope>.*?)\s*$")
+_ROUTE = re.compile(r"^--\s*route:\s*(?P<route>\S*)\s*$")
+ROUTES = ("primary", "replica")
+"""Where a query may run: ``primary`` (the default) or ``replica`` (reads only)."""
 _SORT_ITEM = re.compile(r"^(?P<column>[a-z_][a-z0-9_]*)\s+(?P<type>[a-z][a-z0-9_ ]*)$")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -97,6 +112,10 @@ class NamedQuery:
     sort_columns: tuple[SortColumn, ...] = ()
     origin: str = "toolkit"
     """``toolkit`` for the toolkit's own queries, ``app`` for the application's."""
+    all_tenants: bool = False
+    """Declared cross-tenant by a ``-- tenant: all`` header line."""
+    route: str = "primary"
+    """``replica`` when its header allows it on a streaming replica (reads only)."""
 
     @property
     def location(self) -> str:
@@ -328,6 +347,18 @@ def _parse_sort(spec: str, where: str) -> tuple[SortColumn, ...]:
     return tuple(columns)
 
 
+def _parse_route(header_line: str, where: str, name: str) -> str | None:
+    """The route a ``-- route:`` header line names (None for another line)."""
+    match = _ROUTE.match(header_line)
+    if not match:
+        return None
+    if match.group("route") not in ROUTES:
+        raise QueryDefinitionError(
+            f"{where}: {name} has route {match.group('route')!r}; want one of {', '.join(ROUTES)}"
+        )
+    return match.group("route")
+
+
 def parse_file(text: str, path: str, origin: str = "toolkit") -> list[NamedQuery]:
     """Parse the queries of one ``.sql`` file; raises QueryDefinitionError."""
     lines = text.splitlines()
@@ -341,6 +372,19 @@ def parse_file(text: str, path: str, origin: str = "toolkit") -> list[NamedQuery
         end = headers[position + 1] if position + 1 < len(headers) else len(lines)
         queries.append(_parse_query(lines[start:end], path, start + 1, origin))
     return queries
+
+
+def _declares_all_tenants(header_line: str, name: str, path: str, line: int) -> bool:
+    """Whether a header line is ``-- tenant: all``; any other tenant scope is refused."""
+    tenant_match = _TENANT.match(header_line)
+    if not tenant_match:
+        return False
+    if tenant_match.group("scope") != "all":
+        raise QueryDefinitionError(
+            f"{path}:{line}: {name}: unknown tenant scope "
+            f"{tenant_match.group('scope')!r}; the one scope is '-- tenant: all'"
+        )
+    return True
 
 
 def _parse_query(block: list[str], path: str, line: int, origin: str) -> NamedQuery:
@@ -361,15 +405,27 @@ def _parse_query(block: list[str], path: str, line: int, origin: str) -> NamedQu
             f"{where}: unknown result kind ':{header.group('kind')}' for {name}; known: {known}"
         ) from None
     doc_line = block[1] if len(block) > 1 else ""
-    if not doc_line.startswith("--") or not doc_line.lstrip("- ").strip() or _SORT.match(doc_line):
+    if (
+        not doc_line.startswith("--")
+        or not doc_line.lstrip("- ").strip()
+        or _SORT.match(doc_line)
+        or _TENANT.match(doc_line)
+        or _ROUTE.match(doc_line)
+    ):
         raise QueryDefinitionError(f"{path}:{line + 1}: {name} needs a one-line doc comment")
     doc = doc_line.lstrip("-").strip()
     sort_columns: tuple[SortColumn, ...] = ()
+    all_tenants = False
+    route = "primary"
     body_start = 2
     while body_start < len(block) and block[body_start].startswith("--"):
         sort_match = _SORT.match(block[body_start])
         if sort_match:
             sort_columns = _parse_sort(sort_match.group("spec"), f"{path}:{line + body_start}")
+        route = _parse_route(block[body_start], f"{path}:{line + body_start}", name) or route
+        all_tenants = _declares_all_tenants(block[body_start], name, path, line + body_start) or (
+            all_tenants
+        )
         body_start += 1
     body = block[body_start:]
     leading_blank = next((n for n, text in enumerate(body) if text.strip()), len(body))
@@ -410,6 +466,8 @@ def _parse_query(block: list[str], path: str, line: int, origin: str) -> NamedQu
         line=line,
         sort_columns=sort_columns,
         origin=origin,
+        all_tenants=all_tenants,
+        route=route,
     )
 
 

@@ -16,7 +16,11 @@ Each query is prepared on the server and described (psycopg's
   (:func:`toolkit.db.bind.record_factory`);
 * the query's parameters are the ones its repository function passes;
 * every query in the registry (the toolkit's and the application's) is
-  bound by some function.
+  bound by some function;
+* a query that reads a tenant-owned table names its tenant, or declares
+  itself cross-tenant (:func:`unscoped_query_problems`);
+* a query routed to a replica (``-- route: replica``) neither writes nor
+  locks rows (:func:`replica_route_problem`).
 
 Nothing is executed: preparing a statement has no effect on data. The
 caller passes the bindings (``toolkit.catalog.load_bindings`` imports every
@@ -28,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import json
 import re
 import types
 import typing
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.pq import ExecStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 from pydantic import BaseModel
 
 from toolkit.db.bind import Binding, Scalar, is_scalar_binding, registry
@@ -351,10 +356,49 @@ def verify(
         problems.extend(_check_binding(binding, catalog))
     bound = {binding.name for binding in chosen}
     for query in queries if queries is not None else registry():
+        refused = replica_route_problem(query)
+        if refused:
+            problems.append(Problem(query.location, query.name, refused))
+    for query in queries if queries is not None else registry():
         if query.name not in bound:
             problems.append(Problem(query.location, query.name, "no function binds it"))
     problems.extend(tenancy_problems(conn))
+    problems.extend(unscoped_query_problems(conn, [binding.query for binding in chosen]))
     return problems
+
+
+_WRITES_OR_LOCKS = re.compile(
+    r"\b(?P<verb>insert|update|delete|merge|truncate|copy|nextval|setval|set_config)\b"
+    r"|\bfor\s+(?:no\s+key\s+update|update|key\s+share|share)\b",
+    re.IGNORECASE,
+)
+_WRITING_KINDS = (Kind.EXEC, Kind.RETURNING, Kind.COPY)
+
+
+def replica_route_problem(query: NamedQuery) -> str | None:
+    """Why ``query`` may not run on a replica although its header routes it there; None if fine.
+
+    A standby refuses writes and row locks (the caller would get an error
+    where the primary would have served it), and a write's result must come
+    from the primary. Read from the SQL's code, never its literals or
+    comments: a writing statement (``INSERT`` ... ``MERGE``, also inside a
+    CTE), a locking clause (``FOR UPDATE``, ``FOR SHARE``, ...), a sequence or
+    setting change, or a writing result kind. A function that writes inside
+    its body is not seen (the standby refuses it when it runs).
+    """
+    if query.route != "replica":
+        return None
+    if query.kind in _WRITING_KINDS:
+        return f"is routed to a replica but is :{query.kind.value}, a write"
+    found = _WRITES_OR_LOCKS.search(code_only(query.source))
+    if found:
+        what = " ".join(found.group(0).upper().split())
+        does = "locks rows" if what.startswith("FOR") else "writes"
+        return (
+            f"is routed to a replica but {does} ({what}), which only the primary may do: "
+            "remove '-- route: replica'"
+        )
+    return None
 
 
 _TENANT_OWNED = """
@@ -429,4 +473,155 @@ def tenancy_problems(conn: psycopg.Connection[Any]) -> list[Problem]:
                 "policies: ALTER VIEW ... SET (security_invoker = true)",
             )
         )
+    return problems
+
+
+_TENANT_SCOPED = re.compile(r"\btoolkit_tenant(?:_or_default)?\s*\(", re.IGNORECASE)
+"""A call of either tenant function in a query's code: the query names its tenant."""
+
+_TENANT_TABLES = """
+SELECT
+    c.oid,
+    coalesce(pg_partition_root(c.oid), c.oid)::regclass::text,
+    EXISTS (
+        SELECT FROM pg_attribute AS a
+        WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+    ),
+    array(
+        SELECT DISTINCT d.refobjid
+        FROM pg_policy AS p
+        JOIN pg_depend AS d
+            ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid
+            AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> p.polrelid
+        WHERE p.polrelid = c.oid
+    )
+FROM unnest(%s::text[], %s::text[]) AS r (schema_name, relation_name)
+JOIN pg_namespace AS n ON n.nspname = r.schema_name
+JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relname = r.relation_name
+"""
+"""For each relation a plan reads: its oid, the name of the table it belongs to (a
+partition's root), whether it has tenant_id, and the tables its policies read (users'
+read memberships). By name, never a regclass cast: that needs USAGE on the schema."""
+
+_BOUND_BY_POLICIES = """
+SELECT NOT (r.rolsuper OR r.rolbypassrls) FROM pg_roles AS r WHERE r.rolname = current_user
+"""
+
+
+def _planned_relations(plan: Any) -> set[tuple[str, str]]:
+    """The relations an EXPLAIN (FORMAT JSON, VERBOSE) plan scans: (schema, name).
+
+    A ModifyTable node's own relation is left out: an INSERT's target is
+    written, not read (its tenant comes from the column's default, and the
+    INSERT policy checks it); an UPDATE's or DELETE's is also a scan below it.
+    """
+    found: set[tuple[str, str]] = set()
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            name, schema = node.get("Relation Name"), node.get("Schema")
+            if name and schema and node.get("Node Type") != "ModifyTable":
+                found.add((schema, name))
+            stack.extend(value for value in node.values() if isinstance(value, (list, dict)))
+    return found
+
+
+def _plan(conn: psycopg.Connection[Any], query: NamedQuery) -> set[tuple[str, str]] | None:
+    """The relations ``query``'s generic plan reads, or None if it cannot be planned.
+
+    The query is prepared (SQL PREPARE) and explained with NULL for every
+    parameter under ``plan_cache_mode = force_generic_plan``, so no parameter
+    value folds a table out of the plan. Nothing is executed. It all happens
+    in one transaction (the caller's, else one begun and rolled back here, so
+    a transaction-mode pooler keeps it on one server connection), inside a
+    savepoint that undoes the setting and any error; the statement is
+    deallocated before the transaction ends.
+    """
+    pgconn = conn.pgconn
+    sort = query.sort_columns[0].column if query.sortable else None
+    native, _ = _native(query.statement(sort).as_string(conn))
+    own_transaction = pgconn.transaction_status == TransactionStatus.IDLE
+    if own_transaction:
+        pgconn.exec_(b"BEGIN")
+    pgconn.exec_(b"SAVEPOINT toolkit_verify_tenancy")
+    prepared = pgconn.exec_(f"PREPARE toolkit_verify_tenancy AS {native}".encode())
+    try:
+        if prepared.status != ExecStatus.COMMAND_OK:
+            return None
+        counted = pgconn.exec_(
+            b"SELECT pg_catalog.cardinality(parameter_types) FROM pg_catalog.pg_prepared_statements"
+            b" WHERE name = 'toolkit_verify_tenancy'"
+        )
+        nparams = int(counted.get_value(0, 0) or b"0")
+        arguments = f"({', '.join(['NULL'] * nparams)})" if nparams else ""
+        pgconn.exec_(b"SET LOCAL plan_cache_mode = force_generic_plan")
+        explained = pgconn.exec_(
+            f"EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE toolkit_verify_tenancy{arguments}".encode()
+        )
+        if explained.status != ExecStatus.TUPLES_OK:
+            return None
+        return _planned_relations(json.loads((explained.get_value(0, 0) or b"[]").decode()))
+    finally:
+        pgconn.exec_(b"ROLLBACK TO SAVEPOINT toolkit_verify_tenancy")
+        pgconn.exec_(b"RELEASE SAVEPOINT toolkit_verify_tenancy")
+        if prepared.status == ExecStatus.COMMAND_OK:
+            pgconn.exec_(b"DEALLOCATE toolkit_verify_tenancy")
+        if own_transaction:
+            pgconn.exec_(b"ROLLBACK")
+
+
+def unscoped_query_problems(
+    conn: psycopg.Connection[Any], queries: Iterable[NamedQuery]
+) -> list[Problem]:
+    """Queries that read a tenant-owned table without naming their tenant.
+
+    A query names its tenant when its code calls ``toolkit_tenant()`` or
+    ``toolkit_tenant_or_default()`` (as in ``WHERE tenant_id = (SELECT
+    toolkit_tenant_or_default())``); one that is deliberately cross-tenant (a
+    sweep, the outbox relay: run by a role the policies do not bind) says so
+    with a ``-- tenant: all`` header line. Any other query is planned (never
+    executed) and reported if its plan reads a table with a ``tenant_id``
+    column (or a partition of one), the same tables :func:`tenancy_problems`
+    judges: it relies on the policies alone, so it reads every tenant's rows
+    wherever they do not bind (the table's owner without FORCE, a superuser,
+    BYPASSRLS). Limits: an INSERT's target is not read, so a plain INSERT
+    passes (the column default names the tenant, the INSERT policy checks
+    it); tables read inside a function's body are not seen; and when the
+    connection's role is bound by the policies, a tenant-owned table that
+    only a read table's policy reads (users' read memberships) is left out,
+    so such a table named by the query itself is left out too. COPY
+    statements are not planned.
+    """
+    problems: list[Problem] = []
+    bound_row = conn.execute(_BOUND_BY_POLICIES).fetchone()
+    bound = bool(bound_row and bound_row[0])
+    seen: set[str] = set()
+    for query in queries:
+        if query.name in seen or query.kind is Kind.COPY or query.all_tenants:
+            continue
+        seen.add(query.name)
+        if _TENANT_SCOPED.search(code_only(query.source)):
+            continue
+        relations = _plan(conn, query)
+        if not relations:  # None: it does not prepare, which the binding check reports
+            continue
+        schemas, names = zip(*sorted(relations), strict=True)
+        rows = conn.execute(_TENANT_TABLES, [list(schemas), list(names)]).fetchall()
+        read_by_policies = {oid for *_, refs in rows for oid in refs} if bound else set()
+        owned = sorted(
+            {table for oid, table, tenant, _ in rows if tenant and oid not in read_by_policies}
+        )
+        if owned:
+            problems.append(
+                Problem(
+                    query.location,
+                    query.name,
+                    f"reads tenant-owned {', '.join(owned)} but names no tenant: filter by "
+                    "tenant_id = (SELECT toolkit_tenant_or_default()), or declare a "
+                    "deliberately cross-tenant query with '-- tenant: all'",
+                )
+            )
     return problems

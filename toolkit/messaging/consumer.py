@@ -52,7 +52,9 @@ cannot loop; starting such a message over at 0 would let a sender buy
 retries. (pika hands a float header over as its integer part, so 1.5 counts
 as 1 and -1.5 as the invalid -1; RabbitMQ refuses NaN and infinity.)
 
-:meth:`Worker.run` reconnects after a lost connection. On SIGTERM (or
+:meth:`Worker.run` reconnects after a lost connection; given several broker
+URLs (a cluster's nodes), it tries the others before the node it lost, so
+consuming goes on from a live node. On SIGTERM (or
 :meth:`Worker.stop`) it cancels its consumers, lets the handlers in progress
 finish (up to ``grace_period``), acks them, and closes: prefetched messages
 not yet started go back to the queue.
@@ -79,12 +81,14 @@ from uuid import UUID
 import pika
 import pika.exceptions as pex
 
+from toolkit.config import mask_password
 from toolkit.errors import TenancyUnavailable, ToolkitError, Unavailable, bounded_repr
 from toolkit.leases import LeaseKeeper
 from toolkit.messaging.connection import (
+    Brokers,
+    BrokerUrls,
     ConnectionOptions,
     close_quietly,
-    connect,
     translate,
 )
 from toolkit.messaging.models import MODELS, InvalidMessage, Message, decode, tenant_of
@@ -268,7 +272,10 @@ def _text(exc: BaseException) -> str:
 class Worker:
     """Consumes the handled queues until stopped; see the module docstring.
 
-    ``handlers`` maps logical queue names to handlers, sync or async.
+    ``url`` is one broker URL or several (see
+    :class:`~toolkit.messaging.connection.Brokers`); the retry publisher
+    takes the same ones. ``handlers`` maps logical queue names to handlers,
+    sync or async.
     ``prefetch`` bounds the unacked deliveries per queue, ``concurrency``
     the handlers running at once. ``async_cleanup`` is awaited on the async
     handlers' event loop when the worker stops, after the last handler.
@@ -276,7 +283,7 @@ class Worker:
 
     def __init__(
         self,
-        url: str,
+        url: BrokerUrls,
         topology: Topology,
         handlers: Mapping[str, Handler | AsyncHandler],
         *,
@@ -291,6 +298,7 @@ class Worker:
         for queue in handlers:
             topology.check(queue)
         self.url = url
+        self.brokers = Brokers(url)
         self.topology = topology
         self.handlers: dict[str, Handler | AsyncHandler] = dict(handlers)
         self.prefetch = prefetch
@@ -375,8 +383,10 @@ class Worker:
     # -- the connection's thread ---------------------------------------------
 
     def _consume(self) -> None:
-        connection = connect(self.url, self.options)
+        connection = self.brokers.connect(self.options)
         try:
+            if len(self.brokers.urls) > 1:
+                log.info("worker: consuming from %s", mask_password(self.brokers.current))
             declare(connection, self.topology)
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.prefetch)

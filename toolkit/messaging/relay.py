@@ -16,7 +16,9 @@ wrote, once its transaction committed:
 
 It wakes on ``LISTEN toolkit_outbox`` (the insert trigger sends at most one
 NOTIFY per transaction, at commit) and polls as a fallback; while the broker
-is down it backs off, with the rows waiting in the table. Sent rows are
+is down it backs off, with the rows waiting in the table. Given several
+broker URLs (a cluster's nodes), it reconnects to another node first when
+its node goes away. Sent rows are
 pruned after ``retention``.
 
 It publishes every tenant's rows, so its database role must not be bound by
@@ -46,6 +48,7 @@ from toolkit.db.bind import Exec, Many
 from toolkit.db.database import Database
 from toolkit.db.drivers import run
 from toolkit.errors import ToolkitError, Unavailable
+from toolkit.messaging.connection import BrokerUrls
 from toolkit.messaging.inputs import NOTIFY_CHANNEL
 from toolkit.messaging.models import stamped
 from toolkit.messaging.outbox import prune
@@ -98,7 +101,7 @@ class Relay:
     def __init__(
         self,
         db: Database,
-        url: str,
+        url: BrokerUrls,
         topology: Topology,
         *,
         publisher: Any = None,
@@ -234,10 +237,10 @@ class Relay:
         listener = self._listener
         if listener is None or listener.closed:
             try:
-                listener = psycopg.connect(self.db.url, autocommit=True, connect_timeout=5)
+                listener = self.db.session("listening for new outbox rows")
                 listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 self._listener = listener
-            except psycopg.Error as exc:
+            except (psycopg.Error, ToolkitError) as exc:
                 log.warning("outbox relay: LISTEN failed (%s); polling", exc)
                 self._listener = None
                 stop.wait(self.poll_interval)

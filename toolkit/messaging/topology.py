@@ -18,6 +18,12 @@ and key, ``dead-letter-strategy=at-least-once``, ``overflow=reject-publish``,
 ``max-length``), so the behaviour is the same on RabbitMQ 3.10 and on 4.x
 whose quorum defaults differ (4.0 sets a delivery limit of 20 by default).
 
+On a RabbitMQ cluster every quorum queue is replicated to ``replicas``
+nodes (``x-quorum-initial-group-size``; unset, the broker's
+``quorum_cluster_size``, 3 by default, decides): a queue keeps working,
+nothing confirmed lost, while a minority of its replicas is down. The group
+is chosen when the queue is created, so declare on the formed cluster.
+
 Redeclaring is a no-op. Declaring against a broker whose exchange or queue
 has other arguments raises :class:`~toolkit.errors.TopologyDrift`
 listing every differing argument, not pika's bare PRECONDITION_FAILED.
@@ -87,6 +93,11 @@ class Topology:
     max_length: int = DEFAULT_MAX_LENGTH
     extra_arguments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Per logical queue, arguments added to (or replacing) its work queue's."""
+    replicas: int | None = None
+    """Cluster nodes holding each quorum queue (``x-quorum-initial-group-size``), e.g. 3
+    on a three-node cluster; None leaves it to the broker. A broker with fewer nodes
+    uses all it has. Part of a queue's identity: changing it on existing queues is
+    a :class:`~toolkit.errors.TopologyDrift`."""
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
@@ -105,6 +116,8 @@ class Topology:
             raise InvalidInput("retry delays must be > 0 seconds", field="retry_delays")
         if self.delivery_limit < 1 or self.max_length < 1:
             raise InvalidInput("delivery_limit and max_length must be >= 1")
+        if self.replicas is not None and self.replicas < 1:
+            raise InvalidInput("replicas must be >= 1 (or None)", field="replicas")
 
     # -- names -----------------------------------------------------------
 
@@ -161,11 +174,13 @@ class Topology:
         ]
 
     def _quorum(self) -> dict[str, Any]:
+        replicated = {} if self.replicas is None else {"x-quorum-initial-group-size": self.replicas}
         return {
             "x-queue-type": "quorum",
             "x-delivery-limit": self.delivery_limit,
             "x-max-length": self.max_length,
             "x-overflow": "reject-publish",
+            **replicated,
         }
 
     def declarations(self) -> list[Queue]:

@@ -32,17 +32,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 from psycopg.conninfo import make_conninfo
 
 from toolkit import DISTRIBUTION
 from toolkit.cache import CacheClient, LLMCache
 from toolkit.config import Settings, mask_password
 from toolkit.db.conninfo import mask_conninfo, parse_conninfo
-from toolkit.db.database import Database
-from toolkit.db.errors import connection_failure
+from toolkit.db.database import Database, connect
 from toolkit.db.migrations import migrate
-from toolkit.errors import ConfigurationError
+from toolkit.errors import ConfigurationError, ToolkitError
 from toolkit.repositories import (
     Audit,
     agents,
@@ -67,10 +65,12 @@ def _reachable(url: str) -> bool:
     """
     probe = make_conninfo(url, dbname="postgres")
     try:
-        with psycopg.connect(probe, connect_timeout=3):
+        with connect(probe, connect_timeout=3, context="demo"):
             return True
-    except psycopg.Error as exc:
-        return isinstance(connection_failure(exc, probe, "demo"), ConfigurationError)
+    except ConfigurationError:
+        return True
+    except ToolkitError:
+        return False
 
 
 EMBEDDED_EXTRA_FIX = (

@@ -22,6 +22,14 @@ Keys live under a namespace (``<namespace>:<key>``). Writes are one atomic
 ``SET key value EX ttl``. Clearing a namespace uses ``SCAN`` + ``UNLINK``;
 the client never sends ``FLUSHDB`` or ``FLUSHALL``.
 
+A Redis Cluster is configured with a ``redis+cluster://host:port,host:port``
+URL (:mod:`toolkit.cache.cluster`); the client then holds a redis-py
+``RedisCluster`` and the API is unchanged. Every command keeps to one hash
+slot: a batch lookup sends one ``MGET`` per slot (pipelined, one round trip
+per node), ``clear`` scans every master, and the LLM cache's keys share
+their tenant's hash tag. A failed master's slots are misses until its
+replica takes over; the breaker guards the cluster as a whole.
+
 The sync and the async client share the breaker class (one state machine),
 the counters and the checks (:mod:`toolkit.cache.breaker`,
 :mod:`toolkit.cache.stats`, :mod:`toolkit.cache.inputs`). In the async API a
@@ -39,11 +47,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import redis
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.utils import HIREDIS_AVAILABLE
 
 from toolkit.cache.breaker import CircuitBreaker
+from toolkit.cache.cluster import is_cluster_url, parse_cluster_url, slot_groups
 from toolkit.cache.codec import Signer
 from toolkit.cache.entries import GenerationMemory
 from toolkit.cache.inputs import (
@@ -60,7 +70,7 @@ from toolkit.cache.inputs import (
     validate_namespace,
 )
 from toolkit.cache.stats import BypassReason, CacheStats, StatsRecorder
-from toolkit.errors import InvalidInput
+from toolkit.errors import InvalidInput, Unavailable
 
 if TYPE_CHECKING:
     from toolkit.config import Settings
@@ -68,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TTL",
     "HIREDIS_AVAILABLE",
+    "AnyRedis",
     "AsyncCacheClient",
     "Outcome",
     "build_redis",
@@ -80,6 +91,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+AnyRedis = Redis | RedisCluster
+"""The redis-py client a cache client holds: one server, or a Redis Cluster."""
 
 
 def _pool_wants_command() -> bool:
@@ -97,7 +111,7 @@ def _pool_wants_command() -> bool:
 _POOL_WANTS_COMMAND: Final = _pool_wants_command()
 
 
-async def command(r: Redis, *args: str | bytes | int) -> Any:
+async def command(r: AnyRedis, *args: str | bytes | int) -> Any:
     """Send one command on a pooled connection and return the raw reply.
 
     Used for the read hot path (GET, MGET): it goes to redis-py's connection
@@ -107,7 +121,14 @@ async def command(r: Redis, *args: str | bytes | int) -> Any:
     commands have no reply callbacks. Error handling is redis-py's own: the
     connection disconnects itself on any error while sending or reading, and
     goes back to the pool either way. Server errors raise ResponseError.
+
+    On a cluster the command goes through ``RedisCluster.execute_command``,
+    which routes it to the master of its keys' slot and follows ``MOVED``
+    redirections (a multi-key command must keep to one slot).
     """
+    if isinstance(r, RedisCluster):
+        routed: Callable[..., Awaitable[Any]] = r.execute_command  # untyped in the sync client
+        return await routed(*args)
     pool: Any = r.connection_pool  # get_connection is untyped in redis.asyncio
     acquiring = pool.get_connection(args[0]) if _POOL_WANTS_COMMAND else pool.get_connection()
     connection = await acquiring
@@ -125,14 +146,23 @@ def build_redis(
     connect_timeout: float,
     socket_timeout: float,
     max_connections: int = 64,
-) -> Redis:
-    """A redis-py client tuned to fail fast.
+) -> AnyRedis:
+    """A redis-py client tuned to fail fast; a ``RedisCluster`` for a ``redis+cluster://`` URL.
 
     redis-py 6+ retries connection errors ten times with exponential backoff
     by default; a cache must not, so the retry policy is zero retries with no
-    backoff. There is no health-check PING before commands either.
+    backoff. There is no health-check PING before commands either. A cluster
+    client still follows ``MOVED``/``ASK`` redirections (they are answers,
+    not failures) and refreshes its slot map after a connection error.
     """
     check_timeouts(connect_timeout, socket_timeout)
+    if is_cluster_url(url):
+        return _build_cluster(
+            url,
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            max_connections=max_connections,
+        )
     try:
         pool = ConnectionPool.from_url(
             url,
@@ -145,6 +175,34 @@ def build_redis(
     except ValueError as exc:
         raise InvalidInput(f"bad Redis URL: {exc}", field="redis_url") from None
     return Redis(connection_pool=pool)
+
+
+def _build_cluster(
+    url: str, *, connect_timeout: float, socket_timeout: float, max_connections: int
+) -> RedisCluster:
+    """A fail-fast ``RedisCluster`` seeded with the URL's nodes.
+
+    The async client discovers the cluster on its first call. redis-py's
+    sync client discovers it here, so building one raises Unavailable when
+    no seed node answers.
+    """
+    address = parse_cluster_url(url)
+    node: Callable[[str, int], ClusterNode] = ClusterNode  # untyped in the sync client
+    try:
+        return RedisCluster(
+            startup_nodes=[node(host, port) for host, port in address.seeds],
+            username=address.username,
+            password=address.password,
+            ssl=address.tls,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,
+        )
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        raise Unavailable(
+            f"no seed node of the Redis Cluster answered ({type(exc).__name__})"
+        ) from None
 
 
 class AsyncCacheClient:
@@ -160,7 +218,7 @@ class AsyncCacheClient:
 
     def __init__(
         self,
-        redis_client: Redis,
+        redis_client: AnyRedis,
         *,
         namespace: str = "toolkit",
         default_ttl: float = DEFAULT_TTL,
@@ -191,9 +249,11 @@ class AsyncCacheClient:
         max_connections: int = 64,
         hmac_key: str | bytes | None = None,
     ) -> AsyncCacheClient:
-        """A client for the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+        """A client for the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``),
+        or for the Redis Cluster at ``redis+cluster://`` / ``rediss+cluster://`` seeds.
 
-        No connection is opened here: the first call connects.
+        No connection is opened here: the first call connects (except for the
+        sync cluster client, which discovers the cluster's nodes at once).
         """
         validate_namespace(namespace)
         make_signer(hmac_key)  # refuse a bad key before connecting
@@ -254,7 +314,7 @@ class AsyncCacheClient:
         return self._breaker
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> AnyRedis:
         """The underlying redis-py client (calls on it bypass the breaker)."""
         return self._redis
 
@@ -284,7 +344,7 @@ class AsyncCacheClient:
 
     # -- the guarded call ------------------------------------------------------
 
-    async def execute(self, op: Callable[[Redis], Awaitable[T]]) -> T | Outcome:
+    async def execute(self, op: Callable[[AnyRedis], Awaitable[T]]) -> T | Outcome:
         """Run ``await op(redis)`` behind the breaker.
 
         Returns what ``op`` returned, :attr:`Outcome.BYPASSED` when the open
@@ -334,7 +394,7 @@ class AsyncCacheClient:
             _log.debug("unexpected error in a redis call", exc_info=True)
         return Outcome.FAILED
 
-    async def call(self, op: Callable[[Redis], Awaitable[T]], fallback: T) -> T:
+    async def call(self, op: Callable[[AnyRedis], Awaitable[T]], fallback: T) -> T:
         """Like :meth:`execute`, but return ``fallback`` when the call did not succeed."""
         result = await self.execute(op)
         return fallback if isinstance(result, Outcome) else result
@@ -367,16 +427,19 @@ class AsyncCacheClient:
         return 0 if isinstance(result, Outcome) else int(result)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        """Look ``keys`` up with one ``MGET``; returns the ones found.
+        """Look ``keys`` up with one ``MGET`` (on a cluster, one per hash slot); returns
+        the ones found.
 
         Every key counts as a hit or a miss (or, while the breaker is open,
-        the whole batch as one bypass).
+        the whole batch as one bypass). On a cluster the per-slot ``MGET`` commands
+        go in one pipeline (a round trip per node); if any node fails, the
+        whole batch is a miss, never a silently partial answer.
         """
         names = list(dict.fromkeys(keys))  # dedupe, keep order
         if not names:
             return {}
         full = [self.key(k) for k in names]
-        result = await self.fetch(*full)
+        result = await self._fetch_batch(full)
         if result is Outcome.BYPASSED:
             return {}
         found: dict[str, bytes] = {}
@@ -393,17 +456,39 @@ class AsyncCacheClient:
                 found[name] = value
         return found
 
+    async def _fetch_batch(self, full: list[str]) -> list[bytes | None] | Outcome:
+        """The values of ``full`` keys, in order: one ``MGET``, or one per slot on a cluster."""
+        if not isinstance(self._redis, RedisCluster):
+            return await self.fetch(*full)
+        groups = slot_groups(full)
+        if len(groups) == 1:
+            return await self.fetch(*full)
+
+        async def op(r: AnyRedis) -> list[bytes | None]:
+            pipe = r.pipeline(transaction=False)
+            for group in groups:
+                pipe.execute_command("MGET", *(full[i] for i in group))
+            replies = await pipe.execute()
+            values: list[bytes | None] = [None] * len(full)
+            for group, reply in zip(groups, replies, strict=True):
+                for position, value in zip(group, reply, strict=True):
+                    values[position] = value
+            return values
+
+        return await self.execute(op)
+
     async def set_many(self, items: Mapping[str, bytes | str], ttl: float | None = None) -> bool:
         """Store several values in one round trip (a pipeline of ``SET ... EX``).
 
-        Each SET is atomic on its own; the batch is not a transaction.
+        Each SET is atomic on its own; the batch is not a transaction. On a
+        cluster redis-py's cluster pipeline sends each SET to its slot's master.
         """
         if not items:
             return True
         seconds = ttl_seconds(ttl, self._default_ttl)
         pairs = [(self.key(k), as_bytes(v)) for k, v in items.items()]
 
-        async def op(r: Redis) -> list[Any]:
+        async def op(r: AnyRedis) -> list[Any]:
             pipe = r.pipeline(transaction=False)
             for full, data in pairs:
                 pipe.set(full, data, ex=seconds)
@@ -447,13 +532,20 @@ class AsyncCacheClient:
         Returns how many keys were unlinked (so far, if Redis failed midway).
         Other namespaces and keys written concurrently under a new name may
         or may not survive; this is a maintenance operation, not a barrier.
+        On a cluster every master is scanned, and redis-py splits each
+        ``UNLINK`` batch by slot.
         """
         pattern = self._prefix + "*"
         deleted = [0]
 
-        async def op(r: Redis) -> int:
+        async def op(r: AnyRedis) -> int:
             batch: list[bytes] = []
-            async for name in r.scan_iter(match=pattern, count=SCAN_BATCH):
+            names = (
+                r.scan_iter(match=pattern, count=SCAN_BATCH, target_nodes=RedisCluster.PRIMARIES)
+                if isinstance(r, RedisCluster)
+                else r.scan_iter(match=pattern, count=SCAN_BATCH)
+            )
+            async for name in names:
                 batch.append(name)
                 if len(batch) >= SCAN_BATCH:
                     deleted[0] += await r.unlink(*batch)
@@ -468,7 +560,7 @@ class AsyncCacheClient:
     async def ping(self) -> bool:
         """Whether Redis answers (False while the breaker is open)."""
 
-        async def op(r: Redis) -> bool:
+        async def op(r: AnyRedis) -> bool:
             return bool(await r.ping())
 
         return await self.call(op, False)
@@ -487,7 +579,8 @@ class AsyncCacheClient:
         """Close the connections; the client must not be used afterwards."""
         try:
             await self._redis.aclose()
-            await self._redis.connection_pool.disconnect()
+            if not isinstance(self._redis, RedisCluster):  # a cluster closes its nodes' pools
+                await self._redis.connection_pool.disconnect()
         except Exception:  # closing a half-dead connection must not raise
             _log.debug("error while closing the redis client", exc_info=True)
 

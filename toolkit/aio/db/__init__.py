@@ -4,5 +4,6 @@
 from toolkit.aio.db.database import AsyncConnection, AsyncDatabase
 from toolkit.aio.db.drivers import copy, run
 from toolkit.db.errors import translate_error
+from toolkit.db.replicas import CommitPosition
 
-__all__ = ["AsyncConnection", "AsyncDatabase", "copy", "run", "translate_error"]
+__all__ = ["AsyncConnection", "AsyncDatabase", "CommitPosition", "copy", "run", "translate_error"]

@@ -30,7 +30,7 @@ from typing import Any, TypeVar, overload
 
 import psycopg
 
-from toolkit.aio.db.database import AsyncConnection
+from toolkit.aio.db.database import AsyncConnection, ReadRoute, read_route
 from toolkit.db.bind import Binding, Copy, Exec, Many, One, OneOrNone, Runnable, Scalar
 from toolkit.db.errors import raise_translated
 from toolkit.db.results import Fetch, json_as_bytes
@@ -79,23 +79,55 @@ async def run(
 
     Values whose names are not exactly the binding's parameters are refused
     (QueryDefinitionError) before anything is sent.
+
+    On a connection from ``Database.connection(read_after=...)``, a binding
+    whose query is marked ``-- route: replica`` may run on a replica instead
+    (see :meth:`~toolkit.aio.db.database.AsyncDatabase.connection`).
     """
     # Every repository call's hot path: one Python call from the caller, no per-kind wrapper.
     query.check_values(values)
-    json_as_bytes(conn)
     statement = query.statement_text(sort, descending)
     try:
-        cursor = conn.cursor(row_factory=query.row_factory)
-        await cursor.execute(statement, values, prepare=query.prepare, binary=True)
-        if query.fetch is Fetch.ALL:
-            fetched: Any = await cursor.fetchall()
-        elif query.fetch is Fetch.ONE:
-            fetched = await cursor.fetchone()
+        route = read_route(conn)
+        if route is None:
+            fetched = await _fetch(conn, query, statement, values)
         else:
-            fetched = cursor.rowcount
+            fetched = await _routed(conn, route, query, statement, values)
     except psycopg.Error as exc:
         raise_translated(exc, query.name)
     return query.finish(fetched, key, values)
+
+
+async def _fetch(
+    conn: AsyncConnection, query: Binding, statement: str, values: Mapping[str, Any]
+) -> Any:
+    """Send ``statement`` on ``conn`` and read what ``query``'s kind needs; psycopg errors."""
+    json_as_bytes(conn)
+    cursor = conn.cursor(row_factory=query.row_factory)
+    await cursor.execute(statement, values, prepare=query.prepare, binary=True)
+    if query.fetch is Fetch.ALL:
+        return await cursor.fetchall()
+    if query.fetch is Fetch.ONE:
+        return await cursor.fetchone()
+    return cursor.rowcount
+
+
+async def _routed(
+    conn: AsyncConnection,
+    route: ReadRoute,
+    query: Binding,
+    statement: str,
+    values: Mapping[str, Any],
+) -> Any:
+    """Run ``query`` on a replica that has replayed past the route's position, else on ``conn``."""
+    if not query.on_replica:
+        route.pinned = True  # it may write: the block's later reads must see it
+        return await _fetch(conn, query, statement, values)
+    async with route.database.replica_for(route) as replica:
+        if replica is not None:
+            return await _fetch(replica, query, statement, values)
+    # No replica had replayed past the position, or the one asked failed meanwhile.
+    return await _fetch(conn, query, statement, values)
 
 
 async def copy(conn: AsyncConnection, query: Copy, rows: Iterable[Sequence[Any]]) -> int:

@@ -1,0 +1,228 @@
+"""Time partitions of the append-only and queue tables (``toolkit maintain``).
+
+Migration 0011 partitions ``public.outbox`` by ``created_at`` (native range
+partitioning, no DEFAULT partition) into the schema ``toolkit_partitions``,
+which no application role may use: every read and write goes through the
+parent, under its row-level security. ``toolkit_partitions.policy`` says,
+per parent, how wide a partition is, how many to keep ready ahead of now,
+how long a partition is kept once its range has ended, and which rows keep
+it alive whatever its age (the outbox: ``sent_at IS NULL``).
+
+:func:`maintain`, under the migration advisory lock (a maintain run and a
+migrate run never overlap; two maintain runs queue up):
+
+1. finishes any ``DETACH ... CONCURRENTLY`` a killed run left pending;
+2. creates the partitions missing up to ``premake`` intervals ahead;
+3. drops each partition whose range ended more than ``retention`` ago:
+   ``DETACH PARTITION ... CONCURRENTLY`` (writers and the relay go on; it
+   waits only for transactions that hold the parent), checks again on the
+   detached table that no row must be kept (a transaction that began long
+   ago may have written into it until the detach), then ``DROP TABLE``. A
+   partition with a row to keep is attached back, kept and reported. The
+   drop itself waits at most 200 ms for its locks (it removes the foreign
+   key's triggers from ``tenants``, whose readers it must not stall); a
+   table not dropped stays detached, out of every query of the parent, and
+   the next run drops it.
+
+Retention is a partition drop, never a ``DELETE``: the dead row versions a
+relay leaves go with their partition, whatever snapshot a long transaction
+holds. A second run right after changes nothing.
+
+It needs the owner of the tables and a role that bypasses row-level security
+(the migration role), as ``toolkit migrate`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import sql
+
+from toolkit.db.database import Connection, connect
+from toolkit.db.errors import raise_translated
+from toolkit.db.migrations import _LOCK_KEY
+
+log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 5.0
+_LOCK_TIMEOUT_S = 300
+_DROP_LOCK_TIMEOUT_MS = 200
+
+
+@dataclass
+class MaintainReport:
+    """What one :func:`maintain` run did, per partitioned table."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    finalized: list[str] = field(default_factory=list)
+    awaiting_drop: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: how many partitions were created, dropped, kept and finalized."""
+        return (
+            f"{len(self.created)} partition(s) created, {len(self.dropped)} dropped, "
+            f"{len(self.kept)} expired but kept (rows still to keep), "
+            f"{len(self.finalized)} interrupted detach(es) finished, "
+            f"{len(self.awaiting_drop)} detached awaiting drop"
+        )
+
+
+@dataclass(frozen=True)
+class _Policy:
+    parent: str
+    keep_while: str
+
+
+def _policies(conn: Connection) -> list[_Policy]:
+    rows = conn.execute(
+        "SELECT parent, keep_while FROM toolkit_partitions.policy ORDER BY parent"
+    ).fetchall()
+    return [_Policy(str(parent), str(keep)) for parent, keep in rows]
+
+
+def _has_rows_to_keep(conn: Connection, partition: str, keep_while: str) -> bool:
+    """Whether ``partition`` (read directly: its owner is bound by no policy) holds a row
+    matching the policy's ``keep_while`` predicate."""
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+        sql.SQL(partition), sql.SQL(keep_while)
+    )
+    row = conn.execute(query).fetchone()
+    return bool(row and row[0])
+
+
+_PARTITIONS = (
+    "SELECT p.partition::text, pg_get_expr(c.relpartbound, c.oid)"
+    " FROM toolkit_partitions.partitions(%(parent)s::regclass) AS p"
+    " JOIN pg_class AS c ON c.oid = p.partition"
+    " JOIN toolkit_partitions.policy AS r ON r.parent::regclass = %(parent)s::regclass"
+)
+
+
+def _finalize_pending(conn: Connection, policy: _Policy, report: MaintainReport) -> None:
+    """Finish the concurrent detaches a killed run left pending, then drop (or keep) them."""
+    pending = conn.execute(
+        _PARTITIONS + " WHERE p.detach_pending", {"parent": policy.parent}
+    ).fetchall()
+    for partition, bound in pending:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(
+                sql.SQL(policy.parent), sql.SQL(partition)
+            )
+        )
+        report.finalized.append(partition)
+        _drop_detached(conn, policy, partition, str(bound), report)
+
+
+def _drop_detached(
+    conn: Connection, policy: _Policy, partition: str, bound: str, report: MaintainReport
+) -> None:
+    """Drop the detached ``partition``, or attach it back (``bound``: its
+    ``FOR VALUES`` clause) when a row of it must be kept."""
+    if _has_rows_to_keep(conn, partition, policy.keep_while):
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} {}").format(
+                sql.SQL(policy.parent), sql.SQL(partition), sql.SQL(bound)
+            )
+        )
+        log.warning("maintain: %s expired but holds rows to keep; attached back", partition)
+        report.kept.append(partition)
+        return
+    _drop_table(conn, partition, report)
+
+
+def _drop_table(conn: Connection, table: str, report: MaintainReport) -> None:
+    """Drop the detached ``table``, unless a lock would hold up other sessions.
+
+    Dropping it removes its foreign key's triggers from the referenced table
+    (tenants), which takes that table's ACCESS EXCLUSIVE lock: queued behind
+    a transaction that read tenants, it would stall every reader after it.
+    So the wait is short; a table not dropped stays detached (out of the
+    parent: no query of the parent reads it) and the next run drops it.
+    """
+    conn.execute(f"SET lock_timeout = '{_DROP_LOCK_TIMEOUT_MS}ms'")
+    try:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(table)))
+    except psycopg.errors.LockNotAvailable:
+        log.info("maintain: %s detached; its drop waits for a lock, next run", table)
+        report.awaiting_drop.append(table)
+        return
+    finally:
+        conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
+    report.dropped.append(table)
+
+
+def _drop_leftovers(conn: Connection, report: MaintainReport) -> None:
+    """Drop the tables a run detached but did not drop, unless one holds rows to keep
+    (a run killed between its detach and its check): that one is reported, not dropped."""
+    leftovers = conn.execute(
+        "SELECT c.oid::regclass::text, p.keep_while FROM pg_class AS c"
+        " JOIN toolkit_partitions.policy AS p"
+        " ON starts_with(c.relname, (SELECT r.relname FROM pg_class AS r"
+        "   WHERE r.oid = p.parent::regclass) || '_')"
+        " WHERE c.relnamespace = 'toolkit_partitions'::regnamespace AND c.relkind = 'r'"
+        " AND NOT c.relispartition ORDER BY c.relname"
+    ).fetchall()
+    for table, keep_while in leftovers:
+        if _has_rows_to_keep(conn, table, str(keep_while)):
+            log.error("maintain: detached %s holds rows to keep; attach it back by hand", table)
+            report.kept.append(table)
+            continue
+        _drop_table(conn, table, report)
+
+
+def _drop_expired(
+    conn: Connection, policy: _Policy, now: datetime | None, report: MaintainReport
+) -> None:
+    """Detach concurrently and drop each partition past its retention with nothing to keep."""
+    expired = conn.execute(
+        _PARTITIONS + " WHERE NOT p.detach_pending"
+        " AND p.upper_bound <= coalesce(%(now)s::timestamptz, now()) - r.retention"
+        " ORDER BY p.upper_bound",
+        {"parent": policy.parent, "now": now},
+    ).fetchall()
+    for partition, bound in expired:
+        if _has_rows_to_keep(conn, partition, policy.keep_while):
+            report.kept.append(partition)
+            continue
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
+                sql.SQL(policy.parent), sql.SQL(partition)
+            )
+        )
+        _drop_detached(conn, policy, partition, str(bound), report)
+
+
+def maintain(url: str, *, now: datetime | None = None) -> MaintainReport:
+    """Create the coming partitions and drop the expired ones of every partitioned table.
+
+    ``url`` is the migration role's (the tables' owner). ``now`` (tests,
+    benchmarks) stands for the present when given. Idempotent; runs under
+    the migration advisory lock. Raises the toolkit's DatabaseError family.
+    """
+    report = MaintainReport()
+    conn = connect(url, connect_timeout=_CONNECT_TIMEOUT_S, context="connecting to maintain")
+    try:
+        with conn:
+            conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
+            conn.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+            try:
+                _drop_leftovers(conn, report)
+                for policy in _policies(conn):
+                    _finalize_pending(conn, policy, report)
+                    created = conn.execute(
+                        "SELECT made::text FROM toolkit_partitions.create_coming("
+                        "%s::regclass, coalesce(%s::timestamptz, now())) AS made",
+                        [policy.parent, now],
+                    ).fetchall()
+                    report.created.extend(name for (name,) in created)
+                    _drop_expired(conn, policy, now, report)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+    except psycopg.Error as exc:
+        raise_translated(exc, "maintaining partitions")
+    return report
