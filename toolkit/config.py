@@ -234,8 +234,12 @@ class Settings(BaseSettings):
     @classmethod
     def _prepare_off(cls, value: object) -> object:
         # "off" or "none" (any case): never prepare.
-        if isinstance(value, str) and value.strip().lower() in ("off", "none"):
-            return None
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in ("off", "none"):
+                return None
+            if not text.lstrip("-").isdigit():
+                raise ValueError("must be a count of executions (0 or more) or off")
         return value
 
     @field_validator("sql_path", "migrations_path")
