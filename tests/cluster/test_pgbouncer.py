@@ -36,7 +36,7 @@ from tests.reliability.private_servers import (
 from tests.support.modes import both
 from toolkit.config import load_settings
 from toolkit.db import migrate
-from toolkit.db.migrations import _LOCK_KEY
+from toolkit.db.migrations import MIGRATION_LOCK_KEY
 from toolkit.errors import ConfigurationError, ToolkitError
 
 pytestmark = [
@@ -154,6 +154,6 @@ def test_migrate_through_pgbouncer_leaves_no_advisory_lock_behind(
         held = superuser.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
             "AND ((classid::bigint << 32) | objid::bigint) = %s",
-            [_LOCK_KEY],
+            [MIGRATION_LOCK_KEY],
         ).fetchone()
         assert held == (0,)

@@ -23,7 +23,7 @@ from psycopg import sql
 
 from tests.conftest import server_url, url_as
 from tests.core.test_tenancy_schema import migrate_to, snapshot
-from toolkit.db.migrations import _LOCK_KEY, migrate, rollback
+from toolkit.db.migrations import MIGRATION_LOCK_KEY, migrate, rollback
 from toolkit.db.partitions import maintain
 from toolkit.db.registry import package_directory
 
@@ -166,7 +166,7 @@ def test_maintain_waits_for_the_migration_lock(superuser, direct_database_url) -
     future = datetime.now(UTC) + timedelta(days=5)
     done = threading.Event()
     with psycopg.connect(direct_database_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+        holder.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
         runner = threading.Thread(
             target=lambda: (maintain(direct_database_url, now=future), done.set())
         )
@@ -174,7 +174,7 @@ def test_maintain_waits_for_the_migration_lock(superuser, direct_database_url) -
         time.sleep(1.5)
         assert not done.is_set(), "maintain ran while the migration lock was held"
         assert partitions(superuser)[-1][2] < future
-        holder.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+        holder.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
         runner.join(30)
     assert done.is_set()
     assert partitions(superuser)[-1][2] >= future + 3 * HOUR

@@ -43,7 +43,8 @@ from toolkit.errors import ConfigurationError, DatabaseError, InvalidInput
 
 log = logging.getLogger(__name__)
 
-_LOCK_KEY = 0x746F6F6C6B6974  # "toolkit"
+MIGRATION_LOCK_KEY = 0x746F6F6C6B6974  # "toolkit"
+"""The advisory lock key that ``migrate``, ``rollback`` and ``toolkit maintain`` share."""
 _LOCK_TIMEOUT_S = 300
 _CONNECT_TIMEOUT_S = 5.0
 
@@ -118,7 +119,7 @@ def _migration_lock(url: str) -> Iterator[Connection]:
         # the transaction and the lock with it.
         with transaction_on(conn):
             conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_S}s'")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK_KEY])
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
             yield conn
     except psycopg.Error as exc:
         raise_translated(exc, "taking the migration lock")

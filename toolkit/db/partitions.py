@@ -43,7 +43,7 @@ from psycopg import sql
 
 from toolkit.db.database import Connection, connect
 from toolkit.db.errors import raise_translated
-from toolkit.db.migrations import _LOCK_KEY
+from toolkit.db.migrations import MIGRATION_LOCK_KEY
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def maintain(url: str, *, now: datetime | None = None) -> MaintainReport:
     try:
         with conn:
             conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
-            conn.execute("SELECT pg_advisory_lock(%s)", [_LOCK_KEY])
+            conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
             try:
                 _drop_leftovers(conn, report)
                 for policy in _policies(conn):
@@ -222,7 +222,7 @@ def maintain(url: str, *, now: datetime | None = None) -> MaintainReport:
                     report.created.extend(name for (name,) in created)
                     _drop_expired(conn, policy, now, report)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
+                conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
     except psycopg.Error as exc:
         raise_translated(exc, "maintaining partitions")
     return report
