@@ -368,5 +368,19 @@ class MessageTooLarge(InvalidInput):
         self.limit = limit
 
 
+class MessageRefused(ToolkitError):
+    """A consumer refused a message it must never apply; the worker parks it at once.
+
+    ``reason`` is the parked message's ``x-parked-reason``:
+    ``missing-timestamp`` (no AMQP timestamp: the inbox cannot tell a
+    redelivery of it) or ``inbox-expired`` (created in a range the inbox no
+    longer keeps, so a record of it may be gone). No retry changes either.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Rejected(ToolkitError):
     """The broker refused a message (a negative confirm), e.g. its queue is full."""

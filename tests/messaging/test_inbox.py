@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.modes import Mode, both
-from toolkit.errors import InvalidInput
+from toolkit.db.partitions import maintain
+from toolkit.errors import InvalidInput, MessageRefused
 from toolkit.messaging import AuditLog, Delivery
 from toolkit.tenants import DEFAULT_TENANT
 
@@ -19,9 +20,13 @@ inbox = both("toolkit.messaging.inbox")
 pytestmark = pytest.mark.usefixtures("mode")
 
 EVENT = AuditLog(action="user.created", entity="user")
+CREATED = datetime.now(UTC).replace(microsecond=0)
+"""A creation time the inbox keeps (AMQP timestamps are whole seconds)."""
 
 
-def delivery(message_id: uuid.UUID | None = None) -> Delivery:
+def delivery(
+    message_id: uuid.UUID | None = None, created_at: datetime | None = CREATED
+) -> Delivery:
     return Delivery(
         queue="audit.log",
         message=EVENT,
@@ -30,6 +35,7 @@ def delivery(message_id: uuid.UUID | None = None) -> Delivery:
         retry_count=0,
         redelivered=False,
         headers={},
+        created_at=created_at,
     )
 
 
@@ -53,17 +59,17 @@ def effect_count(effects: psycopg.Connection[Any], message_id: uuid.UUID) -> int
 def test_record_is_true_once_per_consumer_and_message(conn: Any) -> None:
     message_id = uuid.uuid4()
     assert not inbox.seen(conn, "mailer", message_id)
-    assert inbox.record(conn, "mailer", str(message_id), "notification.send") is True
-    assert inbox.record(conn, "mailer", message_id, "notification.send") is False
+    assert inbox.record(conn, "mailer", str(message_id), "notification.send", CREATED) is True
+    assert inbox.record(conn, "mailer", message_id, "notification.send", CREATED) is False
     assert inbox.seen(conn, "mailer", str(message_id))
     assert not inbox.seen(conn, "auditor", message_id)
-    assert inbox.record(conn, "auditor", message_id, "notification.send") is True
+    assert inbox.record(conn, "auditor", message_id, "notification.send", CREATED) is True
 
 
 def test_a_rolled_back_record_is_forgotten(db: Any) -> None:
     message_id = uuid.uuid4()
     with pytest.raises(RuntimeError), db.transaction() as tx:
-        assert inbox.record(tx, "mailer", message_id, "audit.log")
+        assert inbox.record(tx, "mailer", message_id, "audit.log", CREATED)
         raise RuntimeError("the effect failed")
     with db.connection() as conn:
         assert not inbox.seen(conn, "mailer", message_id)
@@ -72,14 +78,14 @@ def test_a_rolled_back_record_is_forgotten(db: Any) -> None:
 @pytest.mark.parametrize("name", ["", "Mailer", "1mailer", "a b", "x" * 201, None, 5])
 def test_bad_consumer_names_are_refused(conn: Any, name: Any) -> None:
     with pytest.raises(InvalidInput, match="consumer"):
-        inbox.record(conn, name, uuid.uuid4(), "audit.log")
+        inbox.record(conn, name, uuid.uuid4(), "audit.log", CREATED)
     with pytest.raises(InvalidInput, match="consumer"):
         inbox.seen(conn, name, uuid.uuid4())
 
 
 def test_bad_message_ids_are_refused(conn: Any) -> None:
     with pytest.raises(InvalidInput, match="message_id"):
-        inbox.record(conn, "mailer", "not-a-uuid", "audit.log")
+        inbox.record(conn, "mailer", "not-a-uuid", "audit.log", CREATED)
 
 
 def test_transactional_applies_each_message_once(
@@ -140,21 +146,81 @@ def test_transactional_refuses_a_bad_consumer_name_at_once(db: Any) -> None:
         inbox.transactional(raw(db), "Bad Name", lambda tx, d: None)
 
 
-def test_prune_forgets_entries_older_than_the_retention(
-    conn: Any, superuser: psycopg.Connection[Any]
+def test_a_record_is_found_whatever_creation_time_the_redelivery_carries(conn: Any) -> None:
+    """One message published twice under its id at different seconds is applied once."""
+    message_id = uuid.uuid4()
+    assert inbox.record(conn, "mailer", message_id, "audit.log", CREATED) is True
+    later = CREATED + timedelta(seconds=1)
+    assert inbox.record(conn, "mailer", message_id, "audit.log", later) is False
+    assert inbox.record(conn, "mailer", message_id, "audit.log", CREATED - timedelta(days=1)) is False
+
+
+@pytest.mark.parametrize("created_at", [None, "2026-01-01", datetime(2026, 1, 1), 5])
+def test_a_creation_time_that_is_not_an_aware_datetime_is_refused(
+    conn: Any, created_at: Any
 ) -> None:
-    old = [uuid.uuid4() for _ in range(3)]
-    recent = uuid.uuid4()
-    for message_id in [*old, recent]:
-        inbox.record(conn, "mailer", message_id, "audit.log")
+    with pytest.raises(InvalidInput, match="created_at"):
+        inbox.record(conn, "mailer", uuid.uuid4(), "audit.log", created_at)
+
+
+def expire_before_today(superuser: psycopg.Connection[Any], url: str) -> None:
+    """Drop every inbox partition that ended before now (retention 0), as maintain does."""
     superuser.execute(
-        "UPDATE inbox SET received_at = now() - interval '2 days' WHERE message_id = ANY(%s)",
-        (old,),
+        "UPDATE toolkit_partitions.policy SET retention = '0' WHERE parent = 'public.inbox'"
     )
-    assert inbox.prune(conn, timedelta(days=3)) == 0
-    assert inbox.prune(conn, timedelta(days=1), limit=1) == 1
-    assert inbox.prune(conn, timedelta(days=1)) == 2
-    assert not any(inbox.seen(conn, "mailer", message_id) for message_id in old)
-    assert inbox.seen(conn, "mailer", recent)
-    with pytest.raises(InvalidInput):
-        inbox.prune(conn, timedelta(0), limit=-1)
+    report = maintain(url)
+    assert any(name.startswith("toolkit_partitions.inbox_before_") for name in report.dropped)
+
+
+def test_a_redelivery_created_in_a_dropped_range_is_refused_never_applied(
+    mode: Mode,
+    db: Any,
+    effects: psycopg.Connection[Any],
+    superuser: psycopg.Connection[Any],
+    direct_database_url: str,
+) -> None:
+    applied: list[uuid.UUID] = []
+
+    def apply(tx: Any, d: Delivery) -> Any:
+        applied.append(d.message_id)
+        return tx.execute("INSERT INTO test_effects VALUES (%s)", (d.message_id,))
+
+    handler = inbox.transactional(raw(db), "auditor", apply)
+    yesterday = CREATED - timedelta(days=1)
+    first = delivery(created_at=yesterday)
+    mode.run(handler(first))
+    assert applied == [first.message_id]
+    expire_before_today(superuser, direct_database_url)  # its record went with the partition
+    with pytest.raises(MessageRefused, match="before the oldest partition") as refused:
+        mode.run(handler(delivery(first.message_id, created_at=yesterday)))
+    assert refused.value.reason == "inbox-expired"
+    never_seen = delivery(created_at=yesterday)
+    with pytest.raises(MessageRefused):
+        mode.run(handler(never_seen))
+    assert applied == [first.message_id]
+    assert effect_count(effects, first.message_id) == 1
+    assert effect_count(effects, never_seen.message_id) == 0
+    # A message of today still finds its partition, and is applied once.
+    fresh = delivery()
+    mode.run(handler(fresh))
+    mode.run(handler(delivery(fresh.message_id)))
+    assert applied == [first.message_id, fresh.message_id]
+
+
+def test_a_message_without_a_creation_time_is_refused_never_applied(
+    mode: Mode, db: Any, effects: psycopg.Connection[Any]
+) -> None:
+    applied: list[uuid.UUID] = []
+    handler = inbox.transactional(raw(db), "auditor", lambda tx, d: applied.append(d.message_id))
+    foreign = delivery(created_at=None)
+    with pytest.raises(MessageRefused, match="no AMQP timestamp") as refused:
+        mode.run(handler(foreign))
+    assert refused.value.reason == "missing-timestamp"
+    assert applied == []
+    with db.connection() as conn:
+        assert not inbox.seen(conn, "auditor", foreign.message_id)
+
+
+def test_a_creation_time_past_the_partitions_made_ahead_is_an_error_to_retry(conn: Any) -> None:
+    with pytest.raises(InvalidInput, match="no partition yet"):
+        inbox.record(conn, "mailer", uuid.uuid4(), "audit.log", CREATED + timedelta(days=400))

@@ -24,7 +24,6 @@ from toolkit.commands.base import Subcommands, add_command
 from toolkit.config import settings_from_options
 from toolkit.db.database import Database
 from toolkit.errors import TenantRequired
-from toolkit.messaging import inbox
 from toolkit.messaging.consumer import AsyncHandler, Handler, Periodic, Worker, run_worker
 from toolkit.messaging.relay import Relay
 from toolkit.messaging.topology import WORK_QUEUES, Topology
@@ -121,22 +120,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-INBOX_RETENTION = timedelta(days=14)
-"""How long the inbox remembers a message: far longer than any redelivery takes."""
-
-
-INBOX_PRUNE_INTERVAL = 3600.0
-"""Seconds between a worker's inbox prunings."""
-
 _OPERATOR = (
     "a login role row-level security does not bind (BYPASSRLS, like the relay's) and that "
     "is a member of toolkit_app"
-)
-
-_PRUNE_ADVICE = (
-    "pruning forgets every tenant's inbox entries, which the policies keep from this "
-    f"role; run toolkit.messaging.inbox.prune(conn, retention) as {_OPERATOR}; "
-    "this worker stops trying and keeps working"
 )
 
 _SWEEP_ADVICE = (
@@ -146,42 +132,25 @@ _SWEEP_ADVICE = (
 )
 
 
-def _prune_inbox(db: Database) -> None:
-    with db.connection() as conn:
-        inbox.prune(conn, INBOX_RETENTION)
+def maintenance_jobs(db: Database, *, sweep_interval: float) -> list[Periodic]:
+    """A worker's periodic jobs: the lease sweeper, unless ``sweep_interval`` is 0.
 
-
-def maintenance_jobs(
-    db: Database, *, sweep_interval: float, prune_interval: float = INBOX_PRUNE_INTERVAL
-) -> list[Periodic]:
-    """A worker's periodic jobs: inbox pruning, and the lease sweeper (unless
-    ``sweep_interval`` is 0).
-
-    Both work on every tenant's rows at once, which only a role the policies
-    do not bind may do. As a role they bind (a toolkit_app login), each job
-    logs once what to run instead and ends; the worker goes on handling
-    messages.
+    It works on every tenant's rows at once, which only a role the policies
+    do not bind may do. As a role they bind (a toolkit_app login), it logs
+    once what to run instead and ends; the worker goes on handling messages.
+    The inbox is forgotten by ``toolkit maintain`` (a partition drop), not here.
     """
-    jobs = [
+    if sweep_interval <= 0:
+        return []
+    return [
         Periodic(
-            "inbox pruning",
-            prune_interval,
-            lambda: _prune_inbox(db),
+            "lease sweeper",
+            sweep_interval,
+            lambda: sweep_expired(db),
             give_up_on=(TenantRequired,),
-            advice=_PRUNE_ADVICE,
+            advice=_SWEEP_ADVICE,
         )
     ]
-    if sweep_interval > 0:
-        jobs.append(
-            Periodic(
-                "lease sweeper",
-                sweep_interval,
-                lambda: sweep_expired(db),
-                give_up_on=(TenantRequired,),
-                advice=_SWEEP_ADVICE,
-            )
-        )
-    return jobs
 
 
 def worker_command(args: argparse.Namespace) -> int:

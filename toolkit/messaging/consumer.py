@@ -30,6 +30,11 @@ when the worker stops. For each delivery:
   tenant's messages without a tenant and refuses any other tenant's with
   :class:`~toolkit.errors.TenancyUnavailable`, which parks the message at
   once (reason ``tenancy-unavailable``): no retry gives the role a tenant;
+* a handler that raises :class:`~toolkit.errors.MessageRefused` (the inbox
+  does, for a message without an AMQP timestamp or created in a range it no
+  longer keeps) has its message parked at once with the error's reason
+  (``missing-timestamp``, ``inbox-expired``) and one log line: it is never
+  applied, and no retry would change that;
 * a handler that returns is acked (after its transaction committed, so the
   effect is never lost; a crash before the ack redelivers the message and
   the inbox absorbs it);
@@ -82,7 +87,13 @@ import pika
 import pika.exceptions as pex
 
 from toolkit.config import mask_password
-from toolkit.errors import TenancyUnavailable, ToolkitError, Unavailable, bounded_repr
+from toolkit.errors import (
+    MessageRefused,
+    TenancyUnavailable,
+    ToolkitError,
+    Unavailable,
+    bounded_repr,
+)
 from toolkit.leases import LeaseKeeper
 from toolkit.messaging.connection import (
     Brokers,
@@ -120,6 +131,10 @@ class Delivery:
     0 to the ladder's length; a forged ``x-retry-count`` reads as the length."""
     redelivered: bool
     headers: dict[str, Any]
+    created_at: datetime | None = None
+    """When the message was created, from its AMQP ``timestamp`` (whole seconds; the relay
+    sends its outbox row's ``created_at``): the same on every delivery of it, so the inbox
+    keys it by this. None when the publisher set none (or one no datetime can hold)."""
     duplicate: bool = False
     """Set by :func:`~toolkit.messaging.inbox.transactional` when the inbox had it."""
     _ack: Callable[[], None] = field(default=lambda: None, repr=False)
@@ -262,6 +277,16 @@ def _retry_step(headers: Mapping[str, Any], ladder_length: int) -> tuple[int, bo
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
         return min(int(raw), ladder_length), True
     return ladder_length, False
+
+
+def _created_at(timestamp: object) -> datetime | None:
+    """The AMQP ``timestamp`` property as a UTC datetime; None if absent or out of range."""
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _text(exc: BaseException) -> str:
@@ -477,6 +502,7 @@ class Worker:
             retry_count=retry_count,
             redelivered=incoming.redelivered,
             headers=headers,
+            created_at=_created_at(properties.timestamp),
             _ack=acker.ack,
         )
         try:
@@ -488,6 +514,11 @@ class Worker:
             if acker.done:
                 self.stats.errors += 1
                 log.exception("worker: %s handler failed after acking %s", queue, message_id)
+                return
+            if isinstance(exc, MessageRefused):
+                # Never to be applied (e.g. the inbox no longer covers it): parked at once,
+                # with one log line (the park's).
+                self._park(incoming, exc.reason, _text(exc), retry_count)
                 return
             log.warning("worker: %s handler failed on %s: %s", queue, message_id, exc)
             if isinstance(exc, TenancyUnavailable):
@@ -525,7 +556,8 @@ class Worker:
             body=incoming.body,
             message_id=str(properties.message_id or ""),
             message_type=str(properties.type or ""),
-            timestamp=int(properties.timestamp or time.time()),
+            # Kept as it came (absent stays absent): the inbox keys a message by it.
+            timestamp=properties.timestamp,
             headers={**kept, **headers},
         )
         try:

@@ -3,7 +3,7 @@
 No I/O: :func:`check_headers` (AMQP headers as stored and sent),
 :func:`message_body` (a :class:`~toolkit.messaging.models.Message` within the
 size limit), :func:`check_messages`, :func:`check_max_bytes` and
-:func:`check_consumer`, :func:`check_queue`. :mod:`toolkit.messaging.outbox` and
+:func:`check_consumer`, :func:`check_queue`, :func:`check_created_at`. :mod:`toolkit.messaging.outbox` and
 :mod:`toolkit.messaging.inbox` are generated from their async sources under
 ``toolkit/aio/messaging/``; both import these, so one check exists once.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from toolkit.db.inputs import check_count
@@ -127,3 +128,14 @@ def check_consumer(name: Any) -> str:
             value=name,
         )
     return name
+
+
+def check_created_at(value: Any) -> datetime:
+    """A message's creation time as the inbox keys it: a timezone-aware datetime."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise InvalidInput(
+            f"created_at must be a timezone-aware datetime, got {bounded_repr(value)}",
+            field="created_at",
+            value=value,
+        )
+    return value

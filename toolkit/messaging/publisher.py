@@ -69,7 +69,9 @@ class Outgoing:
     body: bytes
     message_id: str
     message_type: str
-    timestamp: int
+    timestamp: int | None
+    """Seconds since the epoch: when the message was created (None: a consumer's
+    republish of a message that came without one)."""
     headers: Mapping[str, Any] = field(default_factory=dict)
 
     def properties(self) -> pika.BasicProperties:
