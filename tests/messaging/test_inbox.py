@@ -152,7 +152,8 @@ def test_a_record_is_found_whatever_creation_time_the_redelivery_carries(conn: A
     assert inbox.record(conn, "mailer", message_id, "audit.log", CREATED) is True
     later = CREATED + timedelta(seconds=1)
     assert inbox.record(conn, "mailer", message_id, "audit.log", later) is False
-    assert inbox.record(conn, "mailer", message_id, "audit.log", CREATED - timedelta(days=1)) is False
+    earlier = CREATED - timedelta(days=1)
+    assert inbox.record(conn, "mailer", message_id, "audit.log", earlier) is False
 
 
 @pytest.mark.parametrize("created_at", [None, "2026-01-01", datetime(2026, 1, 1), 5])

@@ -548,13 +548,10 @@ def test_a_tenant_bound_worker_logs_once_that_its_sweeps_need_an_operator_and_ke
 ) -> None:
     superuser = tenant_effects
     expired_executions(app_db, superuser, TENANT_A)
-    with app_db.transaction(tenant=TENANT_A) as tx:
-        inbox.record(tx, CONSUMER, uuid.uuid4(), "audit.log")
-    superuser.execute("UPDATE inbox SET received_at = now() - interval '30 days'")
     worker = Worker(
         AMQP_URL, topology, {"audit.log": inbox.transactional(app_db, CONSUMER, record_effect)}
     )
-    jobs = maintenance_jobs(app_db, sweep_interval=0.02, prune_interval=0.02)
+    jobs = maintenance_jobs(app_db, sweep_interval=0.02)
     with caplog.at_level(logging.INFO, logger="toolkit"):
         run_worker(worker)
         for job in jobs:
@@ -566,15 +563,12 @@ def test_a_tenant_bound_worker_logs_once_that_its_sweeps_need_an_operator_and_ke
             for job in jobs:
                 job.stop()
     stopped = [r.getMessage() for r in caplog.records if " stopped (" in r.getMessage()]
-    assert len(stopped) == 2, stopped
-    prune, sweep = sorted(stopped)
-    assert prune.startswith("inbox pruning stopped (TenantRequired)")
-    assert "toolkit.messaging.inbox.prune(conn, retention)" in prune and "BYPASSRLS" in prune
+    assert len(stopped) == 1, stopped
+    (sweep,) = stopped
     assert sweep.startswith("lease sweeper stopped (TenantRequired)")
     assert "toolkit.workflows.service.sweep_expired(db)" in sweep
     assert "trying again" not in caplog.text
-    # Nothing was pruned or swept, and the worker still handles its tenants' messages.
-    assert superuser.execute("SELECT count(*) FROM inbox").fetchone() == (1,)
+    # Nothing was swept, and the worker still handles its tenants' messages.
     assert superuser.execute("SELECT status FROM executions").fetchall() == [("running",)]
     with app_db.transaction(tenant=TENANT_B) as tx:
         outbox.enqueue(tx, event("b.after"))

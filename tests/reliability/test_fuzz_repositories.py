@@ -515,6 +515,9 @@ slug = st.sampled_from(["assistant", "tool", "router", "fuzz_agent"])
 json_object = st.dictionaries(
     word, st.integers(-1000, 1000) | word | st.booleans() | st.none(), max_size=3
 )
+FUZZ_CREATED = datetime.now(UTC).replace(microsecond=0)
+"""A message's creation time within the partitions the inbox keeps."""
+
 VALUES: dict[str, st.SearchStrategy[Any]] = {
     "email": st.uuids().map(lambda u: f"fz-{u.hex[:16]}@example.com"),
     "display_name": word,
@@ -562,6 +565,8 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "max_message_bytes": st.integers(1 << 12, 1 << 20),
     "retention": st.timedeltas(timedelta(0), timedelta(days=30)),
     "consumer": st.sampled_from(["fuzz.consumer", "billing"]),
+    # A creation time the inbox keeps (and, for a repeated message_id, its first one or not).
+    "created_at": st.sampled_from([FUZZ_CREATED, FUZZ_CREATED - timedelta(hours=1)]),
     "queue": st.just("q.fuzz"),
     "key": st.uuids().map(lambda u: f"fuzz/{u.hex}.txt"),
     "original_name": st.none() | word,
@@ -674,6 +679,7 @@ def valid(name: str, annotation: Any, call: Call, *, in_model: bool = False) -> 
             retry_count=st.just(0),
             redelivered=st.booleans(),
             headers=st.just({}),
+            created_at=st.none() | st.just(FUZZ_CREATED),
         )
     if name in VALUES:
         return VALUES[name]
@@ -1087,6 +1093,7 @@ def test_inbox_record_refuses_a_queue_that_is_not_a_queue_name(
         "fuzz.consumer",
         uuid.uuid4(),
         queue,
+        FUZZ_CREATED,
     )
     assert not accepted and isinstance(outcome, InvalidInput), outcome
 

@@ -6,7 +6,9 @@ which no application role may use: every read and write goes through the
 parent, under its row-level security. ``toolkit_partitions.policy`` says,
 per parent, how wide a partition is, how many to keep ready ahead of now,
 how long a partition is kept once its range has ended, and which rows keep
-it alive whatever its age (the outbox: ``sent_at IS NULL``).
+it alive whatever its age (the outbox: ``sent_at IS NULL``). Migration 0012
+partitions ``public.inbox`` the same way, by the message's creation time
+(see :mod:`toolkit.messaging.inbox`; retention 14 days, nothing kept past it).
 
 :func:`maintain`, under the migration advisory lock (a maintain run and a
 migrate run never overlap; two maintain runs queue up):

@@ -3,9 +3,10 @@
 No I/O: :func:`check_headers` (AMQP headers as stored and sent),
 :func:`message_body` (a :class:`~toolkit.messaging.models.Message` within the
 size limit), :func:`check_messages`, :func:`check_max_bytes` and
-:func:`check_consumer`, :func:`check_queue`, :func:`check_created_at`. :mod:`toolkit.messaging.outbox` and
-:mod:`toolkit.messaging.inbox` are generated from their async sources under
-``toolkit/aio/messaging/``; both import these, so one check exists once.
+:func:`check_consumer`, :func:`check_queue`, :func:`check_created_at`.
+:mod:`toolkit.messaging.outbox` and :mod:`toolkit.messaging.inbox` are generated from
+their async sources under ``toolkit/aio/messaging/``; both import these, so one check
+exists once.
 """
 
 from __future__ import annotations

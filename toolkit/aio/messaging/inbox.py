@@ -186,9 +186,7 @@ def transactional(
                 reason="missing-timestamp",
             )
         async with tenant_transaction(db, delivery) as tx:
-            if not await record(
-                tx, name, delivery.message_id, delivery.queue, delivery.created_at
-            ):
+            if not await record(tx, name, delivery.message_id, delivery.queue, delivery.created_at):
                 delivery.duplicate = True
                 return
             await apply(tx, delivery)
