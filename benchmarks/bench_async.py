@@ -9,7 +9,8 @@ times on that same data, interleaved, on one event loop:
 
 * get-by-id and a list of 100 through ``toolkit.aio.repositories.agents``,
   beside raw psycopg ``AsyncConnection`` and raw asyncpg running the very
-  statement text the toolkit's binding sends (taken from the binding);
+  statement text the toolkit's binding sends (taken from the binding); get-by-id
+  also per request (a pooled connection, or an AsyncSession, taken per call);
 * 64 asyncio tasks over an ``AsyncDatabase`` pool of 10 doing get-by-id,
   beside the sync API (``Database`` pool of 10, 10 threads): throughput and
   per-call latency;

@@ -7,11 +7,14 @@ recreates its own database (``toolkit_bench_core`` unless ``--url`` or
 same data, interleaved:
 
 * get-by-id, and a list of 100 rows filtered by type, ordered by created_at, id;
+  get-by-id also per request (a pooled connection, or a SQLAlchemy Session,
+  taken per call);
 * a keyset page at depth 90,000 against page one, with OFFSET beside it;
-* bulk creation of 100,000 rows.
+* bulk creation of 100,000 rows, beside raw COPY (text and binary).
 
-Each contender keeps one open connection for its timed loops. The table
-reports ops/s and each contender's time relative to raw psycopg; a missed
+Each contender but the per-request ones keeps one open connection for its
+timed loops. The table reports ops/s and each contender's time relative to
+raw psycopg (bulk: to the faster COPY); a missed
 target is printed, never turned into a failing exit code.
 """
 
