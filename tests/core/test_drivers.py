@@ -132,6 +132,7 @@ def test_run_many_sends_binary_arrays_and_counts_every_statement(conn, probe, su
     names = [n for n in AWKWARD_NAMES if n is not None]
     batches = ({"owner_id": owner.id, "names": names[start : start + 2]} for start in (0, 2, 4))
     assert db_api.run_many(conn, add_many, batches) == len(names)
+    assert db_api.run_many(conn, add_many, []) == 0
     query = "SELECT name, description FROM agents WHERE owner_id = %s"
     stored = superuser.execute(query, (owner.id,)).fetchall()
     assert sorted(stored) == sorted((name, "%(owner_id)s") for name in names)

@@ -16,7 +16,8 @@
   transaction (:func:`atomic`): ``audit=`` takes an :class:`AuditWrite`,
   which names the statement; this layer knows no audit log.
 * Bulk writes: :func:`insert_rows` runs an ``INSERT ... SELECT FROM unnest(...)``
-  binding over many rows (COPY is refused under row level security).
+  binding over many rows, arrays in binary, statements pipelined (COPY is
+  refused under row level security).
 * :class:`Entity`: create/get/list/count/search/update/delete of one table.
 
 Every error is a toolkit error whose message shows the offending value
