@@ -9,7 +9,8 @@ times on that same data, interleaved, on one event loop:
 
 * get-by-id and a list of 100 through ``toolkit.aio.repositories.agents``,
   beside raw psycopg ``AsyncConnection`` and raw asyncpg running the very
-  statement text the toolkit's binding sends (taken from the binding);
+  statement text the toolkit's binding sends (taken from the binding); get-by-id
+  also per request (a pooled connection, or an AsyncSession, taken per call);
 * 64 asyncio tasks over an ``AsyncDatabase`` pool of 10 doing get-by-id,
   beside the sync API (``Database`` pool of 10, 10 threads): throughput and
   per-call latency;
@@ -55,9 +56,14 @@ import psycopg
 from fastapi import FastAPI, HTTPException, Response
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-from sqlalchemy import DateTime, func, text
+from sqlalchemy import DateTime, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from benchmarks._common import (
@@ -92,6 +98,11 @@ CLIENTS = 64
 RAW = "raw psycopg async (tuples)"
 RAW_PYDANTIC = "raw psycopg async + Agent.model_validate"
 ASYNCPG = "raw asyncpg (Records; reference)"
+TOOLKIT_PER_REQUEST = "toolkit per request: async with adb.connection() as conn: agents.get"
+ORM_PER_REQUEST = (
+    "SQLAlchemy async ORM + asyncpg per request: AsyncSession, "
+    "execute(select().where()).scalars().first(), Agent.model_validate(row, from_attributes=True)"
+)
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,7 @@ class Contenders:
     toolkit: psycopg.AsyncConnection[Any]
     raw: psycopg.AsyncConnection[Any]
     apg: asyncpg.Connection
+    orm_sessions: async_sessionmaker[AsyncSession]
 
 
 async def jsonb_as_dicts(conn: asyncpg.Connection) -> None:
@@ -229,13 +241,16 @@ async def open_contenders(url: str) -> AsyncIterator[Contenders]:
     db = Database(pool_settings(url), warn_if_privileged=False)
     apg = await asyncpg.connect(url)
     await jsonb_as_dicts(apg)
+    engine = orm_engine(url)
     try:
         async with (
             adb.connection() as toolkit_conn,
             await psycopg.AsyncConnection.connect(url, autocommit=True) as raw,
         ):
-            yield Contenders(url, adb, db, toolkit_conn, raw, apg)
+            sessions = async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession)
+            yield Contenders(url, adb, db, toolkit_conn, raw, apg, sessions)
     finally:
+        await engine.dispose()
         await apg.close()
         await adb.close()
         db.close()
@@ -271,18 +286,39 @@ async def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, repor
         for key in batches[round_index]:
             await c.apg.fetchrow(GET_ASYNCPG, key)
 
+    # Per request, as a web handler does it: a pooled connection (or a session,
+    # whose connection comes from the engine's pool) taken and given back per call.
+    async def run_toolkit_request(round_index: int) -> None:
+        for key in batches[round_index]:
+            async with c.adb.connection() as conn:
+                await agents.get(conn, key)
+
+    async def run_orm_request(round_index: int) -> None:
+        for key in batches[round_index]:
+            async with c.orm_sessions() as session:
+                found = await session.execute(select(AgentRow).where(AgentRow.id == key))
+                Agent.model_validate(found.scalars().first(), from_attributes=True)
+
     first = await agents.get(c.toolkit, ids[0])
     raw_first = await c.apg.fetchrow(GET_ASYNCPG, ids[0])
     assert raw_first is not None and first.name == raw_first["name"]
+    async with c.orm_sessions() as session:
+        orm_first = await session.get(AgentRow, ids[0])
+        assert first == Agent.model_validate(orm_first, from_attributes=True)
     contenders = {
         RAW: run_raw,
         toolkit: run_toolkit,
         RAW_PYDANTIC: run_raw_pydantic,
         ASYNCPG: run_asyncpg,
+        TOOLKIT_PER_REQUEST: run_toolkit_request,
+        ORM_PER_REQUEST: run_orm_request,
     }
     times = await interleaved_async(contenders, scale.get_rounds)
     rows = add_reads(report, "get-by-id", times, scale.get_batch)
     report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
+    per_request = paired_ratio(times[ORM_PER_REQUEST], times[TOOLKIT_PER_REQUEST])
+    target = ">= 4x the SQLAlchemy per-request throughput"
+    report.check(rows[TOOLKIT_PER_REQUEST], target, per_request, 4.0, at_most=False)
 
 
 async def bench_list(c: Contenders, scale: Scale, report: Report) -> None:
@@ -518,16 +554,21 @@ class AgentRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+def orm_engine(url: str) -> AsyncEngine:
+    """An asyncpg engine with a pool of POOL, as an async SQLAlchemy application makes it."""
+    return create_async_engine(
+        url.replace("postgresql://", "postgresql+asyncpg://", 1),
+        pool_size=POOL,
+        max_overflow=0,
+    )
+
+
 def sqlalchemy_app(url: str) -> FastAPI:
     """``GET /agents/{id}`` the way a FastAPI + SQLAlchemy 2 async team writes it:
     an asyncpg engine with a pool of 10, a session per request, ``session.get``,
     the ORM object returned through ``response_model`` (the toolkit's Agent record,
     so the JSON is the same) with the same ETag."""
-    engine = create_async_engine(
-        url.replace("postgresql://", "postgresql+asyncpg://", 1),
-        pool_size=POOL,
-        max_overflow=0,
-    )
+    engine = orm_engine(url)
     sessions = async_sessionmaker(engine, expire_on_commit=False, class_=AsyncSession)
 
     @asynccontextmanager
@@ -705,7 +746,11 @@ def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
             "(config parsed into AgentConfig); raw psycopg returns tuples (jsonb parsed to a "
             "dict), or dicts through Agent.model_validate in its second row; asyncpg returns "
             "Records (jsonb parsed to a dict by a json.loads codec)."
-            f"\n- get-by-id: {scale.get_batch:,} random ids per round, {scale.get_rounds} rounds."
+            f"\n- get-by-id: {scale.get_batch:,} random ids per round, {scale.get_rounds} rounds. "
+            "The two per-request rows take a connection per call, as a web request does: the "
+            "toolkit a pooled one from AsyncDatabase.connection(), SQLAlchemy a new AsyncSession "
+            f"(an asyncpg engine, pool of {POOL}; its transaction rolled back on close) and the "
+            "Agent record built from the ORM object; their target pairs one with the other."
             f"\n- list-{PAGE}: {scale.list_batch} calls of agents.list(conn, limit={PAGE}) per "
             f"round, {scale.list_rounds} rounds: the first page, unfiltered, by created_at, id "
             f"(the statement reads {PAGE + 1} rows to know whether a next page exists; the raw "

@@ -14,7 +14,7 @@ from tests.core.factories import make_agent, make_user
 from tests.support.modes import both
 from toolkit.db import bind
 from toolkit.db.registry import QueryRegistry
-from toolkit.errors import NotFound, QueryDefinitionError
+from toolkit.errors import InvalidInput, NotFound, QueryDefinitionError
 from toolkit.records import Record
 
 # Every test runs against toolkit.db and toolkit.aio.db (tests/support/modes.py).
@@ -50,6 +50,12 @@ UPDATE agents SET is_active = false WHERE owner_id = :owner_id;
 -- name: probe.load :copy
 -- Bulk-load agents.
 COPY agents (owner_id, name, type) FROM STDIN;
+
+-- name: probe.add_many :exec
+-- Add agents named by an array; a literal that looks like a placeholder stays literal.
+INSERT INTO agents (owner_id, name, type, description)
+SELECT :owner_id, batch.name, 'many', '%(owner_id)s'
+FROM unnest(:names::text[]) AS batch (name);
 
 -- name: probe.sorted_by :scalar
 -- A parameter named like run's own keyword.
@@ -111,6 +117,29 @@ def test_run_returns_what_each_kind_returns(conn, probe) -> None:
     rows = [(owner.id, f"loaded-{n}", "assistant") for n in range(3)]
     assert db_api.copy(conn, load, iter(rows)) == 3
     assert db_api.run(conn, count, owner_id=owner.id) == 5
+
+
+# Text that psycopg's text format for arrays must quote or escape, and NULL.
+AWKWARD_NAMES = ['say "hi"', "back\\slash", "{braces}, commas", "NULL", "ünï ☃", "100%", None]
+
+
+def test_run_many_sends_binary_arrays_and_counts_every_statement(conn, probe, superuser) -> None:
+    owner = make_user(conn)
+    add_many = bind.Exec("probe.add_many", ("owner_id", "names"))
+    # Placeholders become binary; the literal '%(owner_id)s' (sent as '%%(owner_id)s') does not.
+    assert "%(names)b" in add_many.binary_statement_text()
+    assert "'%%(owner_id)s'" in add_many.binary_statement_text()
+    names = [n for n in AWKWARD_NAMES if n is not None]
+    batches = ({"owner_id": owner.id, "names": names[start : start + 2]} for start in (0, 2, 4))
+    assert db_api.run_many(conn, add_many, batches) == len(names)
+    assert db_api.run_many(conn, add_many, []) == 0
+    query = "SELECT name, description FROM agents WHERE owner_id = %s"
+    stored = superuser.execute(query, (owner.id,)).fetchall()
+    assert sorted(stored) == sorted((name, "%(owner_id)s") for name in names)
+    with pytest.raises(InvalidInput, match=r"probe\.add_many: null value in column"):
+        db_api.run_many(conn, add_many, [{"owner_id": owner.id, "names": AWKWARD_NAMES}])
+    with pytest.raises(QueryDefinitionError, match=r"missing \['names'\]"):
+        db_api.run_many(conn, add_many, [{"owner_id": owner.id}])
 
 
 def test_not_found_names_the_key_or_else_the_values(conn, probe) -> None:

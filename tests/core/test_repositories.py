@@ -195,6 +195,34 @@ def test_bulk_create_over_several_statements_writes_all_or_nothing(conn) -> None
     assert agents.count(conn, {"type": "bulk"}) == many
 
 
+def test_a_bad_row_in_the_middle_of_a_bulk_create_writes_nothing(db) -> None:
+    # Three pipelined statements; the orphan owner sits in the second. On a
+    # bare connection and in the caller's transaction alike, nothing stays.
+    with db.connection() as conn:
+        owner = make_user(conn)
+    rows = [
+        {"owner_id": owner.id, "name": f"bulk {i}", "type": "bulk", "config": {"model": "m"}}
+        for i in range(2 * INSERT_ROWS_PER_STATEMENT + 10)
+    ]
+    middle = INSERT_ROWS_PER_STATEMENT + 5
+    orphaned = [*rows[:middle], {**rows[middle], "owner_id": uuid.uuid4()}, *rows[middle + 1 :]]
+    with db.connection() as conn:
+        with pytest.raises(InvalidReference, match="agents_owner_id_fkey"):
+            agents.create_many(conn, orphaned)
+        assert agents.count(conn) == 0
+    with pytest.raises(InvalidReference, match="agents_owner_id_fkey"), db.transaction() as tx:
+        agents.create_many(tx, rows[:10])
+        agents.create_many(tx, orphaned)
+    invalid = [*rows[:middle], {**rows[middle], "type": "Not A Slug"}, *rows[middle + 1 :]]
+    with db.connection() as conn:
+        with pytest.raises(InvalidInput, match=r"AgentCreate: type"):
+            agents.create_many(conn, invalid)
+        assert agents.count(conn) == 0
+        # The same rows, all good, are written whole: the count spans the statements.
+        assert agents.create_many(conn, rows) == len(rows)
+        assert agents.count(conn, {"type": "bulk"}) == len(rows)
+
+
 # Workflows
 
 

@@ -2,7 +2,7 @@
 and verification."""
 
 from toolkit.db.database import Connection, Database
-from toolkit.db.drivers import copy, run
+from toolkit.db.drivers import copy, run, run_many
 from toolkit.db.errors import translate_error
 from toolkit.db.migrations import migrate, rollback
 from toolkit.db.replicas import CommitPosition
@@ -15,5 +15,6 @@ __all__ = [
     "migrate",
     "rollback",
     "run",
+    "run_many",
     "translate_error",
 ]

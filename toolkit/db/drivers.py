@@ -5,7 +5,8 @@
 A binding (:mod:`toolkit.db.bind`) is a value: its statement per sort, its
 parameters, its result kind and its row factory, and no I/O; it imports no
 driver, the drivers import it. ``run(conn, binding, ...)`` (typed per kind)
-and ``copy(conn, binding, rows)``, written once in
+``run_many(conn, binding, values)`` (an ``:exec`` statement once per
+mapping, pipelined, parameters in binary) and ``copy(conn, binding, rows)``, written once in
 ``toolkit/aio/db/drivers.py`` (async) and generated from it as
 ``toolkit/db/drivers.py`` (sync), are the only places a named query is
 executed, so every repository, the LangGraph saver and an application's own
@@ -128,6 +129,28 @@ def _routed(
             return _fetch(replica, query, statement, values)
     # No replica had replayed past the position, or the one asked failed meanwhile.
     return _fetch(conn, query, statement, values)
+
+
+def run_many(conn: Connection, query: Exec, values: Iterable[Mapping[str, Any]]) -> int:
+    """Run ``query`` once per mapping of ``values``, pipelined; the rows affected in all.
+
+    For bulk statements (:func:`~toolkit.db.patterns.insert_rows`): the
+    parameters go in binary format (see
+    :meth:`~toolkit.db.bind.Binding.binary_statement_text`), and psycopg's
+    pipeline sends each statement while the server still runs the one
+    before, so the client's work overlaps the server's. Not atomic by
+    itself: run it in a transaction when a failure part-way must write
+    nothing. On a ``read_after`` connection it runs on the primary.
+    """
+    route = read_route(conn)
+    if route is not None:
+        route.pinned = True  # it writes: the block's later reads must see it
+    try:
+        with conn.cursor() as cursor:
+            cursor.executemany(query.binary_statement_text(), query.each_checked(values))
+            return cursor.rowcount
+    except psycopg.Error as exc:
+        raise_translated(exc, query.name)
 
 
 def copy(conn: Connection, query: Copy, rows: Iterable[Sequence[Any]]) -> int:

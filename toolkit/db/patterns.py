@@ -16,7 +16,8 @@
   transaction (:func:`atomic`): ``audit=`` takes an :class:`AuditWrite`,
   which names the statement; this layer knows no audit log.
 * Bulk writes: :func:`insert_rows` runs an ``INSERT ... SELECT FROM unnest(...)``
-  binding over many rows (COPY is refused under row level security).
+  binding over many rows, arrays in binary, statements pipelined (COPY is
+  refused under row level security).
 * :class:`Entity`: create/get/list/count/search/update/delete of one table.
 
 Every error is a toolkit error whose message shows the offending value
@@ -37,7 +38,7 @@ from pydantic import BaseModel
 
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.database import Connection, transaction_on
-from toolkit.db.drivers import run
+from toolkit.db.drivers import run, run_many
 from toolkit.db.inputs import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -168,20 +169,30 @@ def insert_rows(conn: Connection, query: Exec, rows: Sequence[Sequence[Any]]) ->
     """Write ``rows`` with ``query``, an ``INSERT ... SELECT FROM unnest(...)``; how many it wrote.
 
     ``query`` takes one array per column, its parameters in the rows' column
-    order. Not COPY, which row level security refuses for a role the
-    policies bind. Up to :data:`INSERT_ROWS_PER_STATEMENT` rows go in one
-    statement; more go in several, inside the caller's transaction or (on a
-    bare connection) one of their own (:func:`atomic`), so a failure
-    part-way writes nothing either way.
+    order; the arrays go in binary format (psycopg's text format quotes and
+    escapes every element). Not COPY, which row level security refuses for
+    a role the policies bind. Up to :data:`INSERT_ROWS_PER_STATEMENT` rows
+    go in one statement; more go in several, pipelined (:func:`run_many`:
+    the client builds the next while the server inserts the last), inside
+    the caller's transaction or (on a bare connection) one of their own
+    (:func:`atomic`), so a failure part-way writes nothing either way.
     """
+    if not rows:
+        return 0
     size = INSERT_ROWS_PER_STATEMENT
-    chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
-    written = 0
-    with atomic(conn) if len(chunks) > 1 else nullcontext():
-        for chunk in chunks:
-            columns = [list(column) for column in zip(*chunk, strict=True)]
-            written += run(conn, query, **dict(zip(query.params, columns, strict=True)))
-    return written
+    # One mapping of column arrays per statement, built as the pipeline asks for it.
+    statements = (
+        dict(
+            zip(
+                query.params,
+                map(builtins.list, zip(*rows[start : start + size], strict=True)),
+                strict=True,
+            )
+        )
+        for start in range(0, len(rows), size)
+    )
+    with atomic(conn) if len(rows) > size else nullcontext():
+        return run_many(conn, query, statements)
 
 
 def transition(

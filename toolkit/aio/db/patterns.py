@@ -14,7 +14,8 @@
   transaction (:func:`atomic`): ``audit=`` takes an :class:`AuditWrite`,
   which names the statement; this layer knows no audit log.
 * Bulk writes: :func:`insert_rows` runs an ``INSERT ... SELECT FROM unnest(...)``
-  binding over many rows (COPY is refused under row level security).
+  binding over many rows, arrays in binary, statements pipelined (COPY is
+  refused under row level security).
 * :class:`Entity`: create/get/list/count/search/update/delete of one table.
 
 Every error is a toolkit error whose message shows the offending value
@@ -34,7 +35,7 @@ from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
 
 from toolkit.aio.db.database import AsyncConnection, transaction_on
-from toolkit.aio.db.drivers import run
+from toolkit.aio.db.drivers import run, run_many
 from toolkit.db.bind import Exec, Many, One, Returning, Scalar
 from toolkit.db.inputs import (
     DEFAULT_LIMIT,
@@ -166,20 +167,30 @@ async def insert_rows(conn: AsyncConnection, query: Exec, rows: Sequence[Sequenc
     """Write ``rows`` with ``query``, an ``INSERT ... SELECT FROM unnest(...)``; how many it wrote.
 
     ``query`` takes one array per column, its parameters in the rows' column
-    order. Not COPY, which row level security refuses for a role the
-    policies bind. Up to :data:`INSERT_ROWS_PER_STATEMENT` rows go in one
-    statement; more go in several, inside the caller's transaction or (on a
-    bare connection) one of their own (:func:`atomic`), so a failure
-    part-way writes nothing either way.
+    order; the arrays go in binary format (psycopg's text format quotes and
+    escapes every element). Not COPY, which row level security refuses for
+    a role the policies bind. Up to :data:`INSERT_ROWS_PER_STATEMENT` rows
+    go in one statement; more go in several, pipelined (:func:`run_many`:
+    the client builds the next while the server inserts the last), inside
+    the caller's transaction or (on a bare connection) one of their own
+    (:func:`atomic`), so a failure part-way writes nothing either way.
     """
+    if not rows:
+        return 0
     size = INSERT_ROWS_PER_STATEMENT
-    chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
-    written = 0
-    async with atomic(conn) if len(chunks) > 1 else nullcontext():
-        for chunk in chunks:
-            columns = [list(column) for column in zip(*chunk, strict=True)]
-            written += await run(conn, query, **dict(zip(query.params, columns, strict=True)))
-    return written
+    # One mapping of column arrays per statement, built as the pipeline asks for it.
+    statements = (
+        dict(
+            zip(
+                query.params,
+                map(builtins.list, zip(*rows[start : start + size], strict=True)),
+                strict=True,
+            )
+        )
+        for start in range(0, len(rows), size)
+    )
+    async with atomic(conn) if len(rows) > size else nullcontext():
+        return await run_many(conn, query, statements)
 
 
 async def transition(
