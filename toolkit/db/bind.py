@@ -113,11 +113,18 @@ class Binding:
             if issubclass(record, BaseModel)
             else scalar_factory(record, self.query)
         )
-        # Queries with optional filters are planned with their actual values
-        # (prepare=False): a generic plan cannot drop the unused filters.
-        self.prepare = False if self.query.sortable else prepare
-        # Rendered once per (sort, direction): composing costs more than the round trip.
+        # A sortable query runs as the variant for the filters a call gives (see
+        # NamedQuery.variant): plain SQL without null guards, so preparing it (the
+        # binding's choice, psycopg's threshold by default) keeps each filter's index.
+        # A guarded parameter used outside its guard leaves the text whole: planned
+        # with its actual values on every call (prepare=False), as a generic plan
+        # cannot drop an unused filter.
+        self.variant_keys = self.query.variant_keys
+        guarded = self.query.sortable and not self.query.optional_filters
+        self.prepare = False if guarded and self._has_guards() else prepare
+        # Rendered once per (sort, direction, variant): composing costs more than the round trip.
         self._rendered: dict[tuple[str | None, bool], str] = {}
+        self._variants: dict[tuple[str | None, bool, tuple[bool, ...]], str] = {}
         # A sync module and its async source bind the same queries: verify each once.
         signature = (name, record, self.params, self.kind)
         if signature not in _BOUND:
@@ -131,6 +138,26 @@ class Binding:
         if text is None:
             text = self.query.statement(sort, descending).as_string(None)
             self._rendered[key] = text
+        return text
+
+    def _has_guards(self) -> bool:
+        """Whether the query's text holds a null guard it cannot render variants of."""
+        return " IS NULL OR " in self.query.text.upper()
+
+    def statement_for(
+        self, values: Mapping[str, Any], sort: str | None = None, descending: bool = False
+    ) -> str:
+        """The statement a call with ``values`` sends: the variant for the optional
+        filters (and cursor) it gives, for a sortable query; the whole text otherwise."""
+        if not self.variant_keys:
+            return self.statement_text(sort, descending)
+        given = tuple([values[name] is not None for name in self.variant_keys])
+        key = (sort, descending, given)
+        text = self._variants.get(key)
+        if text is None:
+            present = [name for name, there in zip(self.variant_keys, given, strict=True) if there]
+            text = self.query.statement(sort, descending, present).as_string(None)
+            self._variants[key] = text
         return text
 
     def check_values(self, values: Mapping[str, Any]) -> None:
