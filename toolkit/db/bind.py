@@ -209,7 +209,8 @@ def _needs_validation(annotation: Any) -> bool:
 class _Converter(NamedTuple):
     """How one column that needs it becomes its field's value."""
 
-    index: int
+    column: int
+    """Its index in the row."""
     field: str
     convert: Callable[[Any], Any]
     """pydantic-core's own validator method (no Python wrapper frame per row), or json.loads."""
