@@ -10,6 +10,7 @@ record holds, sync and async.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from tests.support.modes import Mode, both
 from toolkit.db import bind
@@ -135,6 +137,47 @@ def test_records_are_frozen_and_share_no_mutable_state(conn, probe) -> None:
     copied = first.model_copy(update={"label": "copy"})
     assert copied.label == "copy" and first.label == "a"
     assert first.__pydantic_extra__ is None and first.__pydantic_private__ is None
+
+
+def test_every_field_of_a_record_from_a_row_counts_as_set(mode, conn, probe) -> None:
+    first, second = db_api.run(conn, probe)
+    every = set(EveryType.model_fields)
+    # Made when first asked for (Record.__getattr__), one set per record; inside the
+    # config, what the stored JSON held, as model_validate has it.
+    assert first.model_dump(exclude_unset=True) == (
+        validated(mode, conn, probe)[0].model_dump(exclude_unset=True)
+    )
+    assert set(first.model_dump(exclude_unset=True)) == every
+    assert second.model_fields_set == every and second.model_fields_set is second.model_fields_set
+    copied = second.model_copy(update={"note": "set"})
+    assert copied.model_fields_set == every and second.model_fields_set == every
+    assert pickle.loads(pickle.dumps(first)) == first
+    assert pickle.loads(pickle.dumps(first)).model_fields_set == every
+    assert EveryType.model_validate(first.model_dump()) == first
+
+
+class PlainModel(BaseModel):
+    """A record that is a pydantic model but not a toolkit Record (an application's own)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    label: str
+
+
+def test_a_plain_pydantic_model_from_a_row_has_its_own_set_of_set_fields(
+    monkeypatch, mode, conn, probe
+) -> None:
+    queries = bind.registry()
+    queries.load_text(
+        "-- name: probe.plain :many\n-- Ids and labels.\n"
+        "SELECT id, label FROM pg_temp.every_type ORDER BY label;",
+        "sql/plain.sql",
+    )
+    first, second = db_api.run(conn, bind.Many("probe.plain", PlainModel, ()))
+    assert first.model_fields_set == {"id", "label"}
+    assert first.model_fields_set is not second.model_fields_set
+    assert first == PlainModel.model_validate(first.model_dump())
 
 
 def test_a_stored_json_value_that_does_not_fit_is_an_integrity_error(mode, conn, probe) -> None:

@@ -48,6 +48,7 @@ from toolkit.db.registry import (
 )
 from toolkit.db.results import Fetch
 from toolkit.errors import IntegrityError, NotFound, QueryDefinitionError, bounded_repr
+from toolkit.records import Record
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -381,6 +382,8 @@ def record_factory(
     set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
     set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
     set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+    # A Record makes its set of set fields when first asked (Record.__getattr__).
+    lazy_fields_set = issubclass(record, Record)
     planned: list[_Plan] = []
     where = f"{query.location}: {query.name}"
 
@@ -420,7 +423,8 @@ def record_factory(
             # What model_construct leaves, without its Python per field (and no validation).
             instance = new(record)
             set_dict(instance, "__dict__", data)
-            set_fields_set(instance, fields_set.copy())
+            if not lazy_fields_set:
+                set_fields_set(instance, fields_set.copy())
             set_extra(instance, None)
             set_private(instance, None)
             return instance
