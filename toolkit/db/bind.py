@@ -359,7 +359,9 @@ def record_factory(
     verify`` proves it for every binding, and the first result is checked
     here too; later ones only by their column count, since reading
     ``cursor.description`` costs more than building the row. Only json
-    fields are converted.
+    fields are converted, by pydantic-core's validator itself. A
+    :class:`~toolkit.records.Record` gets its set of set fields (every field)
+    when first asked for, not per row; another model gets its own set per row.
 
     Verify judges nullability from the table column, which an outer join
     does not preserve and an expression does not have. So a column of a
