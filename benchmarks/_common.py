@@ -22,6 +22,7 @@ def interleaved(
     *,
     warmup: int = 1,
     before_each: Callable[[str], object] | None = None,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per round of each contender, over ``rounds`` timed rounds.
 
@@ -30,6 +31,8 @@ def interleaved(
     The order rotates every round, so drift (caches, autovacuum, a noisy
     neighbour) is spread over every contender instead of charged to one.
     ``before_each(name)`` runs untimed before every batch, e.g. to empty a table.
+    ``cpu``, when given, gets each timed round's process CPU seconds per contender
+    (this process only: the client's share, not the server's).
     """
     names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -40,11 +43,15 @@ def interleaved(
                 before_each(name)
             # Collect now so that one contender's garbage is not freed on another's clock.
             gc.collect()
+            cpu_start = time.process_time()
             start = time.perf_counter()
             contenders[name](round_index)
             seconds = time.perf_counter() - start
+            cpu_seconds = time.process_time() - cpu_start
             if round_index >= warmup:
                 times[name].append(seconds)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(cpu_seconds)
     return times
 
 
@@ -53,23 +60,28 @@ async def interleaved_async(
     rounds: int,
     *,
     warmup: int = 1,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """:func:`interleaved` on the running event loop: an awaitable batch is awaited
     on the clock; a plain one (e.g. a sync contender driving its own threads) is
-    simply called, with the loop idle while it runs."""
+    simply called, with the loop idle while it runs. ``cpu`` as for :func:`interleaved`."""
     names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             gc.collect()
+            cpu_start = time.process_time()
             start = time.perf_counter()
             outcome = contenders[name](round_index)
             if inspect.isawaitable(outcome):
                 await outcome
             seconds = time.perf_counter() - start
+            cpu_seconds = time.process_time() - cpu_start
             if round_index >= warmup:
                 times[name].append(seconds)
+                if cpu is not None:
+                    cpu.setdefault(name, []).append(cpu_seconds)
     return times
 
 

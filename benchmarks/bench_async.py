@@ -9,7 +9,8 @@ times on that same data, interleaved, on one event loop:
 
 * get-by-id and a list of 100 through ``toolkit.aio.repositories.agents``,
   beside raw psycopg ``AsyncConnection`` and raw asyncpg running the very
-  statement text the toolkit's binding sends (taken from the binding); get-by-id
+  statement text the toolkit's binding sends (taken from the binding), and
+  raw psycopg with a row factory building the same Agent records; get-by-id
   also per request (a pooled connection, or an AsyncSession, taken per call);
 * 64 asyncio tasks over an ``AsyncDatabase`` pool of 10 doing get-by-id,
   beside the sync API (``Database`` pool of 10, 10 threads): throughput and
@@ -76,7 +77,14 @@ from benchmarks._common import (
     paired_ratio,
     percentile,
 )
-from benchmarks.bench_core import OWNERS, SEED_ROWS, TYPES, drop_database, seed
+from benchmarks.bench_core import (
+    OWNERS,
+    SEED_ROWS,
+    TYPES,
+    agent_rows,
+    drop_database,
+    seed,
+)
 from toolkit.aio.db.database import AsyncDatabase
 from toolkit.aio.repositories import agents
 from toolkit.config import Settings, load_settings
@@ -103,6 +111,7 @@ ORM_PER_REQUEST = (
     "SQLAlchemy async ORM + asyncpg per request: AsyncSession, "
     "execute(select().where()).scalars().first(), Agent.model_validate(row, from_attributes=True)"
 )
+RAW_RECORDS = "raw psycopg async + row_factory building Agent (reference)"
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,17 @@ QUICK = Scale(100, 3, 10, 3, 1_000, 1, 300, 1)
 GET: Binding = agents._entity._get
 LIST: Binding = agents._entity._list
 GET_SQL = GET.statement_text()
-LIST_SQL = LIST.statement_text("created_at", False)  # agents.list's default sort
+# What agents.list(conn, limit=100) binds: no filter, no cursor, one row more than asked.
+LIST_VALUES: dict[str, Any] = {
+    "type": None,
+    "is_active": None,
+    "owner_id": None,
+    "after_value": None,
+    "after_id": None,
+    "limit": PAGE + 1,
+}
+# And what it sends for them: the variant without filters, first page, default sort.
+LIST_SQL = LIST.statement_for(LIST_VALUES, "created_at", False)
 
 
 def psycopg_prepare(bound: Binding) -> bool:
@@ -153,15 +172,6 @@ def asyncpg_statement(statement: str) -> tuple[str, tuple[str, ...]]:
 
 GET_ASYNCPG, GET_ORDER = asyncpg_statement(GET_SQL)
 LIST_ASYNCPG, LIST_ORDER = asyncpg_statement(LIST_SQL)
-# What agents.list(conn, limit=100) binds: no filter, no cursor, one row more than asked.
-LIST_VALUES: dict[str, Any] = {
-    "type": None,
-    "is_active": None,
-    "owner_id": None,
-    "after_value": None,
-    "after_id": None,
-    "limit": PAGE + 1,
-}
 LIST_ARGS = tuple(LIST_VALUES[name] for name in LIST_ORDER)
 
 
@@ -181,13 +191,17 @@ class Row:
     cpu_us: float | None = None
     target: str = ""
     met: str = ""
+    cpu_us_per_row: float | None = None
+    """Single connection: this process's CPU per row read, median round."""
 
     def cells(self, latency: bool) -> list[str]:
         cells = [self.operation, self.contender, f"{self.per_second:,.0f}"]
         if latency:
             cells += [f"{self.p50_ms or 0:.2f}", f"{self.p99_ms or 0:.2f}"]
             cells.append(f"{self.cpu_us or 0:.0f}")
-        return [*cells, f"{self.ratio:.2f}", self.target, self.met]
+            return [*cells, f"{self.ratio:.2f}", self.target, self.met]
+        cells += [f"{self.ratio:.2f}", f"{self.cpu_us_per_row or 0:.2f}"]
+        return [*cells, self.target, self.met]
 
 
 @dataclass
@@ -299,23 +313,34 @@ async def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, repor
                 found = await session.execute(select(AgentRow).where(AgentRow.id == key))
                 Agent.model_validate(found.scalars().first(), from_attributes=True)
 
+    async def run_raw_records(round_index: int) -> None:
+        for key in batches[round_index]:
+            cursor = c.raw.cursor(row_factory=agent_rows)
+            await cursor.execute(GET_SQL, {"id": key}, prepare=prepare, binary=True)
+            await cursor.fetchone()
+
     first = await agents.get(c.toolkit, ids[0])
     raw_first = await c.apg.fetchrow(GET_ASYNCPG, ids[0])
     assert raw_first is not None and first.name == raw_first["name"]
     async with c.orm_sessions() as session:
         orm_first = await session.get(AgentRow, ids[0])
         assert first == Agent.model_validate(orm_first, from_attributes=True)
+    cursor = c.raw.cursor(row_factory=agent_rows)
+    await cursor.execute(GET_SQL, {"id": ids[0]}, binary=True)
+    assert first == await cursor.fetchone(), "the reference row factory builds other records"
     contenders = {
         RAW: run_raw,
         toolkit: run_toolkit,
+        RAW_RECORDS: run_raw_records,
         RAW_PYDANTIC: run_raw_pydantic,
         ASYNCPG: run_asyncpg,
         TOOLKIT_PER_REQUEST: run_toolkit_request,
         ORM_PER_REQUEST: run_orm_request,
     }
-    times = await interleaved_async(contenders, scale.get_rounds)
-    rows = add_reads(report, "get-by-id", times, scale.get_batch)
-    report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
+    cpu: dict[str, list[float]] = {}
+    times = await interleaved_async(contenders, scale.get_rounds, cpu=cpu)
+    rows = add_reads(report, "get-by-id", times, scale.get_batch, cpu, 1)
+    report.check(rows[toolkit], "<= 1.05x raw time", rows[toolkit].ratio, 1.05, at_most=True)
     per_request = paired_ratio(times[ORM_PER_REQUEST], times[TOOLKIT_PER_REQUEST])
     target = ">= 4x the SQLAlchemy per-request throughput"
     report.check(rows[TOOLKIT_PER_REQUEST], target, per_request, 4.0, at_most=False)
@@ -345,27 +370,51 @@ async def bench_list(c: Contenders, scale: Scale, report: Report) -> None:
         for _ in range(scale.list_batch):
             await c.apg.fetch(LIST_ASYNCPG, *LIST_ARGS)
 
+    async def run_raw_records(_round: int) -> None:
+        for _ in range(scale.list_batch):
+            cursor = c.raw.cursor(row_factory=agent_rows)
+            await cursor.execute(LIST_SQL, LIST_VALUES, prepare=prepare, binary=True)
+            await cursor.fetchall()
+
     page = await agents.list(c.toolkit, limit=PAGE)
     by_asyncpg = await c.apg.fetch(LIST_ASYNCPG, *LIST_ARGS)
     assert len(page.items) == PAGE and page.next_cursor is not None
     assert [a.id for a in page.items] == [row["id"] for row in by_asyncpg[:PAGE]]
+    cursor = c.raw.cursor(row_factory=agent_rows)
+    await cursor.execute(LIST_SQL, LIST_VALUES, binary=True)
+    by_factory = await cursor.fetchall()
+    assert page.items == by_factory[:PAGE], "the reference row factory builds other records"
     contenders = {
         RAW: run_raw,
         toolkit: run_toolkit,
+        RAW_RECORDS: run_raw_records,
         RAW_PYDANTIC: run_raw_pydantic,
         ASYNCPG: run_asyncpg,
     }
-    times = await interleaved_async(contenders, scale.list_rounds)
-    rows = add_reads(report, f"list-{PAGE}", times, scale.list_batch)
-    report.check(rows[toolkit], "<= 1.25x raw time", rows[toolkit].ratio, 1.25, at_most=True)
+    cpu: dict[str, list[float]] = {}
+    times = await interleaved_async(contenders, scale.list_rounds, cpu=cpu)
+    rows = add_reads(report, f"list-{PAGE}", times, scale.list_batch, cpu, PAGE + 1)
+    report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
 
 
-def add_reads(
-    report: Report, operation: str, times: dict[str, list[float]], batch: int
+def add_reads(  # noqa: PLR0917 - the table's columns, one each
+    report: Report,
+    operation: str,
+    times: dict[str, list[float]],
+    batch: int,
+    cpu: dict[str, list[float]],
+    rows_per_call: int,
 ) -> dict[str, Row]:
-    """Rows for single-connection contenders, each paired with raw psycopg async."""
+    """Rows for single-connection contenders, each paired with raw psycopg async, with
+    each one's client CPU per row read (``rows_per_call`` per call)."""
     rows = {
-        name: Row(operation, name, batch / median(runs), paired_ratio(runs, times[RAW]))
+        name: Row(
+            operation,
+            name,
+            batch / median(runs),
+            paired_ratio(runs, times[RAW]),
+            cpu_us_per_row=median(cpu[name]) / batch / rows_per_call * 1e6,
+        )
         for name, runs in times.items()
     }
     report.reads.extend(rows.values())
@@ -738,14 +787,17 @@ def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
             "a pooled AsyncConnection held for the loop, raw psycopg its own autocommit "
             "AsyncConnection, asyncpg its own connection. The raw sides run the statement text "
             "of the toolkit's own bindings (agents.get; agents.list at its default sort), with "
-            "the same parameter values, in binary format. Prepared statements: agents.get is "
-            "prepared by the toolkit (psycopg's automatic preparation, from the 5th run) and by "
-            "raw psycopg (prepare=True); agents.list is never prepared by the toolkit (its "
-            "optional filters need a custom plan) nor by raw psycopg (prepare=False); asyncpg "
-            "always prepares (its statement cache). Rows: the toolkit returns Agent records "
-            "(config parsed into AgentConfig); raw psycopg returns tuples (jsonb parsed to a "
-            "dict), or dicts through Agent.model_validate in its second row; asyncpg returns "
-            "Records (jsonb parsed to a dict by a json.loads codec)."
+            "the same parameter values, in binary format. Prepared statements: both are "
+            "prepared by the toolkit (psycopg's automatic preparation, from the 5th run; "
+            "agents.list runs as its variant for the filters given, here none, plain SQL "
+            "without null guards) and by raw psycopg (prepare=True); asyncpg always prepares "
+            "(its statement cache). Rows: the toolkit returns Agent records (config parsed "
+            "into AgentConfig); raw psycopg returns tuples (jsonb parsed to a dict), Agent "
+            "records from a hand-written row factory (model_construct, config validated; the "
+            "reference row, checked equal to the toolkit's records), or dicts through "
+            "Agent.model_validate; asyncpg returns Records (jsonb parsed to a dict by a "
+            "json.loads codec). Client CPU µs/row: this process's CPU per row read (per call "
+            "for get-by-id), median round."
             f"\n- get-by-id: {scale.get_batch:,} random ids per round, {scale.get_rounds} rounds. "
             "The two per-request rows take a connection per call, as a web request does: the "
             "toolkit a pooled one from AsyncDatabase.connection(), SQLAlchemy a new AsyncSession "
@@ -757,7 +809,7 @@ def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
             "sides run it with the same LIMIT)."
         )
         headers = ["operation", "contender", "ops/s", "time ratio vs raw psycopg async"]
-        headers += ["target", "met?"]
+        headers += ["client CPU µs/row", "target", "met?"]
         print()
         print(markdown_table(headers, [row.cells(latency=False) for row in report.reads]))
     if report.concurrent:

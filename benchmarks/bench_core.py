@@ -6,9 +6,10 @@ recreates its own database (``toolkit_bench_core`` unless ``--url`` or
 ``TOOLKIT_BENCH_URL`` names another), seeds 100,000 agents, and times on that
 same data, interleaved:
 
-* get-by-id, and a list of 100 rows filtered by type, ordered by created_at, id;
-  get-by-id also per request (a pooled connection, or a SQLAlchemy Session,
-  taken per call);
+* get-by-id, and a list of 100 rows filtered by type, ordered by created_at, id
+  (raw psycopg runs the very statement the toolkit sends; beside it, raw
+  psycopg with a row factory building the same Agent records); get-by-id also
+  per request (a pooled connection, or a SQLAlchemy Session, taken per call);
 * a keyset page at depth 90,000 against page one, with OFFSET beside it;
 * bulk creation of 100,000 rows, beside raw COPY (text and binary).
 
@@ -42,7 +43,7 @@ import aiosql
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
+from psycopg.rows import RowMaker, dict_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import DateTime, Engine, create_engine, func, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -59,9 +60,10 @@ from benchmarks._common import (
 )
 from toolkit.config import load_settings
 from toolkit.db import Database
+from toolkit.db.bind import Binding
 from toolkit.db.migrations import migrate
 from toolkit.repositories import agents, users
-from toolkit.repositories.records import Agent, AgentCreate
+from toolkit.repositories.records import Agent, AgentConfig, AgentCreate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/toolkit_bench_core"
 SECTIONS = ("get", "list", "depth", "bulk")
@@ -78,14 +80,30 @@ COLUMNS = ", ".join(FIELDS)
 INSERT_COLUMNS = ("owner_id", "name", "type", "description", "config", "is_active")
 CREATED_AT = FIELDS.index("created_at")
 
-RAW_GET = f"SELECT {COLUMNS} FROM agents WHERE id = %s"
-RAW_LIST = f"SELECT {COLUMNS} FROM agents WHERE type = %s ORDER BY created_at, id LIMIT {PAGE}"
-RAW_FIRST_PAGE = f"SELECT {COLUMNS} FROM agents ORDER BY created_at, id LIMIT {PAGE}"
+# The bindings agents.get and agents.list run: raw psycopg sends the same statements.
+GET: Binding = agents._entity._get
+LIST: Binding = agents._entity._list
+RAW_GET = GET.statement_text()
+# What agents.list(conn, {"type": ...}, limit=100) sends: its variant for a type filter.
+LIST_VALUES: dict[str, Any] = {
+    "type": "",
+    "is_active": None,
+    "owner_id": None,
+    "after_value": None,
+    "after_id": None,
+    "limit": PAGE + 1,
+}
+RAW_LIST = LIST.statement_for(LIST_VALUES, "created_at", False)
+TENANT = "tenant_id = (SELECT toolkit_tenant_or_default())"
+"""The toolkit's tenant predicate: every raw statement has it too, so each uses the same index."""
+RAW_FIRST_PAGE = f"SELECT {COLUMNS} FROM agents WHERE {TENANT} ORDER BY created_at, id LIMIT {PAGE}"
 RAW_KEYSET = (
-    f"SELECT {COLUMNS} FROM agents WHERE (created_at, id) > (%s, %s) "
+    f"SELECT {COLUMNS} FROM agents WHERE {TENANT} AND (created_at, id) > (%s, %s) "
     f"ORDER BY created_at, id LIMIT {PAGE}"
 )
-RAW_OFFSET = f"SELECT {COLUMNS} FROM agents ORDER BY created_at, id OFFSET %s LIMIT %s"
+RAW_OFFSET = (
+    f"SELECT {COLUMNS} FROM agents WHERE {TENANT} ORDER BY created_at, id OFFSET %s LIMIT %s"
+)
 RAW_COPY = f"COPY agents ({', '.join(INSERT_COLUMNS)}) FROM STDIN"
 COPY_TYPES = ("uuid", "text", "text", "text", "jsonb", "bool")
 """The binary COPY's column types, which psycopg must know to dump each value."""
@@ -93,10 +111,11 @@ RAW_INSERT = f"INSERT INTO agents ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.jo
 
 AIOSQL_QUERIES = f"""
 -- name: get_agent(id)^
-SELECT {COLUMNS} FROM agents WHERE id = :id;
+SELECT {COLUMNS} FROM agents WHERE {TENANT} AND id = :id;
 
 -- name: list_agents_by_type(type)
-SELECT {COLUMNS} FROM agents WHERE type = :type ORDER BY created_at, id LIMIT {PAGE};
+SELECT {COLUMNS} FROM agents WHERE {TENANT} AND type = :type ORDER BY created_at, id
+LIMIT {PAGE + 1};
 
 -- name: insert_agents({", ".join(INSERT_COLUMNS)})*!
 INSERT INTO agents ({", ".join(INSERT_COLUMNS)})
@@ -105,6 +124,23 @@ VALUES ({", ".join(":" + name for name in INSERT_COLUMNS)});
 
 RAW = "raw psycopg (tuples)"
 RAW_PYDANTIC = "raw psycopg + Agent.model_validate"
+RAW_RECORDS = "raw psycopg + row_factory building Agent (reference)"
+
+
+def agent_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Agent]:
+    """A row factory building Agent records as a hand-written psycopg application would
+    without validating every field: model_construct, with the config (a dict from
+    psycopg's jsonb loader) validated into AgentConfig."""
+    names = [column.name for column in cursor.description or ()]
+
+    def make(values: Sequence[Any]) -> Agent:
+        data = dict(zip(names, values, strict=True))
+        data["config"] = AgentConfig.model_validate(data["config"])
+        return Agent.model_construct(**data)
+
+    return make
+
+
 AIOSQL = "aiosql (tuples)"
 TOOLKIT_PER_REQUEST = "toolkit per request: with db.connection() as conn: agents.get"
 ORM_PER_REQUEST = (
@@ -171,6 +207,8 @@ class Row:
     ratio: float
     target: str = ""
     met: str = ""
+    cpu_us_per_row: float | None = None
+    """This process's CPU per row read (the client's share), median round."""
 
     def cells(self) -> list[str]:
         return [
@@ -178,6 +216,7 @@ class Row:
             self.contender,
             f"{self.per_second:,.0f}",
             f"{self.ratio:.2f}",
+            "" if self.cpu_us_per_row is None else f"{self.cpu_us_per_row:.2f}",
             self.target,
             self.met,
         ]
@@ -192,15 +231,26 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def add_reads(
-        self, operation: str, times: dict[str, list[float]], batch: int, anchors: dict[str, str]
+        self,
+        operation: str,
+        times: dict[str, list[float]],
+        batch: int,
+        anchors: dict[str, str],
+        *,
+        cpu: dict[str, list[float]] | None = None,
+        rows_per_call: int = 1,
     ) -> dict[str, Row]:
-        """Rows for read contenders, each paired with ``anchors[name]`` (default raw psycopg)."""
+        """Rows for read contenders, each paired with ``anchors[name]`` (default raw psycopg);
+        with ``cpu``, each row's client CPU per row read (``rows_per_call`` per call)."""
         rows = {
             name: Row(
                 operation,
                 name,
                 batch / median(times[name]),
                 paired_ratio(times[name], times[anchors.get(name, RAW)]),
+                cpu_us_per_row=(
+                    None if cpu is None else median(cpu[name]) / batch / rows_per_call * 1e6
+                ),
             )
             for name in times
         }
@@ -304,7 +354,7 @@ def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, report: Rep
 
     def run_raw(round_index: int) -> None:
         for key in batches[round_index]:
-            c.raw.execute(RAW_GET, (key,)).fetchone()
+            c.raw.execute(RAW_GET, {"id": key}, binary=True).fetchone()
 
     def run_toolkit(round_index: int) -> None:
         for key in batches[round_index]:
@@ -313,12 +363,17 @@ def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, report: Rep
     def run_raw_pydantic(round_index: int) -> None:
         for key in batches[round_index]:
             # A cursor per call, like conn.execute above: reusing one is ~15% cheaper.
-            row = c.raw.cursor(row_factory=dict_row).execute(RAW_GET, (key,)).fetchone()
-            Agent.model_validate(row)
+            cursor = c.raw.cursor(row_factory=dict_row)
+            Agent.model_validate(cursor.execute(RAW_GET, {"id": key}, binary=True).fetchone())
+
+    def run_raw_records(round_index: int) -> None:
+        for key in batches[round_index]:
+            cursor = c.raw.cursor(row_factory=agent_rows)
+            cursor.execute(RAW_GET, {"id": key}, binary=True).fetchone()
 
     def run_orm(round_index: int) -> None:
         for key in batches[round_index]:
-            c.session.query(AgentRow).filter(AgentRow.id == key).first()
+            c.session.query(AgentRow).filter(text(TENANT), AgentRow.id == key).first()
 
     def run_aiosql(round_index: int) -> None:
         for key in batches[round_index]:
@@ -337,9 +392,13 @@ def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, report: Rep
                 found = session.query(AgentRow).filter(AgentRow.id == key).first()
                 Agent.model_validate(found, from_attributes=True)
 
+    first = agents.get(c.toolkit, ids[0])
+    by_factory = c.raw.cursor(row_factory=agent_rows).execute(RAW_GET, {"id": ids[0]}).fetchone()
+    assert first == by_factory, "the reference row factory builds other records"
     contenders = {
         RAW: run_raw,
         toolkit: run_toolkit,
+        RAW_RECORDS: run_raw_records,
         RAW_PYDANTIC: run_raw_pydantic,
         orm: run_orm,
         AIOSQL: run_aiosql,
@@ -349,9 +408,10 @@ def bench_get(c: Contenders, ids: Sequence[uuid.UUID], scale: Scale, report: Rep
     assert agents.get(c.toolkit, ids[0]) == Agent.model_validate(
         c.session.get(AgentRow, ids[0]), from_attributes=True
     ), "the toolkit and the ORM read different agents"
-    times = interleaved(contenders, scale.get_rounds)
-    rows = report.add_reads("get-by-id", times, scale.get_batch, {})
-    report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
+    cpu: dict[str, list[float]] = {}
+    times = interleaved(contenders, scale.get_rounds, cpu=cpu)
+    rows = report.add_reads("get-by-id", times, scale.get_batch, {}, cpu=cpu)
+    report.check(rows[toolkit], "<= 1.05x raw time", rows[toolkit].ratio, 1.05, at_most=True)
     orm_vs_toolkit = paired_ratio(times[orm], times[toolkit])
     report.check(rows[orm], "toolkit >= 2.5x faster", orm_vs_toolkit, 2.5, at_most=False)
     per_request = paired_ratio(times[ORM_PER_REQUEST], times[TOOLKIT_PER_REQUEST])
@@ -368,9 +428,12 @@ def bench_list(c: Contenders, scale: Scale, report: Report) -> None:
     orm = "SQLAlchemy ORM query().filter().order_by().limit().all()"
     toolkit = "toolkit agents.list"
 
+    def values(agent_type: str) -> dict[str, Any]:
+        return {"type": agent_type, "limit": PAGE + 1}
+
     def run_raw(round_index: int) -> None:
         for agent_type in types(round_index):
-            c.raw.execute(RAW_LIST, (agent_type,)).fetchall()
+            c.raw.execute(RAW_LIST, values(agent_type), binary=True).fetchall()
 
     def run_toolkit(round_index: int) -> None:
         for agent_type in types(round_index):
@@ -378,13 +441,19 @@ def bench_list(c: Contenders, scale: Scale, report: Report) -> None:
 
     def run_raw_pydantic(round_index: int) -> None:
         for agent_type in types(round_index):
-            rows = c.raw.cursor(row_factory=dict_row).execute(RAW_LIST, (agent_type,)).fetchall()
+            cursor = c.raw.cursor(row_factory=dict_row)
+            rows = cursor.execute(RAW_LIST, values(agent_type), binary=True).fetchall()
             [Agent.model_validate(row) for row in rows]
+
+    def run_raw_records(round_index: int) -> None:
+        for agent_type in types(round_index):
+            cursor = c.raw.cursor(row_factory=agent_rows)
+            cursor.execute(RAW_LIST, values(agent_type), binary=True).fetchall()
 
     def run_orm(round_index: int) -> None:
         for agent_type in types(round_index):
-            query = c.session.query(AgentRow).filter(AgentRow.type == agent_type)
-            query.order_by(AgentRow.created_at, AgentRow.id).limit(PAGE).all()
+            query = c.session.query(AgentRow).filter(text(TENANT), AgentRow.type == agent_type)
+            query.order_by(AgentRow.created_at, AgentRow.id).limit(PAGE + 1).all()
 
     def run_aiosql(round_index: int) -> None:
         for agent_type in types(round_index):
@@ -392,15 +461,23 @@ def bench_list(c: Contenders, scale: Scale, report: Report) -> None:
 
     page = agents.list(c.toolkit, {"type": TYPES[0]}, limit=PAGE)
     assert len(page.items) == PAGE and page.next_cursor is not None
+    assert LIST.statement_for(LIST_VALUES | {"type": TYPES[0]}, "created_at") == RAW_LIST
+    cursor = c.raw.cursor(row_factory=agent_rows)
+    by_factory = cursor.execute(RAW_LIST, values(TYPES[0]), binary=True).fetchall()
+    assert page.items == by_factory[:PAGE], "the reference row factory builds other records"
     contenders = {
         RAW: run_raw,
         toolkit: run_toolkit,
+        RAW_RECORDS: run_raw_records,
         RAW_PYDANTIC: run_raw_pydantic,
         orm: run_orm,
         AIOSQL: run_aiosql,
     }
-    times = interleaved(contenders, scale.list_rounds)
-    rows = report.add_reads("list-100", times, scale.list_batch, {})
+    cpu: dict[str, list[float]] = {}
+    times = interleaved(contenders, scale.list_rounds, cpu=cpu)
+    rows = report.add_reads(
+        "list-100", times, scale.list_batch, {}, cpu=cpu, rows_per_call=PAGE + 1
+    )
     report.check(rows[toolkit], "<= 1.15x raw time", rows[toolkit].ratio, 1.15, at_most=True)
 
 
@@ -639,8 +716,18 @@ def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
         "connection from the engine's pool, its transaction rolled back on close) and the "
         "Agent record built from the ORM object; their target pairs one with the other."
         f"\n- list-100: {scale.list_batch} pages per round, {scale.list_rounds} rounds; "
-        f"WHERE type = ... ORDER BY created_at, id LIMIT {PAGE} (the toolkit's own query "
-        "reads 101 rows to know whether a next page exists)."
+        f"WHERE type = ... ORDER BY created_at, id LIMIT {PAGE + 1} (the toolkit reads "
+        "one row more than the page to know whether a next page exists; every contender "
+        "reads as many)."
+        "\n- get-by-id and list-100: raw psycopg runs the very statement the toolkit sends "
+        "(agents.get; agents.list's variant for a type filter), in binary format, prepared "
+        "by psycopg from its 5th run as the toolkit's is; its tuples hold the config as a "
+        "dict (psycopg's jsonb loader). The reference row builds the same Agent records "
+        "with a hand-written psycopg row factory: model_construct, the config validated "
+        "into AgentConfig (checked equal to the toolkit's records before timing). aiosql "
+        "and the ORM carry the same tenant predicate. Client CPU µs/row is this process's "
+        "CPU per row read (per call for get-by-id), median round: the server runs in "
+        "other processes, so it is what each contender itself spends."
         f"\n- page at depth: {scale.depth_batch} pages per round, {scale.depth_rounds} rounds, "
         "unfiltered, ordered by created_at, id; each row is paired with raw psycopg's keyset "
         "at the same depth."
@@ -660,7 +747,7 @@ def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
         print(f"- {note}")
     headers = ["operation", "contender", "ops/s (bulk: rows/s)"]
     headers.append("time ratio vs raw psycopg (bulk: vs the faster COPY)")
-    headers += ["target", "met?"]
+    headers += ["client CPU µs/row", "target", "met?"]
     print()
     print(markdown_table(headers, [row.cells() for row in report.rows]))
     missed = [description for description, met, _ in report.verdicts if not met]

@@ -1,18 +1,23 @@
 """Every list query's filter and keyset ORDER BY is served by an index.
 
 The tables are seeded, analysed, and each list query is explained with each
-filter alone, none, and all together, for every whitelisted sort and both
-directions. A plan that sorts the output of a sequential scan of the table
-(a full sort) fails.
+filter alone, none, and all together, on its first page and after a cursor,
+for every whitelisted sort and both directions: the statement the driver
+sends for that call (the variant for the filters given). Each is explained
+twice: planned with the call's values, and as a generic plan, which a
+prepared variant may settle on. A plan that sorts the output of a
+sequential scan of the table (a full sort) fails.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 import pytest
+from psycopg import sql
 
 from toolkit.catalog import load_bindings
 from toolkit.db.bind import Many
@@ -119,6 +124,39 @@ def test_the_check_catches_a_missing_index(seeded_conn) -> None:
     assert any(p.startswith("agents.list filters=() sort=name") for p in problems), problems
 
 
+CURSOR_AT = {"timestamptz": "2000-01-01T00:00:00+00:00", "text": "m", "float8": "0.5"}
+"""A value after which a page starts, per sort type (a cursor's after_value)."""
+
+
+def explained(conn, statement: str, params: dict[str, Any], *, generic: bool) -> dict[str, Any]:
+    """The plan of ``statement`` with ``params``: planned with them, or as a generic plan."""
+    if not generic:
+        row = conn.execute(f"EXPLAIN (FORMAT JSON) {statement}", params, prepare=False).fetchone()
+    else:
+        names: list[str] = []
+        native = re.sub(
+            r"%\((\w+)\)s",
+            lambda m: (
+                f"${(names.append(m[1]) if m[1] not in names else None) or names.index(m[1]) + 1}"
+            ),
+            statement,
+        )
+        conn.execute(f"PREPARE plan_probe AS {native}", prepare=False)
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            arguments = ", ".join(
+                "NULL" if params[name] is None else sql.Literal(str(params[name])).as_string(conn)
+                for name in names
+            )
+            row = conn.execute(
+                f"EXPLAIN (FORMAT JSON) EXECUTE plan_probe({arguments})", prepare=False
+            ).fetchone()
+        finally:
+            conn.execute("RESET plan_cache_mode", prepare=False)
+            conn.execute("DEALLOCATE plan_probe", prepare=False)
+    return (row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]
+
+
 def list_query_problems(conn) -> list[str]:
     values = sample_filter_values(conn)
     list_bindings = [b for b in load_bindings() if isinstance(b, Many) and b.query.sortable]
@@ -128,20 +166,25 @@ def list_query_problems(conn) -> list[str]:
     for binding in list_bindings:
         filters = [p for p in binding.params if p not in ("limit", "after_value", "after_id")]
         combos = [()] + [(f,) for f in filters] + [tuple(filters)]
-        for combo, column, descending in itertools.product(
-            combos, binding.query.sort_columns, (False, True)
+        for combo, column, descending, after, generic in itertools.product(
+            combos, binding.query.sort_columns, (False, True), (False, True), (False, True)
         ):
             params: dict[str, Any] = {f: (values[f] if f in combo else None) for f in filters}
             params |= {"limit": 51, "after_value": None, "after_id": None}
-            statement = binding.query.statement(column.column, descending).as_string(conn)
-            # EXPLAIN with real values, as the toolkit plans them (no generic plan).
-            row = conn.execute(
-                f"EXPLAIN (FORMAT JSON) {statement}", params, prepare=False
-            ).fetchone()
-            plan = (row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]
+            if after:
+                params |= {
+                    "after_value": CURSOR_AT[column.sql_type],
+                    "after_id": values["agent_id"],
+                }
+            # What the driver sends for this call: the variant for the filters it gives.
+            statement = binding.statement_for(params, column.column, descending)
+            plan = explained(conn, statement, params, generic=generic)
             checked += 1
             for problem in full_sorts(plan):
-                where = f"filters={combo} sort={column.column} desc={descending}"
+                where = (
+                    f"filters={combo} sort={column.column} desc={descending} "
+                    f"cursor={after} {'generic' if generic else 'custom'} plan"
+                )
                 failures.append(f"{binding.name} {where}: {problem}")
-    assert checked > 50
+    assert checked > 200
     return failures

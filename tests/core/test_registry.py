@@ -171,3 +171,94 @@ def test_a_misspelt_or_missing_parameter_fails_before_anything_is_sent(conn) -> 
 def test_outer_joins_and_grouping_sets_are_read_from_code_only(body: str, may_null: bool) -> None:
     query = parse_one(f"-- name: things.get :one\n-- Doc.\n{body};")
     assert query.may_null_table_columns is may_null
+
+
+FILTERED = (
+    "-- name: things.list :many\n-- Doc.\n-- sort: created_at timestamptz\n"
+    "SELECT id FROM t\nWHERE\n    (:kind::text IS NULL OR kind = :kind)\n"
+    "    AND (:owner::uuid IS NULL OR (owner = :owner OR ':owner IS NULL OR' = note))\n"
+    "    AND {keyset}\nORDER BY {order}\nLIMIT :limit;"
+)
+
+
+def test_variants_keep_the_given_filters_and_leave_out_the_rest() -> None:
+    query = parse_one(FILTERED)
+    assert [f.name for f in query.optional_filters] == ["kind", "owner"]
+    assert query.variant_keys == ("kind", "owner", "after_id")
+    assert query.variant(["kind", "owner", "after_id"]) == (
+        "SELECT id FROM t\nWHERE\n    (kind = :kind)\n"
+        "    AND ((owner = :owner OR ':owner IS NULL OR' = note))\n"
+        "    AND {keyset}\nORDER BY {order}\nLIMIT :limit;"
+    )
+    assert query.variant(["owner"]) == (
+        "SELECT id FROM t\nWHERE\n    ((owner = :owner OR ':owner IS NULL OR' = note))\n"
+        "ORDER BY {order}\nLIMIT :limit;"
+    )
+    assert query.variant(["after_id"]) == (
+        "SELECT id FROM t\nWHERE\n    {keyset}\nORDER BY {order}\nLIMIT :limit;"
+    )
+    assert query.variant([]) == "SELECT id FROM t\nWHERE\n    TRUE\nORDER BY {order}\nLIMIT :limit;"
+
+
+def test_a_variant_statement_has_no_null_guard_and_its_keyset_none_either(conn) -> None:
+    query = parse_one(FILTERED)
+    after = query.statement("created_at", False, ["kind", "after_id"]).as_string(conn)
+    assert "IS NULL" not in after
+    assert "(kind = %(kind)s)" in after and "owner" not in after
+    assert '("created_at", id) > (%(after_value)s::timestamptz, %(after_id)s::uuid)' in after
+    first = query.statement("created_at", True, ["owner"]).as_string(conn)
+    assert "after_id" not in first and 'ORDER BY "created_at" DESC, id DESC' in first
+    whole = query.statement("created_at").as_string(conn)
+    assert "%(kind)s::text IS NULL OR kind = %(kind)s" in whole
+    assert "%(after_id)s::uuid IS NULL OR" in whole
+
+
+def test_a_guarded_parameter_used_outside_its_guard_leaves_the_text_whole() -> None:
+    query = parse_one(
+        FILTERED.replace("SELECT id FROM t", "SELECT id, :kind::text AS asked FROM t")
+    )
+    assert query.optional_filters == ()
+    assert query.variant_keys == ("after_id",)
+    assert ":kind::text IS NULL OR kind = :kind" in query.variant(["after_id"])
+
+
+def test_bindings_send_the_variant_and_prepare_only_plain_sql(monkeypatch) -> None:
+    from toolkit.db import bind
+
+    queries = QueryRegistry()
+    queries.load_text(FILTERED, "sql/things.sql")
+    queries.load_text(
+        FILTERED.replace("things.list", "things.odd").replace(
+            "SELECT id FROM t", "SELECT id, :kind::text AS asked FROM t"
+        ),
+        "sql/odd.sql",
+    )
+    monkeypatch.setattr(bind, "registry", lambda: queries)
+    before = list(bind.BINDINGS)
+    try:
+        plain = bind.Many("things.list", str, ("kind", "owner", "limit"))
+        odd = bind.Many("things.odd", str, ("kind", "owner", "limit"))
+    finally:
+        bind.BINDINGS[:] = before
+    values = {"kind": "a", "owner": None, "limit": 5, "after_value": None, "after_id": None}
+    sent = plain.statement_for(values, "created_at")
+    assert "(kind = %(kind)s)" in sent and "IS NULL" not in sent
+    assert plain.statement_for(values, "created_at") is sent  # rendered once
+    assert plain.prepare is None  # psycopg's threshold, as for any plain statement
+    assert "IS NULL OR" in odd.statement_for(values, "created_at")
+    assert odd.prepare is False  # a null guard stays: planned with its values on every call
+
+
+def test_queries_show_prints_every_variant(capsys) -> None:
+    from toolkit.cli import main
+
+    assert main(["queries", "show", "agents.list"]) == 0
+    shown = capsys.readouterr().out
+    assert "-- Sent as one of 16 variants" in shown
+    assert shown.count("\n-- variant: ") == 16
+    assert "-- variant: type, owner_id; after a cursor\n" in shown
+    variant = shown.split("-- variant: type, owner_id; after a cursor\n", 1)[1].split("\n\n")[0]
+    assert "AND (type = :type)\n    AND (owner_id = :owner_id)\n    AND {keyset}" in variant
+    assert "is_active" not in variant.split("FROM agents", 1)[1]
+    assert main(["queries", "show", "agents.get"]) == 0
+    assert "variant" not in capsys.readouterr().out

@@ -4,13 +4,18 @@ its partitions and the queries."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from toolkit.commands.base import Subcommands, add_command
 from toolkit.config import settings_from_options
 from toolkit.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from toolkit.db.registry import NamedQuery
 
 
 def _migration_url(args: argparse.Namespace) -> str:
@@ -82,11 +87,37 @@ def queries_command(args: argparse.Namespace) -> int:
         query = queries[args.name]
         print(f"-- {query.location}\n-- name: {query.name} :{query.kind.value}\n-- {query.doc}")
         print(query.source)
+        _print_variants(query)
         return 0
     width = max(len(q.name) for q in queries)
     for query in queries:
         print(f"{query.name:<{width}}  {query.origin:<7}  :{query.kind.value:<9}  {query.doc}")
     return 0
+
+
+def _print_variants(query: NamedQuery) -> None:
+    """The statements a sortable query runs as, one per combination of the filters and
+    cursor a call gives (see :meth:`~toolkit.db.registry.NamedQuery.variant`)."""
+    from toolkit.db.registry import CURSOR_PARAMS
+
+    keys = query.variant_keys
+    if not keys:
+        return
+    combinations = [
+        combination
+        for size in range(len(keys) + 1)
+        for combination in itertools.combinations(keys, size)
+    ]
+    print(
+        f"\n-- Sent as one of {len(combinations)} variants, by the filters a call gives "
+        "(each can be prepared on its own; {order} as above, {keyset} without its NULL guard):"
+    )
+    for combination in combinations:
+        filters = [name for name in combination if name != CURSOR_PARAMS[1]]
+        given = ", ".join(filters) if filters else "no filter"
+        page = "after a cursor" if CURSOR_PARAMS[1] in combination else "first page"
+        print(f"\n-- variant: {given}; {page}")
+        print(query.variant(combination))
 
 
 def verify_command(args: argparse.Namespace) -> int:

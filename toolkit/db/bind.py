@@ -49,6 +49,7 @@ from toolkit.db.registry import (
 )
 from toolkit.db.results import Fetch
 from toolkit.errors import IntegrityError, NotFound, QueryDefinitionError, bounded_repr
+from toolkit.records import Record
 
 R = TypeVar("R", bound=BaseModel)
 T = TypeVar("T")
@@ -119,11 +120,18 @@ class Binding:
             if issubclass(record, BaseModel)
             else scalar_factory(record, self.query)
         )
-        # Queries with optional filters are planned with their actual values
-        # (prepare=False): a generic plan cannot drop the unused filters.
-        self.prepare = False if self.query.sortable else prepare
-        # Rendered once per (sort, direction): composing costs more than the round trip.
+        # A sortable query runs as the variant for the filters a call gives (see
+        # NamedQuery.variant): plain SQL without null guards, so preparing it (the
+        # binding's choice, psycopg's threshold by default) keeps each filter's index.
+        # A guarded parameter used outside its guard leaves the text whole: planned
+        # with its actual values on every call (prepare=False), as a generic plan
+        # cannot drop an unused filter.
+        self.variant_keys = self.query.variant_keys
+        guarded = self.query.sortable and not self.query.optional_filters
+        self.prepare = False if guarded and self._has_guards() else prepare
+        # Rendered once per (sort, direction, variant): composing costs more than the round trip.
         self._rendered: dict[tuple[str | None, bool], str] = {}
+        self._variants: dict[tuple[str | None, bool, tuple[bool, ...]], str] = {}
         # A sync module and its async source bind the same queries: verify each once.
         signature = (name, record, self.params, self.kind)
         if signature not in _BOUND:
@@ -152,6 +160,26 @@ class Binding:
             # A placeholder's % is never doubled: "%%(" is a literal "%(".
             text = _TEXT_PLACEHOLDER.sub(r"\1%(\2)b", self.statement_text())
             self._rendered[_BINARY_KEY] = text
+        return text
+
+    def _has_guards(self) -> bool:
+        """Whether the query's text holds a null guard it cannot render variants of."""
+        return " IS NULL OR " in self.query.text.upper()
+
+    def statement_for(
+        self, values: Mapping[str, Any], sort: str | None = None, descending: bool = False
+    ) -> str:
+        """The statement a call with ``values`` sends: the variant for the optional
+        filters (and cursor) it gives, for a sortable query; the whole text otherwise."""
+        if not self.variant_keys:
+            return self.statement_text(sort, descending)
+        given = tuple([values[name] is not None for name in self.variant_keys])
+        key = (sort, descending, given)
+        text = self._variants.get(key)
+        if text is None:
+            present = [name for name, there in zip(self.variant_keys, given, strict=True) if there]
+            text = self.query.statement(sort, descending, present).as_string(None)
+            self._variants[key] = text
         return text
 
     def check_values(self, values: Mapping[str, Any]) -> None:
@@ -207,13 +235,24 @@ def _needs_validation(annotation: Any) -> bool:
     return False
 
 
-def _converters(
-    record: type[BaseModel], cursor: psycopg.Cursor[Any]
-) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+class _Converter(NamedTuple):
+    """How one column that needs it becomes its field's value."""
+
+    column: int
+    """Its index in the row."""
+    field: str
+    convert: Callable[[Any], Any]
+    """pydantic-core's own validator method (no Python wrapper frame per row), or json.loads."""
+    json_type: str | None
+    """The field's type name when the column is json, whose ValidationError means a stored
+    value that does not fit (IntegrityError); None for a column validated from Python."""
+
+
+def _converters(record: type[BaseModel], cursor: psycopg.Cursor[Any]) -> tuple[_Converter, ...]:
     """How each column that needs it becomes its field's value.
 
     json/jsonb arrive as bytes (see :mod:`toolkit.db.drivers`): typed fields
-    are validated from JSON in one step, plain ones parsed.
+    are validated from JSON in one step by pydantic-core, plain ones parsed.
     """
     names = tuple(record.model_fields)
     description = cursor.description or ()
@@ -224,43 +263,57 @@ def _converters(
         )
     registered = cursor.adapters.types
     json_oids = {t.oid for name in ("json", "jsonb") if (t := registered.get(name)) is not None}
-    found: list[tuple[str, Callable[[Any], Any]]] = []
-    for column, (name, info) in zip(description, record.model_fields.items(), strict=True):
+    found: list[_Converter] = []
+    for index, (column, (name, info)) in enumerate(
+        zip(description, record.model_fields.items(), strict=True)
+    ):
         annotation: Any = info.annotation
         typed = _needs_validation(annotation)
         if column.type_code in json_oids:
-            adapter = TypeAdapter(annotation) if typed else None
-            found.append((name, _from_json(adapter, annotation)))
+            if typed:
+                validator = TypeAdapter(annotation).validator
+                found.append(_Converter(index, name, validator.validate_json, _name(annotation)))
+            else:
+                found.append(_Converter(index, name, json.loads, None))
         elif typed:
-            found.append((name, TypeAdapter(annotation).validate_python))
+            validator = TypeAdapter(annotation).validator
+            found.append(_Converter(index, name, validator.validate_python, None))
     return tuple(found)
 
 
-def _from_json(adapter: TypeAdapter[Any] | None, annotation: Any) -> Callable[[Any], Any]:
-    """A json column's converter: the bytes the drivers fetch, parsed straight into
-    the field's type (or plain JSON for untyped fields).
+def _name(annotation: Any) -> str:
+    return str(getattr(annotation, "__name__", repr(annotation)))
 
-    A stored value that does not fit the type (a row written outside the
-    toolkit) raises IntegrityError, not a pydantic error. Translated here, on
-    the one path that reads stored JSON, rather than by a wrap validator on
-    the model, which would cost a Python call per row and per nested model.
+
+def _stored_json_error(exc: ValidationError, type_name: str) -> IntegrityError:
+    """A stored JSON value that does not fit its field's type (a row written outside the
+    toolkit), as IntegrityError: the path and the reason, the value bounded."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "value"
+    return IntegrityError(
+        f"stored JSON does not fit {type_name}: {bounded_repr(where, 60)}: "
+        f"{first['msg']} (got {bounded_repr(first.get('input'))}); "
+        "was the row written outside the toolkit?"
+    )
+
+
+def _from_json(adapter: TypeAdapter[Any] | None, annotation: Any) -> Callable[[Any], Any]:
+    """A json column's converter for a one-column binding: the bytes the drivers fetch,
+    parsed straight into the type (or plain JSON for dict and list).
+
+    A stored value that does not fit the type raises IntegrityError, not a
+    pydantic error (see :func:`_stored_json_error`).
     """
     if adapter is None:
         return json.loads
-    validate = adapter.validate_json
-    type_name = getattr(annotation, "__name__", repr(annotation))
+    validate = adapter.validator.validate_json
+    type_name = _name(annotation)
 
     def convert(data: Any) -> Any:
         try:
             return validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "value"
-            raise IntegrityError(
-                f"stored JSON does not fit {type_name}: {bounded_repr(where, 60)}: "
-                f"{first['msg']} (got {bounded_repr(first.get('input'))}); "
-                "was the row written outside the toolkit?"
-            ) from None
+            raise _stored_json_error(exc, type_name) from None
 
     return convert
 
@@ -299,8 +352,8 @@ def _null_in_required(
 class _Plan(NamedTuple):
     """How a bound query's rows become records, worked out on its first result."""
 
-    converters: tuple[tuple[int, str, Callable[[Any], Any]], ...]
-    """(column index, field, converter) for the columns that need converting."""
+    converters: tuple[_Converter, ...]
+    """The columns that need converting."""
     null_checked: tuple[int, ...]
     """Columns of non-Optional fields whose NULL verify cannot rule out."""
     pick_checked: Callable[[Sequence[Any]], Sequence[Any]]
@@ -334,7 +387,9 @@ def record_factory(
     verify`` proves it for every binding, and the first result is checked
     here too; later ones only by their column count, since reading
     ``cursor.description`` costs more than building the row. Only json
-    fields are converted.
+    fields are converted, by pydantic-core's validator itself. A
+    :class:`~toolkit.records.Record` gets its set of set fields (every field)
+    when first asked for, not per row; another model gets its own set per row.
 
     Verify judges nullability from the table column, which an outer join
     does not preserve and an expression does not have. So a column of a
@@ -350,9 +405,15 @@ def record_factory(
     """
     names = tuple(record.model_fields)
     width = len(names)
-    fields_set = frozenset(names)
+    fields_set = set(names)
     new = object.__new__
-    setattr_ = object.__setattr__
+    # BaseModel's slots, set through their descriptors: one C call each, no name lookup.
+    set_dict = object.__setattr__
+    set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+    set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+    set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+    # A Record makes its set of set fields when first asked (Record.__getattr__).
+    lazy_fields_set = issubclass(record, Record)
     planned: list[_Plan] = []
     where = f"{query.location}: {query.name}"
 
@@ -366,7 +427,7 @@ def record_factory(
             checked = _null_checked(record, query, result)
             planned[:] = [
                 _Plan(
-                    tuple((names.index(name), name, fn) for name, fn in converters),
+                    converters,
                     checked,
                     # itemgetter of one index returns the bare value: repeat one, keep a tuple.
                     itemgetter(*checked, *checked[:1]) if checked else tuple,
@@ -380,15 +441,22 @@ def record_factory(
             if checked and not all(values) and any(map(is_, pick_checked(values), nones)):
                 raise _null_in_required(record, checked, values, where)
             data = dict(zip(names, values, strict=False))  # same width: checked when planned
-            for index, field_name, convert in by_index:
+            for index, field_name, convert, json_type in by_index:
                 value = values[index]
                 if value is not None:
-                    data[field_name] = convert(value)
+                    try:
+                        data[field_name] = convert(value)
+                    except ValidationError as exc:
+                        if json_type is None:
+                            raise
+                        raise _stored_json_error(exc, json_type) from None
+            # What model_construct leaves, without its Python per field (and no validation).
             instance = new(record)
-            setattr_(instance, "__dict__", data)
-            setattr_(instance, "__pydantic_fields_set__", set(fields_set))
-            setattr_(instance, "__pydantic_extra__", None)
-            setattr_(instance, "__pydantic_private__", None)
+            set_dict(instance, "__dict__", data)
+            if not lazy_fields_set:
+                set_fields_set(instance, fields_set.copy())
+            set_extra(instance, None)
+            set_private(instance, None)
             return instance
 
         return make

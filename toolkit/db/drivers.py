@@ -12,8 +12,9 @@ mapping, pipelined, parameters in binary) and ``copy(conn, binding, rows)``, wri
 executed, so every repository, the LangGraph saver and an application's own
 queries run the same way, sync or async:
 
-1. the statement (rendered once per sort and direction) is sent with bound
-   parameters, results in binary format, prepared as the binding says;
+1. the statement (rendered once per sort, direction and, for a list query,
+   the variant for the filters given) is sent with bound parameters,
+   results in binary format, prepared as the binding says;
 2. the rows are fetched as the result kind needs (:class:`Fetch`);
 3. the binding's ``finish`` turns them into what the caller gets (a record
    or NotFound, a list, a scalar, a row count).
@@ -89,7 +90,7 @@ def run(
     """
     # Every repository call's hot path: one Python call from the caller, no per-kind wrapper.
     query.check_values(values)
-    statement = query.statement_text(sort, descending)
+    statement = query.statement_for(values, sort, descending)
     try:
         route = read_route(conn)
         if route is None:

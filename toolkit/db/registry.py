@@ -28,7 +28,17 @@ comment line is its one-line doc. Optional further header lines:
     replica-routed query that writes or locks rows.
 
 Parameters are written ``:name`` (``::type`` casts are left alone); that is
-the one parameter style. One lexer splits a query's SQL into code and
+the one parameter style.
+
+A sortable query's optional filters are written as null guards,
+``(:type::text IS NULL OR type = :type)``. The statement sent is the
+*variant* for the filters a call gives (and whether it continues after a
+cursor): each given filter's guard becomes its bare condition, each absent
+one is left out, rendered from the file's own text (:meth:`NamedQuery.variant`,
+printed by ``toolkit queries show``). A variant is plain SQL a DBA would
+write, so it can be prepared and its generic plan still uses the filter's
+index; the guarded text itself is never prepared (a generic plan cannot drop
+an unused filter). One lexer splits a query's SQL into code and
 verbatim spans (string literals, quoted identifiers, comments, dollar-quoted
 bodies), and every check looks at code only, so a ``;`` or ``{`` inside a
 comment or a ``$$`` body is never mistaken for SQL. Loading is loud: a
@@ -44,6 +54,7 @@ import enum
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -134,6 +145,64 @@ class NamedQuery:
         """
         return _NULLS_TABLE_COLUMNS.search(code_only(self.source)) is not None
 
+    @cached_property
+    def optional_filters(self) -> tuple[OptionalFilter, ...]:
+        """The null-guarded filters of a sortable query, in order (see :meth:`variant`).
+
+        Empty for a query that is not sortable, and for one that uses a
+        guarded parameter outside its guard too (it is then sent whole, never
+        prepared).
+        """
+        if not self.sortable:
+            return ()
+        code = code_only(self.source)
+        found: list[OptionalFilter] = []
+        for match in _NULL_GUARD.finditer(code):
+            end = _closing_parenthesis(code, match.start())
+            if end is None:
+                return ()
+            condition = self.source[match.end() : end].strip()
+            found.append(OptionalFilter(match.group("name"), match.start(), end + 1, condition))
+        for guard in found:
+            uses = len(re.findall(rf":{guard.name}\b", code.replace("::", "  ")))
+            inside = sum(
+                len(re.findall(rf":{guard.name}\b", code[g.start : g.end].replace("::", "  ")))
+                for g in found
+            )
+            if uses != inside:
+                return ()
+        return tuple(found)
+
+    @property
+    def variant_keys(self) -> tuple[str, ...]:
+        """What selects a variant: each optional filter's parameter, then ``after_id``
+        (a page after a cursor) for a sortable query; a call gives a key when its value
+        is not None."""
+        if not self.sortable:
+            return ()
+        return (*(f.name for f in self.optional_filters), CURSOR_PARAMS[1])
+
+    def variant(self, present: Iterable[str]) -> str:
+        """The query's SQL, as written, for a call giving the ``present`` keys.
+
+        Each optional filter given keeps its condition without the guard; each
+        absent one is left out with its ``AND`` (``TRUE`` where it stands
+        alone); ``{keyset}`` is left out on the first page. What remains is the
+        file's own text, markers and ``:name`` parameters included.
+        """
+        given = frozenset(present)
+        text = self.source
+        # Right to left: an edit leaves the offsets of the filters before it as they were.
+        for guard in reversed(self.optional_filters):
+            if guard.name in given:
+                text = f"{text[: guard.start]}({guard.condition}){text[guard.end :]}"
+            else:
+                text = _without(text, guard.start, guard.end)
+        if self.sortable and CURSOR_PARAMS[1] not in given:
+            start = code_only(text).index(KEYSET_MARKER)
+            text = _without(text, start, start + len(KEYSET_MARKER))
+        return text
+
     @property
     def sortable(self) -> bool:
         """Whether the query takes a sort column and keyset cursor."""
@@ -151,15 +220,26 @@ class NamedQuery:
             value=column,
         )
 
-    def statement(self, sort: str | None = None, descending: bool = False) -> sql.Composed:
+    def statement(
+        self,
+        sort: str | None = None,
+        descending: bool = False,
+        present: Iterable[str] | None = None,
+    ) -> sql.Composed:
         """The executable statement, tagged with the query name.
 
         For a sortable query the ``{keyset}`` and ``{order}`` markers are
         composed from the whitelist; ``sort`` defaults to its first column.
+        ``present`` (the :attr:`variant_keys` a call gives) chooses the
+        :meth:`variant`; None is the whole guarded text.
         """
         tag = sql.SQL("/* " + self.name + " */ ")
         if not self.sort_columns:
             return tag + sql.SQL(self.text)
+        text = self.text
+        guarded = present is None
+        if present is not None:
+            text = convert_parameters(self.variant(present)).text.rstrip().rstrip(";").rstrip()
         chosen = self.sort_column(sort) if sort else self.sort_columns[0]
         column = sql.Identifier(chosen.column)
         direction = sql.SQL("DESC" if descending else "ASC")
@@ -167,6 +247,8 @@ class NamedQuery:
         keyset = sql.SQL(
             "(%(after_id)s::uuid IS NULL OR ({column}, id) {comparison} "
             "(%(after_value)s::{type}, %(after_id)s::uuid))"
+            if guarded
+            else "({column}, id) {comparison} (%(after_value)s::{type}, %(after_id)s::uuid)"
         ).format(
             column=column,
             comparison=comparison,
@@ -175,7 +257,10 @@ class NamedQuery:
         order = sql.SQL("{column} {direction}, id {direction}").format(
             column=column, direction=direction
         )
-        before, rest = self.text.split(KEYSET_MARKER, 1)
+        if KEYSET_MARKER not in text:  # the first page's variant
+            before, after = text.split(ORDER_MARKER, 1)
+            return sql.Composed([tag, sql.SQL(before), order, sql.SQL(after)])
+        before, rest = text.split(KEYSET_MARKER, 1)
         middle, after = rest.split(ORDER_MARKER, 1)
         return sql.Composed(
             [
@@ -187,6 +272,52 @@ class NamedQuery:
                 sql.SQL(after),
             ]
         )
+
+
+@dataclass(frozen=True)
+class OptionalFilter:
+    """One null-guarded filter of a query, ``(:name::type IS NULL OR condition)``."""
+
+    name: str
+    start: int
+    """Offset of its opening parenthesis in the query's source."""
+    end: int
+    """Offset just past its closing parenthesis."""
+    condition: str
+    """The filter itself, as written after ``OR``."""
+
+
+_NULL_GUARD = re.compile(
+    r"\(\s*:(?P<name>[A-Za-z_]\w*)::[\w\s\[\]]+?\s+IS\s+NULL\s+OR\s+", re.IGNORECASE
+)
+_AND_BEFORE = re.compile(r"\s+AND\s*$", re.IGNORECASE)
+_AND_AFTER = re.compile(r"^\s*AND\s+", re.IGNORECASE)
+
+
+def _closing_parenthesis(code: str, start: int) -> int | None:
+    """The offset of the parenthesis closing the one at ``start`` (None if none does)."""
+    depth = 0
+    for offset in range(start, len(code)):
+        if code[offset] == "(":
+            depth += 1
+        elif code[offset] == ")":
+            depth -= 1
+            if depth == 0:
+                return offset
+    return None
+
+
+def _without(text: str, start: int, end: int) -> str:
+    """``text`` without the condition at ``start:end`` and the ``AND`` joining it
+    (the one before, else the one after; ``TRUE`` in its place when it has neither)."""
+    code = code_only(text)
+    before = _AND_BEFORE.search(code, 0, start)
+    if before is not None:
+        return text[: before.start()] + text[end:]
+    after = _AND_AFTER.match(code[end:])
+    if after is not None:
+        return text[:start] + text[end + after.end() :]
+    return f"{text[:start]}TRUE{text[end:]}"
 
 
 @dataclass
