@@ -71,7 +71,7 @@ $$;
 -- Where each tenant's chain goes on after a drop: the (seq, hash) of a
 -- dropped row whose successor was not in its partition, and that row's time.
 CREATE TABLE public.audit_retention_anchors (
-    tenant_id uuid NOT NULL
+    tenant_id uuid NOT NULL DEFAULT public.toolkit_tenant_or_default()
     CONSTRAINT audit_retention_anchors_tenant_id_fkey REFERENCES public.tenants (id),
     seq bigint NOT NULL CONSTRAINT audit_retention_anchors_seq_check CHECK (seq >= 1),
     hash bytea NOT NULL
