@@ -26,6 +26,7 @@ from psycopg import sql
 from tests.conftest import server_url, url_as
 from tests.core.test_tenancy_schema import migrate_to, snapshot
 from toolkit.audit_anchors import FindingKind, verify, write_anchor
+from toolkit.db import partitions
 from toolkit.db.migrations import migrate, rollback
 from toolkit.db.partitions import maintain
 from toolkit.db.registry import package_directory
@@ -191,6 +192,36 @@ def test_maintain_twice_and_a_run_killed_before_its_drop_are_consistent(
     assert report.dropped_by_retention == 3
 
 
+def test_a_run_killed_right_after_its_detach_has_anchored_the_chain_already(
+    superuser, direct_database_url, monkeypatch
+) -> None:
+    """While a detached partition waits for its drop, the chain trigger no longer sees its
+    rows: the anchors must be there before the detach, or the next event starts over."""
+    superuser.execute("INSERT INTO tenants (id, name) VALUES (%s, 'other')", [OTHER_TENANT])
+    old, start = past_partition(superuser, 156)
+    for day in range(2):
+        append_at(superuser, start + timedelta(days=day), tenant=OTHER_TENANT)
+    last = hash_of(superuser, 2, OTHER_TENANT)
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt("killed after the detach")
+
+    monkeypatch.setattr(partitions, "_drop_detached", killed)
+    with pytest.raises(KeyboardInterrupt):
+        maintain(direct_database_url)
+    assert superuser.execute(
+        "SELECT relispartition FROM pg_class WHERE oid = %s::regclass", [old]
+    ).fetchone() == (False,)
+    superuser.execute("SELECT set_config('toolkit.tenant_id', %s, false)", [str(OTHER_TENANT)])
+    superuser.execute(
+        "INSERT INTO audit_events (action, entity, prev_hash, hash) "
+        "VALUES ('thing.happened', 'thing', '', '')"
+    )
+    assert superuser.execute(
+        "SELECT seq, prev_hash FROM audit_events WHERE tenant_id = %s", [OTHER_TENANT]
+    ).fetchone() == (3, last)
+
+
 def test_a_partition_detached_by_hand_is_anchored_before_maintain_drops_it(
     superuser, conn, direct_database_url
 ) -> None:
@@ -260,14 +291,14 @@ def test_an_edited_anchor_is_reported(dropped_head, superuser, conn, anchors) ->
 def test_a_forged_anchor_over_a_row_still_there_is_reported(
     dropped_head, superuser, conn, anchors
 ) -> None:
-    assert write_anchor(conn, anchors) is not None
+    # No external anchor: the rows still there are what contradicts the forged anchor.
     superuser.execute(
         "INSERT INTO audit_retention_anchors (tenant_id, seq, hash, created_at, "
         "dropped_partition) VALUES (%s, 6, sha256('forged'), now(), 'none')",
         [DEFAULT_TENANT],
     )
     report = verify(conn, anchors)
-    assert report.kinds() == {FindingKind.BAD_RETENTION_ANCHOR}, report.findings
+    assert report.kinds() == {FindingKind.BAD_RETENTION_ANCHOR, FindingKind.UNANCHORED}
     chain = audit_events.verify_chain(conn)
     assert not chain.ok and chain.first_broken_seq == 6
 
@@ -442,3 +473,19 @@ def test_now_can_age_the_partitions_maintain_creates(superuser, direct_database_
         "SELECT max(upper_bound) FROM toolkit_partitions.partitions('public.audit_events')"
     ).fetchone()
     assert highest[0] >= future + 4 * WEEK
+
+
+def test_a_chain_dropped_whole_is_not_a_truncated_one(
+    superuser, conn, direct_database_url, anchors
+) -> None:
+    old, start = past_partition(superuser, 156)
+    for day in range(3):
+        append_at(superuser, start + timedelta(days=day))
+    assert write_anchor(conn, anchors) is not None  # at seq 3, the head
+    assert old in maintain(direct_database_url).dropped
+    report = verify(conn, anchors)
+    assert report.ok, report.findings
+    assert (report.rows_checked, report.newest_anchor_sequence) == (0, 3)
+    # Deleting the anchor that vouches for the drop makes it a truncation again.
+    superuser.execute("DELETE FROM audit_retention_anchors")
+    assert verify(conn, anchors).kinds() == {FindingKind.TRUNCATED}
