@@ -48,3 +48,10 @@ FROM audit_events
 WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND seq > :after_seq
 ORDER BY seq
 LIMIT :limit;
+
+-- name: audit_events.retention_anchors :many
+-- Where the tenant's chain goes on after partitions dropped by retention (migration 0013).
+SELECT seq, hash, created_at, dropped_partition
+FROM audit_retention_anchors
+WHERE tenant_id = (SELECT toolkit_tenant_or_default())
+ORDER BY seq;

@@ -22,7 +22,20 @@ has the hash an anchor recorded: rewritten and re-chained), ``truncated``
 replaced`` (stored hashes agree with what the database's function computes
 now but not with the recomputation here), ``edited`` (a row no longer
 matches its own hash), ``broken-link`` (a missing sequence or a
-``prev_hash`` that does not link), ``bad-anchor`` and ``unanchored``.
+``prev_hash`` that does not link), ``bad-anchor``, ``unanchored`` and
+``bad-retention-anchor``.
+
+Retention (migration 0013) drops whole partitions of the log. Before a
+partition goes, ``toolkit maintain`` records, per tenant, the (sequence,
+hash) of each of its rows whose successor is not in it, in
+``audit_retention_anchors``, which only the tables' owner can write. A gap
+in the chain is then accepted only where such an anchor records the row
+right before the gap with the very hash the row after it links to (so a
+chain whose oldest rows were dropped starts from its anchor); any other gap
+is a ``broken-link``. A retention anchor that disagrees with a row still
+there, or with what an external anchor recorded for that sequence, is a
+``bad-retention-anchor``: an edited anchor is found either way, since the
+row after it no longer links to it.
 
 :func:`write_anchor` refuses to anchor a chain that does not extend the
 previous anchor, so anchors are consistent with each other and matching the
@@ -77,6 +90,11 @@ from toolkit.errors import (
     bounded_repr,
 )
 from toolkit.records import Record
+from toolkit.repositories.audit import (
+    RETENTION_ANCHORS,
+    dropped_by_retention,
+    retention_anchors_by_seq,
+)
 from toolkit.storage.keys import tenant_area
 from toolkit.tenants import tenant_id
 
@@ -113,6 +131,7 @@ class FindingKind(StrEnum):
     BROKEN_LINK = "broken-link"
     BAD_ANCHOR = "bad-anchor"
     UNANCHORED = "unanchored"
+    BAD_RETENTION_ANCHOR = "bad-retention-anchor"
 
 
 @dataclass(frozen=True)
@@ -224,6 +243,8 @@ class AnchorReport:
     anchors_checked: int
     newest_anchor_sequence: int | None
     findings: tuple[Finding, ...] = ()
+    dropped_by_retention: int = 0
+    """Rows missing from the chain where a retention anchor vouches for their drop."""
 
     @property
     def ok(self) -> bool:
@@ -241,10 +262,16 @@ class AnchorReport:
     def summary(self) -> str:
         """One line: intact, or how many findings."""
         if self.ok:
+            dropped = (
+                f" ({self.dropped_by_retention} older row(s) dropped by retention, from their "
+                "retention anchors)"
+                if self.dropped_by_retention
+                else ""
+            )
             return (
-                f"{self.rows_checked} rows recomputed and linked; {self.anchors_checked} anchor(s) "
-                f"agree (newest at seq {self.newest_anchor_sequence}, chain head at seq "
-                f"{self.head_sequence})"
+                f"{self.rows_checked} rows recomputed and linked{dropped}; "
+                f"{self.anchors_checked} anchor(s) agree (newest at seq "
+                f"{self.newest_anchor_sequence}, chain head at seq {self.head_sequence})"
             )
         return (
             f"{len(self.findings)} finding(s) in {self.rows_checked} rows against "
@@ -315,6 +342,8 @@ class _Walk:
 
     expected: dict[int, tuple[str, str]]
     """seq -> (hex hash or hex prefix an anchor recorded, the anchor's key)."""
+    retained: dict[int, bytes] = field(default_factory=dict)
+    """seq -> hash the tenant's retention anchors record."""
     keep_digests: int = 0
     checked: int = 0
     last_seq: int = 0
@@ -322,6 +351,8 @@ class _Walk:
     last_confirmed: int = 0
     broken: Finding | None = None
     contradicted: Finding | None = None
+    bad_retention: Finding | None = None
+    dropped: int = 0
     first_mismatch: int | None = None
     mismatches: int = 0
     digests: deque[tuple[int, bytes]] = field(default_factory=deque)
@@ -333,11 +364,18 @@ class _Walk:
             seq, prev, stored = row.seq, bytes(row.prev_hash), bytes(row.hash)
             if self.broken is None:
                 if seq != expected_seq:
-                    self.broken = Finding(
-                        FindingKind.BROKEN_LINK,
-                        seq,
-                        f"rows {expected_seq}..{seq - 1} are missing from the middle of the chain",
-                    )
+                    if seq > expected_seq and dropped_by_retention(self.retained, seq, prev):
+                        self.dropped += seq - expected_seq
+                        # An anchor's digests run without a gap up to its head.
+                        self.digests.clear()
+                    else:
+                        self.broken = Finding(
+                            FindingKind.BROKEN_LINK,
+                            seq,
+                            f"rows {expected_seq}..{seq - 1} are missing from the chain, and no "
+                            f"retention anchor records row {seq - 1} with the hash row {seq} "
+                            "links to",
+                        )
                 elif previous_hash is not None and prev != self.last_hash:
                     self.broken = Finding(
                         FindingKind.BROKEN_LINK,
@@ -349,6 +387,14 @@ class _Walk:
                 if self.first_mismatch is None:
                     self.first_mismatch = seq
             self._check_expected(seq, stored)
+            retained = self.retained.get(seq)
+            if retained is not None and retained != stored and self.bad_retention is None:
+                self.bad_retention = Finding(
+                    FindingKind.BAD_RETENTION_ANCHOR,
+                    seq,
+                    f"the retention anchor of seq {seq} records a hash that row {seq}, still "
+                    "there, does not have: the anchor or the row was altered",
+                )
             if self.keep_digests:
                 self.digests.append((seq, stored))
                 if len(self.digests) > self.keep_digests:
@@ -564,10 +610,16 @@ def write_anchor(
             f"refusing to anchor: anchor {previous.key} records seq {previous.sequence} but the "
             f"chain ends at seq {head_seq} (truncated); run toolkit audit verify"
         )
-    walk = _Walk(_expectations(anchors), keep_digests=MAX_ROW_DIGESTS)
+    walk = _Walk(
+        _expectations(anchors),
+        retention_anchors_by_seq(run(conn, RETENTION_ANCHORS)),
+        keep_digests=MAX_ROW_DIGESTS,
+    )
     start = previous.sequence - 1 if previous else 0
     walk.run(conn, start, head_seq, None if previous else b"")
-    problem = walk.broken or walk.contradicted or _mismatch_finding(conn, walk)
+    problem = (
+        walk.broken or walk.contradicted or walk.bad_retention or _mismatch_finding(conn, walk)
+    )
     if problem is None and walk.last_seq != head_seq:
         problem = Finding(FindingKind.BROKEN_LINK, head_seq, "the head row vanished while read")
     if problem is not None:
@@ -596,19 +648,29 @@ def verify(conn: Connection, storage: Storage, *, latest: int | None = None) -> 
     if latest is not None and (isinstance(latest, bool) or not isinstance(latest, int)):
         raise InvalidInput("latest must be an integer or None", field="latest")
     anchors, findings = _latest_anchors(storage, _tenant_of_chain(conn), latest)
-    walk = _Walk(_expectations(anchors))
+    expected = _expectations(anchors)
+    retained = retention_anchors_by_seq(run(conn, RETENTION_ANCHORS))
+    walk = _Walk(expected, retained)
     walk.run(conn, 0, 2**63 - 1, b"")
-    for found in (walk.contradicted, walk.broken, _mismatch_finding(conn, walk)):
+    contradiction = _retention_contradiction(retained, expected)
+    for found in (
+        walk.contradicted,
+        walk.broken,
+        walk.bad_retention or contradiction,
+        _mismatch_finding(conn, walk),
+    ):
         if found is not None:
             findings.append(found)
     newest = anchors[-1] if anchors else None
-    if newest is not None and newest.sequence > walk.last_seq:
+    # With every row dropped by retention, the chain ends at its newest retention anchor.
+    chain_end = max(walk.last_seq, max(retained, default=0))
+    if newest is not None and newest.sequence > chain_end:
         findings.append(
             Finding(
                 FindingKind.TRUNCATED,
-                walk.last_seq + 1,
+                chain_end + 1,
                 f"anchor {newest.key} records seq {newest.sequence}, but the chain ends at seq "
-                f"{walk.last_seq}: rows {walk.last_seq + 1}..{newest.sequence} were deleted",
+                f"{chain_end}: rows {chain_end + 1}..{newest.sequence} were deleted",
             )
         )
     if newest is None:
@@ -626,7 +688,25 @@ def verify(conn: Connection, storage: Storage, *, latest: int | None = None) -> 
         anchors_checked=len(anchors),
         newest_anchor_sequence=newest.sequence if newest else None,
         findings=tuple(findings),
+        dropped_by_retention=walk.dropped,
     )
+
+
+def _retention_contradiction(
+    retained: dict[int, bytes], expected: dict[int, tuple[str, str]]
+) -> Finding | None:
+    """The first retention anchor whose hash is not what an external anchor recorded for
+    its sequence (the rows themselves may be gone: the external anchor still knows)."""
+    for seq in sorted(retained):
+        recorded = expected.get(seq)
+        if recorded is not None and not retained[seq].hex().startswith(recorded[0]):
+            return Finding(
+                FindingKind.BAD_RETENTION_ANCHOR,
+                seq,
+                f"the retention anchor of seq {seq} records a hash that anchor {recorded[1]} "
+                "does not: the retention anchor was forged",
+            )
+    return None
 
 
 def anchor_store_url(settings: Settings) -> str:

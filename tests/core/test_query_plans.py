@@ -74,12 +74,16 @@ def plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return nodes
 
 
-def full_sorts(plan: dict[str, Any]) -> list[str]:
-    """Sort nodes fed by a sequential scan of a whole table."""
+def full_sorts(plan: dict[str, Any], empty: frozenset[str] = frozenset()) -> list[str]:
+    """Sort nodes fed by a sequential scan of a whole table (not of an ``empty`` partition)."""
     found = []
     for node in plan_nodes(plan):
         if node["Node Type"] in ("Sort", "Incremental Sort"):
-            scans = [n for n in plan_nodes(node) if n["Node Type"] == "Seq Scan"]
+            scans = [
+                n
+                for n in plan_nodes(node)
+                if n["Node Type"] == "Seq Scan" and n["Relation Name"] not in empty
+            ]
             found.extend(f"Sort over Seq Scan on {scan['Relation Name']}" for scan in scans)
     return found
 
@@ -157,8 +161,19 @@ def explained(conn, statement: str, params: dict[str, Any], *, generic: bool) ->
     return (row[0] if isinstance(row[0], list) else json.loads(row[0]))[0]["Plan"]
 
 
+def empty_partitions(conn) -> frozenset[str]:
+    """The partitions ANALYZE found empty (the weeks to come of a partitioned table): the
+    planner costs an empty table as ten pages, and sorting what a scan of one yields sorts
+    nothing."""
+    rows = conn.execute(
+        "SELECT relname FROM pg_class WHERE relispartition AND relkind = 'r' AND reltuples = 0"
+    ).fetchall()
+    return frozenset(name for (name,) in rows)
+
+
 def list_query_problems(conn) -> list[str]:
     values = sample_filter_values(conn)
+    empty = empty_partitions(conn)
     list_bindings = [b for b in load_bindings() if isinstance(b, Many) and b.query.sortable]
     assert len(list_bindings) >= 6
     failures = []
@@ -180,7 +195,7 @@ def list_query_problems(conn) -> list[str]:
             statement = binding.statement_for(params, column.column, descending)
             plan = explained(conn, statement, params, generic=generic)
             checked += 1
-            for problem in full_sorts(plan):
+            for problem in full_sorts(plan, empty):
                 where = (
                     f"filters={combo} sort={column.column} desc={descending} "
                     f"cursor={after} {'generic' if generic else 'custom'} plan"

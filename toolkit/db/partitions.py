@@ -6,9 +6,17 @@ which no application role may use: every read and write goes through the
 parent, under its row-level security. ``toolkit_partitions.policy`` says,
 per parent, how wide a partition is, how many to keep ready ahead of now,
 how long a partition is kept once its range has ended, and which rows keep
-it alive whatever its age (the outbox: ``sent_at IS NULL``). Migration 0012
-partitions ``public.inbox`` the same way, by the message's creation time
-(see :mod:`toolkit.messaging.inbox`; retention 14 days, nothing kept past it).
+it alive whatever its age (the outbox: ``sent_at IS NULL``), and the
+function (``before_drop``) to call with a partition before it leaves its
+parent and again right before it is dropped.
+
+Migration 0012 partitions ``public.inbox`` the same way, by the message's
+creation time (see :mod:`toolkit.messaging.inbox`; retention 14 days,
+nothing kept past it). Migration 0013 partitions ``public.audit_events``
+(weekly, kept two years); its ``before_drop``,
+``toolkit_partitions.audit_retire``, records the retention anchors each
+tenant's chain goes on from (``public.audit_retention_anchors``;
+:mod:`toolkit.audit_anchors`).
 
 :func:`maintain`, under the migration advisory lock (a maintain run and a
 migrate run never overlap; two maintain runs queue up):
@@ -16,11 +24,14 @@ migrate run never overlap; two maintain runs queue up):
 1. finishes any ``DETACH ... CONCURRENTLY`` a killed run left pending;
 2. creates the partitions missing up to ``premake`` intervals ahead;
 3. drops each partition whose range ended more than ``retention`` ago:
-   ``DETACH PARTITION ... CONCURRENTLY`` (writers and the relay go on; it
+   calls the policy's ``before_drop`` with it (the audit log: its anchors),
+   then ``DETACH PARTITION ... CONCURRENTLY`` (writers and the relay go on; it
    waits only for transactions that hold the parent), checks again on the
    detached table that no row must be kept (a transaction that began long
    ago may have written into it until the detach), then ``DROP TABLE``. A
-   partition with a row to keep is attached back, kept and reported. The
+   partition with a row to keep is attached back, kept and reported;
+   ``before_drop`` is called again on the detached table right before its
+   drop (whatever a late transaction wrote into it until the detach). The
    drop itself waits at most 200 ms for its locks (it removes the foreign
    key's triggers from ``tenants``, whose readers it must not stall); a
    table not dropped stays detached, out of every query of the parent, and
@@ -28,7 +39,9 @@ migrate run never overlap; two maintain runs queue up):
 
 Retention is a partition drop, never a ``DELETE``: the dead row versions a
 relay leaves go with their partition, whatever snapshot a long transaction
-holds. A second run right after changes nothing.
+holds. A second run right after changes nothing, and a run killed at any
+point leaves a state the next run completes: ``before_drop`` is idempotent
+and always precedes the detach and the drop.
 
 It needs the owner of the tables and a role that bypasses row-level security
 (the migration role), as ``toolkit migrate`` does.
@@ -78,13 +91,24 @@ class MaintainReport:
 class _Policy:
     parent: str
     keep_while: str
+    before_drop: str | None = None
 
 
 def _policies(conn: Connection) -> list[_Policy]:
     rows = conn.execute(
-        "SELECT parent, keep_while FROM toolkit_partitions.policy ORDER BY parent"
+        "SELECT parent, keep_while, before_drop::text FROM toolkit_partitions.policy"
+        " ORDER BY parent"
     ).fetchall()
-    return [_Policy(str(parent), str(keep)) for parent, keep in rows]
+    return [_Policy(str(parent), str(keep), hook) for parent, keep, hook in rows]
+
+
+def _before_drop(conn: Connection, policy: _Policy, partition: str) -> None:
+    """Call the policy's ``before_drop`` function (if any) with ``partition``: what must be
+    kept of it is recorded (and committed) before any of its rows leaves the parent."""
+    if policy.before_drop is not None:
+        conn.execute(
+            sql.SQL("SELECT {}(%s::regclass)").format(sql.SQL(policy.before_drop)), [partition]
+        )
 
 
 def _has_rows_to_keep(conn: Connection, partition: str, keep_while: str) -> bool:
@@ -134,6 +158,7 @@ def _drop_detached(
         log.warning("maintain: %s expired but holds rows to keep; attached back", partition)
         report.kept.append(partition)
         return
+    _before_drop(conn, policy, partition)
     _drop_table(conn, partition, report)
 
 
@@ -162,18 +187,21 @@ def _drop_leftovers(conn: Connection, report: MaintainReport) -> None:
     """Drop the tables a run detached but did not drop, unless one holds rows to keep
     (a run killed between its detach and its check): that one is reported, not dropped."""
     leftovers = conn.execute(
-        "SELECT c.oid::regclass::text, p.keep_while FROM pg_class AS c"
+        "SELECT c.oid::regclass::text, p.parent, p.keep_while, p.before_drop::text"
+        " FROM pg_class AS c"
         " JOIN toolkit_partitions.policy AS p"
         " ON starts_with(c.relname, (SELECT r.relname FROM pg_class AS r"
         "   WHERE r.oid = p.parent::regclass) || '_')"
         " WHERE c.relnamespace = 'toolkit_partitions'::regnamespace AND c.relkind = 'r'"
         " AND NOT c.relispartition ORDER BY c.relname"
     ).fetchall()
-    for table, keep_while in leftovers:
-        if _has_rows_to_keep(conn, table, str(keep_while)):
+    for table, parent, keep_while, hook in leftovers:
+        policy = _Policy(str(parent), str(keep_while), hook)
+        if _has_rows_to_keep(conn, table, policy.keep_while):
             log.error("maintain: detached %s holds rows to keep; attach it back by hand", table)
             report.kept.append(table)
             continue
+        _before_drop(conn, policy, table)
         _drop_table(conn, table, report)
 
 
@@ -191,6 +219,7 @@ def _drop_expired(
         if _has_rows_to_keep(conn, partition, policy.keep_while):
             report.kept.append(partition)
             continue
+        _before_drop(conn, policy, partition)
         conn.execute(
             sql.SQL("ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY").format(
                 sql.SQL(policy.parent), sql.SQL(partition)

@@ -12,15 +12,15 @@ async source of this module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from toolkit.db.bind import One
+from toolkit.db.bind import Many, One
 from toolkit.db.inputs import AuditStatement, jsonb, validate
 from toolkit.errors import InvalidInput, bounded_repr
-from toolkit.repositories.records import AuditEvent, AuditEventCreate
+from toolkit.repositories.records import AuditEvent, AuditEventCreate, RetentionAnchor
 
 APPEND = One(
     "audit_events.record",
@@ -29,6 +29,21 @@ APPEND = One(
     entity="audit event",
 )
 """Append one event (the trigger links it into the chain) and return it."""
+
+RETENTION_ANCHORS = Many("audit_events.retention_anchors", RetentionAnchor, ())
+"""The transaction's tenant's retention anchors (migration 0013), by sequence."""
+
+
+def retention_anchors_by_seq(anchors: Iterable[RetentionAnchor]) -> dict[int, bytes]:
+    """Each retention anchor's hash by its sequence, for :func:`dropped_by_retention`."""
+    return {anchor.seq: bytes(anchor.hash) for anchor in anchors}
+
+
+def dropped_by_retention(anchors: Mapping[int, bytes], seq: int, prev_hash: bytes) -> bool:
+    """Whether the rows missing right before row ``seq`` went with a partition that
+    ``toolkit maintain`` dropped: a retention anchor records row ``seq - 1`` with the
+    very hash row ``seq`` links to. (A chain whose oldest rows were dropped starts so.)"""
+    return anchors.get(seq - 1) == bytes(prev_hash)
 
 
 def append_values(event: AuditEventCreate) -> dict[str, Any]:

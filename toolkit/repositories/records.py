@@ -377,6 +377,16 @@ class ChainLink(Record):
     expected_hash: bytes
 
 
+class RetentionAnchor(Record):
+    """Where a tenant's audit chain goes on after a partition drop: a dropped row's
+    sequence and hash (its successor links to it), its time and its partition."""
+
+    seq: int
+    hash: bytes
+    created_at: datetime
+    dropped_partition: str
+
+
 class ChainReport(BaseModel):
     """The outcome of verifying the audit chain."""
 

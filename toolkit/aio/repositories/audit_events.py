@@ -17,7 +17,13 @@ from toolkit.aio.db.database import AsyncConnection
 from toolkit.aio.db.drivers import run
 from toolkit.aio.db.patterns import Entity, validate
 from toolkit.db.bind import Many
-from toolkit.repositories.audit import APPEND, append_values
+from toolkit.repositories.audit import (
+    APPEND,
+    RETENTION_ANCHORS,
+    append_values,
+    dropped_by_retention,
+    retention_anchors_by_seq,
+)
 from toolkit.repositories.records import (
     AuditEvent,
     AuditEventCreate,
@@ -43,8 +49,12 @@ async def verify_chain(conn: AsyncConnection) -> ChainReport:
     """Recompute the hash chain; the report names the first broken link, if any.
 
     A row edited in place fails its own hash; a deleted row leaves a gap in
-    ``seq`` and a ``prev_hash`` that no longer matches.
+    ``seq`` and a ``prev_hash`` that no longer matches. Rows that ``toolkit
+    maintain`` dropped with their partition leave a gap a retention anchor
+    bridges (:func:`~toolkit.repositories.audit.dropped_by_retention`); a
+    retention anchor that disagrees with a row still there is reported.
     """
+    retained = retention_anchors_by_seq(await run(conn, RETENTION_ANCHORS))
     checked = 0
     expected_seq = 1
     previous_hash = b""
@@ -53,12 +63,16 @@ async def verify_chain(conn: AsyncConnection) -> ChainReport:
         links = await run(conn, _chain, after_seq=after, limit=_CHAIN_BATCH)
         for link in links:
             reason = None
-            if link.seq != expected_seq:
+            if link.seq != expected_seq and not (
+                link.seq > expected_seq and dropped_by_retention(retained, link.seq, link.prev_hash)
+            ):
                 reason = f"row seq {expected_seq} is missing (next present is {link.seq})"
-            elif link.prev_hash != previous_hash:
+            elif link.seq == expected_seq and link.prev_hash != previous_hash:
                 reason = "prev_hash does not match the previous row's hash"
             elif link.hash != link.expected_hash:
                 reason = "row content does not match its hash (edited)"
+            elif retained.get(link.seq, link.hash) != link.hash:
+                reason = "a retention anchor records another hash for this row"
             if reason:
                 return ChainReport(
                     ok=False,
