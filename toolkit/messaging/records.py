@@ -18,7 +18,8 @@ class OutboxRow(Record):
     queue: str
     message_type: str
     body: str
-    headers: dict[str, Any]
+    headers: dict[str, Any] | None
+    """The row's own headers; None when it has none."""
     attempts: int
     created_at: datetime
 
