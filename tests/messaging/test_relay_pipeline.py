@@ -147,7 +147,7 @@ def test_a_failure_midway_rolls_both_batches_back_and_frees_the_publisher(
             raise failures.pop()
 
     publisher = PipelinedPublisher(AMQP_URL, topology)
-    with Relay(
+    relay = Relay(
         db,
         AMQP_URL,
         topology,
@@ -155,18 +155,19 @@ def test_a_failure_midway_rolls_both_batches_back_and_frees_the_publisher(
         batch_size=10,
         listen=False,
         after_publish=fail_once,
-    ) as relay:
-        with pytest.raises(RuntimeError, match="after the first confirm"):
-            relay.drain(timeout=30)
-        assert outbox_state(db) == (0, 30, 0)  # nothing marked, nothing left locked
-        # The second batch was in flight when the first failed: the publisher took
-        # its confirms and is free again for the next drain (in a thread: a
-        # publisher left locked would hang it).
-        drained: list[int] = []
-        worker = threading.Thread(target=lambda: drained.append(relay.drain(timeout=30)))
-        worker.start()
-        worker.join(120)
-        assert drained == [30]
+    )
+    with pytest.raises(RuntimeError, match="after the first confirm"):
+        relay.drain(timeout=30)
+    assert outbox_state(db) == (0, 30, 0)  # nothing marked, nothing left locked
+    # The second batch was in flight when the first failed: the publisher took
+    # its confirms and is free again for the next drain. In a thread: a
+    # publisher left held would hang it (and closing it), so the test fails instead.
+    drained: list[int] = []
+    worker = threading.Thread(target=lambda: drained.append(relay.drain(timeout=30)), daemon=True)
+    worker.start()
+    worker.join(90)
+    assert drained == [30], "the publisher was left held by the abandoned batch"
+    relay.close()
     assert outbox_state(db) == (30, 0, 0)
     got = get_all(broker, topology.queue_name("audit.log"), expect=50)
     # The two batches published before the failure went out again (the inbox absorbs them).
