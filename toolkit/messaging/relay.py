@@ -38,12 +38,13 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
+from uuid import UUID
 
 import psycopg
 
@@ -68,9 +69,21 @@ _mark_sent = Exec("outbox.mark_sent", ("ids",))
 _mark_failed = Exec("outbox.mark_failed", ("ids", "error", "delay_seconds"))
 
 
-def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
+def _outgoing(
+    topology: Topology, row: OutboxRow, tenant_headers: dict[UUID, Mapping[str, Any]]
+) -> Outgoing:
     """The message of ``row``, its tenant header set from the row's tenant_id (a header
-    of that name in the row's own headers, written by raw SQL, is overwritten)."""
+    of that name in the row's own headers, written by raw SQL, is overwritten).
+
+    Rows without headers of their own share one read-only header mapping per
+    tenant (``tenant_headers``, kept for a batch): most rows have none.
+    """
+    if row.headers is None:
+        headers = tenant_headers.get(row.tenant_id)
+        if headers is None:
+            headers = tenant_headers[row.tenant_id] = stamped({}, row.tenant_id)
+    else:
+        headers = stamped(row.headers, row.tenant_id)
     return Outgoing(
         exchange=topology.exchange,
         routing_key=row.queue,
@@ -78,7 +91,7 @@ def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
         message_id=str(row.id),
         message_type=row.message_type,
         timestamp=int(row.created_at.timestamp()),
-        headers=stamped(row.headers or {}, row.tenant_id),
+        headers=headers,
     )
 
 
@@ -263,7 +276,8 @@ class Relay:
         return _Claimed(transaction, tx, rows)
 
     def _submit(self, batch: _Claimed) -> None:
-        messages = [_outgoing(self.topology, row) for row in batch.rows]
+        tenant_headers: dict[UUID, Mapping[str, Any]] = {}
+        messages = [_outgoing(self.topology, row, tenant_headers) for row in batch.rows]
         batch.by_id = {out.message_id: row for out, row in zip(messages, batch.rows, strict=True)}
         batch.pending = self.publisher.submit(messages, timeout=self.confirm_timeout)
 
