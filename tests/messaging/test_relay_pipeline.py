@@ -136,6 +136,39 @@ def test_lost_confirms_stop_the_line_and_the_claimed_next_batch_goes_back_unpubl
     assert sent == set(ids[:5])
 
 
+class VanishingPublisher:
+    """Confirms the first batch; the broker is gone when the second is submitted."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def submit(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> PendingBatch:
+        self.submitted += 1
+        if self.submitted > 1:
+            raise Unavailable("RabbitMQ unreachable")
+        return PendingBatch.settled(BatchResult(acked=[m.message_id for m in messages]))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_broker_gone_before_the_next_batch_still_marks_the_confirmed_one_sent(
+    db: Database, topology: Topology
+) -> None:
+    ids = enqueue(db, 30)
+    with (
+        Relay(
+            db, AMQP_URL, topology, publisher=VanishingPublisher(), batch_size=10, listen=False
+        ) as relay,
+        pytest.raises(Unavailable, match="unreachable"),
+    ):
+        relay.drain(timeout=0)
+    assert outbox_state(db) == (10, 20, 0)
+    with psycopg.connect(db.url) as conn:
+        sent = {str(r[0]) for r in conn.execute("SELECT id FROM outbox WHERE sent_at IS NOT NULL")}
+    assert sent == set(ids[:10])
+
+
 def test_a_failure_midway_rolls_both_batches_back_and_frees_the_publisher(
     db: Database, topology: Topology, broker: pika.BlockingConnection
 ) -> None:

@@ -247,7 +247,13 @@ class Relay:
                     upcoming = self._claim()
                 result = current.result()
                 if upcoming is not None and not result.unconfirmed:
-                    self._submit(upcoming)
+                    try:
+                        self._submit(upcoming)
+                    except Unavailable:  # the broker went away: keep what it confirmed
+                        upcoming.abort()
+                        upcoming = None
+                        self._finish(current, result)
+                        raise
                 self._finish(current, result)  # raises Unavailable when confirms were lost
                 if upcoming is None:
                     return claimed
