@@ -31,8 +31,10 @@ ORDER BY batch.position;
 -- the relay publishes every tenant's messages, as a role that bypasses the
 -- policies (toolkit_relay, migration 0009); a role they bind sees its own.
 -- Each message carries its row's tenant_id in its x-tenant-id header.
+-- Empty headers come back NULL: nothing to parse for most rows.
 SELECT
-    id, tenant_id, queue, message_type, body::text AS body, headers, attempts, created_at
+    id, tenant_id, queue, message_type, body::text AS body, attempts, created_at,
+    nullif(headers, '{}'::jsonb) AS headers
 FROM outbox
 WHERE sent_at IS NULL AND available_at <= now()
 ORDER BY seq

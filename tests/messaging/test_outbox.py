@@ -42,6 +42,17 @@ def ids_in(messages: list[tuple[Any, bytes]]) -> Counter[str]:
     return Counter(props.message_id for props, _ in messages)
 
 
+def unlocked_unsent(db: Database) -> int:
+    """Unsent rows no transaction holds (what a relay could claim now)."""
+    with psycopg.connect(db.url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM (SELECT id FROM outbox WHERE sent_at IS NULL "
+            "FOR UPDATE SKIP LOCKED) AS free"
+        ).fetchone()
+        conn.rollback()
+    return int(row[0]) if row else 0
+
+
 def test_rollback_leaves_no_message_and_commit_publishes_it(
     db: Database, topology: Topology, broker: pika.BlockingConnection
 ) -> None:
@@ -221,6 +232,9 @@ def test_relay_killed_between_publish_and_mark_republishes(
     assert child.exitcode == 17
     with db.connection() as conn:
         assert outbox.stats(conn).pending == 20  # published but never marked
+    # The dead relay's backend lets go of its row locks once the server notices the
+    # closed socket, which a loaded machine can delay past the child's exit.
+    wait_for(lambda: unlocked_unsent(db) == 20, timeout=30)
     with Relay(db, AMQP_URL, topology, listen=False) as relay:
         assert relay.drain(timeout=10) == 20
     got = ids_in(get_all(broker, topology.queue_name("audit.log"), expect=40))

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -266,6 +266,14 @@ class Publisher:
 
         The slow path, kept as the baseline the benchmark compares against.
         """
+        return self.submit(messages, timeout).result()
+
+    def submit(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> PendingBatch:
+        """:meth:`publish_batch` behind the interface of :meth:`PipelinedPublisher.submit`:
+        the batch is published and confirmed before this returns."""
+        return PendingBatch.settled(self._publish_each(messages, timeout))
+
+    def _publish_each(self, messages: Sequence[Outgoing], timeout: float) -> BatchResult:
         result = BatchResult()
         deadline = time.monotonic() + timeout
         for index, out in enumerate(messages):
@@ -303,6 +311,33 @@ class _Batch:
 
     def finished(self) -> bool:
         return self.next >= len(self.messages) and not self.in_flight
+
+
+class PendingBatch:
+    """A batch handed to a publisher: :meth:`result` waits for its confirms.
+
+    Between :meth:`PipelinedPublisher.submit` and :meth:`result` the caller
+    is free to do other work (the relay claims its next batch and marks the
+    previous one sent) while the broker confirms this one. Call
+    :meth:`result` exactly once: until then the publisher takes no other batch.
+    """
+
+    def __init__(self, settle: Callable[[], BatchResult]) -> None:
+        self._settle: Callable[[], BatchResult] | None = settle
+        self._result: BatchResult | None = None
+
+    @classmethod
+    def settled(cls, result: BatchResult) -> PendingBatch:
+        """A batch whose fate is already known."""
+        return cls(lambda: result)
+
+    def result(self) -> BatchResult:
+        """What became of each message, once confirmed (or the submit's timeout passed)."""
+        if self._settle is not None:
+            settle, self._settle = self._settle, None
+            self._result = settle()
+        assert self._result is not None
+        return self._result
 
 
 class PipelinedPublisher:
@@ -365,7 +400,19 @@ class PipelinedPublisher:
         Raises Unavailable only when no connection can be made (nothing was
         sent); a connection lost midway is reported in the result.
         """
-        with self._lock:
+        return self.submit(messages, timeout).result()
+
+    def submit(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> PendingBatch:
+        """Start publishing ``messages`` on the I/O thread and return at once;
+        the returned batch's ``result()`` waits for the confirms, at most
+        ``timeout`` s from now. A batch submitted from another thread waits
+        until this one's result was taken.
+
+        Raises Unavailable only when no connection can be made (nothing was sent).
+        """
+        self._lock.acquire()
+        try:
+            deadline = time.monotonic() + timeout
             batch = _Batch([])
             sendable: list[Outgoing] = []
             for out in messages:
@@ -376,7 +423,8 @@ class PipelinedPublisher:
                 else:
                     sendable.append(out)
             if not sendable:
-                return batch.result
+                self._lock.release()
+                return PendingBatch.settled(batch.result)
             batch.messages = sendable
             self._ensure_connected()
             connection = self._connection
@@ -386,12 +434,22 @@ class PipelinedPublisher:
                 connection.ioloop.add_callback_threadsafe(self._pump)
             except Exception as exc:
                 self._fail_batch(batch, f"connection lost before publishing ({exc})")
-            if not batch.done.wait(timeout):
+        except BaseException:
+            self._lock.release()
+            raise
+        return PendingBatch(partial(self._settle, batch, deadline, timeout))
+
+    def _settle(self, batch: _Batch, deadline: float, timeout: float) -> BatchResult:
+        """Wait for ``batch``'s confirms until ``deadline``, then free the publisher."""
+        try:
+            if not batch.done.wait(max(0.0, deadline - time.monotonic())):
                 self._abandon(batch, f"no confirm within {timeout:g}s")
             elif _NACKED in batch.result.failed.values():
                 self._stop_thread()  # the next batch starts on a fresh channel
             self._batch = None
             return batch.result
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Close the connection and stop the I/O thread."""

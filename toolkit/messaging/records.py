@@ -18,9 +18,10 @@ class OutboxRow(Record):
     queue: str
     message_type: str
     body: str
-    headers: dict[str, Any]
     attempts: int
     created_at: datetime
+    headers: dict[str, Any] | None
+    """The row's own headers; None when it has none."""
 
 
 class OutboxMessage(Record):

@@ -35,24 +35,28 @@ with :mod:`toolkit.aio.messaging.outbox` and run ``toolkit relay`` beside them.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
+from uuid import UUID
 
 import psycopg
 
 from toolkit.db.bind import Exec, Many
-from toolkit.db.database import Database
+from toolkit.db.database import Connection, Database
 from toolkit.db.drivers import run
 from toolkit.errors import ToolkitError, Unavailable
 from toolkit.messaging.connection import BrokerUrls
 from toolkit.messaging.inputs import NOTIFY_CHANNEL
 from toolkit.messaging.models import stamped
 from toolkit.messaging.outbox import prune
-from toolkit.messaging.publisher import Outgoing, PipelinedPublisher
+from toolkit.messaging.publisher import BatchResult, Outgoing, PendingBatch, PipelinedPublisher
 from toolkit.messaging.records import OutboxRow
 from toolkit.messaging.topology import Topology
 
@@ -65,9 +69,21 @@ _mark_sent = Exec("outbox.mark_sent", ("ids",))
 _mark_failed = Exec("outbox.mark_failed", ("ids", "error", "delay_seconds"))
 
 
-def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
+def _outgoing(
+    topology: Topology, row: OutboxRow, tenant_headers: dict[UUID, Mapping[str, Any]]
+) -> Outgoing:
     """The message of ``row``, its tenant header set from the row's tenant_id (a header
-    of that name in the row's own headers, written by raw SQL, is overwritten)."""
+    of that name in the row's own headers, written by raw SQL, is overwritten).
+
+    Rows without headers of their own share one read-only header mapping per
+    tenant (``tenant_headers``, kept for a batch): most rows have none.
+    """
+    if row.headers is None:
+        headers = tenant_headers.get(row.tenant_id)
+        if headers is None:
+            headers = tenant_headers[row.tenant_id] = stamped({}, row.tenant_id)
+    else:
+        headers = stamped(row.headers, row.tenant_id)
     return Outgoing(
         exchange=topology.exchange,
         routing_key=row.queue,
@@ -75,8 +91,44 @@ def _outgoing(topology: Topology, row: OutboxRow) -> Outgoing:
         message_id=str(row.id),
         message_type=row.message_type,
         timestamp=int(row.created_at.timestamp()),
-        headers=stamped(row.headers, row.tenant_id),
+        headers=headers,
     )
+
+
+def _keep_going(stop: threading.Event, until: float) -> bool:
+    return not stop.is_set() and time.monotonic() < until
+
+
+class _Claimed:
+    """A claimed batch: its open transaction, its rows, and their publishing once submitted."""
+
+    def __init__(
+        self, transaction: AbstractContextManager[Connection], tx: Connection, rows: list[OutboxRow]
+    ) -> None:
+        self.transaction = transaction
+        self.tx = tx
+        self.rows = rows
+        self.pending: PendingBatch | None = None
+        self.by_id: dict[str, OutboxRow] = {}
+        """The rows by the message_id they were published under."""
+        self._open = True
+
+    def result(self) -> BatchResult:
+        assert self.pending is not None
+        return self.pending.result()
+
+    def commit(self) -> None:
+        self._open = False
+        self.transaction.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Roll back (the rows stay unsent), after waiting for the publisher to be free."""
+        if self.pending is not None:
+            self.pending.result()
+        if self._open:
+            self._open = False
+            error = RuntimeError("outbox relay batch abandoned")
+            self.transaction.__exit__(RuntimeError, error, None)
 
 
 @dataclass
@@ -149,32 +201,7 @@ class Relay:
         unsent) or a batch was cut short by a lost connection (the confirmed
         part is marked sent first).
         """
-        with self.db.transaction() as tx:
-            rows = run(tx, _claim, limit=self.batch_size)
-            if not rows:
-                return 0
-            by_id = {str(row.id): row for row in rows}
-            result = self.publisher.publish_batch(
-                [_outgoing(self.topology, row) for row in rows], timeout=self.confirm_timeout
-            )
-            if self.after_publish is not None:
-                self.after_publish(rows)
-            if result.acked:
-                run(tx, _mark_sent, ids=[by_id[i].id for i in result.acked])
-            for message_id, reason in result.failed.items():
-                row = by_id[message_id]
-                delay = min(self.max_backoff * 10, 2.0 ** min(row.attempts, 10))
-                log.error("outbox message %s refused by the broker: %s", message_id, reason)
-                run(tx, _mark_failed, ids=[row.id], error=reason, delay_seconds=delay)
-        self.stats.batches += 1
-        self.stats.published += len(result.acked)
-        self.stats.failed += len(result.failed)
-        if result.unconfirmed:
-            raise Unavailable(
-                f"outbox relay: {len(result.unconfirmed)} message(s) unconfirmed "
-                f"({result.error}); they stay in the outbox"
-            )
-        return len(rows)
+        return self._relay_batches(lambda: False)
 
     def drain(self, timeout: float = 30.0) -> int:
         """Publish until no due row is left; returns how many were published.
@@ -186,7 +213,7 @@ class Relay:
         delay = 0.05
         while True:
             try:
-                if self.run_once() == 0:
+                if self._relay_batches(lambda: True) == 0:
                     return self.stats.published - before
                 delay = 0.05
             except Unavailable:
@@ -194,6 +221,93 @@ class Relay:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _relay_batches(self, more: Callable[[], bool]) -> int:
+        """Relay batches back to back while they come full and ``more()`` says so;
+        returns how many rows were claimed.
+
+        Two batches overlap, each in its own transaction: while the broker
+        confirms one, the next is claimed (SKIP LOCKED passes over the rows
+        the first holds) and, once the first is confirmed, the next is
+        published while the first is marked sent and committed. A row is
+        still marked sent only after its own confirm, in the transaction that
+        claimed it; batches are published one after another, in claim order.
+        """
+        claimed = 0
+        current = self._claim()
+        if current is None:
+            return 0
+        upcoming: _Claimed | None = None
+        try:
+            self._submit(current)
+            while True:
+                claimed += len(current.rows)
+                upcoming = None
+                if len(current.rows) >= self.batch_size and more():
+                    upcoming = self._claim()
+                result = current.result()
+                if upcoming is not None and not result.unconfirmed:
+                    try:
+                        self._submit(upcoming)
+                    except Unavailable:  # the broker went away: keep what it confirmed
+                        upcoming.abort()
+                        upcoming = None
+                        self._finish(current, result)
+                        raise
+                self._finish(current, result)  # raises Unavailable when confirms were lost
+                if upcoming is None:
+                    return claimed
+                current, upcoming = upcoming, None
+        except BaseException:
+            for batch in (current, upcoming):
+                if batch is not None:
+                    try:
+                        batch.abort()
+                    except Exception:  # the first failure is the one to report
+                        log.warning("outbox relay: abandoning a batch failed", exc_info=True)
+            raise
+
+    def _claim(self) -> _Claimed | None:
+        """Open a transaction and claim a batch in it; None (and nothing open) if no row is due."""
+        transaction = self.db.transaction()
+        tx = transaction.__enter__()
+        try:
+            rows = run(tx, _claim, limit=self.batch_size)
+        except BaseException:
+            transaction.__exit__(*sys.exc_info())
+            raise
+        if not rows:
+            transaction.__exit__(None, None, None)
+            return None
+        return _Claimed(transaction, tx, rows)
+
+    def _submit(self, batch: _Claimed) -> None:
+        tenant_headers: dict[UUID, Mapping[str, Any]] = {}
+        messages = [_outgoing(self.topology, row, tenant_headers) for row in batch.rows]
+        batch.by_id = {out.message_id: row for out, row in zip(messages, batch.rows, strict=True)}
+        batch.pending = self.publisher.submit(messages, timeout=self.confirm_timeout)
+
+    def _finish(self, batch: _Claimed, result: BatchResult) -> None:
+        """Mark ``batch``'s confirmed rows sent and its refused ones failed, and commit."""
+        rows, tx, by_id = batch.rows, batch.tx, batch.by_id
+        if self.after_publish is not None:
+            self.after_publish(rows)
+        if result.acked:
+            run(tx, _mark_sent, ids=[by_id[i].id for i in result.acked])
+        for message_id, reason in result.failed.items():
+            row = by_id[message_id]
+            delay = min(self.max_backoff * 10, 2.0 ** min(row.attempts, 10))
+            log.error("outbox message %s refused by the broker: %s", message_id, reason)
+            run(tx, _mark_failed, ids=[row.id], error=reason, delay_seconds=delay)
+        batch.commit()
+        self.stats.batches += 1
+        self.stats.published += len(result.acked)
+        self.stats.failed += len(result.failed)
+        if result.unconfirmed:
+            raise Unavailable(
+                f"outbox relay: {len(result.unconfirmed)} message(s) unconfirmed "
+                f"({result.error}); they stay in the outbox"
+            )
 
     def run(self, stop: threading.Event) -> None:
         """Relay until ``stop`` is set: batches back to back while rows wait, then
@@ -203,7 +317,8 @@ class Relay:
         next_prune = time.monotonic() + min(self.prune_interval, 5.0)
         while not stop.is_set():
             try:
-                claimed = self.run_once()
+                # Back to back while batches come full, until it is time to prune.
+                claimed = self._relay_batches(partial(_keep_going, stop, next_prune))
                 backoff = 0.0
             except Unavailable as exc:
                 self.stats.broker_outages += 1

@@ -20,13 +20,13 @@ blocking ``Storage.write_chunks`` in a worker thread elsewhere).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Collection, Iterator
 
 from toolkit.errors import InvalidInput, SourceFailed, ToolkitError
 from toolkit.storage.sniff import SNIFF_BYTES, normalise_type, sniff
 from toolkit.storage.streams import (
     CHUNK_SIZE,
+    BackgroundSha256,
     PutResult,
     Readable,
     as_bytes,
@@ -61,7 +61,7 @@ class UploadPipeline:
         self.claimed_type = normalise_type(claimed_type)
         self.chunk_size = chunk_size
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundSha256()
         self._head = b""
         self._eof = False
         self.content_type = ""

@@ -18,7 +18,6 @@ blocking ``Storage.write_chunks`` in a worker thread elsewhere).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 
 from toolkit.errors import InvalidInput, SourceFailed, ToolkitError
@@ -26,6 +25,7 @@ from toolkit.storage.sniff import SNIFF_BYTES, normalise_type, sniff
 from toolkit.storage.streams import (
     CHUNK_SIZE,
     AsyncReadable,
+    BackgroundSha256,
     PutResult,
     as_bytes,
     check_max_bytes,
@@ -59,7 +59,7 @@ class AsyncUploadPipeline:
         self.claimed_type = normalise_type(claimed_type)
         self.chunk_size = chunk_size
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundSha256()
         self._head = b""
         self._eof = False
         self.content_type = ""
