@@ -411,6 +411,7 @@ class DatabaseCopies:
         self._reuse = reuse
         self._numbers = itertools.count()
         self._admin = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-databases")
+        self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-database-drops")
         self._next: Future[str] | None = None
         self._returned: deque[str] = deque()
         self._unusable: list[str] = []
@@ -488,14 +489,19 @@ class DatabaseCopies:
         return name
 
     def _drop_unusable(self, at_least: int) -> None:
+        # On a thread of their own: a batch of drops, a checkpoint each, takes
+        # minutes on a loaded machine, and no test waits behind it.
         if len(self._unusable) >= at_least:
             batch, self._unusable = self._unusable, []
-            for name in batch:
-                # FORCE: a test that leaked a connection must not keep its database alive.
-                self._run(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-                self.dropped += 1
+            self._dropper.submit(self._drop_all, batch)
+
+    def _drop_all(self, names: list[str]) -> None:
+        for name in names:
+            # FORCE: a test that leaked a connection must not keep its database alive.
+            self._run(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            self.dropped += 1
 
     def take(self) -> str:
         """A fresh copy for one test; starts making the one after it."""
@@ -524,3 +530,4 @@ class DatabaseCopies:
 
         self._admin.submit(drop_all)
         self._admin.shutdown(wait=True)
+        self._dropper.shutdown(wait=True)
