@@ -2,20 +2,19 @@
 
 The schema is migrated once into a template database (pytest-postgresql's
 noproc fixtures: the server is already running and cannot be started as
-root); each test gets its own copy, so tests cannot see each other's rows.
+root); each test gets its own database, a copy of the template or a used copy
+brought back to exactly a fresh copy's state under a new name
+(tests/support/database_copies.py), so tests cannot see each other's rows.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import subprocess
 import sys
 import uuid
 import venv
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 
+from tests.support.database_copies import DatabaseCopies
 from tests.support.modes import Mode, both, running
 from tests.support.pgbouncer import POOLER_SETTINGS, THROUGH_PGBOUNCER
 from toolkit import DISTRIBUTION
@@ -73,80 +73,35 @@ pg_server = factories.postgresql_noproc(
 )
 
 
-_DROP_BATCH = 40
-"""Used copies (about 10 MB each) kept before they are dropped together."""
-
-
-class _DatabaseCopies:
-    """One copy of the migrated template per test, named ``<template>_<n>``.
-
-    ``CREATE DATABASE ... TEMPLATE`` and ``DROP DATABASE`` cost a few hundred
-    milliseconds each, more than most tests: one thread of their own makes the
-    next copy while a test runs and drops used ones behind it, in batches, so a
-    test only waits for a copy that is not ready yet.
-    """
-
-    def __init__(self, template: str) -> None:
-        self._template = template
-        self._numbers = itertools.count()
-        self._admin = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-databases")
-        self._next: Future[str] | None = None
-        self._used: list[str] = []
-
-    def _run(self, statement: sql.Composable) -> None:
-        with psycopg.connect(server_url(), autocommit=True) as admin:
-            admin.execute(statement)
-
-    def _create(self) -> str:
-        name = f"{self._template}_{next(self._numbers)}"
-        self._run(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(self._template)
-            )
-        )
-        return name
-
-    def _drop(self, name: str) -> None:
-        # FORCE: a test that leaked a connection must not keep its database alive.
-        self._run(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    def take(self) -> str:
-        """A fresh copy for one test; starts making the one after it."""
-        ready = self._next or self._admin.submit(self._create)
-        self._next = self._admin.submit(self._create)
-        return ready.result()
-
-    def give_back(self, name: str) -> None:
-        """Drop a test's copy behind it, with the copies before it in batches of
-        ``_DROP_BATCH``: PostgreSQL 15 checkpoints on every DROP DATABASE, and
-        back-to-back drops share the work of one checkpoint."""
-        self._used.append(name)
-        if len(self._used) >= _DROP_BATCH:
-            batch, self._used = self._used, []
-            self._admin.submit(self._drop_all, batch)
-
-    def _drop_all(self, names: list[str]) -> None:
-        for name in names:
-            self._drop(name)
-
-    def close(self) -> None:
-        """Drop the copy made ahead, wait for every drop."""
-        if self._next is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._used.append(self._next.result())
-        self._admin.submit(self._drop_all, self._used)
-        self._admin.shutdown(wait=True)
+# TOOLKIT_TEST_FRESH_DATABASES=1: a CREATE DATABASE per test, never a copy
+# brought back (to compare, or to rule the reuse out when chasing a failure).
+_REUSE_COPIES = os.environ.get("TOOLKIT_TEST_FRESH_DATABASES", "") != "1"
 
 
 @pytest.fixture(scope="session")
-def _database_copies(pg_server: Any) -> Iterator[_DatabaseCopies]:
-    copies = _DatabaseCopies(pg_server.template_dbname)
+def _database_copies(pg_server: Any) -> Iterator[DatabaseCopies]:
+    copies = DatabaseCopies(pg_server.template_dbname, server_url, reuse=_REUSE_COPIES)
     yield copies
     copies.close()
+    _COPIES_MADE.append(copies)
+
+
+_COPIES_MADE: list[DatabaseCopies] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How the tests' databases were made: the counts behind the suite's run time."""
+    for copies in _COPIES_MADE:
+        reasons = "; ".join(f"{why}: {count}" for why, count in sorted(copies.not_reused.items()))
+        terminalreporter.write_line(
+            f"test databases: {copies.created} made by CREATE DATABASE, {copies.reused} "
+            f"brought back to a fresh copy's state, {copies.dropped} dropped"
+            + (f" (not brought back: {reasons})" if reasons else "")
+        )
 
 
 @pytest.fixture
-def pg_client(_database_copies: _DatabaseCopies) -> Iterator[psycopg.Connection[Any]]:
+def pg_client(_database_copies: DatabaseCopies) -> Iterator[psycopg.Connection[Any]]:
     """A connection to this test's own copy of the migrated template."""
     name = _database_copies.take()
     try:
