@@ -91,9 +91,9 @@ BEGIN
 END;
 $$;
 
--- The chain trigger of 0009.
+-- The chain trigger of 0009 (SECURITY INVOKER again).
 CREATE OR REPLACE FUNCTION public.audit_events_chain() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY INVOKER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
@@ -146,6 +146,7 @@ BEGIN
 END;
 $$;
 
+DROP TABLE public.audit_chain_heads;
 DROP TABLE public.audit_retention_anchors;
 DROP FUNCTION toolkit_partitions.audit_retire(regclass);
 DELETE FROM toolkit_partitions.policy WHERE parent = 'public.audit_events';

@@ -9,9 +9,13 @@
 -- (the partition's last row of each chain, and the row before any gap a
 -- transaction that straddled a partition boundary left). The chain goes on
 -- from those anchors: verification starts from the anchor just below the
--- oldest surviving row, and the chain trigger links a tenant's next row to
--- its anchor when all its rows were dropped. Only the tables' owner writes
--- anchors; the application role reads its tenant's.
+-- oldest surviving row. Only the tables' owner writes anchors; the
+-- application role reads its tenant's.
+-- Each tenant's chain head (its newest seq and hash) is a row of
+-- public.audit_chain_heads that the chain trigger reads and advances: an
+-- audited INSERT no longer probes every partition for the newest row, and
+-- seq stays unique per tenant (the partitioned table cannot say so itself)
+-- whatever the writer's isolation level.
 -- depends: 0012.inbox-partitions
 
 -- A policy may name a function that maintain calls with a partition before
@@ -81,7 +85,7 @@ CREATE TABLE public.audit_retention_anchors (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT audit_retention_anchors_pkey PRIMARY KEY (tenant_id, seq)
 );
--- Read by the chain trigger and the verifiers (as the application role);
+-- Read by the verifiers (as the application role);
 -- written by maintain alone (the owner).
 REVOKE ALL ON public.audit_retention_anchors FROM toolkit_app;
 GRANT SELECT ON public.audit_retention_anchors TO toolkit_app;
@@ -117,11 +121,26 @@ END;
 $$;
 REVOKE ALL ON FUNCTION toolkit_partitions.audit_retire(regclass) FROM PUBLIC;  -- noqa: CP02
 
--- Links a new audit row to its tenant's chain: after its newest row, or
--- after its newest retention anchor when that is further on (every row of
--- the chain from there was dropped). Otherwise as in 0009.
+-- Each tenant's chain head: the seq and hash of its newest event, dropped
+-- by retention or not. Written by the chain trigger alone (it runs as the
+-- owner), under the tenant's chain lock, in the statement that appends.
+CREATE TABLE public.audit_chain_heads (
+    tenant_id uuid NOT NULL DEFAULT public.toolkit_tenant_or_default()
+    CONSTRAINT audit_chain_heads_tenant_id_fkey REFERENCES public.tenants (id),
+    seq bigint NOT NULL CONSTRAINT audit_chain_heads_seq_check CHECK (seq >= 1),
+    hash bytea NOT NULL CONSTRAINT audit_chain_heads_hash_check CHECK (octet_length(hash) = 32),
+    CONSTRAINT audit_chain_heads_pkey PRIMARY KEY (tenant_id)
+);
+REVOKE ALL ON public.audit_chain_heads FROM toolkit_app;
+GRANT SELECT ON public.audit_chain_heads TO toolkit_app;
+
+-- Links a new audit row to its tenant's chain head and advances the head, in
+-- O(1) whatever the number of partitions. SECURITY DEFINER: the application
+-- role cannot write the heads. Locking the head row also refuses a second
+-- writer whose snapshot predates the last advance (REPEATABLE READ or above:
+-- a serialization failure, never a repeated seq). Otherwise as in 0009.
 CREATE OR REPLACE FUNCTION public.audit_events_chain() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
@@ -131,8 +150,6 @@ DECLARE
     holder integer;
     last_seq bigint;
     last_hash bytea;
-    retired_seq bigint;
-    retired_hash bytea;
 BEGIN
     IF NOT pg_catalog.pg_try_advisory_xact_lock(chain_key) THEN
         IF caller_timeout <> '0' AND caller_timeout::interval < bound::interval THEN
@@ -160,20 +177,10 @@ BEGIN
                 HINT = 'end that session''s transaction, or pg_terminate_backend() it';
         END;
     END IF;
-    SELECT a.seq, a.hash INTO last_seq, last_hash
-    FROM public.audit_events AS a
-    WHERE a.tenant_id = NEW.tenant_id
-    ORDER BY a.seq DESC
-    LIMIT 1;
-    SELECT r.seq, r.hash INTO retired_seq, retired_hash
-    FROM public.audit_retention_anchors AS r
-    WHERE r.tenant_id = NEW.tenant_id
-    ORDER BY r.seq DESC
-    LIMIT 1;
-    IF retired_seq > coalesce(last_seq, 0) THEN
-        last_seq := retired_seq;
-        last_hash := retired_hash;
-    END IF;
+    SELECT h.seq, h.hash INTO last_seq, last_hash
+    FROM public.audit_chain_heads AS h
+    WHERE h.tenant_id = NEW.tenant_id
+    FOR UPDATE;
     NEW.seq := coalesce(last_seq, 0) + 1;
     NEW.prev_hash := coalesce(last_hash, '\x'::bytea);
     NEW.created_at := pg_catalog.now();
@@ -181,6 +188,13 @@ BEGIN
         NEW.prev_hash, NEW.seq, NEW.id, NEW.actor_id, NEW.action,
         NEW.entity, NEW.entity_id, NEW.details, NEW.created_at
     );
+    IF last_seq IS NULL THEN
+        INSERT INTO public.audit_chain_heads (tenant_id, seq, hash)
+        VALUES (NEW.tenant_id, NEW.seq, NEW.hash);
+    ELSE
+        UPDATE public.audit_chain_heads AS h SET seq = NEW.seq, hash = NEW.hash
+        WHERE h.tenant_id = NEW.tenant_id;
+    END IF;
     RETURN NEW;
 END;
 $$;
@@ -211,10 +225,10 @@ ALTER INDEX public.audit_events_entity_idx RENAME TO audit_events_before_0013_en
 ALTER TABLE public.audit_events_before_0013 NO FORCE ROW LEVEL SECURITY;
 
 -- A partitioned table's unique keys include its partition key: an event is
--- (id, created_at), and (tenant_id, seq) is indexed, not unique. The chain
--- trigger assigns seq under the tenant's chain lock (in READ COMMITTED, the
--- toolkit's isolation, it always sees the newest row), and verification
--- reports a repeated seq as a broken link.
+-- (id, created_at), and (tenant_id, seq) is indexed, not unique: the chain
+-- trigger assigns seq from the tenant's row of audit_chain_heads, which it
+-- locks (a writer whose snapshot predates the head's last advance fails),
+-- and verification reports a repeated seq as a broken link.
 CREATE TABLE public.audit_events (
     id uuid NOT NULL DEFAULT gen_random_uuid(),
     seq bigint NOT NULL,
@@ -282,6 +296,17 @@ BEGIN
 END;
 $$;
 DROP TABLE public.audit_events_before_0013;
+
+-- Each tenant's head is its newest row (no partition was dropped yet).
+INSERT INTO public.audit_chain_heads (tenant_id, seq, hash)
+SELECT DISTINCT ON (a.tenant_id) a.tenant_id, a.seq, a.hash
+FROM public.audit_events AS a
+ORDER BY a.tenant_id ASC, a.seq DESC;
+DO $$
+BEGIN
+    PERFORM public.toolkit_make_tenant_owned('public.audit_chain_heads');
+END;
+$$;
 
 -- Row triggers, cloned by PostgreSQL onto every partition, present and future.
 CREATE TRIGGER audit_events_chain BEFORE INSERT ON public.audit_events

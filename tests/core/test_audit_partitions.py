@@ -85,6 +85,13 @@ def append_at(
             "RETURNING seq",
             {"at": created_at, "tenant": tenant},
         ).fetchone()
+        # The chain trigger advances the head in the same statement: so does this.
+        superuser.execute(
+            "INSERT INTO audit_chain_heads (tenant_id, seq, hash) "
+            "SELECT tenant_id, seq, hash FROM audit_events WHERE tenant_id = %s AND seq = %s "
+            "ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            [tenant, seq],
+        )
     finally:
         superuser.execute("SET session_replication_role = origin")
     return int(seq)
@@ -360,6 +367,11 @@ def test_the_application_role_cannot_write_anchors_or_reach_partitions(
         "UPDATE audit_retention_anchors SET hash = sha256('x')",
         "DELETE FROM audit_retention_anchors",
         "TRUNCATE audit_retention_anchors",
+        "INSERT INTO audit_chain_heads (tenant_id, seq, hash) "
+        "VALUES (toolkit_tenant(), 99, sha256('x'))",
+        "UPDATE audit_chain_heads SET seq = 1",
+        "DELETE FROM audit_chain_heads",
+        "TRUNCATE audit_chain_heads",
         "UPDATE audit_events SET details = '{}'",
         "DELETE FROM audit_events",
         "TRUNCATE audit_events",
@@ -370,12 +382,22 @@ def test_the_application_role_cannot_write_anchors_or_reach_partitions(
     ]
     with psycopg.connect(url_as(direct_database_url, login), autocommit=True) as app:
         app.execute("SELECT set_config('toolkit.tenant_id', %s, false)", [str(DEFAULT_TENANT)])
-        # It reads its tenant's anchors (the chain trigger and the verifiers do).
+        # It reads its tenant's anchors (the verifiers do).
         assert app.execute("SELECT seq FROM audit_retention_anchors").fetchall() == [(4,)]
+        # And its chain head, which its audited INSERTs advance (through the trigger only).
+        assert app.execute("SELECT seq FROM audit_chain_heads").fetchall() == [(7,)]
+        app.execute(
+            "INSERT INTO audit_events (action, entity, prev_hash, hash) "
+            "VALUES ('thing.happened', 'thing', '', '')"
+        )
+        assert app.execute("SELECT seq FROM audit_chain_heads").fetchall() == [(8,)]
         for statement in forbidden:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(statement)
     assert retention_anchors(superuser)[0][1] == 4
+    assert superuser.execute("SELECT seq, hash FROM audit_chain_heads").fetchall() == [
+        (8, hash_of(superuser, 8))
+    ]
 
 
 def test_the_partitions_refuse_update_delete_and_truncate_even_to_their_owner(superuser) -> None:
@@ -420,6 +442,11 @@ def test_converting_existing_events_and_rolling_back_keep_every_row_and_the_cata
     assert migrate(scratch_url).applied[0] == MIGRATION
     assert audit_rows(scratch_url) == rows
     with psycopg.connect(scratch_url, autocommit=True) as conn:
+        # Each tenant's chain head is seeded from its newest row.
+        assert conn.execute(
+            "SELECT h.tenant_id, h.seq, h.hash = a.hash FROM audit_chain_heads AS h "
+            "JOIN audit_events AS a USING (tenant_id, seq)"
+        ).fetchall() == [(DEFAULT_TENANT, 3, True)]
         assert conn.execute(
             "SELECT relkind FROM pg_class WHERE oid = 'public.audit_events'::regclass"
         ).fetchone() == ("p",)
@@ -489,3 +516,89 @@ def test_a_chain_dropped_whole_is_not_a_truncated_one(
     # Deleting the anchor that vouches for the drop makes it a truncation again.
     superuser.execute("DELETE FROM audit_retention_anchors")
     assert verify(conn, anchors).kinds() == {FindingKind.TRUNCATED}
+
+
+def insert_cost(superuser: psycopg.Connection[Any], inserts: int) -> tuple[int, float]:
+    """Audited INSERTs, ``inserts`` of them in one transaction, and what they cost in the
+    audit log's partitions, their indexes and the chain heads: index scans in all, and
+    shared-buffer hits per insert. Read from this backend's counters of the transaction,
+    which nothing else touches: no timing, nothing the machine's load changes."""
+    touched = (
+        "SELECT coalesce(sum(pg_stat_get_xact_numscans(c.oid)) FILTER (WHERE c.relkind = 'i' "
+        "AND c.relnamespace = 'toolkit_partitions'::regnamespace), 0)::bigint, "
+        "coalesce(sum(pg_stat_get_xact_blocks_hit(c.oid)), 0)::bigint FROM pg_class AS c "
+        "WHERE (c.relnamespace = 'toolkit_partitions'::regnamespace "
+        "AND c.relname LIKE 'audit\\_events\\_%%') "
+        "OR c.oid IN ('public.audit_chain_heads'::regclass, "
+        "'public.audit_chain_heads_pkey'::regclass)"
+    )
+    insert = (
+        "INSERT INTO audit_events (action, entity, prev_hash, hash) "
+        "VALUES ('thing.happened', 'thing', '', '')"
+    )
+    superuser.execute(insert)  # plans the trigger's statements outside the count
+    superuser.execute("BEGIN")
+    try:
+        scans_before, hits_before = superuser.execute(touched).fetchone()
+        for _ in range(inserts):
+            superuser.execute(insert)
+        scans_after, hits_after = superuser.execute(touched).fetchone()
+    finally:
+        superuser.execute("COMMIT")
+    return scans_after - scans_before, (hits_after - hits_before) / inserts
+
+
+def test_an_audited_insert_costs_the_same_with_5_or_60_partitions(superuser) -> None:
+    """The chain trigger reads and advances the tenant's row of audit_chain_heads: it probes
+    no partition for the newest row (the old ORDER BY seq DESC LIMIT 1 scanned the
+    (tenant_id, seq) index of every partition: 55 buffer hits per insert with 5 of them,
+    666 with 109)."""
+    superuser.execute("SELECT set_config('toolkit.tenant_id', %s, false)", [str(DEFAULT_TENANT)])
+    (few,) = superuser.execute(
+        "SELECT count(*) FROM toolkit_partitions.partitions('public.audit_events')"
+    ).fetchone()
+    few_scans, few_hits = insert_cost(superuser, 10)
+    for weeks_ago in range(2, 2 + 60 - few):
+        past_partition(superuser, weeks_ago)
+    assert superuser.execute(
+        "SELECT count(*) FROM toolkit_partitions.partitions('public.audit_events')"
+    ).fetchone() == (60,)
+    many_scans, many_hits = insert_cost(superuser, 10)
+    assert (few_scans, many_scans) == (0, 0)
+    assert many_hits <= few_hits + 1, (few, few_hits, many_hits)
+
+
+def test_repeatable_read_writers_cannot_repeat_a_seq(
+    superuser, make_role, direct_database_url
+) -> None:
+    """seq is not UNIQUE on the partitioned table: the locked chain head keeps it unique. A
+    writer whose snapshot predates another's append fails instead of linking after a row it
+    cannot see."""
+    superuser.execute("INSERT INTO tenants (id, name) VALUES (%s, 'other')", [OTHER_TENANT])
+    url = url_as(direct_database_url, make_role("LOGIN"))
+    insert = (
+        "INSERT INTO audit_events (action, entity, prev_hash, hash) "
+        "VALUES ('thing.happened', 'thing', '', '')"
+    )
+    with psycopg.connect(url, autocommit=True) as first, psycopg.connect(url) as late:
+        for tenant, refusal in (
+            (DEFAULT_TENANT, psycopg.errors.SerializationFailure),  # the head advanced
+            (OTHER_TENANT, psycopg.errors.UniqueViolation),  # the head was made: its first row
+        ):
+            for session in (first, late):
+                session.execute("SELECT set_config('toolkit.tenant_id', %s, false)", [str(tenant)])
+            late.commit()
+            if tenant == DEFAULT_TENANT:
+                first.execute(insert)
+            late.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            late.execute("SELECT count(*) FROM audit_events").fetchone()  # its snapshot
+            first.execute(insert)
+            with pytest.raises(refusal):
+                late.execute(insert)
+            late.rollback()
+            late.execute(insert)  # a retry, with a fresh snapshot, links after it
+            late.commit()
+    assert superuser.execute(
+        "SELECT tenant_id, array_agg(seq ORDER BY seq) FROM audit_events GROUP BY tenant_id "
+        "ORDER BY tenant_id"
+    ).fetchall() == [(DEFAULT_TENANT, [1, 2, 3]), (OTHER_TENANT, [1, 2])]

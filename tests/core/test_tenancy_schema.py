@@ -65,13 +65,15 @@ TENANT_OWNED = {
     "lg_blobs",
     "lg_writes",
     "audit_retention_anchors",
+    "audit_chain_heads",
 }
 """What seed_tenant() writes rows into: every table with a tenant_id, so far."""
 
-UNCHANGEABLE_BY_APP = {"audit_events", "audit_retention_anchors"}
+UNCHANGEABLE_BY_APP = {"audit_events", "audit_retention_anchors", "audit_chain_heads"}
 """Tenant-owned tables whose rows the application role may not update or delete."""
-READ_ONLY_FOR_APP = {"audit_retention_anchors"}
-"""... nor insert: only maintain (the owner) writes retention anchors."""
+READ_ONLY_FOR_APP = {"audit_retention_anchors", "audit_chain_heads"}
+"""... nor insert: only maintain (the owner) writes retention anchors, only the chain trigger
+(SECURITY DEFINER) the chain heads."""
 
 
 # -- fixtures and helpers -----------------------------------------------------------
@@ -1044,7 +1046,7 @@ INSERT INTO lg_writes (thread_id, checkpoint_id, task_id, idx, channel, type, bl
 VALUES ('old', 'c1', 't1', 0, 'ch', 'bytes', '\\x00');
 """
 
-AFTER_0009 = {"audit_retention_anchors"}
+AFTER_0009 = {"audit_retention_anchors", "audit_chain_heads"}
 """Tenant-owned tables a later migration made (0013): 0009 has no rows of theirs to convert."""
 DATA_TABLES = sorted(TENANT_OWNED - {"memberships"} - AFTER_0009 | {"users"})
 
