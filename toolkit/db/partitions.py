@@ -61,6 +61,7 @@ class MaintainReport:
     kept: list[str] = field(default_factory=list)
     finalized: list[str] = field(default_factory=list)
     awaiting_drop: list[str] = field(default_factory=list)
+    carried: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: how many partitions were created, dropped, kept and finalized."""
@@ -68,7 +69,8 @@ class MaintainReport:
             f"{len(self.created)} partition(s) created, {len(self.dropped)} dropped, "
             f"{len(self.kept)} expired but kept (rows still to keep), "
             f"{len(self.finalized)} interrupted detach(es) finished, "
-            f"{len(self.awaiting_drop)} detached awaiting drop"
+            f"{len(self.awaiting_drop)} detached awaiting drop, "
+            f"{sum(self.carried.values())} row(s) carried forward"
         )
 
 
@@ -76,13 +78,17 @@ class MaintainReport:
 class _Policy:
     parent: str
     keep_while: str
+    carry_forward: str | None
 
 
 def _policies(conn: Connection) -> list[_Policy]:
     rows = conn.execute(
-        "SELECT parent, keep_while FROM toolkit_partitions.policy ORDER BY parent"
+        "SELECT parent, keep_while, carry_forward FROM toolkit_partitions.policy ORDER BY parent"
     ).fetchall()
-    return [_Policy(str(parent), str(keep)) for parent, keep in rows]
+    return [
+        _Policy(str(parent), str(keep), None if carry is None else str(carry))
+        for parent, keep, carry in rows
+    ]
 
 
 def _has_rows_to_keep(conn: Connection, partition: str, keep_while: str) -> bool:
@@ -179,6 +185,15 @@ def _drop_expired(
     conn: Connection, policy: _Policy, now: datetime | None, report: MaintainReport
 ) -> None:
     """Detach concurrently and drop each partition past its retention with nothing to keep."""
+    if policy.carry_forward is not None:
+        # Rows still needed leave the expired partitions first, in one transaction of
+        # their own (autocommit), before any detach.
+        row = conn.execute(
+            sql.SQL("SELECT {}(%s::regclass)").format(sql.SQL(policy.carry_forward)),
+            [policy.parent],
+        ).fetchone()
+        if row and row[0]:
+            report.carried[policy.parent] = int(row[0])
     expired = conn.execute(
         _PARTITIONS + " WHERE NOT p.detach_pending"
         " AND p.upper_bound <= coalesce(%(now)s::timestamptz, now()) - r.retention"
@@ -210,6 +225,11 @@ def maintain(url: str, *, now: datetime | None = None) -> MaintainReport:
         with conn:
             conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
             conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
+            # The present of this run, for the policies' own functions (keep_while, carry_forward).
+            conn.execute(
+                "SELECT set_config('toolkit.maintain_now', coalesce(%s::timestamptz::text, ''), false)",
+                [now],
+            )
             try:
                 _drop_leftovers(conn, report)
                 for policy in _policies(conn):
