@@ -160,7 +160,9 @@ END;
 $$;
 -- After the statement's rows are in, as a foreign key checks: a statement
 -- may write a base and its deltas in any order.
-CREATE TRIGGER lg_blobs_base_exists AFTER INSERT ON public.lg_blobs
+CREATE TRIGGER lg_blobs_base_exists
+AFTER INSERT OR UPDATE OF tenant_id, thread_id, checkpoint_ns, channel, base_version
+ON public.lg_blobs
 FOR EACH ROW WHEN (new.base_version IS NOT NULL)
 EXECUTE FUNCTION public.lg_blobs_base_exists();
 
@@ -195,7 +197,9 @@ BEGIN
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER lg_blobs_base_kept AFTER DELETE ON public.lg_blobs
+CREATE TRIGGER lg_blobs_base_kept
+AFTER DELETE OR UPDATE OF tenant_id, thread_id, checkpoint_ns, channel, version
+ON public.lg_blobs
 FOR EACH ROW EXECUTE FUNCTION public.lg_blobs_base_kept();
 
 -- Weekly partitions, two ready ahead; a thread is finished four weeks after

@@ -218,7 +218,9 @@ def test_cli_maintain_prints_what_it_did_and_a_second_run_does_nothing(
         )
 
     # Day-wide partitions ready three days ahead: one day more wanted makes one more.
-    superuser.execute("UPDATE toolkit_partitions.policy SET premake = 4")
+    superuser.execute(
+        "UPDATE toolkit_partitions.policy SET premake = 4 WHERE parent = 'public.outbox'"
+    )
     first = run()
     assert first.returncode == 0, first.stderr
     assert first.stdout.count("created toolkit_partitions.outbox_") == 1
