@@ -57,7 +57,8 @@ CREATE TABLE public.lg_blobs (
     tenant_id uuid NOT NULL DEFAULT public.toolkit_tenant_or_default()
     CONSTRAINT lg_blobs_tenant_id_fkey REFERENCES public.tenants (id),
     CONSTRAINT lg_blobs_pkey PRIMARY KEY (tenant_id, thread_id, checkpoint_ns, channel, version),
-    CONSTRAINT lg_blobs_base_fkey FOREIGN KEY (tenant_id, thread_id, checkpoint_ns, channel, base_version)
+    CONSTRAINT lg_blobs_base_fkey
+    FOREIGN KEY (tenant_id, thread_id, checkpoint_ns, channel, base_version)
     REFERENCES public.lg_blobs (tenant_id, thread_id, checkpoint_ns, channel, version),
     CONSTRAINT lg_blobs_delta_check CHECK (
         base_version IS NULL OR (item_count IS NOT NULL AND blob IS NOT NULL)

@@ -211,13 +211,16 @@ INSERT INTO toolkit_partitions.policy (
     parent, partition_interval, premake, retention, keep_while, carry_forward
 )
 SELECT
-    t.parent, interval '7 days', 2, interval '28 days',
+    t.parent,
+    interval '7 days' AS partition_interval,
+    2 AS premake,
+    interval '28 days' AS retention,
     '(tenant_id, thread_id) IN ('
     || 'SELECT c.tenant_id, c.thread_id FROM public.lg_checkpoints AS c WHERE c.stored_at >= '
     || '(SELECT toolkit_partitions.horizon(''public.lg_checkpoints'')) UNION ALL '
     || 'SELECT w.tenant_id, w.thread_id FROM public.lg_writes AS w WHERE w.stored_at >= '
-    || '(SELECT toolkit_partitions.horizon(''public.lg_writes'')))',
-    'toolkit_partitions.lg_carry_forward'
+    || '(SELECT toolkit_partitions.horizon(''public.lg_writes'')))' AS keep_while,
+    'toolkit_partitions.lg_carry_forward' AS carry_forward
 FROM unnest(ARRAY['public.lg_checkpoints', 'public.lg_blobs', 'public.lg_writes']) AS t (parent);
 
 -- Moves the rows of live threads out of target's expired partitions into

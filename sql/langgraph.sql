@@ -22,13 +22,14 @@ WITH blobs AS (
             :channels::text[], :versions::text[], :types::text[], :base_versions::text[],
             :item_counts::integer[], :blobs::bytea[]
         ) AS v (channel, version, type, base_version, item_count, blob)
-    WHERE NOT EXISTS (
-        SELECT FROM lg_blobs AS b
-        WHERE
-            b.tenant_id = (SELECT toolkit_tenant_or_default())
-            AND b.thread_id = :thread_id AND b.checkpoint_ns = :checkpoint_ns
-            AND b.channel = v.channel AND b.version = v.version
-    )
+    WHERE
+        NOT EXISTS (
+            SELECT FROM lg_blobs AS b
+            WHERE
+                b.tenant_id = (SELECT toolkit_tenant_or_default())
+                AND b.thread_id = :thread_id AND b.checkpoint_ns = :checkpoint_ns
+                AND b.channel = v.channel AND b.version = v.version
+        )
     ON CONFLICT DO NOTHING
     RETURNING channel
 ),
@@ -65,13 +66,14 @@ SELECT
 FROM
     unnest(:idxs::integer[], :channels::text[], :types::text[], :blobs::bytea[])
         AS w (idx, channel, type, blob)
-WHERE NOT EXISTS (
-    SELECT FROM lg_writes AS o
-    WHERE
-        o.tenant_id = (SELECT toolkit_tenant_or_default())
-        AND o.thread_id = :thread_id AND o.checkpoint_ns = :checkpoint_ns
-        AND o.checkpoint_id = :checkpoint_id AND o.task_id = :task_id AND o.idx = w.idx
-)
+WHERE
+    NOT EXISTS (
+        SELECT FROM lg_writes AS o
+        WHERE
+            o.tenant_id = (SELECT toolkit_tenant_or_default())
+            AND o.thread_id = :thread_id AND o.checkpoint_ns = :checkpoint_ns
+            AND o.checkpoint_id = :checkpoint_id AND o.task_id = :task_id AND o.idx = w.idx
+    )
 ON CONFLICT DO NOTHING;
 
 -- name: langgraph.upsert_writes :exec
@@ -429,14 +431,15 @@ WITH checkpoints_copied AS (
         thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
     )
     SELECT
-        :target::text, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
+        :target::text, s.checkpoint_ns, s.checkpoint_id, s.parent_checkpoint_id, s.checkpoint,
+        s.metadata
     FROM lg_checkpoints AS s
     WHERE
         s.tenant_id = (SELECT toolkit_tenant_or_default()) AND s.thread_id = :source::text
         AND NOT EXISTS (
             SELECT FROM lg_checkpoints AS t
             WHERE
-                t.tenant_id = s.tenant_id AND t.thread_id = :target::text
+                t.tenant_id = s.tenant_id AND t.thread_id = :target::text  -- noqa: RF02
                 AND t.checkpoint_ns = s.checkpoint_ns AND t.checkpoint_id = s.checkpoint_id
         )
     ON CONFLICT DO NOTHING
@@ -447,15 +450,15 @@ writes_copied AS (
         thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob
     )
     SELECT
-        :target::text, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type,
-        blob
+        :target::text, s.checkpoint_ns, s.checkpoint_id, s.task_id, s.task_path, s.idx, s.channel,
+        s.type, s.blob
     FROM lg_writes AS s
     WHERE
         s.tenant_id = (SELECT toolkit_tenant_or_default()) AND s.thread_id = :source::text
         AND NOT EXISTS (
             SELECT FROM lg_writes AS t
             WHERE
-                t.tenant_id = s.tenant_id AND t.thread_id = :target::text
+                t.tenant_id = s.tenant_id AND t.thread_id = :target::text  -- noqa: RF02
                 AND t.checkpoint_ns = s.checkpoint_ns AND t.checkpoint_id = s.checkpoint_id
                 AND t.task_id = s.task_id AND t.idx = s.idx
         )
@@ -465,14 +468,16 @@ writes_copied AS (
 INSERT INTO lg_blobs (
     thread_id, checkpoint_ns, channel, version, type, base_version, item_count, blob
 )
-SELECT :target::text, checkpoint_ns, channel, version, type, base_version, item_count, blob
+SELECT
+    :target::text, s.checkpoint_ns, s.channel, s.version, s.type, s.base_version, s.item_count,
+    s.blob
 FROM lg_blobs AS s
 WHERE
     s.tenant_id = (SELECT toolkit_tenant_or_default()) AND s.thread_id = :source::text
     AND NOT EXISTS (
         SELECT FROM lg_blobs AS t
         WHERE
-            t.tenant_id = s.tenant_id AND t.thread_id = :target::text
+            t.tenant_id = s.tenant_id AND t.thread_id = :target::text  -- noqa: RF02
             AND t.checkpoint_ns = s.checkpoint_ns AND t.channel = s.channel
             AND t.version = s.version
     )

@@ -154,9 +154,7 @@ def test_a_delta_never_outlives_its_base(superuser) -> None:
         " ORDER BY upper_bound DESC LIMIT 1"
     ).fetchone()
     assert older is not None
-    superuser.execute(
-        "UPDATE lg_blobs SET stored_at = %s WHERE version = 'v1'", [older[0]]
-    )
+    superuser.execute("UPDATE lg_blobs SET stored_at = %s WHERE version = 'v1'", [older[0]])
     # A base and its delta deleted together: nothing outlives anything.
     superuser.execute("DELETE FROM lg_blobs WHERE thread_id = 't'")
     assert superuser.execute("SELECT count(*) FROM lg_blobs").fetchone() == (0,)

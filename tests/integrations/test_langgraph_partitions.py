@@ -129,7 +129,12 @@ def test_maintain_keeps_live_threads_whole_and_drops_finished_ones(
         assert rows_of(superuser, finished.thread_id) == dict.fromkeys(TABLES, 0)
 
         again = maintain(direct_database_url, now=present)
-        assert (again.created, lg_only(again.dropped), again.kept, again.carried) == ([], [], [], {})
+        assert (again.created, lg_only(again.dropped), again.kept, again.carried) == (
+            [],
+            [],
+            [],
+            {},
+        )
         assert answers(saver, live) == live_before
 
         # The live thread goes on: its unchanged channel is still read.

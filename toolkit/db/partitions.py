@@ -1,19 +1,25 @@
 """Time partitions of the append-only and queue tables (``toolkit maintain``).
 
-Migration 0011 partitions ``public.outbox`` by ``created_at`` (native range
-partitioning, no DEFAULT partition) into the schema ``toolkit_partitions``,
+Migration 0011 partitions ``public.outbox`` by ``created_at``, 0014 the
+LangGraph tables (``lg_checkpoints``, ``lg_blobs``, ``lg_writes``) by
+``stored_at`` (native range partitioning, no DEFAULT partition) into the
+schema ``toolkit_partitions``,
 which no application role may use: every read and write goes through the
 parent, under its row-level security. ``toolkit_partitions.policy`` says,
 per parent, how wide a partition is, how many to keep ready ahead of now,
 how long a partition is kept once its range has ended, and which rows keep
-it alive whatever its age (the outbox: ``sent_at IS NULL``).
+it alive whatever its age (the outbox: ``sent_at IS NULL``), and what to
+run before expired partitions are dropped (``carry_forward``, optional).
 
 :func:`maintain`, under the migration advisory lock (a maintain run and a
 migrate run never overlap; two maintain runs queue up):
 
 1. finishes any ``DETACH ... CONCURRENTLY`` a killed run left pending;
 2. creates the partitions missing up to ``premake`` intervals ahead;
-3. drops each partition whose range ended more than ``retention`` ago:
+3. runs the policy's ``carry_forward`` function, if it has one, in a
+   transaction of its own: it moves the rows still needed out of the expired
+   partitions (see below);
+4. drops each partition whose range ended more than ``retention`` ago:
    ``DETACH PARTITION ... CONCURRENTLY`` (writers and the relay go on; it
    waits only for transactions that hold the parent), checks again on the
    detached table that no row must be kept (a transaction that began long
@@ -27,6 +33,26 @@ migrate run never overlap; two maintain runs queue up):
 Retention is a partition drop, never a ``DELETE``: the dead row versions a
 relay leaves go with their partition, whatever snapshot a long transaction
 holds. A second run right after changes nothing.
+
+LangGraph threads (0014). A thread's newest checkpoint may read a value
+stored weeks ago (a channel that never changed, the base of a list's delta),
+and its pending writes belong to that checkpoint, so a partition cannot
+simply expire under a thread still in use. The rule: a thread is *live*
+while one of its checkpoints or writes is in a partition that has not
+expired, and *finished* once every one of them is (nothing written to it for
+the retention, four weeks by default, rounded up to a partition).
+``toolkit_partitions.lg_carry_forward`` moves every row of a live thread out
+of the expired partitions into the newest partition holding a row of that
+thread, with one ``UPDATE`` of ``stored_at`` (a row moves between
+partitions atomically: every reader finds it in one place, never two, and
+never none). What is left belongs to finished threads and goes with the
+partition; ``keep_while`` (the thread is live) is checked again on the
+detached table, so a thread taken up again meanwhile keeps it. Rows never
+move past their thread's newest row, so a thread nobody writes to ends.
+Moving rather than pinning: a ``keep_while`` alone would let one long-lived
+thread keep a whole partition, every other thread's rows in it included,
+for as long as it runs; moving costs rewriting a live thread's rows about
+once per retention.
 
 It needs the owner of the tables and a role that bypasses row-level security
 (the migration role), as ``toolkit migrate`` does.
@@ -61,10 +87,11 @@ class MaintainReport:
     kept: list[str] = field(default_factory=list)
     finalized: list[str] = field(default_factory=list)
     awaiting_drop: list[str] = field(default_factory=list)
+    #: rows moved out of expired partitions before the drop, per parent
     carried: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line: how many partitions were created, dropped, kept and finalized."""
+        """One line: partitions created, dropped, kept, finalized; rows carried forward."""
         return (
             f"{len(self.created)} partition(s) created, {len(self.dropped)} dropped, "
             f"{len(self.kept)} expired but kept (rows still to keep), "
@@ -225,9 +252,10 @@ def maintain(url: str, *, now: datetime | None = None) -> MaintainReport:
         with conn:
             conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
             conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
-            # The present of this run, for the policies' own functions (keep_while, carry_forward).
+            # The present of this run, for the policies' own SQL (keep_while, carry_forward).
             conn.execute(
-                "SELECT set_config('toolkit.maintain_now', coalesce(%s::timestamptz::text, ''), false)",
+                "SELECT set_config('toolkit.maintain_now',"
+                " coalesce(%s::timestamptz::text, ''), false)",
                 [now],
             )
             try:

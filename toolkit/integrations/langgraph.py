@@ -40,8 +40,9 @@ version of an append run extends version ``n & (n - 1)``. The trade-off:
 The process remembers the newest version of each list channel (an LRU of
 4096 by default). After a restart, or when another process wrote the
 previous version, the next value is stored whole and starts a new chain.
-A foreign key keeps a delta from outliving its base: if retention deleted
-the base meanwhile, the put retries with the whole value.
+A delta never outlives its base (triggers that act as the foreign key of
+0006 did, which partitioned tables cannot keep): if retention deleted the
+base meanwhile, the put retries with the whole value.
 
 Stored values never run code
 ----------------------------
@@ -82,6 +83,14 @@ base of a delta) go with them. Threads whose graphs use LangGraph's beta
 ``DeltaChannel`` rebuild that channel from the writes of earlier
 checkpoints: ``retain`` leaves them whole (and reports them) and
 ``prune("keep_latest")`` refuses them, as PostgresSaver does.
+
+Retention without ``DELETE``: the three tables are partitioned by the time
+a row was stored (migration 0014), and ``toolkit maintain`` drops the
+partitions of *finished* threads (no checkpoint or write stored for four
+weeks, by default) after moving the rows of live threads out of them, so a
+live thread's get_tuple, list and put answer the same before and after
+(see :mod:`toolkit.db.partitions`). Each read probes every attached
+partition's index (about eight with weekly partitions).
 
 Why not the ``checkpoints`` table of migration 0001: it holds an
 execution's snapshots, keyed by execution (a foreign key) and sequence;
