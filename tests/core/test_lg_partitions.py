@@ -181,3 +181,45 @@ def test_a_delta_cannot_extend_another_tenants_value(
                 " item_count, blob) VALUES ('t', 'ch', 'v2', 'bytes', 'only-b', 1, '\\x01')"
             )
         assert raised.value.diag.constraint_name == "lg_blobs_base_fkey"
+
+
+def test_the_carry_moves_one_row_per_key_when_two_writers_raced(superuser) -> None:
+    """Two rows of one key (two writers raced past the saver's NOT EXISTS): of those in
+    expired partitions the newest moves, one kept elsewhere wins, and nothing collides."""
+    (start,) = superuser.execute(
+        "SELECT toolkit_partitions.floor_time(now(), interval '7 days')"
+    ).fetchone()
+    expired_at = start - timedelta(days=3)
+    superuser.execute(
+        "SELECT set_config('toolkit.maintain_now', %s::text, false)",
+        [start + timedelta(days=28, hours=1)],
+    )
+    # The thread is live: a checkpoint this week.
+    superuser.execute(
+        "INSERT INTO lg_checkpoints (thread_id, checkpoint_id, checkpoint, stored_at)"
+        " VALUES ('raced', 'c9', '{}', %s)",
+        [start + timedelta(hours=2)],
+    )
+    blob = (
+        "INSERT INTO lg_blobs (thread_id, channel, version, type, blob, stored_at)"
+        " VALUES ('raced', %s, 'v1', 'bytes', %s, %s)"
+    )
+    superuser.execute(blob, ["twice-old", b"older", expired_at])
+    superuser.execute(blob, ["twice-old", b"newer", expired_at + timedelta(seconds=1)])
+    superuser.execute(blob, ["old-and-new", b"old", expired_at])
+    superuser.execute(blob, ["old-and-new", b"new", start + timedelta(hours=1)])
+
+    moved = superuser.execute("SELECT toolkit_partitions.lg_carry_forward('public.lg_blobs')")
+    assert moved.fetchone() == (1,)
+    kept = superuser.execute(
+        "SELECT channel, blob, stored_at >= %s FROM lg_blobs ORDER BY channel, stored_at", [start]
+    ).fetchall()
+    assert kept == [
+        ("old-and-new", b"old", False),  # left behind: goes with its partition
+        ("old-and-new", b"new", True),
+        ("twice-old", b"older", False),
+        ("twice-old", b"newer", True),  # moved, next to the thread's newest row
+    ]
+    # Twice: nothing left to move.
+    again = superuser.execute("SELECT toolkit_partitions.lg_carry_forward('public.lg_blobs')")
+    assert again.fetchone() == (0,)
