@@ -25,6 +25,7 @@ from psycopg import sql
 from tests.conftest import url_as
 from tests.integrations.test_langgraph_storage import Thread, text
 from toolkit.config import Settings
+from toolkit.db import partitions
 from toolkit.db.partitions import maintain
 from toolkit.integrations.langgraph import ToolkitCheckpointSaver
 
@@ -220,3 +221,45 @@ def test_the_application_role_reaches_the_lg_tables_only_through_their_parents(
                 app.execute(
                     "SELECT set_config('toolkit.tenant_id', %s, false)", [str(uuid.UUID(int=0))]
                 )
+
+
+def test_a_thread_taken_up_again_during_the_drop_keeps_its_partition(
+    settings: Settings,
+    superuser: psycopg.Connection[Any],
+    direct_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finished when maintain carried nothing of it, written to again before the detach
+    ended: keep_while, checked again on the detached table, attaches it back."""
+    start = week_start(superuser)
+    with ToolkitCheckpointSaver.from_settings(settings) as saver:
+        thread = Thread(saver)
+        thread.put(0, documents=["old"], turn=0)
+        age(superuser, thread.thread_id, start - timedelta(days=20))
+        checks: list[str] = []
+        real_check = partitions._has_rows_to_keep
+
+        def check_then_take_up(conn: Any, partition: str, keep_while: str) -> bool:
+            found = real_check(conn, partition, keep_while)
+            checks.append(partition)
+            if len(checks) == 1:  # lg_blobs' old partition, checked, not yet detached
+                assert partition.startswith("toolkit_partitions.lg_blobs_before_") and not found
+                thread.put(1, turn=1)
+            return found
+
+        monkeypatch.setattr(partitions, "_has_rows_to_keep", check_then_take_up)
+        report = maintain(direct_database_url, now=start + timedelta(days=28, hours=1))
+        assert checks[:2] == [checks[0], checks[0]]  # checked again once detached
+        # lg_blobs' partition attached back; lg_checkpoints, processed after, found the
+        # thread live and carried its old checkpoint forward.
+        assert [name.split("_before_")[0] for name in report.kept] == [
+            "toolkit_partitions.lg_blobs"
+        ]
+        assert report.carried == {"public.lg_checkpoints": 1}
+        whole = answers(saver, thread)
+        assert whole[1]["channel_values"] == {"documents": ["old"], "turn": 1}
+        # The next run carries the values forward and drops the partition.
+        monkeypatch.undo()
+        following = maintain(direct_database_url, now=start + timedelta(days=28, hours=1))
+        assert following.carried == {"public.lg_blobs": 2} and following.kept == []
+        assert answers(saver, thread) == whole
