@@ -151,6 +151,7 @@ $$;
 DROP TABLE public.lg_writes_partitioned;
 DROP TABLE public.lg_blobs_partitioned;
 DROP TABLE public.lg_checkpoints_partitioned;
+DROP FUNCTION public.lg_thread_lock_key(uuid, text);
 DROP FUNCTION public.lg_blobs_base_exists();
 DROP FUNCTION public.lg_blobs_base_kept();
 DROP FUNCTION toolkit_partitions.horizon(regclass);

@@ -43,6 +43,27 @@ AS $$
     WHERE p.upper_bound <= toolkit_partitions.maintain_now() - r.retention
 $$;
 
+-- The write lock of a LangGraph thread. Without a unique index on a key
+-- (a partitioned table's must hold stored_at), "insert a key only when no row
+-- has it" is exact only when the check runs after every earlier writer of
+-- the key committed: each saver write takes this advisory lock (transaction
+-- scoped) in a statement of its own before it checks, and maintain's carry
+-- takes it for the threads it moves (so a saver update never meets a row
+-- being moved). Threads share 1024 keys, so the carry takes at most 1024
+-- locks however many threads it moves; two threads on one key only wait
+-- for each other's statement.
+CREATE FUNCTION public.lg_thread_lock_key(tenant uuid, thread text)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.hashtextextended(
+        'toolkit.lg_threads:'
+        || (pg_catalog.hashtextextended(tenant::text || '/' || thread, 0) & 1023)::text,
+        0
+    )
+$$;
+
 -- What maintain runs before it drops a parent's expired partitions (NULL:
 -- nothing): a function of the parent returning how many rows it moved.
 ALTER TABLE toolkit_partitions.policy ADD COLUMN carry_forward text;
@@ -249,6 +270,20 @@ BEGIN
     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k (attnum, position)
     INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = target AND i.indisprimary AND a.attname <> 'stored_at';
+    -- The write locks of every thread with a row to move, in key order (as
+    -- every taker does); the UPDATE below, a statement of its own, then sees
+    -- every saver write that came before.
+    EXECUTE pg_catalog.format(
+        $q$
+        SELECT pg_catalog.count(pg_catalog.pg_advisory_xact_lock(k.key))
+        FROM (
+            SELECT DISTINCT public.lg_thread_lock_key(d.tenant_id, d.thread_id) AS key
+            FROM %1$s AS d WHERE d.stored_at < $1
+            ORDER BY key
+        ) AS k
+        $q$,
+        target
+    ) USING edge;
     EXECUTE pg_catalog.format(
         $q$
         WITH expiring AS (

@@ -8,6 +8,17 @@
 -- tenant's threads (the default tenant's without one), and joins carry the
 -- tenant along the composite keys.
 
+-- name: langgraph.lock_threads :exec
+-- Take the write locks of threads (toolkit migration 0014) until the transaction ends, in key
+-- order: a statement of its own, so that the next one checks "no row has this key" after
+-- every earlier writer of these threads committed (maintain's carry included).
+SELECT count(pg_advisory_xact_lock(k.key))
+FROM (
+    SELECT DISTINCT lg_thread_lock_key((SELECT toolkit_tenant_or_default()), t.thread_id) AS key
+    FROM unnest(:thread_ids::text[]) AS t (thread_id)
+    ORDER BY key
+) AS k;
+
 -- name: langgraph.put :many
 -- Store a checkpoint and its changed channel values; returns the channels whose value row was new.
 WITH blobs AS (

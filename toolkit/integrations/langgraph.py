@@ -128,6 +128,7 @@ from toolkit.integrations.checkpoint_store import (
     GET,
     KEEP_LAST,
     LIST,
+    LOCK_THREADS,
     PUT,
     PUT_WRITES,
     TABLES_READY,
@@ -364,7 +365,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Store a checkpoint and the channel values of ``new_versions``; one round trip."""
         tenant = _tenant_of(config)
         op = self._put(tenant, config, checkpoint, metadata, new_versions)
-        return run(self.database, op, tenant=tenant)
+        return run(self.database, op, tenant=tenant, transaction=True)
 
     def put_writes(
         self,
@@ -376,12 +377,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Store a task's pending writes for the checkpoint ``config`` names."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            run(self.database, _single(call), tenant=_tenant_of(config))
+            op = _locked([call.params["thread_id"]], call)
+            run(self.database, op, tenant=_tenant_of(config), transaction=True)
 
     def delete_thread(self, thread_id: str, *, tenant: UUID | str | None = None) -> None:
         """Delete every checkpoint, value and write of a thread (of ``tenant``)."""
         scoped = _scoped(tenant)
-        run(self.database, self._delete_thread(scoped, thread_id), tenant=scoped)
+        op = self._delete_thread(scoped, thread_id)
+        run(self.database, op, tenant=scoped, transaction=True)
 
     def delete_for_runs(self, run_ids: Sequence[str], *, tenant: UUID | str | None = None) -> None:
         """Delete the checkpoints (with their writes and unread values) of ``tenant``'s runs."""
@@ -393,8 +396,8 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         self, source_thread_id: str, target_thread_id: str, *, tenant: UUID | str | None = None
     ) -> None:
         """Copy every checkpoint, value and write of a thread to another thread id of ``tenant``."""
-        op = _single(_copy_call(source_thread_id, target_thread_id))
-        run(self.database, op, tenant=_scoped(tenant))
+        op = _locked([target_thread_id], _copy_call(source_thread_id, target_thread_id))
+        run(self.database, op, tenant=_scoped(tenant), transaction=True)
 
     def prune(
         self,
@@ -462,7 +465,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Async :meth:`put`."""
         tenant = _tenant_of(config)
         op = self._put(tenant, config, checkpoint, metadata, new_versions)
-        return await arun(self.async_database, op, tenant=tenant)
+        return await arun(self.async_database, op, tenant=tenant, transaction=True)
 
     async def aput_writes(
         self,
@@ -474,12 +477,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Async :meth:`put_writes`."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            await arun(self.async_database, _single(call), tenant=_tenant_of(config))
+            op = _locked([call.params["thread_id"]], call)
+            await arun(self.async_database, op, tenant=_tenant_of(config), transaction=True)
 
     async def adelete_thread(self, thread_id: str, *, tenant: UUID | str | None = None) -> None:
         """Async :meth:`delete_thread`."""
         scoped = _scoped(tenant)
-        await arun(self.async_database, self._delete_thread(scoped, thread_id), tenant=scoped)
+        op = self._delete_thread(scoped, thread_id)
+        await arun(self.async_database, op, tenant=scoped, transaction=True)
 
     async def adelete_for_runs(
         self, run_ids: Sequence[str], *, tenant: UUID | str | None = None
@@ -494,8 +499,8 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         self, source_thread_id: str, target_thread_id: str, *, tenant: UUID | str | None = None
     ) -> None:
         """Async :meth:`copy_thread`."""
-        op = _single(_copy_call(source_thread_id, target_thread_id))
-        await arun(self.async_database, op, tenant=_scoped(tenant))
+        op = _locked([target_thread_id], _copy_call(source_thread_id, target_thread_id))
+        await arun(self.async_database, op, tenant=_scoped(tenant), transaction=True)
 
     async def aprune(
         self,
@@ -631,6 +636,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "metadata",
             ),
         }
+        yield _lock_call([thread_id])
         try:
             inserted: builtins.list[InsertedChannel] = yield Call(
                 PUT, {**params, **_blob_arrays(rows)}
@@ -692,7 +698,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _delete_thread(self, tenant: UUID | None, thread_id: str) -> Op[None]:
         self._tails.forget_threads(_tenant_text(tenant), [str(thread_id)])
-        yield _delete_threads_call([str(thread_id)])
+        return (yield from _locked([thread_id], _delete_threads_call([str(thread_id)])))
 
     def _delete_runs(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
         touched: builtins.list[ThreadCount] = yield Call(
@@ -717,7 +723,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             return None
         if strategy == "delete":
             self._tails.forget_threads(_tenant_text(tenant), ids)
-            return _single(_delete_threads_call(ids))
+            return _locked(ids, _delete_threads_call(ids))
         return self._retain(tenant, 1, None, ids, refuse_delta=True)
 
     def _retain(
@@ -854,7 +860,20 @@ def _serializer(
     return serde
 
 
-def _single(call: Call) -> Op[Any]:
+def _lock_call(thread_ids: Sequence[str]) -> Call:
+    """Take the write locks of ``thread_ids`` until the transaction ends (see the query)."""
+    return Call(LOCK_THREADS, {"thread_ids": [str(thread_id) for thread_id in thread_ids]})
+
+
+def _locked(thread_ids: Sequence[str], call: Call) -> Op[Any]:
+    """``call`` after the write locks of ``thread_ids`` (run it in one transaction).
+
+    Without a unique index on a key (migration 0014), a statement that
+    inserts a key only when no row has it is exact only if its check runs
+    after every earlier writer of that thread committed: the lock is taken in
+    a statement of its own, whose end gives the next one a fresh snapshot.
+    """
+    yield _lock_call(thread_ids)
     result = yield call
     return result
 
