@@ -698,7 +698,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _delete_thread(self, tenant: UUID | None, thread_id: str) -> Op[None]:
         self._tails.forget_threads(_tenant_text(tenant), [str(thread_id)])
-        return (yield from _locked([thread_id], _delete_threads_call([str(thread_id)])))
+        yield from _locked([thread_id], _delete_threads_call([str(thread_id)]))
 
     def _delete_runs(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
         touched: builtins.list[ThreadCount] = yield Call(
