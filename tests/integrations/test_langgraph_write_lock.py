@@ -183,3 +183,53 @@ def test_a_saver_update_of_a_row_being_carried_waits_and_succeeds(
             [thread_id, start],
         ).fetchone()
         assert old == (0,)
+
+
+def test_retain_meeting_a_row_being_carried_runs_again(
+    settings: Settings, superuser: psycopg.Connection[Any], direct_database_url: str
+) -> None:
+    # retain deletes rows of threads it does not know beforehand, so it takes no
+    # thread lock: it meets the moved row, is aborted (40001), and runs again.
+    start = week_start(superuser)
+    present = start + timedelta(days=28, hours=1)
+    with ToolkitCheckpointSaver.from_settings(settings) as saver:
+        thread_id = f"retained-{uuid.uuid4().hex}"
+        config: Any = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+        for step in range(2):
+            checkpoint = empty_checkpoint()
+            checkpoint["channel_values"] = {"turn": step}
+            checkpoint["channel_versions"] = {"turn": step + 1}
+            config = saver.put(config, checkpoint, {"step": step}, {"turn": step + 1})
+        age(superuser, thread_id, start - timedelta(days=20))
+        saver.put_writes(config, [("turn", 9)], "task-1")  # live: a write of this week
+
+        with psycopg.connect(direct_database_url) as carrier:
+            carrier.execute("SELECT set_config('toolkit.maintain_now', %s, false)", [str(present)])
+            moved = carrier.execute(
+                "SELECT toolkit_partitions.lg_carry_forward('public.lg_checkpoints')"
+            ).fetchone()
+            assert moved == (2,)
+            outcome: list[Any] = []
+
+            def trim() -> None:
+                try:
+                    outcome.append(saver.retain(keep_last=1, thread_ids=[thread_id]))
+                except BaseException as exc:  # handed to the test thread
+                    outcome.append(exc)
+
+            writer = threading.Thread(target=trim)
+            writer.start()
+            deadline = time.monotonic() + 60
+            while not superuser.execute("SELECT FROM pg_locks WHERE NOT granted").fetchall():
+                assert time.monotonic() < deadline, "retain never waited for the carry"
+                time.sleep(0.01)
+            carrier.commit()
+            writer.join()
+
+        [report] = outcome
+        assert not isinstance(report, BaseException), report
+        assert report.checkpoints_deleted == 1
+        newest = saver.get_tuple(config)
+        assert newest is not None
+        assert newest.checkpoint["channel_values"] == {"turn": 1}
+        assert len(list(saver.list(config))) == 1

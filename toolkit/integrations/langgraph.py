@@ -147,6 +147,7 @@ from toolkit.integrations.checkpoint_store import (
     arun,
     join_segments,
     plan_list,
+    retrying,
     run,
 )
 from toolkit.tenants import tenant_id
@@ -701,6 +702,11 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         yield from _locked([thread_id], _delete_threads_call([str(thread_id)]))
 
     def _delete_runs(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
+        # Deletes rows of threads not known beforehand: no thread lock, so a row
+        # maintain is moving meanwhile aborts the transaction; it runs again.
+        return retrying(lambda: self._delete_runs_once(tenant, run_ids))
+
+    def _delete_runs_once(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
         touched: builtins.list[ThreadCount] = yield Call(
             DELETE_RUNS, {"run_ids": [str(r) for r in run_ids]}
         )
@@ -727,6 +733,22 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         return self._retain(tenant, 1, None, ids, refuse_delta=True)
 
     def _retain(
+        self,
+        tenant: UUID | None,
+        keep_last: int | None,
+        idle_for: timedelta | None,
+        thread_ids: Sequence[str] | None,
+        *,
+        refuse_delta: bool = False,
+    ) -> Op[RetentionReport]:
+        # As _delete_runs: retried when it meets a row maintain is moving.
+        return retrying(
+            lambda: self._retain_once(
+                tenant, keep_last, idle_for, thread_ids, refuse_delta=refuse_delta
+            )
+        )
+
+    def _retain_once(
         self,
         tenant: UUID | None,
         keep_last: int | None,
