@@ -8,10 +8,11 @@
 -- tenant's threads (the default tenant's without one), and joins carry the
 -- tenant along the composite keys.
 
--- name: langgraph.lock_threads :exec
--- Take the write locks of threads (toolkit migration 0014) until the transaction ends, in key
--- order: a statement of its own, so that the next one checks "no row has this key" after
--- every earlier writer of these threads committed (maintain's carry included).
+-- name: langgraph.lock_threads :scalar
+-- Take the write locks of the threads until the transaction ends; returns how many keys.
+-- In key order (as every taker does), and in a statement of its own: the next one checks
+-- "no row has this key" after every earlier writer of these threads committed (maintain's
+-- carry included); a lock taken inside that statement would leave its older snapshot.
 SELECT count(pg_advisory_xact_lock(k.key))
 FROM (
     SELECT DISTINCT lg_thread_lock_key((SELECT toolkit_tenant_or_default()), t.thread_id) AS key

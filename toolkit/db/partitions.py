@@ -45,9 +45,11 @@ the retention, four weeks by default, rounded up to a partition).
 of the expired partitions into the newest partition holding a row of that
 thread, with one ``UPDATE`` of ``stored_at`` (a row moves between
 partitions atomically: every reader finds it in one place, never two, and
-never none). What is left belongs to finished threads and goes with the
-partition; ``keep_while`` (the thread is live) is checked again on the
-detached table, so a thread taken up again meanwhile keeps it. Rows never
+never none), after taking the write locks of those threads (so a saver
+write waits for the move instead of failing on a row being moved). What
+is left belongs to finished threads and goes with the partition;
+``keep_while`` (the thread is live) is checked again on the detached
+table, so a thread taken up again meanwhile keeps it. Rows never
 move past their thread's newest row, so a thread nobody writes to ends.
 Moving rather than pinning: a ``keep_while`` alone would let one long-lived
 thread keep a whole partition, every other thread's rows in it included,

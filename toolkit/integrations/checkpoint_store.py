@@ -132,7 +132,7 @@ PUT = Many(
 # The hot path is prepared on first use (its plan never changes); queries with
 # optional filters are planned with their actual values.
 # Every write of a thread's keys takes its lock first, in the same transaction (see the query).
-LOCK_THREADS = Exec("langgraph.lock_threads", ("thread_ids",), prepare=True)
+LOCK_THREADS = Scalar("langgraph.lock_threads", int, ("thread_ids",), prepare=True)
 PUT_WRITES = Exec("langgraph.put_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
 UPSERT_WRITES = Exec("langgraph.upsert_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
 GET = Many("langgraph.get", LgRow, ("thread_id", "checkpoint_ns", "upper"), prepare=True)

@@ -90,7 +90,13 @@ partitions of *finished* threads (no checkpoint or write stored for four
 weeks, by default) after moving the rows of live threads out of them, so a
 live thread's get_tuple, list and put answer the same before and after
 (see :mod:`toolkit.db.partitions`). Each read probes every attached
-partition's index (about eight with weekly partitions).
+partition's index (about eight with weekly partitions). No unique index
+refuses a second row of a key any more (it would have to hold the time), so
+every write takes its thread's advisory lock, in a statement of its own,
+before it inserts a key only when no row has it: racing writers leave one
+row. maintain takes the same locks for the threads it moves; ``retain``,
+``prune`` and ``delete_for_runs``, which take none, run again (up to three
+times) when they meet a row being moved.
 
 Why not the ``checkpoints`` table of migration 0001: it holds an
 execution's snapshots, keyed by execution (a foreign key) and sequence;
