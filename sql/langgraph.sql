@@ -8,6 +8,18 @@
 -- tenant's threads (the default tenant's without one), and joins carry the
 -- tenant along the composite keys.
 
+-- name: langgraph.lock_threads :scalar
+-- Take the write locks of the threads until the transaction ends; returns how many keys.
+-- In key order (as every taker does), and in a statement of its own: the next one checks
+-- "no row has this key" after every earlier writer of these threads committed (maintain's
+-- carry included); a lock taken inside that statement would leave its older snapshot.
+SELECT count(pg_advisory_xact_lock(k.key))
+FROM (
+    SELECT DISTINCT lg_thread_lock_key((SELECT toolkit_tenant_or_default()), t.thread_id) AS key
+    FROM unnest(:thread_ids::text[]) AS t (thread_id)
+    ORDER BY key
+) AS k;
+
 -- name: langgraph.put :many
 -- Store a checkpoint and its changed channel values; returns the channels whose value row was new.
 WITH blobs AS (
@@ -22,19 +34,35 @@ WITH blobs AS (
             :channels::text[], :versions::text[], :types::text[], :base_versions::text[],
             :item_counts::integer[], :blobs::bytea[]
         ) AS v (channel, version, type, base_version, item_count, blob)
-    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, channel, version) DO NOTHING
+    WHERE
+        NOT EXISTS (
+            SELECT FROM lg_blobs AS b
+            WHERE
+                b.tenant_id = (SELECT toolkit_tenant_or_default())
+                AND b.thread_id = :thread_id AND b.checkpoint_ns = :checkpoint_ns
+                AND b.channel = v.channel AND b.version = v.version
+        )
+    ON CONFLICT DO NOTHING
     RETURNING channel
+),
+
+updated AS (
+    UPDATE lg_checkpoints SET checkpoint = :checkpoint, metadata = :metadata
+    WHERE
+        tenant_id = (SELECT toolkit_tenant_or_default())
+        AND thread_id = :thread_id AND checkpoint_ns = :checkpoint_ns
+        AND checkpoint_id = :checkpoint_id
+    RETURNING checkpoint_id
 ),
 
 saved AS (
     INSERT INTO lg_checkpoints (
         thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
     )
-    VALUES (
+    SELECT
         :thread_id, :checkpoint_ns, :checkpoint_id, :parent_checkpoint_id, :checkpoint, :metadata
-    )
-    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id) DO UPDATE
-        SET checkpoint = excluded.checkpoint, metadata = excluded.metadata
+    WHERE NOT EXISTS (SELECT FROM updated)
+    ON CONFLICT DO NOTHING
 )
 
 SELECT blobs.channel FROM blobs;
@@ -50,21 +78,44 @@ SELECT
 FROM
     unnest(:idxs::integer[], :channels::text[], :types::text[], :blobs::bytea[])
         AS w (idx, channel, type, blob)
-ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING;
+WHERE
+    NOT EXISTS (
+        SELECT FROM lg_writes AS o
+        WHERE
+            o.tenant_id = (SELECT toolkit_tenant_or_default())
+            AND o.thread_id = :thread_id AND o.checkpoint_ns = :checkpoint_ns
+            AND o.checkpoint_id = :checkpoint_id AND o.task_id = :task_id AND o.idx = w.idx
+    )
+ON CONFLICT DO NOTHING;
 
 -- name: langgraph.upsert_writes :exec
 -- Store a task's special writes (error, interrupt, ...), replacing those stored for (task, idx).
+WITH incoming AS (
+    SELECT w.idx, w.channel, w.type, w.blob
+    FROM
+        unnest(:idxs::integer[], :channels::text[], :types::text[], :blobs::bytea[])
+            AS w (idx, channel, type, blob)
+),
+
+replaced AS (
+    UPDATE lg_writes AS o SET channel = i.channel, type = i.type, blob = i.blob
+    FROM incoming AS i
+    WHERE
+        o.tenant_id = (SELECT toolkit_tenant_or_default())
+        AND o.thread_id = :thread_id AND o.checkpoint_ns = :checkpoint_ns
+        AND o.checkpoint_id = :checkpoint_id AND o.task_id = :task_id AND o.idx = i.idx
+    RETURNING o.idx
+)
+
 INSERT INTO lg_writes (
     thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob
 )
 SELECT
     :thread_id::text, :checkpoint_ns::text, :checkpoint_id::text, :task_id::text,
-    :task_path::text, w.idx, w.channel, w.type, w.blob
-FROM
-    unnest(:idxs::integer[], :channels::text[], :types::text[], :blobs::bytea[])
-        AS w (idx, channel, type, blob)
-ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO UPDATE
-    SET channel = excluded.channel, type = excluded.type, blob = excluded.blob;
+    :task_path::text, i.idx, i.channel, i.type, i.blob
+FROM incoming AS i
+WHERE NOT EXISTS (SELECT FROM replaced AS r WHERE r.idx = i.idx)
+ON CONFLICT DO NOTHING;
 
 -- name: langgraph.get :many
 -- The newest checkpoint of a thread namespace at or below :upper, with its values and writes.
@@ -392,10 +443,18 @@ WITH checkpoints_copied AS (
         thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
     )
     SELECT
-        :target::text, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata
-    FROM lg_checkpoints
-    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = :source::text
-    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id) DO NOTHING
+        :target::text, s.checkpoint_ns, s.checkpoint_id, s.parent_checkpoint_id, s.checkpoint,
+        s.metadata
+    FROM lg_checkpoints AS s
+    WHERE
+        s.tenant_id = (SELECT toolkit_tenant_or_default()) AND s.thread_id = :source::text
+        AND NOT EXISTS (
+            SELECT FROM lg_checkpoints AS t
+            WHERE
+                t.tenant_id = s.tenant_id AND t.thread_id = :target::text  -- noqa: RF02
+                AND t.checkpoint_ns = s.checkpoint_ns AND t.checkpoint_id = s.checkpoint_id
+        )
+    ON CONFLICT DO NOTHING
 ),
 
 writes_copied AS (
@@ -403,20 +462,38 @@ writes_copied AS (
         thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob
     )
     SELECT
-        :target::text, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type,
-        blob
-    FROM lg_writes
-    WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = :source::text
-    ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) DO NOTHING
+        :target::text, s.checkpoint_ns, s.checkpoint_id, s.task_id, s.task_path, s.idx, s.channel,
+        s.type, s.blob
+    FROM lg_writes AS s
+    WHERE
+        s.tenant_id = (SELECT toolkit_tenant_or_default()) AND s.thread_id = :source::text
+        AND NOT EXISTS (
+            SELECT FROM lg_writes AS t
+            WHERE
+                t.tenant_id = s.tenant_id AND t.thread_id = :target::text  -- noqa: RF02
+                AND t.checkpoint_ns = s.checkpoint_ns AND t.checkpoint_id = s.checkpoint_id
+                AND t.task_id = s.task_id AND t.idx = s.idx
+        )
+    ON CONFLICT DO NOTHING
 )
 
 INSERT INTO lg_blobs (
     thread_id, checkpoint_ns, channel, version, type, base_version, item_count, blob
 )
-SELECT :target::text, checkpoint_ns, channel, version, type, base_version, item_count, blob
-FROM lg_blobs
-WHERE tenant_id = (SELECT toolkit_tenant_or_default()) AND thread_id = :source::text
-ON CONFLICT (tenant_id, thread_id, checkpoint_ns, channel, version) DO NOTHING;
+SELECT
+    :target::text, s.checkpoint_ns, s.channel, s.version, s.type, s.base_version, s.item_count,
+    s.blob
+FROM lg_blobs AS s
+WHERE
+    s.tenant_id = (SELECT toolkit_tenant_or_default()) AND s.thread_id = :source::text
+    AND NOT EXISTS (
+        SELECT FROM lg_blobs AS t
+        WHERE
+            t.tenant_id = s.tenant_id AND t.thread_id = :target::text  -- noqa: RF02
+            AND t.checkpoint_ns = s.checkpoint_ns AND t.channel = s.channel
+            AND t.version = s.version
+    )
+ON CONFLICT DO NOTHING;
 
 -- name: langgraph.tables_ready :scalar
 -- Whether migration 0006 made the LangGraph tables in this database.

@@ -63,10 +63,12 @@ def maintain_command(args: argparse.Namespace) -> int:
     report = maintain(_migration_url(args))
     for name in report.created:
         print(f"created {name}")
+    for parent, rows in report.carried.items():
+        print(f"carried {rows} row(s) of {parent} forward, out of its expired partitions")
     for name in report.dropped:
         print(f"dropped {name}")
     for name in report.kept:
-        print(f"kept {name}: expired, but it holds rows still to keep (unsent messages)")
+        print(f"kept {name}: expired, but it holds rows still to keep (see its policy)")
     for name in report.awaiting_drop:
         print(f"detached {name}: dropped by the next run (a lock was not free)")
     print(f"maintain: {report.summary()}")

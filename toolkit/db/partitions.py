@@ -1,14 +1,17 @@
 """Time partitions of the append-only and queue tables (``toolkit maintain``).
 
-Migration 0011 partitions ``public.outbox`` by ``created_at`` (native range
-partitioning, no DEFAULT partition) into the schema ``toolkit_partitions``,
+Migration 0011 partitions ``public.outbox`` by ``created_at``, 0014 the
+LangGraph tables (``lg_checkpoints``, ``lg_blobs``, ``lg_writes``) by
+``stored_at`` (native range partitioning, no DEFAULT partition) into the
+schema ``toolkit_partitions``,
 which no application role may use: every read and write goes through the
 parent, under its row-level security. ``toolkit_partitions.policy`` says,
 per parent, how wide a partition is, how many to keep ready ahead of now,
 how long a partition is kept once its range has ended, and which rows keep
-it alive whatever its age (the outbox: ``sent_at IS NULL``), and the
-function (``before_drop``) to call with a partition before it leaves its
-parent and again right before it is dropped.
+it alive whatever its age (the outbox: ``sent_at IS NULL``), the function
+(``before_drop``) to call with a partition before it leaves its parent and
+again right before it is dropped, and what to run before expired partitions
+are dropped (``carry_forward``, optional).
 
 Migration 0012 partitions ``public.inbox`` the same way, by the message's
 creation time (see :mod:`toolkit.messaging.inbox`; retention 14 days,
@@ -16,14 +19,18 @@ nothing kept past it). Migration 0013 partitions ``public.audit_events``
 (weekly, kept two years); its ``before_drop``,
 ``toolkit_partitions.audit_retire``, records the retention anchors each
 tenant's chain goes on from (``public.audit_retention_anchors``;
-:mod:`toolkit.audit_anchors`).
+:mod:`toolkit.audit_anchors`). Migration 0014 partitions the LangGraph
+tables (below).
 
 :func:`maintain`, under the migration advisory lock (a maintain run and a
 migrate run never overlap; two maintain runs queue up):
 
 1. finishes any ``DETACH ... CONCURRENTLY`` a killed run left pending;
 2. creates the partitions missing up to ``premake`` intervals ahead;
-3. drops each partition whose range ended more than ``retention`` ago:
+3. runs the policy's ``carry_forward`` function, if it has one, in a
+   transaction of its own: it moves the rows still needed out of the expired
+   partitions (see below);
+4. drops each partition whose range ended more than ``retention`` ago:
    calls the policy's ``before_drop`` with it (the audit log: its anchors),
    then ``DETACH PARTITION ... CONCURRENTLY`` (writers and the relay go on; it
    waits only for transactions that hold the parent), checks again on the
@@ -42,6 +49,28 @@ relay leaves go with their partition, whatever snapshot a long transaction
 holds. A second run right after changes nothing, and a run killed at any
 point leaves a state the next run completes: ``before_drop`` is idempotent
 and always precedes the detach and the drop.
+
+LangGraph threads (0014). A thread's newest checkpoint may read a value
+stored weeks ago (a channel that never changed, the base of a list's delta),
+and its pending writes belong to that checkpoint, so a partition cannot
+simply expire under a thread still in use. The rule: a thread is *live*
+while one of its checkpoints or writes is in a partition that has not
+expired, and *finished* once every one of them is (nothing written to it for
+the retention, four weeks by default, rounded up to a partition).
+``toolkit_partitions.lg_carry_forward`` moves every row of a live thread out
+of the expired partitions into the newest partition holding a row of that
+thread, with one ``UPDATE`` of ``stored_at`` (a row moves between
+partitions atomically: every reader finds it in one place, never two, and
+never none), after taking the write locks of those threads (so a saver
+write waits for the move instead of failing on a row being moved). What
+is left belongs to finished threads and goes with the partition;
+``keep_while`` (the thread is live) is checked again on the detached
+table, so a thread taken up again meanwhile keeps it. Rows never
+move past their thread's newest row, so a thread nobody writes to ends.
+Moving rather than pinning: a ``keep_while`` alone would let one long-lived
+thread keep a whole partition, every other thread's rows in it included,
+for as long as it runs; moving costs rewriting a live thread's rows about
+once per retention.
 
 It needs the owner of the tables and a role that bypasses row-level security
 (the migration role), as ``toolkit migrate`` does.
@@ -76,14 +105,17 @@ class MaintainReport:
     kept: list[str] = field(default_factory=list)
     finalized: list[str] = field(default_factory=list)
     awaiting_drop: list[str] = field(default_factory=list)
+    #: rows moved out of expired partitions before the drop, per parent
+    carried: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        """One line: how many partitions were created, dropped, kept and finalized."""
+        """One line: partitions created, dropped, kept, finalized; rows carried forward."""
         return (
             f"{len(self.created)} partition(s) created, {len(self.dropped)} dropped, "
             f"{len(self.kept)} expired but kept (rows still to keep), "
             f"{len(self.finalized)} interrupted detach(es) finished, "
-            f"{len(self.awaiting_drop)} detached awaiting drop"
+            f"{len(self.awaiting_drop)} detached awaiting drop, "
+            f"{sum(self.carried.values())} row(s) carried forward"
         )
 
 
@@ -92,14 +124,18 @@ class _Policy:
     parent: str
     keep_while: str
     before_drop: str | None = None
+    carry_forward: str | None = None
 
 
 def _policies(conn: Connection) -> list[_Policy]:
     rows = conn.execute(
-        "SELECT parent, keep_while, before_drop::text FROM toolkit_partitions.policy"
-        " ORDER BY parent"
+        "SELECT parent, keep_while, before_drop::text, carry_forward"
+        " FROM toolkit_partitions.policy ORDER BY parent"
     ).fetchall()
-    return [_Policy(str(parent), str(keep), hook) for parent, keep, hook in rows]
+    return [
+        _Policy(str(parent), str(keep), hook, None if carry is None else str(carry))
+        for parent, keep, hook, carry in rows
+    ]
 
 
 def _before_drop(conn: Connection, policy: _Policy, partition: str) -> None:
@@ -209,6 +245,15 @@ def _drop_expired(
     conn: Connection, policy: _Policy, now: datetime | None, report: MaintainReport
 ) -> None:
     """Detach concurrently and drop each partition past its retention with nothing to keep."""
+    if policy.carry_forward is not None:
+        # Rows still needed leave the expired partitions first, in one transaction of
+        # their own (autocommit), before any detach.
+        row = conn.execute(
+            sql.SQL("SELECT {}(%s::regclass)").format(sql.SQL(policy.carry_forward)),
+            [policy.parent],
+        ).fetchone()
+        if row and row[0]:
+            report.carried[policy.parent] = int(row[0])
     expired = conn.execute(
         _PARTITIONS + " WHERE NOT p.detach_pending"
         " AND p.upper_bound <= coalesce(%(now)s::timestamptz, now()) - r.retention"
@@ -241,6 +286,12 @@ def maintain(url: str, *, now: datetime | None = None) -> MaintainReport:
         with conn:
             conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT_S}s'")
             conn.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
+            # The present of this run, for the policies' own SQL (keep_while, carry_forward).
+            conn.execute(
+                "SELECT set_config('toolkit.maintain_now',"
+                " coalesce(%s::timestamptz::text, ''), false)",
+                [now],
+            )
             try:
                 _drop_leftovers(conn, report)
                 for policy in _policies(conn):

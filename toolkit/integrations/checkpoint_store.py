@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, TypeVar
 from uuid import UUID
@@ -33,7 +33,7 @@ from toolkit.aio.db.database import AsyncDatabase
 from toolkit.db import drivers
 from toolkit.db.bind import Exec, Many, Runnable, Scalar
 from toolkit.db.database import Database
-from toolkit.errors import TenantRequired
+from toolkit.errors import RetryableConflict, TenantRequired
 from toolkit.records import Record
 
 T = TypeVar("T")
@@ -52,6 +52,7 @@ __all__ = [
     "ThreadId",
     "array_header",
     "arun",
+    "retrying",
     "run",
     "split_array",
 ]
@@ -130,6 +131,8 @@ PUT = Many(
 )
 # The hot path is prepared on first use (its plan never changes); queries with
 # optional filters are planned with their actual values.
+# Every write of a thread's keys takes its lock first, in the same transaction (see the query).
+LOCK_THREADS = Scalar("langgraph.lock_threads", int, ("thread_ids",), prepare=True)
 PUT_WRITES = Exec("langgraph.put_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
 UPSERT_WRITES = Exec("langgraph.upsert_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
 GET = Many("langgraph.get", LgRow, ("thread_id", "checkpoint_ns", "upper"), prepare=True)
@@ -183,6 +186,26 @@ class Restart(Exception):
     def __init__(self, then: Op[Any]) -> None:
         super().__init__("restart the operation in a new unit of work")
         self.then = then
+
+
+CONFLICT_ATTEMPTS: Final = 3
+"""How many times :func:`retrying` runs an operation that meets :class:`RetryableConflict`."""
+
+
+def retrying(make: Callable[[], Op[T]], attempts: int = CONFLICT_ATTEMPTS) -> Op[T]:
+    """The operation ``make()`` makes, made and run again after a :class:`RetryableConflict`.
+
+    For operations that run in one transaction and may update or delete a
+    row ``toolkit maintain`` is moving between partitions (SQLSTATE 40001:
+    nothing of the transaction was written). Each new attempt is a new unit
+    of work (:class:`Restart`); after ``attempts`` the conflict goes out.
+    """
+    try:
+        return (yield from make())
+    except RetryableConflict:
+        if attempts <= 1:
+            raise
+        raise Restart(retrying(make, attempts - 1)) from None
 
 
 def run(db: Database, op: Op[T], *, tenant: UUID | None = None, transaction: bool = False) -> T:

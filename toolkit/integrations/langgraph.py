@@ -40,8 +40,9 @@ version of an append run extends version ``n & (n - 1)``. The trade-off:
 The process remembers the newest version of each list channel (an LRU of
 4096 by default). After a restart, or when another process wrote the
 previous version, the next value is stored whole and starts a new chain.
-A foreign key keeps a delta from outliving its base: if retention deleted
-the base meanwhile, the put retries with the whole value.
+A delta never outlives its base (triggers that act as the foreign key of
+0006 did, which partitioned tables cannot keep): if retention deleted the
+base meanwhile, the put retries with the whole value.
 
 Stored values never run code
 ----------------------------
@@ -83,6 +84,20 @@ base of a delta) go with them. Threads whose graphs use LangGraph's beta
 checkpoints: ``retain`` leaves them whole (and reports them) and
 ``prune("keep_latest")`` refuses them, as PostgresSaver does.
 
+Retention without ``DELETE``: the three tables are partitioned by the time
+a row was stored (migration 0014), and ``toolkit maintain`` drops the
+partitions of *finished* threads (no checkpoint or write stored for four
+weeks, by default) after moving the rows of live threads out of them, so a
+live thread's get_tuple, list and put answer the same before and after
+(see :mod:`toolkit.db.partitions`). Each read probes every attached
+partition's index (about eight with weekly partitions). No unique index
+refuses a second row of a key any more (it would have to hold the time), so
+every write takes its thread's advisory lock, in a statement of its own,
+before it inserts a key only when no row has it: racing writers leave one
+row. maintain takes the same locks for the threads it moves; ``retain``,
+``prune`` and ``delete_for_runs``, which take none, run again (up to three
+times) when they meet a row being moved.
+
 Why not the ``checkpoints`` table of migration 0001: it holds an
 execution's snapshots, keyed by execution (a foreign key) and sequence;
 LangGraph's threads are free text ids that need not be executions, with
@@ -119,6 +134,7 @@ from toolkit.integrations.checkpoint_store import (
     GET,
     KEEP_LAST,
     LIST,
+    LOCK_THREADS,
     PUT,
     PUT_WRITES,
     TABLES_READY,
@@ -137,6 +153,7 @@ from toolkit.integrations.checkpoint_store import (
     arun,
     join_segments,
     plan_list,
+    retrying,
     run,
 )
 from toolkit.tenants import tenant_id
@@ -355,7 +372,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Store a checkpoint and the channel values of ``new_versions``; one round trip."""
         tenant = _tenant_of(config)
         op = self._put(tenant, config, checkpoint, metadata, new_versions)
-        return run(self.database, op, tenant=tenant)
+        return run(self.database, op, tenant=tenant, transaction=True)
 
     def put_writes(
         self,
@@ -367,12 +384,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Store a task's pending writes for the checkpoint ``config`` names."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            run(self.database, _single(call), tenant=_tenant_of(config))
+            op = _locked([call.params["thread_id"]], call)
+            run(self.database, op, tenant=_tenant_of(config), transaction=True)
 
     def delete_thread(self, thread_id: str, *, tenant: UUID | str | None = None) -> None:
         """Delete every checkpoint, value and write of a thread (of ``tenant``)."""
         scoped = _scoped(tenant)
-        run(self.database, self._delete_thread(scoped, thread_id), tenant=scoped)
+        op = self._delete_thread(scoped, thread_id)
+        run(self.database, op, tenant=scoped, transaction=True)
 
     def delete_for_runs(self, run_ids: Sequence[str], *, tenant: UUID | str | None = None) -> None:
         """Delete the checkpoints (with their writes and unread values) of ``tenant``'s runs."""
@@ -384,8 +403,8 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         self, source_thread_id: str, target_thread_id: str, *, tenant: UUID | str | None = None
     ) -> None:
         """Copy every checkpoint, value and write of a thread to another thread id of ``tenant``."""
-        op = _single(_copy_call(source_thread_id, target_thread_id))
-        run(self.database, op, tenant=_scoped(tenant))
+        op = _locked([target_thread_id], _copy_call(source_thread_id, target_thread_id))
+        run(self.database, op, tenant=_scoped(tenant), transaction=True)
 
     def prune(
         self,
@@ -453,7 +472,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Async :meth:`put`."""
         tenant = _tenant_of(config)
         op = self._put(tenant, config, checkpoint, metadata, new_versions)
-        return await arun(self.async_database, op, tenant=tenant)
+        return await arun(self.async_database, op, tenant=tenant, transaction=True)
 
     async def aput_writes(
         self,
@@ -465,12 +484,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         """Async :meth:`put_writes`."""
         call = self._writes_call(config, writes, task_id, task_path)
         if call is not None:
-            await arun(self.async_database, _single(call), tenant=_tenant_of(config))
+            op = _locked([call.params["thread_id"]], call)
+            await arun(self.async_database, op, tenant=_tenant_of(config), transaction=True)
 
     async def adelete_thread(self, thread_id: str, *, tenant: UUID | str | None = None) -> None:
         """Async :meth:`delete_thread`."""
         scoped = _scoped(tenant)
-        await arun(self.async_database, self._delete_thread(scoped, thread_id), tenant=scoped)
+        op = self._delete_thread(scoped, thread_id)
+        await arun(self.async_database, op, tenant=scoped, transaction=True)
 
     async def adelete_for_runs(
         self, run_ids: Sequence[str], *, tenant: UUID | str | None = None
@@ -485,8 +506,8 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         self, source_thread_id: str, target_thread_id: str, *, tenant: UUID | str | None = None
     ) -> None:
         """Async :meth:`copy_thread`."""
-        op = _single(_copy_call(source_thread_id, target_thread_id))
-        await arun(self.async_database, op, tenant=_scoped(tenant))
+        op = _locked([target_thread_id], _copy_call(source_thread_id, target_thread_id))
+        await arun(self.async_database, op, tenant=_scoped(tenant), transaction=True)
 
     async def aprune(
         self,
@@ -622,6 +643,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "metadata",
             ),
         }
+        yield _lock_call([thread_id])
         try:
             inserted: builtins.list[InsertedChannel] = yield Call(
                 PUT, {**params, **_blob_arrays(rows)}
@@ -683,9 +705,14 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
 
     def _delete_thread(self, tenant: UUID | None, thread_id: str) -> Op[None]:
         self._tails.forget_threads(_tenant_text(tenant), [str(thread_id)])
-        yield _delete_threads_call([str(thread_id)])
+        yield from _locked([thread_id], _delete_threads_call([str(thread_id)]))
 
     def _delete_runs(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
+        # Deletes rows of threads not known beforehand: no thread lock, so a row
+        # maintain is moving meanwhile aborts the transaction; it runs again.
+        return retrying(lambda: self._delete_runs_once(tenant, run_ids))
+
+    def _delete_runs_once(self, tenant: UUID | None, run_ids: Sequence[str]) -> Op[None]:
         touched: builtins.list[ThreadCount] = yield Call(
             DELETE_RUNS, {"run_ids": [str(r) for r in run_ids]}
         )
@@ -708,10 +735,26 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
             return None
         if strategy == "delete":
             self._tails.forget_threads(_tenant_text(tenant), ids)
-            return _single(_delete_threads_call(ids))
+            return _locked(ids, _delete_threads_call(ids))
         return self._retain(tenant, 1, None, ids, refuse_delta=True)
 
     def _retain(
+        self,
+        tenant: UUID | None,
+        keep_last: int | None,
+        idle_for: timedelta | None,
+        thread_ids: Sequence[str] | None,
+        *,
+        refuse_delta: bool = False,
+    ) -> Op[RetentionReport]:
+        # As _delete_runs: retried when it meets a row maintain is moving.
+        return retrying(
+            lambda: self._retain_once(
+                tenant, keep_last, idle_for, thread_ids, refuse_delta=refuse_delta
+            )
+        )
+
+    def _retain_once(
         self,
         tenant: UUID | None,
         keep_last: int | None,
@@ -845,7 +888,20 @@ def _serializer(
     return serde
 
 
-def _single(call: Call) -> Op[Any]:
+def _lock_call(thread_ids: Sequence[str]) -> Call:
+    """Take the write locks of ``thread_ids`` until the transaction ends (see the query)."""
+    return Call(LOCK_THREADS, {"thread_ids": [str(thread_id) for thread_id in thread_ids]})
+
+
+def _locked(thread_ids: Sequence[str], call: Call) -> Op[Any]:
+    """``call`` after the write locks of ``thread_ids`` (run it in one transaction).
+
+    Without a unique index on a key (migration 0014), a statement that
+    inserts a key only when no row has it is exact only if its check runs
+    after every earlier writer of that thread committed: the lock is taken in
+    a statement of its own, whose end gives the next one a fresh snapshot.
+    """
+    yield _lock_call(thread_ids)
     result = yield call
     return result
 
