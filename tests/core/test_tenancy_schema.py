@@ -1095,9 +1095,7 @@ def table_rows(url: str) -> dict[str, list[str]]:
                     # stored_at: where 0014 partitions the LangGraph tables, not data.
                     sql.SQL(
                         "SELECT to_jsonb(t) - 'tenant_id' - 'stored_at' - %s::text FROM {} AS t"
-                    ).format(
-                        sql.Identifier(table)
-                    ),
+                    ).format(sql.Identifier(table)),
                     [ADDED_LATER.get(table, "tenant_id")],
                 ).fetchall()
             )
