@@ -68,10 +68,10 @@ ON CONFLICT (tenant_id, thread_id, checkpoint_ns, checkpoint_id, task_id, idx) D
     SET channel = excluded.channel, type = excluded.type, blob = excluded.blob;
 
 -- name: langgraph.get :optional
--- The newest checkpoint of a thread namespace at or below :upper, in one row: the checkpoint,
--- its value segments (channel, top version, depth in the delta chain, item count, type, bytes)
--- and its pending writes as parallel arrays (NULL when there are none). One row, not one per
--- segment: the client builds one record, which costs less than the round trip's bytes.
+-- The newest checkpoint of a thread namespace at or below :upper, with its values and writes.
+-- One row: the checkpoint, its value segments (channel, top version, depth in the delta chain,
+-- item count, type, bytes) and its pending writes as parallel arrays (NULL when there are
+-- none), so the client builds one record rather than one per segment and write.
 WITH RECURSIVE head AS (
     SELECT
         tenant_id, thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
