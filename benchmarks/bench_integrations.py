@@ -339,8 +339,10 @@ def _read_rows(prefix: str, timing: dict[str, tuple[float, float]], turns: int) 
 def _open_saver(name: str, url: str) -> tuple[BaseCheckpointSaver[Any], Callable[[], None]]:
     """A saver of each kind as the benchmark builds it, with its connection open; and its closer."""
     if name == OURS:
+        # One connection, as PostgresSaver has: with two, the pool hands them out in
+        # turn and a fresh process's first calls would each warm another backend.
         ours = ToolkitCheckpointSaver.from_settings(
-            load_settings(database_url=url, pool_min_size=1, pool_max_size=2)
+            load_settings(database_url=url, pool_min_size=1, pool_max_size=1)
         )
         ours.setup()  # checks the tables: the pool's connection is open afterwards
         return ours, ours.close
