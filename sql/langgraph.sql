@@ -2,8 +2,9 @@
 -- holds the checkpoint without its channel values; lg_blobs holds each
 -- (channel, version) once, a list that grew by appending as a delta on an
 -- earlier version (base_version); lg_writes holds the pending writes.
--- Reads return one row stream: kind 'c' (a checkpoint), 'b' (a segment of
--- a channel value at depth n of its delta chain) and 'w' (a pending write).
+-- langgraph.list returns one row stream: kind 'c' (a checkpoint), 'b' (a
+-- segment of a channel value at depth n of its delta chain) and 'w' (a
+-- pending write); langgraph.get, one row holding the same as arrays.
 -- Thread ids are per tenant: every query reads and writes the transaction's
 -- tenant's threads (the default tenant's without one), and joins carry the
 -- tenant along the composite keys.
@@ -117,8 +118,11 @@ FROM incoming AS i
 WHERE NOT EXISTS (SELECT FROM replaced AS r WHERE r.idx = i.idx)
 ON CONFLICT DO NOTHING;
 
--- name: langgraph.get :many
+-- name: langgraph.get :optional
 -- The newest checkpoint of a thread namespace at or below :upper, with its values and writes.
+-- One row: the checkpoint, its value segments (channel, top version, depth in the delta chain,
+-- item count, type, bytes) and its pending writes as parallel arrays (NULL when there are
+-- none), so the client builds one record rather than one per segment and write.
 WITH RECURSIVE head AS (
     SELECT
         tenant_id, thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint,
@@ -170,33 +174,38 @@ segments AS (
             ORDER BY lg_blobs.version
             LIMIT 1
         ) AS b
+),
+
+chain AS (
+    SELECT
+        array_agg(channel) AS channels, array_agg(top_version) AS versions,
+        array_agg(depth) AS depths, array_agg(item_count) AS item_counts,
+        array_agg(type) AS types, array_agg(blob) AS blobs
+    FROM segments
+),
+
+pending AS (
+    SELECT
+        array_agg(w.task_id) AS write_task_ids, array_agg(w.task_path) AS write_task_paths,
+        array_agg(w.idx) AS write_idxs, array_agg(w.channel) AS write_channels,
+        array_agg(w.type) AS write_types, array_agg(w.blob) AS write_blobs
+    FROM head
+    INNER JOIN lg_writes AS w
+        ON
+            head.tenant_id = w.tenant_id
+            AND head.thread_id = w.thread_id AND head.checkpoint_ns = w.checkpoint_ns
+            AND head.checkpoint_id = w.checkpoint_id
 )
 
 SELECT
-    'c' AS kind, head.thread_id, head.checkpoint_ns, head.checkpoint_id,
-    head.parent_checkpoint_id, NULL::text AS channel, NULL::text AS version,
-    NULL::integer AS depth, NULL::integer AS item_count, NULL::text AS type,
-    NULL::text AS task_id, NULL::text AS task_path, NULL::integer AS idx,
-    NULL::bytea AS data, head.checkpoint, head.metadata
+    head.thread_id, head.checkpoint_ns, head.checkpoint_id, head.parent_checkpoint_id,
+    head.checkpoint, head.metadata, chain.channels, chain.versions, chain.depths,
+    chain.item_counts, chain.types, chain.blobs, pending.write_task_ids,
+    pending.write_task_paths, pending.write_idxs, pending.write_channels, pending.write_types,
+    pending.write_blobs
 FROM head
-UNION ALL
-SELECT
-    'b' AS kind, segments.thread_id, segments.checkpoint_ns, NULL AS checkpoint_id,
-    NULL AS parent_checkpoint_id, segments.channel, segments.top_version AS version,
-    segments.depth, segments.item_count, segments.type, NULL AS task_id, NULL AS task_path,
-    NULL AS idx, segments.blob AS data, NULL AS checkpoint, NULL AS metadata
-FROM segments
-UNION ALL
-SELECT
-    'w' AS kind, w.thread_id, w.checkpoint_ns, w.checkpoint_id, NULL AS parent_checkpoint_id,
-    w.channel, NULL AS version, NULL AS depth, NULL AS item_count, w.type, w.task_id,
-    w.task_path, w.idx, w.blob AS data, NULL AS checkpoint, NULL AS metadata
-FROM head
-INNER JOIN lg_writes AS w
-    ON
-        head.tenant_id = w.tenant_id
-        AND head.thread_id = w.thread_id AND head.checkpoint_ns = w.checkpoint_ns
-        AND head.checkpoint_id = w.checkpoint_id;
+CROSS JOIN chain
+CROSS JOIN pending;
 
 -- name: langgraph.list :many
 -- Checkpoints matching optional thread, namespace, id, metadata and before filters, newest first.

@@ -37,6 +37,11 @@ SELECT count(*) FROM agents WHERE tenant_id = (SELECT toolkit_tenant_or_default(
 -- Names a column that does not exist.
 SELECT id, nickname FROM agents WHERE id = :id;
 
+-- name: probe.names :optional
+-- Agent names and their lengths as arrays (NULL without agents).
+SELECT array_agg(name) AS names, array_agg(length(name)) AS lengths FROM agents
+WHERE tenant_id = (SELECT toolkit_tenant_or_default());
+
 -- name: probe.untyped :scalar
 -- A parameter whose type nothing determines.
 SELECT :anything IS NULL;
@@ -69,6 +74,21 @@ class NotOptional(Record):
     name: str
     description: str
     created_at: datetime
+
+
+class Arrays(Record):
+    names: list[str] | None
+    lengths: list[int | None] | None
+
+
+class ArraysOfWrongItems(Record):
+    names: list[int] | None
+    lengths: list[int] | None
+
+
+class ArraysAsScalars(Record):
+    names: str | None
+    lengths: list[int] | None
 
 
 class Broken(Record):
@@ -121,6 +141,22 @@ def test_a_disagreeing_record_is_reported_with_file_line_and_types(
     assert any(
         p.startswith("sql/probe.sql:2: probe.agent: ") and expected in p for p in problems
     ), problems
+
+
+def test_array_columns_fit_lists_of_items_that_fit(conn, probe_registry) -> None:
+    def problems_of(record: type[Record]) -> list[str]:
+        found = check(conn, probe_registry, bind.OneOrNone("probe.names", record, ()))
+        return [p for p in found if "no function binds it" not in p]
+
+    assert problems_of(Arrays) == []
+    assert problems_of(ArraysOfWrongItems) == [
+        "sql/probe.sql:14: probe.names: column names is _text, which does not fit "
+        "ArraysOfWrongItems.names: list[int] | None"
+    ]
+    assert problems_of(ArraysAsScalars) == [
+        "sql/probe.sql:14: probe.names: column names is _text, which does not fit "
+        "ArraysAsScalars.names: str | None"
+    ]
 
 
 def test_unpreparable_queries_and_scalar_types_are_reported(conn, probe_registry) -> None:

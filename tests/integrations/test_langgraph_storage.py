@@ -420,3 +420,25 @@ async def test_the_saver_runs_on_the_applications_own_databases(shared_settings:
         database.close()
     with pytest.raises(ConfigurationError, match="async_database=AsyncDatabase"):
         ToolkitCheckpointSaver(database, async_pool=object())
+
+
+def test_get_tuple_returns_pending_writes_in_task_path_task_id_idx_order(
+    saver: ToolkitCheckpointSaver,
+) -> None:
+    config: Any = {"configurable": {"thread_id": "writes-order", "checkpoint_ns": ""}}
+    stored = saver.put(config, empty_checkpoint(), {"source": "loop", "step": 0}, {})
+    # Written out of order: task b before task a, a later path before an earlier one.
+    saver.put_writes(stored, [("x", 1), ("y", 2)], task_id="task-b", task_path="2")
+    saver.put_writes(stored, [("z", 3)], task_id="task-a", task_path="2")
+    saver.put_writes(stored, [("w", 4), ("v", 5)], task_id="task-c", task_path="1")
+    found = saver.get_tuple(stored)
+    assert found is not None
+    assert found.pending_writes == [
+        ("task-c", "w", 4),
+        ("task-c", "v", 5),
+        ("task-a", "z", 3),
+        ("task-b", "x", 1),
+        ("task-b", "y", 2),
+    ]
+    listed = next(iter(saver.list(stored)))
+    assert listed.pending_writes == found.pending_writes

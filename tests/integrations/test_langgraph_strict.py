@@ -301,3 +301,33 @@ def test_bad_allow_lists_raise_invalid_input(shared_settings: Settings) -> None:
         ToolkitCheckpointSaver.from_settings(
             shared_settings, serde=StrictSerializer(), allowed_types=[Ticket]
         )
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 8, 16, 3, 300, 70_000])
+def test_every_extension_format_is_checked_whatever_its_size(size: int) -> None:
+    # fixext 1/2/4/8/16 and ext 8/16/32: each starts with a lead byte of its own, and a
+    # value holding none of them is decoded without the check; none may slip through.
+    blob = ormsgpack.packb({"value": [1, ormsgpack.Ext(42, b"x" * size)]})
+    with pytest.raises(DeserializationRefused, match=r"extension code\(s\) 42\b"):
+        StrictSerializer().loads_typed(("msgpack", blob))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        7,
+        -3,
+        2**40,
+        1.5,
+        "",
+        "status \u00e9\u4e2d",
+        b"raw",
+        [1, [2, "three"]],
+        {"a": {"b": None}},
+    ],
+)
+def test_values_without_extensions_read_as_langgraph_reads_them(value: Any) -> None:
+    blob = ormsgpack.packb(value)
+    expected = JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(("msgpack", blob))
+    assert StrictSerializer().loads_typed(("msgpack", blob)) == expected == value

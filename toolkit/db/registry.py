@@ -375,11 +375,16 @@ def _verbatim_end(source: str, i: int) -> int | None:
     return None
 
 
+_MAY_START_VERBATIM = re.compile(r"""['"$]|--|/\*""")
+"""Where a verbatim span can start: the scanner jumps from one such place to the next."""
+
+
 def lex(source: str) -> list[_Span]:
     """Split ``source`` into code and verbatim spans: the registry's one SQL scanner."""
     spans: list[_Span] = []
     code_start = i = 0
-    while i < len(source):
+    while (candidate := _MAY_START_VERBATIM.search(source, i)) is not None:
+        i = candidate.start()
         end = _verbatim_end(source, i)
         if end is None:
             i += 1

@@ -104,10 +104,30 @@ def _flatten(annotation: Any) -> tuple[list[Any], bool]:
     return [annotation], annotation is Any
 
 
+def _list_items(annotation: Any) -> list[Any] | None:
+    """The item annotations of ``list[X]`` (or ``list[X] | None``), or None if it is not one."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _list_items(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        items = [_list_items(member) for member in members]
+        if not members or any(item is None for item in items):
+            return None
+        return [found for item in items for found in item or ()]
+    if origin is list:
+        return list(typing.get_args(annotation)) or [Any]
+    return None
+
+
 def _fits(pg_type: str, annotation: Any) -> bool:
     concrete, _ = _flatten(annotation)
     if any(item is Any for item in concrete):
         return True
+    if pg_type.startswith("_"):
+        # An array (PostgreSQL names the array of t "_t"): list[...] of items that fit t.
+        items = _list_items(annotation)
+        return items is not None and all(_fits(pg_type[1:], item) for item in items)
     allowed = _TYPE_FITS.get(pg_type)
     if allowed is None:
         return False

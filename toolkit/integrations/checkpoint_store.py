@@ -31,7 +31,7 @@ from uuid import UUID
 from toolkit.aio.db import drivers as async_drivers
 from toolkit.aio.db.database import AsyncDatabase
 from toolkit.db import drivers
-from toolkit.db.bind import Exec, Many, Runnable, Scalar
+from toolkit.db.bind import Exec, Many, OneOrNone, Runnable, Scalar
 from toolkit.db.database import Database
 from toolkit.errors import RetryableConflict, TenantRequired
 from toolkit.records import Record
@@ -42,6 +42,7 @@ __all__ = [
     "TENANT_KEY",
     "Call",
     "InsertedChannel",
+    "LgCheckpoint",
     "LgRow",
     "Op",
     "Restart",
@@ -62,7 +63,7 @@ __all__ = [
 
 
 class LgRow(Record):
-    """One row of a checkpoint read (``langgraph.get`` / ``langgraph.list``).
+    """One row of a checkpoint list (``langgraph.list``).
 
     ``kind`` is ``c`` for a checkpoint (``checkpoint_id``, parent, checkpoint,
     metadata), ``b`` for one segment of a channel value (``channel``,
@@ -88,6 +89,36 @@ class LgRow(Record):
     data: bytes | None
     checkpoint: dict[str, Any] | None
     metadata: dict[str, Any] | None
+
+
+class LgCheckpoint(Record):
+    """A checkpoint read by ``langgraph.get``: one row, its values and writes as arrays.
+
+    ``channels`` .. ``blobs`` are the segments of its channel values (the
+    channel, the value's version, the depth in its delta chain, the item
+    count, the type and the bytes), ``write_*`` its pending writes; each
+    group is None when there are none. One row instead of one per segment
+    and write: a record per row costs more than the arrays do.
+    """
+
+    thread_id: str
+    checkpoint_ns: str
+    checkpoint_id: str
+    parent_checkpoint_id: str | None
+    checkpoint: dict[str, Any]
+    metadata: dict[str, Any]
+    channels: list[str] | None
+    versions: list[str] | None
+    depths: list[int] | None
+    item_counts: list[int | None] | None
+    types: list[str] | None
+    blobs: list[bytes | None] | None
+    write_task_ids: list[str] | None
+    write_task_paths: list[str] | None
+    write_idxs: list[int] | None
+    write_channels: list[str] | None
+    write_types: list[str] | None
+    write_blobs: list[bytes] | None
 
 
 class InsertedChannel(Record):
@@ -135,7 +166,9 @@ PUT = Many(
 LOCK_THREADS = Scalar("langgraph.lock_threads", int, ("thread_ids",), prepare=True)
 PUT_WRITES = Exec("langgraph.put_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
 UPSERT_WRITES = Exec("langgraph.upsert_writes", (*_WRITE_KEYS, *_WRITE_ARRAYS), prepare=True)
-GET = Many("langgraph.get", LgRow, ("thread_id", "checkpoint_ns", "upper"), prepare=True)
+GET = OneOrNone(
+    "langgraph.get", LgCheckpoint, ("thread_id", "checkpoint_ns", "upper"), prepare=True
+)
 LIST = Many(
     "langgraph.list",
     LgRow,

@@ -142,6 +142,7 @@ from toolkit.integrations.checkpoint_store import (
     UPSERT_WRITES,
     Call,
     InsertedChannel,
+    LgCheckpoint,
     LgRow,
     Op,
     Restart,
@@ -557,7 +558,7 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
         thread_id = str(configurable["thread_id"])
         checkpoint_ns = str(configurable.get("checkpoint_ns") or "")
         wanted = get_checkpoint_id(config)
-        rows: builtins.list[LgRow] = yield Call(
+        row: LgCheckpoint | None = yield Call(
             GET,
             {
                 "thread_id": thread_id,
@@ -565,13 +566,34 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 "upper": str(wanted) if wanted else _LATEST,
             },
         )
-        tuples = self._tuples(tenant, rows)
-        if not tuples:
+        if row is None or (wanted and row.checkpoint_id != str(wanted)):
             return None
-        found = tuples[0]
-        if wanted and found.config["configurable"]["checkpoint_id"] != str(wanted):
-            return None
-        return found
+        chains: dict[str, builtins.list[_Segment]] = {}
+        if row.channels:
+            for channel, depth, count, type_, data in zip(
+                row.channels,
+                cast(builtins.list[int], row.depths),
+                cast(builtins.list[int | None], row.item_counts),
+                cast(builtins.list[str], row.types),
+                cast(builtins.list[bytes | None], row.blobs),
+                strict=True,
+            ):
+                chains.setdefault(channel, []).append((depth, count, type_, data or b""))
+        values = {channel: self._value(chain) for channel, chain in chains.items()}
+        writes: builtins.list[_Write] = []
+        if row.write_task_ids:
+            writes = builtins.list(
+                zip(
+                    cast(builtins.list[str], row.write_task_paths),
+                    row.write_task_ids,
+                    cast(builtins.list[int], row.write_idxs),
+                    cast(builtins.list[str], row.write_channels),
+                    cast(builtins.list[str], row.write_types),
+                    cast(builtins.list[bytes], row.write_blobs),
+                    strict=True,
+                )
+            )
+        return self._tuple(tenant, row, values, writes)
 
     def _list(
         self,
@@ -810,24 +832,35 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
     def _tuples(
         self, tenant: UUID | None, rows: builtins.list[LgRow]
     ) -> builtins.list[CheckpointTuple]:
-        """Checkpoint tuples from a read's row stream, newest first; configs name ``tenant``."""
+        """Checkpoint tuples from a list's row stream, newest first; configs name ``tenant``."""
         heads: builtins.list[LgRow] = []
-        segments: dict[tuple[str, str, str, str], builtins.list[LgRow]] = {}
-        writes: dict[tuple[str, str, str], builtins.list[LgRow]] = {}
+        segments: dict[tuple[str, str, str, str], builtins.list[_Segment]] = {}
+        writes: dict[tuple[str, str, str], builtins.list[_Write]] = {}
         for row in rows:
             if row.kind == "c":
                 heads.append(row)
             elif row.kind == "b":
                 key = (row.thread_id, row.checkpoint_ns, cast(str, row.channel), row.version or "")
-                segments.setdefault(key, []).append(row)
+                segments.setdefault(key, []).append(
+                    (row.depth or 0, row.item_count, cast(str, row.type), row.data or b"")
+                )
             else:
                 owner = (row.thread_id, row.checkpoint_ns, cast(str, row.checkpoint_id))
-                writes.setdefault(owner, []).append(row)
+                writes.setdefault(owner, []).append(
+                    (
+                        row.task_path or "",
+                        cast(str, row.task_id),
+                        row.idx or 0,
+                        cast(str, row.channel),
+                        cast(str, row.type),
+                        row.data or b"",
+                    )
+                )
         heads.sort(key=lambda head: cast(str, head.checkpoint_id), reverse=True)
         decoded: dict[tuple[str, str, str, str], Any] = {}
         result = []
         for head in heads:
-            stored = dict(head.checkpoint or {})
+            stored = head.checkpoint or {}
             values: dict[str, Any] = {}
             for channel, version in (stored.get("channel_versions") or {}).items():
                 key = (head.thread_id, head.checkpoint_ns, channel, str(version))
@@ -836,42 +869,52 @@ class ToolkitCheckpointSaver(BaseCheckpointSaver[str]):
                 if key not in decoded:
                     decoded[key] = self._value(segments[key])
                 values[channel] = decoded[key]
-            stored["channel_values"] = values
-            checkpoint_id = cast(str, head.checkpoint_id)
-            pending = sorted(
-                writes.get((head.thread_id, head.checkpoint_ns, checkpoint_id), ()),
-                key=lambda w: (w.task_path or "", w.task_id or "", w.idx or 0),
-            )
-            result.append(
-                CheckpointTuple(
-                    config=_config(tenant, head.thread_id, head.checkpoint_ns, checkpoint_id),
-                    checkpoint=cast(Checkpoint, stored),
-                    metadata=cast(CheckpointMetadata, head.metadata or {}),
-                    parent_config=(
-                        _config(
-                            tenant, head.thread_id, head.checkpoint_ns, head.parent_checkpoint_id
-                        )
-                        if head.parent_checkpoint_id
-                        else None
-                    ),
-                    pending_writes=[
-                        (
-                            cast(str, w.task_id),
-                            cast(str, w.channel),
-                            self.serde.loads_typed((cast(str, w.type), w.data or b"")),
-                        )
-                        for w in pending
-                    ],
-                )
-            )
+            owner = (head.thread_id, head.checkpoint_ns, cast(str, head.checkpoint_id))
+            result.append(self._tuple(tenant, head, values, writes.get(owner, [])))
         return result
 
-    def _value(self, chain: builtins.list[LgRow]) -> Any:
+    def _tuple(
+        self,
+        tenant: UUID | None,
+        head: LgRow | LgCheckpoint,
+        values: dict[str, Any],
+        writes: builtins.list[_Write],
+    ) -> CheckpointTuple:
+        """``head``'s tuple: its stored JSON with ``values``, its writes decoded in order."""
+        checkpoint = dict(head.checkpoint or {})
+        checkpoint["channel_values"] = values
+        if len(writes) > 1:
+            # (task_path, task_id, idx) order, as LangGraph's own savers return them.
+            writes = sorted(writes, key=lambda write: write[:3])
+        loads = self.serde.loads_typed
+        thread_id, checkpoint_ns = head.thread_id, head.checkpoint_ns
+        parent_id = head.parent_checkpoint_id
+        return CheckpointTuple(
+            config=_config(tenant, thread_id, checkpoint_ns, cast(str, head.checkpoint_id)),
+            checkpoint=cast(Checkpoint, checkpoint),
+            metadata=cast(CheckpointMetadata, head.metadata or {}),
+            parent_config=(
+                _config(tenant, thread_id, checkpoint_ns, parent_id) if parent_id else None
+            ),
+            pending_writes=[
+                (task_id, channel, loads((type_, data)))
+                for _path, task_id, _idx, channel, type_, data in writes
+            ],
+        )
+
+    def _value(self, chain: builtins.list[_Segment]) -> Any:
+        """A channel value from its segments: (depth, item count, type, bytes), any order."""
         if len(chain) == 1:
-            row = chain[0]
-            return self.serde.loads_typed((cast(str, row.type), row.data or b""))
-        joined = join_segments([(row.depth or 0, row.item_count, row.data or b"") for row in chain])
+            _depth, _count, type_, data = chain[0]
+            return self.serde.loads_typed((type_, data))
+        joined = join_segments([(depth, count, data) for depth, count, _type, data in chain])
         return self.serde.loads_typed(("msgpack", joined))
+
+
+_Segment = tuple[int, int | None, str, bytes]
+"""A segment of a channel value: its depth in the delta chain, item count, type and bytes."""
+_Write = tuple[str, str, int, str, str, bytes]
+"""A pending write: task path, task id, index, channel, type and bytes (sorted by the first 3)."""
 
 
 def _serializer(

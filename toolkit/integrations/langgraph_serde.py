@@ -24,6 +24,7 @@ checked before anything is decoded.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from contextlib import suppress
 from contextvars import ContextVar
@@ -70,6 +71,13 @@ KNOWN_EXT_CODES: Final = frozenset(
     for name, value in vars(_jsonplus).items()
     if name.startswith("EXT_") and type(value) is int
 )
+
+_EXT_LEAD_BYTES: Final = re.compile(rb"[\xc7-\xc9\xd4-\xd8]")
+"""The bytes that start a msgpack extension (ext 8/16/32, fixext 1-16).
+
+A payload holding none of them, anywhere, holds no extension: nothing in it
+can name a type, so it is decoded without the checks (ints, strings, plain
+lists and dicts, as most channel values are)."""
 
 _refusals: ContextVar[list[str] | None] = ContextVar("toolkit_serde_refusals", default=None)
 """The names LangGraph refused during the current ``loads_typed`` (None outside one)."""
@@ -163,6 +171,8 @@ class StrictSerializer(JsonPlusSerializer):
                 refused=(str(format_)[:40],),
             )
         if format_ == "msgpack":
+            if _EXT_LEAD_BYTES.search(payload) is None:
+                return ormsgpack.unpackb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
             codes = unknown_ext_codes(payload)[:_NAMES_SHOWN]
             if codes:
                 raise DeserializationRefused(

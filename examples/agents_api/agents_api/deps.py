@@ -50,14 +50,19 @@ class Services:
     """None when storage is switched off (``AGENTS_API_STORAGE=false``)."""
 
 
+def services_of(request: Request) -> Services:
+    """The application's services (set by the lifespan), for a route that takes the request."""
+    services: Services = request.app.state.services
+    return services
+
+
 async def get_services(request: Request) -> Services:
-    """The application's services (set by the lifespan).
+    """The application's services, as a dependency.
 
     ``async`` although it awaits nothing: FastAPI runs a plain ``def``
     dependency in a worker thread, a cost paid on every request.
     """
-    services: Services = request.app.state.services
-    return services
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
