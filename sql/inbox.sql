@@ -4,9 +4,9 @@
 -- a partition drop by `toolkit maintain`, never a DELETE.
 
 -- name: inbox.record :scalar
--- Record that :consumer applied :message_id created at :created_at; false if
--- it already had (whatever creation time that record has). No partition for
--- :created_at fails the insert (SQLSTATE 23514).
+-- Record that :consumer applied :message_id, false if it already had.
+-- Finds a record whatever creation time it was made with; no partition
+-- for :created_at fails the insert (SQLSTATE 23514).
 SELECT toolkit_inbox_record(
     :consumer, :message_id::uuid, :queue, :created_at::timestamptz
 ) AS recorded;
