@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -235,7 +236,7 @@ def test_the_async_commit_position_belongs_to_the_task_that_committed(
             async def write() -> CommitPosition | None:
                 async with db.transaction() as tx:
                     await async_users.create(
-                        tx, {"email": f"{id(tx)}@example.com", "display_name": "A"}
+                        tx, {"email": f"{uuid.uuid4().hex}@example.com", "display_name": "A"}
                     )
                 return db.commit_position
 
