@@ -117,7 +117,8 @@ class _Claimed:
         assert self.pending is not None
         return self.pending.result()
 
-    def commit(self) -> None:
+    def close(self) -> None:
+        """Leave the batch's transaction through the door: its commit."""
         self._open = False
         self.transaction.__exit__(None, None, None)
 
@@ -299,7 +300,7 @@ class Relay:
             delay = min(self.max_backoff * 10, 2.0 ** min(row.attempts, 10))
             log.error("outbox message %s refused by the broker: %s", message_id, reason)
             run(tx, _mark_failed, ids=[row.id], error=reason, delay_seconds=delay)
-        batch.commit()
+        batch.close()
         self.stats.batches += 1
         self.stats.published += len(result.acked)
         self.stats.failed += len(result.failed)
