@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import json
 import math
 import os
 import platform
@@ -83,6 +84,26 @@ async def interleaved_async(
                 if cpu is not None:
                     cpu.setdefault(name, []).append(cpu_seconds)
     return times
+
+
+VERDICTS_FILE_ENV = "TOOLKIT_BENCH_VERDICTS"
+"""Set by ``benchmarks/run.py``: the file each benchmark appends its targets' verdicts to."""
+
+
+def record_verdict(benchmark: str, row: str, measured: str, target: str, met: bool | None) -> None:
+    """Note one target's verdict for the summary ``run.py`` prints after every benchmark.
+
+    ``measured`` is the figure judged, as printed in the benchmark's own table
+    (e.g. ``"1.04x"``); ``met`` None means the row could not be judged (it
+    says why in ``measured``). Outside ``run.py`` (a benchmark run alone) it
+    does nothing.
+    """
+    path = os.environ.get(VERDICTS_FILE_ENV)
+    if not path:
+        return
+    entry = {"benchmark": benchmark, "row": row, "measured": measured, "target": target}
+    with open(path, "a", encoding="utf-8") as sink:
+        sink.write(json.dumps({**entry, "met": met}) + "\n")
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

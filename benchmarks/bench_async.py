@@ -76,6 +76,7 @@ from benchmarks._common import (
     median,
     paired_ratio,
     percentile,
+    record_verdict,
 )
 from benchmarks.bench_core import (
     OWNERS,
@@ -222,6 +223,7 @@ class Report:
         row.target = target
         row.met = f"{'yes' if met else 'NO'} ({value:.2f}x)"
         self.verdicts.append((f"{row.operation}, {row.contender}: {target}", met, value))
+        record_verdict("async", f"{row.operation}, {row.contender}", f"{value:.2f}x", target, met)
 
 
 # Contenders

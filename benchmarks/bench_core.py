@@ -57,6 +57,7 @@ from benchmarks._common import (
     markdown_table,
     median,
     paired_ratio,
+    record_verdict,
 )
 from toolkit.config import load_settings
 from toolkit.db import Database
@@ -263,6 +264,7 @@ class Report:
         row.target = target
         row.met = f"{'yes' if met else 'NO'} ({value:.2f}x)"
         self.verdicts.append((f"{row.operation}, {row.contender}: {target}", met, value))
+        record_verdict("core", f"{row.operation}, {row.contender}", f"{value:.2f}x", target, met)
 
 
 # Database and contenders

@@ -9,14 +9,21 @@ run only some: ``tox -e bench -- core cache``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import VERDICTS_FILE_ENV, markdown_table
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,6 +73,23 @@ def machine() -> str:
     )
 
 
+def summary(verdicts_file: Path) -> str:
+    """Every target the benchmarks judged, in run order, as one table and a count."""
+    entries = [json.loads(line) for line in verdicts_file.read_text().splitlines() if line]
+    if not entries:
+        return "No targets were judged in this run."
+    words = {True: "yes", False: "MISSED", None: "not judged"}
+    table = markdown_table(
+        ["benchmark", "row", "measured", "target", "met"],
+        [[e["benchmark"], e["row"], e["measured"], e["target"], words[e["met"]]] for e in entries],
+    )
+    met = sum(1 for e in entries if e["met"] is True)
+    missed = sum(1 for e in entries if e["met"] is False)
+    return (
+        f"{table}\n\n{met} targets met, {missed} missed, {len(entries) - met - missed} not judged."
+    )
+
+
 def main(argv: list[str]) -> int:
     chosen = argv or list(BENCHMARKS)
     unknown = [name for name in chosen if name not in BENCHMARKS]
@@ -75,17 +99,26 @@ def main(argv: list[str]) -> int:
     print(f"# Benchmarks, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"Machine: {machine()}\n")
     failed = []
-    for name in chosen:
-        print(f"## {name}\n", flush=True)
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, str(HERE / f"bench_{name}.py"), *BENCHMARKS[name]], check=False
-        )
-        print(
-            f"\n({name}: {time.monotonic() - started:.0f} s, exit {done.returncode})\n", flush=True
-        )
-        if done.returncode != 0:
-            failed.append(name)
+    with tempfile.TemporaryDirectory(prefix="toolkit-bench-") as scratch:
+        verdicts_file = Path(scratch) / "verdicts.jsonl"
+        verdicts_file.touch()
+        environment = {**os.environ, VERDICTS_FILE_ENV: str(verdicts_file)}
+        for name in chosen:
+            print(f"## {name}\n", flush=True)
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, str(HERE / f"bench_{name}.py"), *BENCHMARKS[name]],
+                check=False,
+                env=environment,
+            )
+            print(
+                f"\n({name}: {time.monotonic() - started:.0f} s, exit {done.returncode})\n",
+                flush=True,
+            )
+            if done.returncode != 0:
+                failed.append(name)
+        print(f"## Targets ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)\n")
+        print(summary(verdicts_file))
     if failed:
         print(f"benchmarks that failed to run: {', '.join(failed)}", file=sys.stderr)
         return 1
