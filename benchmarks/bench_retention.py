@@ -57,7 +57,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from yoyo import get_backend, read_migrations
 
-from benchmarks._common import machine_summary, markdown_table
+from benchmarks._common import machine_summary, markdown_table, record_verdict
 from benchmarks.bench_messaging import DEFAULT_AMQP, drop_database, event, purge
 from toolkit.config import load_settings
 from toolkit.db import Database
@@ -327,6 +327,20 @@ def run(
     worst = max(
         dead / max(largest, 1)
         for dead, largest in zip(partitioned.peaks_dead, partitioned.peaks_largest, strict=True)
+    )
+    record_verdict(
+        "retention",
+        "partitioned outbox: last tenth's throughput / first tenth's",
+        f"{last / first:.2f}x",
+        ">= 0.90x",
+        last / first >= 0.9,
+    )
+    record_verdict(
+        "retention",
+        "partitioned outbox: dead tuples, worst tenth / one partition's worth",
+        f"{worst:.2f}x",
+        "<= 1.00x in every tenth",
+        worst <= 1,
     )
     verdicts = [
         f"partitioned: last tenth {last:,.0f} msg/s = {last / first:.2f}x the first "

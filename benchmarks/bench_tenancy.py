@@ -60,6 +60,7 @@ from benchmarks._common import (
     markdown_table,
     median,
     paired_ratio,
+    record_verdict,
 )
 from toolkit.config import load_settings
 from toolkit.db import Database
@@ -388,6 +389,9 @@ def print_report(results: list[Result], scale: Scale, facts: dict[str, str]) -> 
     headers += ["met?"]
     print()
     print(markdown_table(headers, [result.cells() for result in results]))
+    for result in results:
+        row = f"{result.operation}, {result.unit}: policies on / off"
+        record_verdict("tenancy", row, f"{result.ratio:.3f}x", f"<= {TARGET:.2f}x", result.met)
     missed = [r for r in results if not r.met]
     print(f"\n{len(results) - len(missed)} of {len(results)} targets met.")
     if missed:
