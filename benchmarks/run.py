@@ -81,7 +81,11 @@ def summary(verdicts_file: Path) -> str:
     words = {True: "yes", False: "MISSED", None: "not judged"}
     table = markdown_table(
         ["benchmark", "row", "measured", "target", "met"],
-        [[e["benchmark"], e["row"], e["measured"], e["target"], words[e["met"]]] for e in entries],
+        [
+            [cell.replace("|", "\\|") for cell in (e["benchmark"], e["row"], e["measured"])]
+            + [e["target"], words[e["met"]]]
+            for e in entries
+        ],
     )
     met = sum(1 for e in entries if e["met"] is True)
     missed = sum(1 for e in entries if e["met"] is False)
