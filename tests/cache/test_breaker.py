@@ -165,3 +165,12 @@ def test_concurrent_probes_only_one_wins(breaker: CircuitBreaker, clock: FakeClo
 def test_bad_arguments(threshold: object, timeout: float) -> None:
     with pytest.raises(InvalidInput):
         CircuitBreaker(threshold, timeout)  # type: ignore[arg-type]
+
+
+def test_the_opening_warning_gives_the_retry_time_in_plain_seconds(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=3600.0, clock=clock)
+    caplog.set_level(logging.WARNING, logger="toolkit.cache.breaker")
+    breaker.record_failure()
+    assert caplog.records[0].getMessage().endswith("retried in 3600 s")

@@ -190,7 +190,7 @@ class CircuitBreaker:
         if new is BreakerState.OPEN and old is BreakerState.CLOSED:
             self._log.warning(
                 "%s circuit breaker opened after %d consecutive failures; "
-                "calls are bypassed (failing open) and retried in %.3gs",
+                "calls are bypassed (failing open) and retried in %g s",
                 self.name,
                 self.failure_threshold,
                 self.recovery_timeout,
