@@ -28,9 +28,11 @@ from toolkit.errors import (
     bounded_repr,
 )
 
-CHUNK_SIZE: Final = 128 << 10
-"""Bytes read from the source per step (128 KiB: a chunk stays in the CPU cache while it is
-hashed and written, which measured faster than 1 MiB chunks)."""
+CHUNK_SIZE: Final = 256 << 10
+"""Bytes read from the source per step. 256 KiB, one hashing batch (:data:`HASH_BATCH_BYTES`):
+a 256 MiB put spent 0.145 s of CPU on the caller's thread against 0.166 s with 128 KiB chunks
+(each chunk handed to the hashing thread costs the caller a few microseconds of GIL hand-over);
+at 1 MiB most chunks were fresh mappings (27,000 page faults per 256 MiB)."""
 
 
 HASH_BATCH_BYTES: Final = 256 << 10
