@@ -319,7 +319,8 @@ def throughput_rows(source: Path, folder: Path, size_mib: int, rounds: int) -> l
         took = median[name]
         speed = f"{size_mib / took:.0f} MiB/s ({_cpu_text(cpu[name], caller_cpu[name])})"
         if name in LIMIT_CASES:
-            result = "the limit" if name == limit_name else f"{median[limit_name] / took:.2f}x it"
+            limit = median[limit_name]
+            result = "the limit" if name == limit_name else f"{limit / took:.2f}x the limit"
             target = "-"
         elif name in JUDGED_CASES:
             ratio = statistics.median(
