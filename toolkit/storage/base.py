@@ -6,7 +6,7 @@ around them (:mod:`toolkit.storage.pipeline`, generated from its async
 source, so the async API runs the same code) is the same everywhere:
 
 * the source (bytes or any object with ``read(n)``) is read in chunks of
-  :attr:`Storage.chunk_size` (128 KiB), never whole;
+  :attr:`Storage.chunk_size` (256 KiB), never whole;
 * the first bytes are sniffed (:mod:`toolkit.storage.sniff`) and checked
   against the allow-list *before* anything is written; the client's claimed
   type is recorded, not trusted;

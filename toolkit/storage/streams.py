@@ -12,8 +12,9 @@ import hashlib
 import io
 import os
 import threading
+from collections import deque
 from collections.abc import AsyncIterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -27,9 +28,11 @@ from toolkit.errors import (
     bounded_repr,
 )
 
-CHUNK_SIZE: Final = 128 << 10
-"""Bytes read from the source per step (128 KiB: a chunk stays in the CPU cache while it is
-hashed and written, which measured faster than 1 MiB chunks)."""
+CHUNK_SIZE: Final = 256 << 10
+"""Bytes read from the source per step. 256 KiB, one hashing batch (:data:`HASH_BATCH_BYTES`):
+a 256 MiB put spent 0.145 s of CPU on the caller's thread against 0.166 s with 128 KiB chunks
+(each chunk handed to the hashing thread costs the caller a few microseconds of GIL hand-over);
+at 1 MiB most chunks were fresh mappings (27,000 page faults per 256 MiB)."""
 
 
 HASH_BATCH_BYTES: Final = 256 << 10
@@ -64,6 +67,13 @@ _hashing_pool = _HashingPool()
 os.register_at_fork(after_in_child=_hashing_pool.forget)
 
 
+HASH_QUEUE_BATCHES: Final = 4
+"""Batches a :class:`BackgroundSha256` may queue for its worker (about 1 MiB). With one batch
+in flight the worker slept after each batch until the caller woke to hand over the next: a
+verified 256 MiB read into /dev/null took 0.48 s for 0.17 s of hashing, with 3,000 voluntary
+context switches; with the queue the worker goes from batch to batch (1,300 switches)."""
+
+
 def _hash_all(digest: hashlib._Hash, chunks: Sequence[bytes]) -> None:
     for chunk in chunks:
         digest.update(chunk)
@@ -75,19 +85,30 @@ class BackgroundSha256:
     hashlib releases the GIL while it hashes a buffer of more than 2 KiB, so
     the caller's reads and writes and the worker's hashing run at the same
     time: a verified copy costs the slower of a copy and a hash, not their
-    sum. Chunks are handed over in batches of at least ``batch_bytes``, one
-    batch at a time (the next waits for the one before: the order is kept,
-    and at most two batches are held). A stream shorter than a batch is
-    hashed on the caller's thread by :meth:`hexdigest` and never touches a
-    thread.
+    sum. Chunks are handed over in batches of at least ``batch_bytes`` into a
+    queue of at most ``queued_batches``, which one worker at a time drains in
+    order (the caller waits when it is full, until it is half empty: memory
+    stays bounded and neither side is woken per batch). A stream shorter
+    than a batch is hashed on the caller's thread by :meth:`hexdigest` and
+    never touches a thread. One caller thread feeds an instance.
     """
 
-    def __init__(self, batch_bytes: int = HASH_BATCH_BYTES) -> None:
+    def __init__(
+        self, batch_bytes: int = HASH_BATCH_BYTES, queued_batches: int = HASH_QUEUE_BATCHES
+    ) -> None:
         self._digest = hashlib.sha256()
         self._batch_limit = batch_bytes
         self._batch: list[bytes] = []
         self._batched = 0
-        self._running: Future[None] | None = None
+        self._queue_limit = max(1, queued_batches)
+        # Guarded by _changed: the batches handed over (the one being hashed stays first
+        # until it is done, so it counts against the limit), whether a worker drains them,
+        # whether the caller sleeps on them, and what failed on the worker.
+        self._changed = threading.Condition(threading.Lock())
+        self._queue: deque[list[bytes]] = deque()
+        self._draining = False
+        self._caller_waits = False
+        self._failure: BaseException | None = None
 
     def update(self, data: bytes) -> None:
         """Add ``data`` (bytes: it is hashed later, so it must not change)."""
@@ -96,21 +117,58 @@ class BackgroundSha256:
         self._batch.append(data)
         self._batched += len(data)
         if self._batched >= self._batch_limit:
-            self._wait()
             batch, self._batch, self._batched = self._batch, [], 0
-            try:
-                self._running = _hashing_pool.get().submit(_hash_all, self._digest, batch)
-            except RuntimeError:  # the interpreter is shutting down: no new threads
-                _hash_all(self._digest, batch)
+            self._hand_over(batch)
 
-    def _wait(self) -> None:
-        running, self._running = self._running, None
-        if running is not None:
-            running.result()
+    def _hand_over(self, batch: list[bytes]) -> None:
+        with self._changed:
+            while len(self._queue) >= self._queue_limit and self._draining:
+                self._caller_waits = True
+                self._changed.wait()
+            self._raise_failure()
+            self._queue.append(batch)
+            if self._draining:
+                return
+            self._draining = True
+        try:
+            _hashing_pool.get().submit(self._drain)
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            self._drain()
+
+    def _drain(self) -> None:
+        # On a worker: hash the queued batches in order until none is left.
+        while True:
+            with self._changed:
+                if not self._queue:
+                    self._draining = False
+                    self._caller_waits = False
+                    self._changed.notify()
+                    return
+                batch = self._queue[0]
+            try:
+                _hash_all(self._digest, batch)
+            except BaseException as exc:  # handed to the caller, who raises it
+                with self._changed:
+                    self._failure = exc
+                    self._queue.clear()
+                continue
+            with self._changed:
+                self._queue.popleft()
+                if self._caller_waits and len(self._queue) <= self._queue_limit // 2:
+                    self._caller_waits = False
+                    self._changed.notify()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     def hexdigest(self) -> str:
         """The hex SHA-256 of everything added so far (more may be added after)."""
-        self._wait()
+        with self._changed:
+            while self._draining:
+                self._caller_waits = True
+                self._changed.wait()
+            self._raise_failure()
         _hash_all(self._digest, self._batch)
         self._batch, self._batched = [], 0
         return self._digest.hexdigest()
