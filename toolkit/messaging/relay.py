@@ -68,30 +68,37 @@ _mark_sent = Exec("outbox.mark_sent", ("ids",))
 _mark_failed = Exec("outbox.mark_failed", ("ids", "error", "delay_seconds"))
 
 
-def _outgoing(
-    topology: Topology, row: OutboxRow, tenant_headers: dict[UUID, Mapping[str, Any]]
-) -> Outgoing:
-    """The message of ``row``, its tenant header set from the row's tenant_id (a header
-    of that name in the row's own headers, written by raw SQL, is overwritten).
+def _messages(topology: Topology, rows: Sequence[OutboxRow]) -> list[Outgoing]:
+    """The messages of ``rows``, in order, each with its tenant header set from its
+    row's tenant_id (a header of that name in the row's own headers, written by raw
+    SQL, is overwritten).
 
-    Rows without headers of their own share one read-only header mapping per
-    tenant (``tenant_headers``, kept for a batch): most rows have none.
+    Rows without headers of their own (most rows) share one read-only header
+    mapping per tenant. One loop for the batch: this runs for every message.
     """
-    if row.headers is None:
-        headers = tenant_headers.get(row.tenant_id)
-        if headers is None:
-            headers = tenant_headers[row.tenant_id] = stamped({}, row.tenant_id)
-    else:
-        headers = stamped(row.headers, row.tenant_id)
-    return Outgoing(
-        exchange=topology.exchange,
-        routing_key=row.queue,
-        body=row.body.encode(),
-        message_id=str(row.id),
-        message_type=row.message_type,
-        timestamp=int(row.created_at.timestamp()),
-        headers=headers,
-    )
+    exchange = topology.exchange
+    shared: dict[UUID, Mapping[str, Any]] = {}
+    messages: list[Outgoing] = []
+    append = messages.append
+    for row in rows:
+        if row.headers is None:
+            headers = shared.get(row.tenant_id)
+            if headers is None:
+                headers = shared[row.tenant_id] = stamped({}, row.tenant_id)
+        else:
+            headers = stamped(row.headers, row.tenant_id)
+        append(
+            Outgoing(
+                exchange=exchange,
+                routing_key=row.queue,
+                body=row.body.encode(),
+                message_id=str(row.id),
+                message_type=row.message_type,
+                timestamp=int(row.created_at.timestamp()),
+                headers=headers,
+            )
+        )
+    return messages
 
 
 def _keep_going(stop: threading.Event, until: float) -> bool:
@@ -317,8 +324,7 @@ class Relay:
         return batch
 
     def _submit(self, batch: _Claimed) -> None:
-        tenant_headers: dict[UUID, Mapping[str, Any]] = {}
-        messages = [_outgoing(self.topology, row, tenant_headers) for row in batch.rows]
+        messages = _messages(self.topology, batch.rows)
         batch.by_id = {out.message_id: row for out, row in zip(messages, batch.rows, strict=True)}
         batch.pending = self.publisher.submit(messages, timeout=self.confirm_timeout)
 
