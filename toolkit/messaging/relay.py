@@ -106,16 +106,20 @@ def _keep_going(stop: threading.Event, until: float) -> bool:
 
 
 class _Claimed:
-    """A claimed batch: its open transaction, its rows, and their publishing once submitted."""
+    """A claimed batch: its open transaction, its rows and their messages, and their
+    publishing once submitted."""
 
-    def __init__(self, scope: ExitStack, tx: Connection, rows: list[OutboxRow]) -> None:
+    def __init__(
+        self, scope: ExitStack, tx: Connection, rows: list[OutboxRow], messages: list[Outgoing]
+    ) -> None:
         self.scope = scope
         """Holds the batch's ``db.transaction()``: closing it commits, an exception rolls back."""
         self.tx = tx
         self.rows = rows
+        self.messages = messages
         self.pending: PendingBatch | None = None
-        self.by_id: dict[str, OutboxRow] = {}
-        """The rows by the message_id they were published under."""
+        self.by_id = {out.message_id: row for out, row in zip(messages, rows, strict=True)}
+        """The rows by the message_id they are published under."""
         self._open = True
 
     def result(self) -> BatchResult:
@@ -319,14 +323,14 @@ class Relay:
         with ExitStack() as scope:
             tx = scope.enter_context(self.db.transaction())
             rows = run(tx, _claim, limit=self.batch_size)
-            # A batch takes its transaction along; with no row, leaving commits the empty claim.
-            batch = _Claimed(scope.pop_all(), tx, rows) if rows else None
-        return batch
+            if not rows:
+                return None  # leaving the scope commits the empty claim
+            # Built now, while the broker still confirms the batch before: submitting
+            # then only hands them over. The batch takes its transaction along.
+            return _Claimed(scope.pop_all(), tx, rows, _messages(self.topology, rows))
 
     def _submit(self, batch: _Claimed) -> None:
-        messages = _messages(self.topology, batch.rows)
-        batch.by_id = {out.message_id: row for out, row in zip(messages, batch.rows, strict=True)}
-        batch.pending = self.publisher.submit(messages, timeout=self.confirm_timeout)
+        batch.pending = self.publisher.submit(batch.messages, timeout=self.confirm_timeout)
 
     def _finish(self, batch: _Claimed, result: BatchResult) -> None:
         """Mark ``batch``'s confirmed rows sent and its refused ones failed, and commit."""
