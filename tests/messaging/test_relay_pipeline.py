@@ -21,11 +21,12 @@ import pytest
 from toolkit.db import Database
 from toolkit.errors import Unavailable
 from toolkit.messaging import AuditLog, PipelinedPublisher, Relay, Topology, outbox
+from toolkit.messaging import relay as relay_module
 from toolkit.messaging.publisher import BatchResult, Outgoing, PendingBatch, outgoing
 from toolkit.messaging.records import OutboxRow
 from toolkit.tenants import DEFAULT_TENANT
 
-from .conftest import AMQP_URL, get_all
+from .conftest import AMQP_URL, get_all, wait_for
 
 
 def event(n: int) -> AuditLog:
@@ -96,10 +97,84 @@ def test_the_next_batch_is_claimed_while_the_broker_confirms_and_rows_are_marked
     assert first[1] == (0, 10, 20)
     # While the second awaits, the first is marked sent (or being marked) and the third claimed.
     assert second[1][1] == 0
-    assert third[1] == (20, 0, 10)
+    # While the third awaits, the second is marked sent, or still being marked beside it.
+    assert third[1] in {(20, 0, 10), (10, 0, 20)}
     got = get_all(broker, topology.queue_name("audit.log"), expect=30)
     assert [props.message_id for props, _ in got] == ids  # once each, in the outbox's order
     assert outbox_state(db) == (30, 0, 0)
+
+
+def test_a_confirmed_batch_is_marked_sent_while_the_next_batches_are_claimed_and_published(
+    db: Database, topology: Topology, broker: pika.BlockingConnection
+) -> None:
+    ids = enqueue(db, 30)
+    seen: list[tuple[int, int, int]] = []
+
+    def first_batch_waits_for_the_third_claim(_rows: Sequence[OutboxRow]) -> None:
+        # Called before the rows are marked: the relay claims on meanwhile.
+        if not seen:
+            wait_for(lambda: outbox_state(db) == (0, 0, 30), timeout=10)
+            seen.append(outbox_state(db))
+
+    with Relay(
+        db,
+        AMQP_URL,
+        topology,
+        batch_size=10,
+        listen=False,
+        after_publish=first_batch_waits_for_the_third_claim,
+    ) as relay:
+        assert relay.drain(timeout=30) == 30
+    # The first batch, confirmed but not yet marked, did not hold up the third's claim.
+    assert seen == [(0, 0, 30)]
+    got = get_all(broker, topology.queue_name("audit.log"), expect=30)
+    assert [props.message_id for props, _ in got] == ids
+    assert outbox_state(db) == (30, 0, 0)
+
+
+class CountingBuilt:
+    """Confirms every message; notes, as each batch's confirms are taken, how many
+    batches' messages the relay had built by then."""
+
+    def __init__(self, built: list[int]) -> None:
+        self.built = built
+        self.built_when_confirmed: list[int] = []
+        self.submitted: list[list[str]] = []
+
+    def submit(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> PendingBatch:
+        ids = [m.message_id for m in messages]
+        self.submitted.append(ids)
+
+        def settle() -> BatchResult:
+            self.built_when_confirmed.append(len(self.built))
+            return BatchResult(acked=ids)
+
+        return PendingBatch(settle)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_next_batchs_messages_are_built_while_the_broker_confirms_the_one_before(
+    db: Database, topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = enqueue(db, 25)
+    built: list[int] = []
+    build = relay_module._messages
+
+    def counted(topology: Topology, rows: Sequence[OutboxRow]) -> list[Outgoing]:
+        built.append(len(rows))
+        return build(topology, rows)
+
+    monkeypatch.setattr(relay_module, "_messages", counted)
+    publisher = CountingBuilt(built)
+    with Relay(db, AMQP_URL, topology, publisher=publisher, batch_size=10, listen=False) as relay:
+        assert relay.drain(timeout=30) == 25
+    assert built == [10, 10, 5]
+    # Submitting a batch only hands over what was built while the one before was confirmed.
+    assert publisher.built_when_confirmed == [2, 3, 3]
+    assert [i for batch in publisher.submitted for i in batch] == ids
+    assert outbox_state(db) == (25, 0, 0)
 
 
 class LosingPublisher:

@@ -35,11 +35,10 @@ with :mod:`toolkit.aio.messaging.outbox` and run ``toolkit relay`` beside them.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -69,30 +68,37 @@ _mark_sent = Exec("outbox.mark_sent", ("ids",))
 _mark_failed = Exec("outbox.mark_failed", ("ids", "error", "delay_seconds"))
 
 
-def _outgoing(
-    topology: Topology, row: OutboxRow, tenant_headers: dict[UUID, Mapping[str, Any]]
-) -> Outgoing:
-    """The message of ``row``, its tenant header set from the row's tenant_id (a header
-    of that name in the row's own headers, written by raw SQL, is overwritten).
+def _messages(topology: Topology, rows: Sequence[OutboxRow]) -> list[Outgoing]:
+    """The messages of ``rows``, in order, each with its tenant header set from its
+    row's tenant_id (a header of that name in the row's own headers, written by raw
+    SQL, is overwritten).
 
-    Rows without headers of their own share one read-only header mapping per
-    tenant (``tenant_headers``, kept for a batch): most rows have none.
+    Rows without headers of their own (most rows) share one read-only header
+    mapping per tenant. One loop for the batch: this runs for every message.
     """
-    if row.headers is None:
-        headers = tenant_headers.get(row.tenant_id)
-        if headers is None:
-            headers = tenant_headers[row.tenant_id] = stamped({}, row.tenant_id)
-    else:
-        headers = stamped(row.headers, row.tenant_id)
-    return Outgoing(
-        exchange=topology.exchange,
-        routing_key=row.queue,
-        body=row.body.encode(),
-        message_id=str(row.id),
-        message_type=row.message_type,
-        timestamp=int(row.created_at.timestamp()),
-        headers=headers,
-    )
+    exchange = topology.exchange
+    shared: dict[UUID, Mapping[str, Any]] = {}
+    messages: list[Outgoing] = []
+    append = messages.append
+    for row in rows:
+        if row.headers is None:
+            headers = shared.get(row.tenant_id)
+            if headers is None:
+                headers = shared[row.tenant_id] = stamped({}, row.tenant_id)
+        else:
+            headers = stamped(row.headers, row.tenant_id)
+        append(
+            Outgoing(
+                exchange=exchange,
+                routing_key=row.queue,
+                body=row.body.encode(),
+                message_id=str(row.id),
+                message_type=row.message_type,
+                timestamp=int(row.created_at.timestamp()),
+                headers=headers,
+            )
+        )
+    return messages
 
 
 def _keep_going(stop: threading.Event, until: float) -> bool:
@@ -100,17 +106,20 @@ def _keep_going(stop: threading.Event, until: float) -> bool:
 
 
 class _Claimed:
-    """A claimed batch: its open transaction, its rows, and their publishing once submitted."""
+    """A claimed batch: its open transaction, its rows and their messages, and their
+    publishing once submitted."""
 
     def __init__(
-        self, transaction: AbstractContextManager[Connection], tx: Connection, rows: list[OutboxRow]
+        self, scope: ExitStack, tx: Connection, rows: list[OutboxRow], messages: list[Outgoing]
     ) -> None:
-        self.transaction = transaction
+        self.scope = scope
+        """Holds the batch's ``db.transaction()``: closing it commits, an exception rolls back."""
         self.tx = tx
         self.rows = rows
+        self.messages = messages
         self.pending: PendingBatch | None = None
-        self.by_id: dict[str, OutboxRow] = {}
-        """The rows by the message_id they were published under."""
+        self.by_id = {out.message_id: row for out, row in zip(messages, rows, strict=True)}
+        """The rows by the message_id they are published under."""
         self._open = True
 
     def result(self) -> BatchResult:
@@ -120,7 +129,7 @@ class _Claimed:
     def close(self) -> None:
         """Leave the batch's transaction through the door: its commit."""
         self._open = False
-        self.transaction.__exit__(None, None, None)
+        self.scope.close()
 
     def abort(self) -> None:
         """Roll back (the rows stay unsent), after waiting for the publisher to be free."""
@@ -129,7 +138,36 @@ class _Claimed:
         if self._open:
             self._open = False
             error = RuntimeError("outbox relay batch abandoned")
-            self.transaction.__exit__(RuntimeError, error, None)
+            self.scope.__exit__(RuntimeError, error, None)
+
+
+class _Finishing:
+    """A confirmed batch being marked sent and committed on a thread of its own,
+    while the relay claims the next batch and the broker takes the one after."""
+
+    def __init__(self, batch: _Claimed, finish: Callable[[], None]) -> None:
+        self._batch = batch
+        self._finish = finish
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="toolkit-relay-finish", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._finish()
+        except BaseException as exc:  # handed to the relay's thread by join()
+            self._error = exc
+            try:
+                self._batch.abort()  # rolled back: its rows go out again
+            except Exception:  # the first failure is the one to report
+                log.warning("outbox relay: abandoning a batch failed", exc_info=True)
+
+    def join(self) -> None:
+        """Wait until the batch is committed; raise what marking or committing it raised."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 @dataclass
@@ -147,8 +185,9 @@ class Relay:
     """Publishes committed outbox rows; see the module docstring.
 
     ``after_publish(rows)`` (optional) is called after the broker confirmed a
-    batch and before the rows are marked sent: tests use it to kill a relay
-    at the worst moment.
+    batch and before the rows are marked sent (on the thread that marks them,
+    when the next batch is already out): tests use it to kill a relay at the
+    worst moment.
     """
 
     def __init__(
@@ -227,18 +266,21 @@ class Relay:
         """Relay batches back to back while they come full and ``more()`` says so;
         returns how many rows were claimed.
 
-        Two batches overlap, each in its own transaction: while the broker
+        Batches overlap, each in its own transaction: while the broker
         confirms one, the next is claimed (SKIP LOCKED passes over the rows
         the first holds) and, once the first is confirmed, the next is
-        published while the first is marked sent and committed. A row is
-        still marked sent only after its own confirm, in the transaction that
-        claimed it; batches are published one after another, in claim order.
+        published while the first is marked sent and committed on a thread of
+        its own, so that marking (the database's heaviest part) runs beside the
+        next claim and publish. A row is still marked sent only after its own
+        confirm, in the transaction that claimed it; batches are published one
+        after another, in claim order; at most three transactions are open.
         """
         claimed = 0
         current = self._claim()
         if current is None:
             return 0
         upcoming: _Claimed | None = None
+        finishing: _Finishing | None = None
         try:
             self._submit(current)
             while True:
@@ -247,19 +289,27 @@ class Relay:
                 if len(current.rows) >= self.batch_size and more():
                     upcoming = self._claim()
                 result = current.result()
-                if upcoming is not None and not result.unconfirmed:
-                    try:
-                        self._submit(upcoming)
-                    except Unavailable:  # the broker went away: keep what it confirmed
-                        upcoming.abort()
-                        upcoming = None
-                        self._finish(current, result)
-                        raise
-                self._finish(current, result)  # raises Unavailable when confirms were lost
-                if upcoming is None:
+                previous, finishing = finishing, None
+                if previous is not None:
+                    previous.join()  # raises what marking the previous batch raised
+                if upcoming is None or result.unconfirmed:
+                    self._finish(current, result)  # raises Unavailable when confirms were lost
                     return claimed
+                try:
+                    self._submit(upcoming)
+                except Unavailable:  # the broker went away: keep what it confirmed
+                    upcoming.abort()
+                    upcoming = None
+                    self._finish(current, result)
+                    raise
+                finishing = _Finishing(current, partial(self._finish, current, result))
                 current, upcoming = upcoming, None
         except BaseException:
+            if finishing is not None:
+                try:
+                    finishing.join()  # a confirmed batch: let it commit
+                except Exception:  # the first failure is the one to report
+                    log.warning("outbox relay: marking a batch sent failed", exc_info=True)
             for batch in (current, upcoming):
                 if batch is not None:
                     try:
@@ -270,23 +320,17 @@ class Relay:
 
     def _claim(self) -> _Claimed | None:
         """Open a transaction and claim a batch in it; None (and nothing open) if no row is due."""
-        transaction = self.db.transaction()
-        tx = transaction.__enter__()
-        try:
+        with ExitStack() as scope:
+            tx = scope.enter_context(self.db.transaction())
             rows = run(tx, _claim, limit=self.batch_size)
-        except BaseException:
-            transaction.__exit__(*sys.exc_info())
-            raise
-        if not rows:
-            transaction.__exit__(None, None, None)
-            return None
-        return _Claimed(transaction, tx, rows)
+            if not rows:
+                return None  # leaving the scope commits the empty claim
+            # Built now, while the broker still confirms the batch before: submitting
+            # then only hands them over. The batch takes its transaction along.
+            return _Claimed(scope.pop_all(), tx, rows, _messages(self.topology, rows))
 
     def _submit(self, batch: _Claimed) -> None:
-        tenant_headers: dict[UUID, Mapping[str, Any]] = {}
-        messages = [_outgoing(self.topology, row, tenant_headers) for row in batch.rows]
-        batch.by_id = {out.message_id: row for out, row in zip(messages, batch.rows, strict=True)}
-        batch.pending = self.publisher.submit(messages, timeout=self.confirm_timeout)
+        batch.pending = self.publisher.submit(batch.messages, timeout=self.confirm_timeout)
 
     def _finish(self, batch: _Claimed, result: BatchResult) -> None:
         """Mark ``batch``'s confirmed rows sent and its refused ones failed, and commit."""
