@@ -458,6 +458,24 @@ def _replica_failed(exc: BaseException) -> bool:
     )
 
 
+class _NewestFirstPool(ConnectionPool[Connection]):
+    """psycopg_pool's pool, handing out the connection returned last, not the one idle longest.
+
+    Back-to-back requests then run on one client connection and one server
+    backend whose caches are still warm (sequential requests over a pool of
+    10 rotated through all ten: about 70 µs more server CPU and 80 µs more
+    client CPU per request). The connections at the far end stay idle, so
+    ``max_idle`` can close them when the load drops. Only the order changes:
+    the lock, the waiting queue, growing, shrinking and the checks stay psycopg_pool's.
+    """
+
+    def _get_ready_connection(self, timeout: float | None) -> Connection | None:
+        # Under the pool's lock. The pool takes from the left and puts returned
+        # connections on the right: move the newest to the left.
+        self._pool.rotate(1)
+        return super()._get_ready_connection(timeout)
+
+
 # The last commit position of a writing transaction, per task (thread) and database.
 _last_position: ContextVar[tuple[int, CommitPosition] | None] = ContextVar(
     "toolkit_commit_position", default=None
@@ -499,7 +517,7 @@ class Database:
         self._reads = {"replica": 0, "primary": 0, "fallback": 0}
         # The pool's own reconnect attempts log a warning each; one clear
         # error from open() is what the caller sees instead.
-        self._pool = ConnectionPool(
+        self._pool = _NewestFirstPool(
             self.url,
             min_size=self.settings.pool_min_size,
             max_size=self.settings.pool_max_size,
