@@ -468,6 +468,8 @@ class _NewestFirstPool(AsyncConnectionPool[AsyncConnection]):
     client CPU per request). The connections at the far end stay idle, so
     ``max_idle`` can close them when the load drops. Only the order changes:
     the lock, the waiting queue, growing, shrinking and the checks stay psycopg_pool's.
+    It overrides a psycopg_pool internal (``_get_ready_connection``, taking from
+    the ``_pool`` deque): tests/core/test_database.py checks the order it gives.
     """
 
     async def _get_ready_connection(self, timeout: float | None) -> AsyncConnection | None:
