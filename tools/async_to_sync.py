@@ -71,6 +71,7 @@ ASYNC_ONLY = frozenset(
 (a path, not a file name: a new ``concurrency.py`` elsewhere is a source like any other)."""
 
 RENAMES = {
+    "AbstractAsyncContextManager": "AbstractContextManager",
     "asynccontextmanager": "contextmanager",
     "aclose": "close",
     "__aenter__": "__enter__",

@@ -129,6 +129,24 @@ def test_a_left_open_transaction_is_not_pooled(db) -> None:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
+def test_back_to_back_checkouts_reuse_the_connection_returned_last(database_url) -> None:
+    """Sequential requests stay on one warm connection (and server backend), not on each in turn."""
+    settings = load_settings(database_url=database_url, pool_min_size=3, pool_max_size=3)
+    with Database(settings, warn_if_privileged=False) as database:
+        with (
+            database.connection() as first,
+            database.connection() as second,
+            database.connection() as third,
+        ):
+            backends = [conn.info.backend_pid for conn in (first, second, third)]
+        # Returned third, then second, then first (the block exits inside out).
+        assert len(set(backends)) == 3
+        for _ in range(4):
+            with database.connection() as conn:
+                assert conn.info.backend_pid == backends[0]
+        assert database.stats()["pool_available"] == 3
+
+
 def test_exhausted_pool_waits_a_bounded_time_then_raises(database_url) -> None:
     settings = load_settings(database_url=database_url, pool_max_size=1, pool_timeout=0.3)
     with Database(settings) as database, database.connection():
