@@ -12,8 +12,9 @@ import copy
 from typing import Any
 
 import pytest
+import redis
 
-from toolkit.cache import RequestFingerprinter
+from toolkit.cache import CacheClient, LLMCache, RequestFingerprinter
 
 PINNED: dict[str, tuple[dict[str, Any], str]] = {
     "chat": (
@@ -111,3 +112,137 @@ def test_a_request_keeps_its_pinned_fingerprint(name: str) -> None:
     assert fingerprinter.canonical(request).fingerprint == pinned  # a repeat (memos warm)
     assert fingerprinter.canonical(copy.deepcopy(request)).fingerprint == pinned
     assert RequestFingerprinter().canonical(request).fingerprint == pinned
+
+
+# -- the memo of requests seen before (RequestFingerprinter.recall) -------------------
+
+
+def _remembered(fingerprinter: RequestFingerprinter, request: dict[str, Any]) -> None:
+    image, _ = fingerprinter.recall(request)
+    assert image is not None
+    fingerprinter.remember(image, fingerprinter.canonical(request))
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_a_recalled_request_gives_its_pinned_fingerprint(name: str) -> None:
+    request, pinned = PINNED[name]
+    fingerprinter = RequestFingerprinter()
+    _remembered(fingerprinter, request)
+    for same in (request, copy.deepcopy(request)):
+        _, canonical = fingerprinter.recall(same)
+        assert canonical is not None and canonical.fingerprint == pinned
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # Equal in Python, different keys: the memo must tell them apart.
+        ("ints_as_bools", "bools"),
+        ("bools", "ints_as_bools"),
+    ],
+)
+def test_equal_but_differently_typed_requests_are_told_apart(first: str, second: str) -> None:
+    assert PINNED[first][0]["messages"] == PINNED[second][0]["messages"]
+    fingerprinter = RequestFingerprinter()
+    _remembered(fingerprinter, PINNED[first][0])
+    _, canonical = fingerprinter.recall(PINNED[second][0])
+    assert canonical is None or canonical.fingerprint == PINNED[second][1]
+
+
+def test_a_float_key_is_not_recalled_as_an_int_key() -> None:
+    with_int = {"model": "m", "logit_bias": {1: -100}, "temperature": 0}
+    with_float = {"model": "m", "logit_bias": {1.0: -100}, "temperature": 0}
+    assert with_int == with_float  # equal dicts, but JSON writes the keys "1" and "1.0"
+    fingerprinter = RequestFingerprinter()
+    _remembered(fingerprinter, with_int)
+    _, canonical = fingerprinter.recall(with_float)
+    assert canonical is None or canonical == fingerprinter.canonical(with_float)
+    assert fingerprinter.canonical(with_float) != fingerprinter.canonical(with_int)
+
+
+def test_a_request_changed_in_place_is_not_recalled() -> None:
+    request = copy.deepcopy(PINNED["chat"][0])
+    fingerprinter = RequestFingerprinter()
+    _remembered(fingerprinter, request)
+    request["messages"][1]["content"] = "another question"
+    _, canonical = fingerprinter.recall(request)
+    assert canonical is None
+    request["messages"][1]["content"] = "the model returns a short answer"
+    _, canonical = fingerprinter.recall(request)  # back as it was: recalled again
+    assert canonical is not None and canonical.fingerprint == PINNED["chat"][1]
+
+
+def test_objects_marshal_cannot_tell_apart_are_never_recalled() -> None:
+    class Text(str):
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:  # claims to equal anything
+            return True
+
+        __hash__ = str.__hash__
+
+    request = {"model": "m", "messages": [{"role": "user", "content": Text("hi")}]}
+    fingerprinter = RequestFingerprinter()
+    _remembered(fingerprinter, {"model": "m", "messages": [{"role": "user", "content": "yo"}]})
+    assert fingerprinter.recall(request) == (None, None)
+
+
+def test_forget_drops_every_image_of_a_text() -> None:
+    fingerprinter = RequestFingerprinter()
+    request = PINNED["chat"][0]
+    reordered = dict(reversed(list(request.items())))  # same key, another image
+    _remembered(fingerprinter, request)
+    _remembered(fingerprinter, reordered)
+    canonical = fingerprinter.canonical(request)
+    assert fingerprinter.remembers(canonical)
+    fingerprinter.forget(canonical)
+    assert not fingerprinter.remembers(canonical)
+    assert fingerprinter.recall(request)[1] is None
+    assert fingerprinter.recall(reordered)[1] is None
+
+
+# -- through LLMCache: the keys its lookups read -------------------------------------
+
+
+@pytest.mark.parametrize("name", ["chat", "floats", "bools", "ints_as_bools", "unicode", "tools"])
+def test_repeated_lookups_read_the_pinned_key(
+    client: CacheClient, raw_redis: redis.Redis, name: str
+) -> None:
+    request, pinned = PINNED[name]
+    llm = LLMCache(client, cache_nondeterministic=True)
+    assert llm.set(request, f"answer to {name}")
+    entry = f"{client.namespace}:llm:v1:{{shared}}:{pinned}"
+    assert raw_redis.exists(entry)
+    for _ in range(3):  # the first lookup remembers the request, the next recall it
+        found = llm.get(copy.deepcopy(request))
+        assert found is not None and found.response == f"answer to {name}"
+        assert llm.get(request) == found
+    raw_redis.set(entry + "-moved", raw_redis.get(entry) or b"")
+    raw_redis.delete(entry)
+    assert llm.get(request) is None  # read from the pinned key, not from a memo of the answer
+
+
+def test_a_request_changed_in_place_reads_its_new_key(client: CacheClient) -> None:
+    llm = LLMCache(client)
+    request = copy.deepcopy(PINNED["chat"][0])
+    assert llm.set(request, "first")
+    assert llm.get(request) is not None and llm.get(request).response == "first"
+    request["messages"][1]["content"] = "a second question"
+    assert llm.get(request) is None
+    assert llm.set(request, "second")
+    assert llm.get(request).response == "second"
+    request["temperature"] = False  # == 0 in Python, another key
+    assert llm.get(request) is None
+
+
+def test_a_sensitive_request_leaves_the_fingerprinters_memo(client: CacheClient) -> None:
+    fingerprinter = RequestFingerprinter()
+    llm = LLMCache(client, fingerprinter=fingerprinter)
+    plain = copy.deepcopy(PINNED["chat"][0])
+    canonical = fingerprinter.canonical(plain)
+    llm.get(plain)
+    assert fingerprinter.remembers(canonical)
+    llm.get({**plain, "sensitive": True})
+    assert not fingerprinter.remembers(canonical)
+    llm.get({**plain, "sensitive": True})
+    assert not fingerprinter.remembers(canonical)

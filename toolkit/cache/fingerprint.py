@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import marshal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
@@ -156,6 +157,12 @@ class Canonical(NamedTuple):
 
 _new_canonical: Final = tuple.__new__
 
+_IMAGE_VERSION: Final = 2
+"""marshal format 2: no back-references, so an image depends on the value alone, not on
+which of its objects happen to be shared or referenced elsewhere."""
+_MEMO_MAX_IMAGE: Final = 16_384
+_MEMO_BYTES: Final = 4_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class KeyExplanation:
@@ -240,6 +247,62 @@ class RequestFingerprinter:
     ) -> None:
         self.ignored_fields = frozenset(ignored_fields) | TOOLKIT_FIELDS
         self.ignored_message_fields = frozenset(ignored_message_fields)
+        # Requests seen before, by their exact image: what recall() answers.
+        self._known: dict[bytes, Canonical] = {}
+        self._images_of: dict[str, list[bytes]] = {}  # canonical text -> its requests' images
+        self._known_bytes = 0
+
+    # -- the memo of requests seen before ------------------------------------------
+    #
+    # A repeated request skips the canonical JSON (most of the cost of a cache
+    # hit's key) when it is found by its marshal image. marshal writes every
+    # value with its exact type (True is not 1, 1.0 is not 1, a str subclass
+    # or any other object is refused) and marshal.loads rebuilds the value
+    # from the image, so two requests with one image are the same value, with
+    # the same canonical JSON: a hit can never give another request's key. Two
+    # equal requests built differently (other key order) just miss.
+
+    def recall(self, request: object) -> tuple[bytes | None, Canonical | None]:
+        """The exact image of ``request`` (None if it has none) and its remembered Canonical.
+
+        The Canonical is None unless :meth:`remember` stored it for that image.
+        """
+        if type(request) is not dict:
+            return None, None
+        try:
+            image = marshal.dumps(request, _IMAGE_VERSION)
+        except ValueError:  # an object marshal refuses, or nested too deeply
+            return None, None
+        if len(image) > _MEMO_MAX_IMAGE:
+            return None, None
+        return image, self._known.get(image)
+
+    def remember(self, image: bytes, canonical: Canonical) -> None:
+        """Remember ``canonical`` as the answer for requests of ``image`` (from :meth:`recall`).
+
+        Only for a request that may stay in memory: not sensitive, no secret.
+        When the memo is full it starts afresh rather than grow.
+        """
+        if image in self._known:
+            return
+        text = canonical.canonical_json
+        size = len(image) + len(text)
+        if self._known_bytes + size > _MEMO_BYTES:
+            self._known = {}  # a race only loses entries
+            self._images_of = {}
+            self._known_bytes = 0
+        self._known[image] = canonical
+        self._images_of.setdefault(text, []).append(image)
+        self._known_bytes += size
+
+    def forget(self, canonical: Canonical) -> None:
+        """Drop every remembered request with ``canonical``'s text (now marked sensitive)."""
+        for image in self._images_of.pop(canonical.canonical_json, ()):
+            self._known.pop(image, None)
+
+    def remembers(self, canonical: Canonical) -> bool:
+        """Whether a request with ``canonical``'s text is remembered (for tests and audits)."""
+        return canonical.canonical_json in self._images_of
 
     def canonical(self, request: object, dropped: list[str] | None = None) -> Canonical:
         """Validate and canonicalise ``request``.
