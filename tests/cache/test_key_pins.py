@@ -223,7 +223,7 @@ def test_repeated_lookups_read_the_pinned_key(
 
 
 def test_a_request_changed_in_place_reads_its_new_key(client: CacheClient) -> None:
-    llm = LLMCache(client)
+    llm = LLMCache(client, cache_nondeterministic=True)  # temperature False is looked up too
     request = copy.deepcopy(PINNED["chat"][0])
     assert llm.set(request, "first")
     assert llm.get(request) is not None and llm.get(request).response == "first"
