@@ -118,9 +118,28 @@ def test_a_request_keeps_its_pinned_fingerprint(name: str) -> None:
 
 
 def _remembered(fingerprinter: RequestFingerprinter, request: dict[str, Any]) -> None:
-    image, _ = fingerprinter.recall(request)
-    assert image is not None
-    fingerprinter.remember(image, fingerprinter.canonical(request))
+    """As LLMCache does for a clean request: a chat request is imaged the second time."""
+    canonical = fingerprinter.canonical(request)
+    token, _ = fingerprinter.recall(request)
+    fingerprinter.remember(token, canonical)
+    if type(token) is int:
+        token, _ = fingerprinter.recall(request)
+        fingerprinter.remember(token, canonical)
+    assert type(token) is bytes
+
+
+def test_a_chat_request_is_imaged_from_its_second_sighting() -> None:
+    request = PINNED["chat"][0]
+    fingerprinter = RequestFingerprinter()
+    canonical = fingerprinter.canonical(request)
+    first, found = fingerprinter.recall(request)
+    assert type(first) is int and found is None  # a hash only: no image of a fresh request
+    fingerprinter.remember(first, canonical)
+    assert not fingerprinter.remembers(canonical)
+    second, found = fingerprinter.recall(request)
+    assert type(second) is bytes and found is None
+    fingerprinter.remember(second, canonical)
+    assert fingerprinter.recall(request) == (second, canonical)
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
@@ -241,6 +260,7 @@ def test_a_sensitive_request_leaves_the_fingerprinters_memo(client: CacheClient)
     plain = copy.deepcopy(PINNED["chat"][0])
     canonical = fingerprinter.canonical(plain)
     llm.get(plain)
+    llm.get(plain)  # the second sighting remembers it
     assert fingerprinter.remembers(canonical)
     llm.get({**plain, "sensitive": True})
     assert not fingerprinter.remembers(canonical)

@@ -162,6 +162,19 @@ _IMAGE_VERSION: Final = 2
 which of its objects happen to be shared or referenced elsewhere."""
 _MEMO_MAX_IMAGE: Final = 16_384
 _MEMO_BYTES: Final = 4_000_000
+_MEMO_HINTS: Final = 65_536
+
+
+def _last_content_hash(request: dict[Any, Any]) -> int | None:
+    """The hash of a chat request's last message content (cached in the str after one call)."""
+    messages = request.get("messages")
+    if type(messages) is list and messages:
+        last = messages[-1]
+        if type(last) is dict:
+            content = last.get("content")
+            if type(content) is str:
+                return hash(content)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +264,7 @@ class RequestFingerprinter:
         self._known: dict[bytes, Canonical] = {}
         self._images_of: dict[str, list[bytes]] = {}  # canonical text -> its requests' images
         self._known_bytes = 0
+        self._hints: set[int] = set()  # hashes of last messages seen: imaged from then on
 
     # -- the memo of requests seen before ------------------------------------------
     #
@@ -261,14 +275,26 @@ class RequestFingerprinter:
     # from the image, so two requests with one image are the same value, with
     # the same canonical JSON: a hit can never give another request's key. Two
     # equal requests built differently (other key order) just miss.
+    #
+    # Taking an image costs about a third of what it saves, so a chat request
+    # is imaged only once the hash of its last message's content has been
+    # seen: a request seen once pays a hash, one seen twice its image, and
+    # from the third time on it is recalled. Only hashes are kept for that
+    # (ints, nothing of the text); a hash collision costs an image, never a
+    # wrong key.
 
-    def recall(self, request: object) -> tuple[bytes | None, Canonical | None]:
-        """The exact image of ``request`` (None if it has none) and its remembered Canonical.
+    def recall(self, request: object) -> tuple[bytes | int | None, Canonical | None]:
+        """A token for :meth:`remember` and the Canonical remembered for ``request``, if any.
 
-        The Canonical is None unless :meth:`remember` stored it for that image.
+        The token is the request's exact image (bytes); or, the first time
+        its last message is seen, that message's hash (int); or None when
+        the request cannot be remembered.
         """
         if type(request) is not dict:
             return None, None
+        hint = _last_content_hash(request)
+        if hint is not None and hint not in self._hints:
+            return hint, None
         try:
             image = marshal.dumps(request, _IMAGE_VERSION)
         except ValueError:  # an object marshal refuses, or nested too deeply
@@ -277,22 +303,27 @@ class RequestFingerprinter:
             return None, None
         return image, self._known.get(image)
 
-    def remember(self, image: bytes, canonical: Canonical) -> None:
-        """Remember ``canonical`` as the answer for requests of ``image`` (from :meth:`recall`).
+    def remember(self, token: bytes | int | None, canonical: Canonical) -> None:
+        """Remember ``canonical`` for the request :meth:`recall` gave ``token`` for.
 
         Only for a request that may stay in memory: not sensitive, no secret.
         When the memo is full it starts afresh rather than grow.
         """
-        if image in self._known:
+        if type(token) is int:
+            if len(self._hints) >= _MEMO_HINTS:
+                self._hints = set()  # a race only loses entries
+            self._hints.add(token)
+            return
+        if type(token) is not bytes:
             return
         text = canonical.canonical_json
-        size = len(image) + len(text)
+        size = len(token) + len(text)
         if self._known_bytes + size > _MEMO_BYTES:
-            self._known = {}  # a race only loses entries
+            self._known = {}
             self._images_of = {}
             self._known_bytes = 0
-        self._known[image] = canonical
-        self._images_of.setdefault(text, []).append(image)
+        self._known[token] = canonical
+        self._images_of.setdefault(text, []).append(token)
         self._known_bytes += size
 
     def forget(self, canonical: Canonical) -> None:

@@ -420,7 +420,7 @@ class AsyncLLMCache:
 
     def _plan(self, request: Mapping[str, Any]) -> Plan:
         fingerprinter = self._fingerprinter
-        image, canonical = fingerprinter.recall(request)  # a repeat skips the canonical JSON
+        token, canonical = fingerprinter.recall(request)  # a repeat skips the canonical JSON
         recalled = canonical is not None
         if canonical is None:
             canonical = fingerprinter.canonical(request)
@@ -439,8 +439,7 @@ class AsyncLLMCache:
             self._forget(canonical)
         elif not recalled:
             fingerprint.remember(canonical)
-            if image is not None:
-                fingerprinter.remember(image, canonical)
+            fingerprinter.remember(token, canonical)
         model = canonical.model
         model_gen_key = self._model_gen_keys.get(model) or self._model_gen_key(model)
         key = self._prefix + canonical.fingerprint
