@@ -266,3 +266,14 @@ def test_a_sensitive_request_leaves_the_fingerprinters_memo(client: CacheClient)
     assert not fingerprinter.remembers(canonical)
     llm.get({**plain, "sensitive": True})
     assert not fingerprinter.remembers(canonical)
+
+
+def test_replacing_the_ignored_fields_empties_the_memo() -> None:
+    request = {**PINNED["chat"][0], "user": "u1"}
+    fingerprinter = RequestFingerprinter()
+    _remembered(fingerprinter, request)
+    assert fingerprinter.recall(request)[1] is not None
+    fingerprinter.ignored_fields = fingerprinter.ignored_fields | {"user"}
+    _, canonical = fingerprinter.recall(request)
+    assert canonical is None  # "user" is out of the key now: the old answer is gone
+    assert fingerprinter.canonical(request).fingerprint == PINNED["chat"][1]

@@ -260,11 +260,16 @@ class RequestFingerprinter:
     ) -> None:
         self.ignored_fields = frozenset(ignored_fields) | TOOLKIT_FIELDS
         self.ignored_message_fields = frozenset(ignored_message_fields)
+        self._hints: set[int] = set()  # hashes of last messages seen: imaged from then on
+        self._start_memo()
+
+    def _start_memo(self) -> None:
+        """An empty memo of requests, for the ignored fields as they are now."""
         # Requests seen before, by their exact image: what recall() answers.
         self._known: dict[bytes, Canonical] = {}
         self._images_of: dict[str, list[bytes]] = {}  # canonical text -> its requests' images
         self._known_bytes = 0
-        self._hints: set[int] = set()  # hashes of last messages seen: imaged from then on
+        self._memo_rules = (self.ignored_fields, self.ignored_message_fields)
 
     # -- the memo of requests seen before ------------------------------------------
     #
@@ -301,6 +306,9 @@ class RequestFingerprinter:
             return None, None
         if len(image) > _MEMO_MAX_IMAGE:
             return None, None
+        rules = self._memo_rules
+        if rules[0] is not self.ignored_fields or rules[1] is not self.ignored_message_fields:
+            self._start_memo()  # the ignored fields were replaced: other keys from now on
         return image, self._known.get(image)
 
     def remember(self, token: bytes | int | None, canonical: Canonical) -> None:
@@ -319,9 +327,7 @@ class RequestFingerprinter:
         text = canonical.canonical_json
         size = len(token) + len(text)
         if self._known_bytes + size > _MEMO_BYTES:
-            self._known = {}
-            self._images_of = {}
-            self._known_bytes = 0
+            self._start_memo()  # a race only loses entries
         self._known[token] = canonical
         self._images_of.setdefault(text, []).append(token)
         self._known_bytes += size
