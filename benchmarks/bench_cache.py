@@ -65,6 +65,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import record_verdict
 from toolkit.cache import HIREDIS_AVAILABLE, CacheClient, CircuitBreaker, LLMCache
 from toolkit.cache.client import command
 
@@ -342,8 +343,19 @@ def run(
     def add(row: HitRow | Row) -> None:
         if isinstance(row, HitRow):
             hit_rows.append(row)
+            if row.has_target:
+                record_verdict(
+                    "cache",
+                    f"{row.case}, {row.requests}",
+                    f"{row.ratio(VIA_CONNECTION):.3f}x vs raw connection",
+                    f"<= {row.target}x",
+                    row.ok,
+                )
         else:
             rows.append(row)
+            if row.ok is not None:  # the batch row, the only one of these with a target
+                measured = f"{1 / row.ratio:.1f}x faster"
+                record_verdict("cache", f"{row.case}: {row.ours}", measured, row.target, row.ok)
         if report is not None:
             report(row)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
+import marshal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
@@ -156,6 +157,25 @@ class Canonical(NamedTuple):
 
 _new_canonical: Final = tuple.__new__
 
+_IMAGE_VERSION: Final = 2
+"""marshal format 2: no back-references, so an image depends on the value alone, not on
+which of its objects happen to be shared or referenced elsewhere."""
+_MEMO_MAX_IMAGE: Final = 16_384
+_MEMO_BYTES: Final = 4_000_000
+_MEMO_HINTS: Final = 65_536
+
+
+def _last_content_hash(request: dict[Any, Any]) -> int | None:
+    """The hash of a chat request's last message content (cached in the str after one call)."""
+    messages = request.get("messages")
+    if type(messages) is list and messages:
+        last = messages[-1]
+        if type(last) is dict:
+            content = last.get("content")
+            if type(content) is str:
+                return hash(content)
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class KeyExplanation:
@@ -240,6 +260,86 @@ class RequestFingerprinter:
     ) -> None:
         self.ignored_fields = frozenset(ignored_fields) | TOOLKIT_FIELDS
         self.ignored_message_fields = frozenset(ignored_message_fields)
+        self._hints: set[int] = set()  # hashes of last messages seen: imaged from then on
+        self._start_memo()
+
+    def _start_memo(self) -> None:
+        """An empty memo of requests, for the ignored fields as they are now."""
+        # Requests seen before, by their exact image: what recall() answers.
+        self._known: dict[bytes, Canonical] = {}
+        self._images_of: dict[str, list[bytes]] = {}  # canonical text -> its requests' images
+        self._known_bytes = 0
+        self._memo_rules = (self.ignored_fields, self.ignored_message_fields)
+
+    # -- the memo of requests seen before ------------------------------------------
+    #
+    # A repeated request skips the canonical JSON (most of the cost of a cache
+    # hit's key) when it is found by its marshal image. marshal writes every
+    # value with its exact type (True is not 1, 1.0 is not 1, a str subclass
+    # or any other object is refused) and marshal.loads rebuilds the value
+    # from the image, so two requests with one image are the same value, with
+    # the same canonical JSON: a hit can never give another request's key. Two
+    # equal requests built differently (other key order) just miss.
+    #
+    # Taking an image costs about a third of what it saves, so a chat request
+    # is imaged only once the hash of its last message's content has been
+    # seen: a request seen once pays a hash, one seen twice its image, and
+    # from the third time on it is recalled. Only hashes are kept for that
+    # (ints, nothing of the text); a hash collision costs an image, never a
+    # wrong key.
+
+    def recall(self, request: object) -> tuple[bytes | int | None, Canonical | None]:
+        """A token for :meth:`remember` and the Canonical remembered for ``request``, if any.
+
+        The token is the request's exact image (bytes); or, the first time
+        its last message is seen, that message's hash (int); or None when
+        the request cannot be remembered.
+        """
+        if type(request) is not dict:
+            return None, None
+        hint = _last_content_hash(request)
+        if hint is not None and hint not in self._hints:
+            return hint, None
+        try:
+            image = marshal.dumps(request, _IMAGE_VERSION)
+        except ValueError:  # an object marshal refuses, or nested too deeply
+            return None, None
+        if len(image) > _MEMO_MAX_IMAGE:
+            return None, None
+        rules = self._memo_rules
+        if rules[0] is not self.ignored_fields or rules[1] is not self.ignored_message_fields:
+            self._start_memo()  # the ignored fields were replaced: other keys from now on
+        return image, self._known.get(image)
+
+    def remember(self, token: bytes | int | None, canonical: Canonical) -> None:
+        """Remember ``canonical`` for the request :meth:`recall` gave ``token`` for.
+
+        Only for a request that may stay in memory: not sensitive, no secret.
+        When the memo is full it starts afresh rather than grow.
+        """
+        if type(token) is int:
+            if len(self._hints) >= _MEMO_HINTS:
+                self._hints = set()  # a race only loses entries
+            self._hints.add(token)
+            return
+        if type(token) is not bytes:
+            return
+        text = canonical.canonical_json
+        size = len(token) + len(text)
+        if self._known_bytes + size > _MEMO_BYTES:
+            self._start_memo()  # a race only loses entries
+        self._known[token] = canonical
+        self._images_of.setdefault(text, []).append(token)
+        self._known_bytes += size
+
+    def forget(self, canonical: Canonical) -> None:
+        """Drop every remembered request with ``canonical``'s text (now marked sensitive)."""
+        for image in self._images_of.pop(canonical.canonical_json, ()):
+            self._known.pop(image, None)
+
+    def remembers(self, canonical: Canonical) -> bool:
+        """Whether a request with ``canonical``'s text is remembered (for tests and audits)."""
+        return canonical.canonical_json in self._images_of
 
     def canonical(self, request: object, dropped: list[str] | None = None) -> Canonical:
         """Validate and canonicalise ``request``.

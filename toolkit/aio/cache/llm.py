@@ -419,7 +419,11 @@ class AsyncLLMCache:
         return key
 
     def _plan(self, request: Mapping[str, Any]) -> Plan:
-        canonical = self._fingerprinter.canonical(request)
+        fingerprinter = self._fingerprinter
+        token, canonical = fingerprinter.recall(request)  # a repeat skips the canonical JSON
+        recalled = canonical is not None
+        if canonical is None:
+            canonical = fingerprinter.canonical(request)
         bypass: str | None = None
         if request.get("sensitive"):
             bypass = BypassReason.SENSITIVE
@@ -433,8 +437,9 @@ class AsyncLLMCache:
             bypass = BypassReason.NONDETERMINISTIC
         if bypass in (BypassReason.SENSITIVE, BypassReason.SECRET_IN_REQUEST):
             self._forget(canonical)
-        else:
+        elif not recalled:
             fingerprint.remember(canonical)
+            fingerprinter.remember(token, canonical)
         model = canonical.model
         model_gen_key = self._model_gen_keys.get(model) or self._model_gen_key(model)
         key = self._prefix + canonical.fingerprint
@@ -447,6 +452,7 @@ class AsyncLLMCache:
         unmarked call of the same request left there.
         """
         fingerprint.forget(canonical)
+        self._fingerprinter.forget(canonical)
         if self._detector is not None and canonical.strings is not None:
             self._detector.forget(canonical.strings)
 
