@@ -76,6 +76,7 @@ from benchmarks._common import (
     markdown_table,
     median,
     paired_ratio,
+    record_verdict,
 )
 from toolkit.config import load_settings
 from toolkit.db import migrate
@@ -523,6 +524,7 @@ def run(
         admin.close()
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    record_verdicts(rows)
     summary = machine_summary(
         {
             "rounds": str(rounds),
@@ -533,6 +535,16 @@ def run(
         }
     )
     return rows, summary
+
+
+def record_verdicts(rows: list[Row]) -> None:
+    """Note each targeted row's verdict for ``run.py``'s summary (its figure as printed)."""
+    for row in rows:
+        if row.ok is not None:
+            measured = row.ratio or row.ours  # turn N / turn 1 is judged on ours alone
+            record_verdict(
+                "integrations", f"{row.case} ({row.process})", measured, row.target, row.ok
+            )
 
 
 def render(rows: list[Row]) -> str:
