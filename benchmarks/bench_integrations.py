@@ -261,10 +261,17 @@ def _server_url() -> str:
 
 
 def _table_bytes(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...]) -> int:
+    """Bytes of ``tables`` with TOAST and indexes, their partitions' included.
+
+    A partitioned table has no storage of its own (its size is 0): its rows
+    are in its partitions, which ``pg_partition_tree`` lists (a plain table
+    is its own tree).
+    """
     total = 0
     for table in tables:
         row = conn.execute(
-            "SELECT pg_total_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
+            "SELECT coalesce(sum(pg_total_relation_size(tree.relid)), 0)"
+            " FROM pg_partition_tree(format('%%I.%%I', %s::text, %s::text)::regclass) AS tree",
             [schema, table],
         ).fetchone()
         total += int(row[0]) if row else 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from benchmarks._common import VERDICTS_FILE_ENV
 from benchmarks.bench_integrations import Row, record_verdicts
+from toolkit.config import Settings
 
 
 def test_every_targeted_row_is_recorded_with_its_printed_figure(
@@ -38,3 +40,19 @@ def test_every_targeted_row_is_recorded_with_its_printed_figure(
         ("get_tuple at turn 200, first call (cold)", "0.83x the time", "<= 0.8x", False),
     ]
     assert {n["benchmark"] for n in noted} == {"integrations"}
+
+
+def test_table_bytes_count_the_partitions_of_a_partitioned_table(
+    shared_settings: Settings,
+) -> None:
+    from benchmarks.bench_integrations import OUR_TABLES, _table_bytes
+
+    with psycopg.connect(shared_settings.database_url, autocommit=True) as conn:
+        partitions = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits"
+            " WHERE inhparent = ANY(%s::regclass[])",
+            [list(OUR_TABLES)],
+        ).fetchone()
+        assert partitions is not None and partitions[0] > 0
+        # The parents themselves have no storage: the bytes are their partitions'.
+        assert _table_bytes(conn, "public", OUR_TABLES) == partitions[0]
