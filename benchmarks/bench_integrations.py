@@ -264,14 +264,16 @@ def _table_bytes(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, 
     """Bytes of ``tables`` with TOAST and indexes, their partitions' included.
 
     A partitioned table has no storage of its own (its size is 0): its rows
-    are in its partitions, which ``pg_partition_tree`` lists (a plain table
-    is its own tree).
+    are in its partitions, which ``pg_partition_tree`` lists (nothing for a
+    plain table, which counts itself).
     """
     total = 0
     for table in tables:
         row = conn.execute(
-            "SELECT coalesce(sum(pg_total_relation_size(tree.relid)), 0)"
-            " FROM pg_partition_tree(format('%%I.%%I', %s::text, %s::text)::regclass) AS tree",
+            "WITH t (rel) AS (SELECT format('%%I.%%I', %s::text, %s::text)::regclass)"
+            " SELECT sum(pg_total_relation_size(part.rel)) FROM ("
+            "   SELECT rel FROM t UNION SELECT tree.relid FROM t, pg_partition_tree(t.rel) AS tree"
+            " ) AS part",
             [schema, table],
         ).fetchone()
         total += int(row[0]) if row else 0

@@ -42,7 +42,7 @@ def test_every_targeted_row_is_recorded_with_its_printed_figure(
     assert {n["benchmark"] for n in noted} == {"integrations"}
 
 
-def test_table_bytes_count_the_partitions_of_a_partitioned_table(
+def test_table_bytes_count_a_partitioned_tables_partitions_and_a_plain_table_itself(
     shared_settings: Settings,
 ) -> None:
     from benchmarks.bench_integrations import OUR_TABLES, _table_bytes
@@ -56,3 +56,6 @@ def test_table_bytes_count_the_partitions_of_a_partitioned_table(
         assert partitions is not None and partitions[0] > 0
         # The parents themselves have no storage: the bytes are their partitions'.
         assert _table_bytes(conn, "public", OUR_TABLES) == partitions[0]
+        plain = conn.execute("SELECT pg_total_relation_size('public.tenants')").fetchone()
+        assert plain is not None and plain[0] > 0
+        assert _table_bytes(conn, "public", ("tenants",)) == plain[0]
