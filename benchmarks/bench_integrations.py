@@ -25,8 +25,8 @@ each saver's own ``get_next_version``.
   hands values back still serialized, which leaves the storage path alone
   (rows fetched, delta chains joined);
 * table bytes (``pg_total_relation_size`` of the three tables, TOAST and
-  indexes included) after one 200-turn thread in empty tables; target: at
-  most 0.25x PostgresSaver's.
+  indexes included; of their partitions, for ours) after one 200-turn
+  thread in empty tables; target: at most 0.25x PostgresSaver's.
 
 All of those run in one warm process: the savers wrote the threads they
 read, and their connections have run each statement before. The cold rows
@@ -39,7 +39,8 @@ same targets as the warm rows (1.0x at turn 1, 0.8x at turn 200). The
 savers' children alternate. The server's caches stay warm: only the client
 process is cold.
 
-``run()`` returns the rows for a top-level runner.
+``run()`` returns the rows for a top-level runner, and notes each judged
+row's verdict for ``benchmarks/run.py``'s summary.
 """
 
 from __future__ import annotations
