@@ -31,6 +31,7 @@ from toolkit.integrations.langgraph import ToolkitCheckpointSaver
 from toolkit.integrations.langgraph_serde import StrictSerializer
 
 EXT_CONSTRUCTOR_SINGLE_ARG = 0  # LangGraph's msgpack extension: module.name(arg)
+EXT_PYDANTIC_V2 = 5  # LangGraph's msgpack extension: a pydantic v2 model's class and fields
 
 CALLS: list[Any] = []
 """What :func:`plant_flag` was called with: non-empty means stored data ran code."""
@@ -372,6 +373,15 @@ def test_messages_read_exactly_as_langgraph_builds_them() -> None:
         assert mine.model_dump() == expected.model_dump()
         assert mine.__pydantic_fields_set__ == expected.__pydantic_fields_set__
         assert mine.__pydantic_extra__ == expected.__pydantic_extra__
+
+
+@pytest.mark.parametrize(
+    "payload", [b"\xc1\xc1 not msgpack", ormsgpack.packb(["module", "Name", {}])[:-3]]
+)
+def test_a_broken_message_payload_reads_as_langgraph_reads_it(payload: bytes) -> None:
+    blob = ormsgpack.packb([ormsgpack.Ext(EXT_PYDANTIC_V2, payload), "after"])
+    expected = JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(("msgpack", blob))
+    assert StrictSerializer().loads_typed(("msgpack", blob)) == expected
 
 
 def test_plain_messages_are_not_validated_again(monkeypatch: pytest.MonkeyPatch) -> None:

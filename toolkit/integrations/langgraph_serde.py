@@ -141,7 +141,10 @@ def _plain_message(payload: bytes) -> BaseMessage | None:
     Validation is no guard against forged fields anyway: LangGraph builds
     a message that fails it with ``model_construct``.
     """
-    stored = ormsgpack.unpackb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
+    try:
+        stored = ormsgpack.unpackb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
+    except (ormsgpack.MsgpackDecodeError, ValueError):
+        return None  # LangGraph's hook reads a broken payload its own way
     if not (isinstance(stored, list) and len(stored) == 4):
         return None
     module, name, fields, _method = stored
