@@ -25,8 +25,8 @@ each saver's own ``get_next_version``.
   hands values back still serialized, which leaves the storage path alone
   (rows fetched, delta chains joined);
 * table bytes (``pg_total_relation_size`` of the three tables, TOAST and
-  indexes included) after one 200-turn thread in empty tables; target: at
-  most 0.25x PostgresSaver's.
+  indexes included; of their partitions, for ours) after one 200-turn
+  thread in empty tables; target: at most 0.25x PostgresSaver's.
 
 All of those run in one warm process: the savers wrote the threads they
 read, and their connections have run each statement before. The cold rows
@@ -39,7 +39,8 @@ same targets as the warm rows (1.0x at turn 1, 0.8x at turn 200). The
 savers' children alternate. The server's caches stay warm: only the client
 process is cold.
 
-``run()`` returns the rows for a top-level runner.
+``run()`` returns the rows for a top-level runner, and notes each judged
+row's verdict for ``benchmarks/run.py``'s summary.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ from benchmarks._common import (
     markdown_table,
     median,
     paired_ratio,
+    record_verdict,
 )
 from toolkit.config import load_settings
 from toolkit.db import migrate
@@ -260,10 +262,19 @@ def _server_url() -> str:
 
 
 def _table_bytes(conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...]) -> int:
+    """Bytes of ``tables`` with TOAST and indexes, their partitions' included.
+
+    A partitioned table has no storage of its own (its size is 0): its rows
+    are in its partitions, which ``pg_partition_tree`` lists (nothing for a
+    plain table, which counts itself).
+    """
     total = 0
     for table in tables:
         row = conn.execute(
-            "SELECT pg_total_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass)",
+            "WITH t (rel) AS (SELECT format('%%I.%%I', %s::text, %s::text)::regclass)"
+            " SELECT sum(pg_total_relation_size(part.rel)) FROM ("
+            "   SELECT rel FROM t UNION SELECT tree.relid FROM t, pg_partition_tree(t.rel) AS tree"
+            " ) AS part",
             [schema, table],
         ).fetchone()
         total += int(row[0]) if row else 0
@@ -523,6 +534,7 @@ def run(
         admin.close()
         with psycopg.connect(server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    record_verdicts(rows)
     summary = machine_summary(
         {
             "rounds": str(rounds),
@@ -533,6 +545,16 @@ def run(
         }
     )
     return rows, summary
+
+
+def record_verdicts(rows: list[Row]) -> None:
+    """Note each targeted row's verdict for ``run.py``'s summary (its figure as printed)."""
+    for row in rows:
+        if row.ok is not None:
+            measured = row.ratio or row.ours  # turn N / turn 1 is judged on ours alone
+            record_verdict(
+                "integrations", f"{row.case} ({row.process})", measured, row.target, row.ok
+            )
 
 
 def render(rows: list[Row]) -> str:

@@ -223,3 +223,40 @@ def test_the_carry_moves_one_row_per_key_when_two_writers_raced(superuser) -> No
     # Twice: nothing left to move.
     again = superuser.execute("SELECT toolkit_partitions.lg_carry_forward('public.lg_blobs')")
     assert again.fetchone() == (0,)
+
+
+def _blob_compression(url: str) -> dict[str, str]:
+    """attcompression of the value columns of lg_blobs, lg_writes and each of their partitions."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.oid::regclass::text, a.attcompression FROM pg_class AS c"
+            " JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attname = 'blob'"
+            " WHERE c.oid IN ('lg_blobs'::regclass, 'lg_writes'::regclass) OR c.oid IN ("
+            "   SELECT inhrelid FROM pg_inherits"
+            "   WHERE inhparent IN ('lg_blobs'::regclass, 'lg_writes'::regclass))"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_langgraph_values_are_stored_with_lz4_and_rolling_back_restores_the_default(
+    scratch_url,
+) -> None:
+    migrate(scratch_url)
+    compression = _blob_compression(scratch_url)
+    assert len(compression) >= 4 and set(compression.values()) == {"l"}, compression
+    long_value = ("the agent answers the user " * 400).encode()
+    with psycopg.connect(scratch_url) as conn:
+        conn.execute(
+            "INSERT INTO lg_blobs (thread_id, channel, version, type, blob)"
+            " VALUES ('t', 'messages', 'v1', 'msgpack', %s)",
+            [long_value],
+        )
+        stored = conn.execute(
+            "SELECT pg_column_compression(blob), blob = %s FROM lg_blobs", [long_value]
+        ).fetchone()
+    assert stored == ("lz4", True)
+
+    assert rollback(scratch_url, 1).rolled_back == ("0015.langgraph-lz4",)
+    assert set(_blob_compression(scratch_url).values()) == {""}
+    with psycopg.connect(scratch_url) as conn:  # the lz4 value reads the same
+        assert conn.execute("SELECT blob = %s FROM lg_blobs", [long_value]).fetchone() == (True,)

@@ -31,6 +31,7 @@ from toolkit.integrations.langgraph import ToolkitCheckpointSaver
 from toolkit.integrations.langgraph_serde import StrictSerializer
 
 EXT_CONSTRUCTOR_SINGLE_ARG = 0  # LangGraph's msgpack extension: module.name(arg)
+EXT_PYDANTIC_V2 = 5  # LangGraph's msgpack extension: a pydantic v2 model's class and fields
 
 CALLS: list[Any] = []
 """What :func:`plant_flag` was called with: non-empty means stored data ran code."""
@@ -331,3 +332,98 @@ def test_values_without_extensions_read_as_langgraph_reads_them(value: Any) -> N
     blob = ormsgpack.packb(value)
     expected = JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(("msgpack", blob))
     assert StrictSerializer().loads_typed(("msgpack", blob)) == expected == value
+
+
+def _message_zoo() -> list[Any]:
+    """Messages as graphs store them: plain ones and ones the fast path must leave to LangChain."""
+    from langchain_core.messages import (
+        AIMessageChunk,
+        RemoveMessage,
+        SystemMessage,
+        ToolMessage,
+    )
+
+    tool_call = {"name": "search", "args": {"q": "refund"}, "id": "call-1"}
+    raw_call = {"id": "call-2", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    return [
+        HumanMessage("hello"),
+        HumanMessage("named", name="ada", id="h-1", additional_kwargs={"k": [1, {"x": None}]}),
+        SystemMessage("be brief", response_metadata={"source": "config"}),
+        AIMessage("answer \u00e9\u4e2d", id="a-1", response_metadata={"model": "m", "n": 2}),
+        AIMessage("", tool_calls=[tool_call]),
+        AIMessage("", additional_kwargs={"tool_calls": [raw_call]}),
+        AIMessage(
+            "with usage",
+            usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+        ),
+        AIMessage([{"type": "text", "text": "blocks"}, "plain"]),
+        AIMessageChunk("chunk"),
+        ToolMessage("42", tool_call_id="call-1", artifact={"rows": 1}),
+        RemoveMessage(id="h-1"),
+    ]
+
+
+def test_messages_read_exactly_as_langgraph_builds_them() -> None:
+    stored = JsonPlusSerializer().dumps_typed(_message_zoo())
+    ours = StrictSerializer().loads_typed(stored)
+    theirs = JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(stored)
+    assert ours == theirs
+    for mine, expected in zip(ours, theirs, strict=True):
+        assert type(mine) is type(expected)
+        assert mine.model_dump() == expected.model_dump()
+        assert mine.__pydantic_fields_set__ == expected.__pydantic_fields_set__
+        assert mine.__pydantic_extra__ == expected.__pydantic_extra__
+
+
+@pytest.mark.parametrize(
+    "payload", [b"\xc1\xc1 not msgpack", ormsgpack.packb(["module", "Name", {}])[:-3]]
+)
+def test_a_broken_message_payload_reads_as_langgraph_reads_it(payload: bytes) -> None:
+    blob = ormsgpack.packb([ormsgpack.Ext(EXT_PYDANTIC_V2, payload), "after"])
+    expected = JsonPlusSerializer(allowed_msgpack_modules=None).loads_typed(("msgpack", blob))
+    assert StrictSerializer().loads_typed(("msgpack", blob)) == expected
+
+
+def test_plain_messages_are_not_validated_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    zoo = _message_zoo()
+    stored = JsonPlusSerializer().dumps_typed(zoo)
+    built: list[str] = []
+    for cls in (HumanMessage, AIMessage):
+        original = cls.__init__
+
+        def counting(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
+            built.append(type(self).__name__)
+            _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    assert StrictSerializer().loads_typed(stored) == zoo
+    # Only the AI messages with tool calls, raw tool calls, usage or content blocks
+    # went through the class (LangGraph's hook); the plain ones were constructed.
+    assert [name for name in built if name in ("HumanMessage", "AIMessage")] == ["AIMessage"] * 4
+
+
+def test_a_value_is_decoded_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.integrations import langgraph_serde
+
+    scans: list[bytes] = []
+    real_scan = langgraph_serde.unknown_ext_codes
+
+    def counting_scan(payload: bytes) -> tuple[int, ...]:
+        scans.append(payload)
+        return real_scan(payload)
+
+    monkeypatch.setattr(langgraph_serde, "unknown_ext_codes", counting_scan)
+    messages = [HumanMessage(f"question {i}") for i in range(50)]
+    assert StrictSerializer().loads_typed(JsonPlusSerializer().dumps_typed(messages)) == messages
+    # No extension holds another: nothing is decoded twice to look for unknown codes.
+    assert scans == []
+    nested = ormsgpack.packb(
+        [
+            ormsgpack.Ext(
+                EXT_CONSTRUCTOR_SINGLE_ARG, ormsgpack.packb(("builtins", "set", [UNKNOWN_EXT]))
+            )
+        ]
+    )
+    with pytest.raises(DeserializationRefused, match=r"extension code\(s\) 42\b"):
+        StrictSerializer().loads_typed(("msgpack", nested))
+    assert len(scans) == 1  # only the extension that holds one is scanned

@@ -19,13 +19,13 @@ checks the allow-list before it imports. Only the formats this saver writes
 ``json`` rows are refused the same way. So is a msgpack value holding an
 extension code LangGraph does not write (LangGraph's reader would turn it
 into ``None`` without a word): every extension, nested ones included, is
-checked before anything is decoded.
+checked before LangGraph's hook builds it, in the one pass that decodes the
+value.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from contextvars import ContextVar
 from typing import Any, Final
@@ -34,12 +34,13 @@ from toolkit.errors import DeserializationRefused, InvalidInput, bounded_repr
 
 try:
     import ormsgpack
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
     from langgraph.checkpoint.serde import jsonplus as _jsonplus
     from langgraph.checkpoint.serde.event_hooks import (
         SerdeEvent,
         register_serde_event_listener,
     )
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+    from langgraph.checkpoint.serde.jsonplus import EXT_PYDANTIC_V2, JsonPlusSerializer
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "toolkit.integrations.langgraph_serde needs LangGraph's checkpoint serializer: "
@@ -72,12 +73,29 @@ KNOWN_EXT_CODES: Final = frozenset(
     if name.startswith("EXT_") and type(value) is int
 )
 
-_EXT_LEAD_BYTES: Final = re.compile(rb"[\xc7-\xc9\xd4-\xd8]")
-"""The bytes that start a msgpack extension (ext 8/16/32, fixext 1-16).
 
-A payload holding none of them, anywhere, holds no extension: nothing in it
-can name a type, so it is decoded without the checks (ints, strings, plain
-lists and dicts, as most channel values are)."""
+def _may_hold_extension(payload: bytes) -> bool:
+    """Whether a byte that starts an extension (ext 8/16/32: 0xC7-0xC9, fixext 1-16:
+    0xD4-0xD8) occurs anywhere in ``payload``.
+
+    A payload holding none holds no extension: nothing in it can name a
+    type, so it is decoded without the checks (ints, strings, plain lists
+    and dicts, as most channel values are, and most messages' own fields).
+    One ``in`` per lead byte is a memchr: a message's payload is scanned at
+    memory speed, where a regex character class took ~10 ns a byte.
+    """
+    # Spelled out: a generator over a tuple of them cost more than the eight scans.
+    return (
+        0xC7 in payload
+        or 0xC8 in payload
+        or 0xC9 in payload
+        or 0xD4 in payload
+        or 0xD5 in payload
+        or 0xD6 in payload
+        or 0xD7 in payload
+        or 0xD8 in payload
+    )
+
 
 _refusals: ContextVar[list[str] | None] = ContextVar("toolkit_serde_refusals", default=None)
 """The names LangGraph refused during the current ``loads_typed`` (None outside one)."""
@@ -94,6 +112,64 @@ def _note_refusal(event: SerdeEvent) -> None:
 # LangGraph reports each refusal to its listeners before falling back to the
 # raw payload; listening is the only way to learn of one nested in a value.
 register_serde_event_listener(_note_refusal)
+
+
+_PLAIN_MESSAGE_CLASSES: Final = (HumanMessage, AIMessage, SystemMessage)
+_PLAIN_MESSAGES: Final = {
+    (cls.__module__, cls.__name__): (
+        cls,
+        frozenset(cls.model_fields),
+        cls.model_fields["type"].default,
+    )
+    for cls in _PLAIN_MESSAGE_CLASSES
+}
+"""The LangChain messages built without revalidation when stored plain: (module, name) ->
+(class, its field names, its ``type``)."""
+
+
+def _plain_message(payload: bytes) -> BaseMessage | None:
+    """The message a pydantic extension's payload holds, if it is a plain one; else None.
+
+    Plain: a human, AI or system message as this LangChain's ``model_dump``
+    writes it (exactly the class's fields, its own ``type``), with text
+    content and no tool calls, raw tool calls or usage: values on which the
+    class's validators change nothing, so ``model_construct`` builds the
+    same message as the class itself, at about half the cost (a thread's
+    history is mostly such messages). Anything else (None) is built by
+    LangGraph's hook. The class is one of LangChain's own, never one the
+    payload names, and a payload holding an extension never gets here.
+    Validation is no guard against forged fields anyway: LangGraph builds
+    a message that fails it with ``model_construct``.
+    """
+    try:
+        stored = ormsgpack.unpackb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
+    except (ormsgpack.MsgpackDecodeError, ValueError):
+        return None  # LangGraph's hook reads a broken payload its own way
+    if not (isinstance(stored, list) and len(stored) == 4):
+        return None
+    module, name, fields, _method = stored
+    if not (isinstance(module, str) and isinstance(name, str) and type(fields) is dict):
+        return None
+    known = _PLAIN_MESSAGES.get((module, name))
+    if known is None:
+        return None
+    cls, field_names, message_type = known
+    if fields.keys() != field_names or fields["type"] != message_type:
+        return None
+    extra = fields["additional_kwargs"]
+    if not (
+        type(fields["content"]) is str
+        and type(extra) is dict
+        and "tool_calls" not in extra
+        and type(fields["response_metadata"]) is dict
+        and isinstance(fields["name"], (str, type(None)))
+        and isinstance(fields["id"], (str, type(None)))
+        and not fields.get("tool_calls")
+        and not fields.get("invalid_tool_calls")
+        and fields.get("usage_metadata") is None
+    ):
+        return None
+    return cls.model_construct(**fields)
 
 
 def unknown_ext_codes(payload: bytes) -> tuple[int, ...]:
@@ -170,24 +246,31 @@ class StrictSerializer(JsonPlusSerializer):
                 "it was not decoded",
                 refused=(str(format_)[:40],),
             )
-        if format_ == "msgpack":
-            if _EXT_LEAD_BYTES.search(payload) is None:
-                return ormsgpack.unpackb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
-            codes = unknown_ext_codes(payload)[:_NAMES_SHOWN]
-            if codes:
-                raise DeserializationRefused(
-                    "a stored checkpoint value holds msgpack extension code(s) "
-                    f"{', '.join(map(str, codes))}, which LangGraph does not write "
-                    f"(it writes {', '.join(map(str, sorted(KNOWN_EXT_CODES)))}); "
-                    "it was not decoded",
-                    refused=tuple(f"msgpack-ext-{code}" for code in codes),
-                )
+        unknown: list[int] = []
         refused: list[str] = []
         token = _refusals.set(refused)
         try:
-            value = super().loads_typed(data)
+            if format_ == "msgpack":
+                if not _may_hold_extension(payload):
+                    return ormsgpack.unpackb(payload, option=ormsgpack.OPT_NON_STR_KEYS)
+                value = ormsgpack.unpackb(
+                    payload,
+                    ext_hook=self._checking_ext_hook(unknown),
+                    option=ormsgpack.OPT_NON_STR_KEYS,
+                )
+            else:
+                value = super().loads_typed(data)
         finally:
             _refusals.reset(token)
+        if unknown:
+            codes = tuple(dict.fromkeys(unknown))[:_NAMES_SHOWN]
+            raise DeserializationRefused(
+                "a stored checkpoint value holds msgpack extension code(s) "
+                f"{', '.join(map(str, codes))}, which LangGraph does not write "
+                f"(it writes {', '.join(map(str, sorted(KNOWN_EXT_CODES)))}); "
+                "it was not decoded",
+                refused=tuple(f"msgpack-ext-{code}" for code in codes),
+            )
         if refused:
             names = tuple(dict.fromkeys(refused))[:_NAMES_SHOWN]
             raise DeserializationRefused(
@@ -198,3 +281,31 @@ class StrictSerializer(JsonPlusSerializer):
                 refused=names,
             )
         return value
+
+    def _checking_ext_hook(self, unknown: list[int]) -> Callable[[int, bytes], Any]:
+        """LangGraph's extension hook, building only extensions free of unknown codes.
+
+        The value is decoded once: each extension is checked (its code, and
+        any extension nested in its payload) before LangGraph's hook builds
+        it; an unknown code is noted in ``unknown`` and builds nothing, and
+        the caller refuses the whole value. The hook is looked up per value
+        because ``with_msgpack_allowlist`` copies replace it.
+        """
+        build = self._unpack_ext_hook
+
+        def checked(code: int, data: bytes) -> Any:
+            if code not in KNOWN_EXT_CODES:
+                unknown.append(code)
+                return None
+            if _may_hold_extension(data):
+                nested = unknown_ext_codes(data)
+                if nested:
+                    unknown.extend(nested)
+                    return None
+            elif code == EXT_PYDANTIC_V2:
+                message = _plain_message(data)
+                if message is not None:
+                    return message
+            return build(code, data)
+
+        return checked
