@@ -210,6 +210,8 @@ class Row:
     met: str = ""
     cpu_us_per_row: float | None = None
     """This process's CPU per row read (the client's share), median round."""
+    server_cpu_us_per_row: float | None = None
+    """The server backend's CPU per row written (bulk, a local server only), median round."""
 
     def cells(self) -> list[str]:
         return [
@@ -218,6 +220,7 @@ class Row:
             f"{self.per_second:,.0f}",
             f"{self.ratio:.2f}",
             "" if self.cpu_us_per_row is None else f"{self.cpu_us_per_row:.2f}",
+            "" if self.server_cpu_us_per_row is None else f"{self.server_cpu_us_per_row:.2f}",
             self.target,
             self.met,
         ]
@@ -532,6 +535,20 @@ def bench_depth(c: Contenders, scale: Scale, report: Report) -> None:
 # Bulk create
 
 
+def backend_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
+    """CPU seconds used so far by ``conn``'s server process, read from Linux's /proc
+    when the server runs on this machine; None when it cannot be read."""
+    try:
+        with open(f"/proc/{conn.info.backend_pid}/stat") as stat:
+            name, _, fields = stat.read().rpartition(")")
+    except OSError:
+        return None
+    if not name.endswith("(postgres"):  # another process with that pid: a remote server
+        return None
+    user, system = fields.split()[11:13]
+    return (int(user) + int(system)) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_bulk(c: Contenders, scale: Scale, report: Report) -> None:
     rng = random.Random(2)
     owners = [row[0] for row in c.raw.execute("SELECT id FROM users")]
@@ -620,13 +637,33 @@ def bench_bulk(c: Contenders, scale: Scale, report: Report) -> None:
         aiosql_many: lambda _round: run_aiosql(reduced),
     }
 
+    # The server's share, read from the backend of each contender that keeps one connection.
+    backends = {copy_text: c.raw, copy_binary: c.raw, executemany: c.raw, toolkit: c.toolkit}
+    backends[aiosql_many] = c.aiosql_conn
+    server_cpu: dict[str, list[float]] = {name: [] for name in backends}
+
+    def on_server_clock(name: str, run: Callable[[int], None]) -> Callable[[int], None]:
+        def measured(round_index: int) -> None:
+            before = backend_cpu_seconds(backends[name])
+            run(round_index)
+            after = backend_cpu_seconds(backends[name])
+            if before is not None and after is not None:
+                server_cpu[name].append(after - before)
+
+        return measured
+
+    for name, run in list(contenders.items()):
+        if name in backends:
+            contenders[name] = on_server_clock(name, run)
+
     def before_each(name: str) -> None:
         orm_objects.clear()
         empty_table()
         if name == orm:
             make_orm_objects(orm_rows)
 
-    times = interleaved(contenders, scale.bulk_rounds, warmup=0, before_each=before_each)
+    cpu: dict[str, list[float]] = {}
+    times = interleaved(contenders, scale.bulk_rounds, warmup=0, before_each=before_each, cpu=cpu)
     orm_objects.clear()
     empty_table()
 
@@ -644,6 +681,9 @@ def bench_bulk(c: Contenders, scale: Scale, report: Report) -> None:
             label += f" [{counts[name]:,} rows timed, per-row rate]"
         ratio = paired_ratio(runs, per_row[reference])
         rows[name] = Row(operation, label, 1 / median(runs), ratio)
+        rows[name].cpu_us_per_row = median(cpu[name]) / counts[name] * 1e6
+        if server_cpu.get(name):
+            rows[name].server_cpu_us_per_row = median(server_cpu[name]) / counts[name] * 1e6
     report.rows.extend(rows.values())
     toolkit_vs_copy = paired_ratio(per_row[reference], per_row[toolkit])
     target = ">= 0.9x the faster COPY's rows/s"
@@ -741,15 +781,22 @@ def print_report(report: Report, scale: Scale, facts: dict[str, str]) -> None:
         "faster of the two on the run is the reference). COPY is the bench's superuser's "
         "way: row level security refuses COPY FROM to a role its policies bind, so the "
         "toolkit sends INSERT ... SELECT FROM unnest(arrays), 10,000 rows per statement, "
-        "the arrays in binary, the statements pipelined (each sent while the server runs "
-        "the one before), and returns the count written. Its inputs are AgentCreate "
-        "models already (validation passes them through); it serialises each config to JSON."
+        "the arrays in binary, the tenant computed once per statement, each statement's "
+        "arrays built from the inputs as the pipeline asks for it (each sent while the "
+        "server runs the one before), and returns the count written. Like for like: both "
+        "write the same six columns, the others from their defaults, and neither returns "
+        "rows. Its inputs are AgentCreate models already (validation passes them through); "
+        "it serialises each config to JSON, as COPY's Jsonb dumper does. Client CPU "
+        "µs/row is this process's CPU per row written; server CPU µs/row the backend's, "
+        "read from /proc when the server runs on this machine (not for the ORM, whose "
+        "connection comes from its pool): the ratio of wall times follows whichever side "
+        "is the bottleneck, these two say where each contender's work goes."
     )
     for note in report.notes:
         print(f"- {note}")
     headers = ["operation", "contender", "ops/s (bulk: rows/s)"]
     headers.append("time ratio vs raw psycopg (bulk: vs the faster COPY)")
-    headers += ["client CPU µs/row", "target", "met?"]
+    headers += ["client CPU µs/row", "server CPU µs/row", "target", "met?"]
     print()
     print(markdown_table(headers, [row.cells() for row in report.rows]))
     missed = [description for description, met, _ in report.verdicts if not met]

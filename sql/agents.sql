@@ -11,10 +11,12 @@ RETURNING
 -- name: agents.create_many :exec
 -- Insert many agents, one array per column (ids and times from defaults).
 -- Not COPY: COPY FROM is refused on a table under row level security for a
--- role the policies bind.
-INSERT INTO agents (owner_id, name, type, description, config, is_active)
+-- role the policies bind. The tenant is the column default's, computed once
+-- per statement (an InitPlan) rather than by the default's call per row.
+INSERT INTO agents (owner_id, name, type, description, config, is_active, tenant_id)
 SELECT
-    batch.owner_id, batch.name, batch.type, batch.description, batch.config, batch.is_active
+    batch.owner_id, batch.name, batch.type, batch.description, batch.config, batch.is_active,
+    (SELECT toolkit_tenant_or_default())
 FROM unnest(
     :owner_ids::uuid[], :names::text[], :types::text[], :descriptions::text[],
     :configs::jsonb[], :is_active::boolean[]

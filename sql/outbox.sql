@@ -14,11 +14,12 @@ VALUES (
 
 -- name: outbox.enqueue_many :exec
 -- Add many messages in the caller's transaction, one array per column.
--- They take the transaction's tenant (the column default), and their seq,
--- the claim order, in the arrays' order. Not COPY: COPY FROM is refused on a
--- table under row level security for a role the policies bind.
-INSERT INTO outbox (id, queue, message_type, body)
-SELECT batch.id, batch.queue, batch.message_type, batch.body
+-- They take the transaction's tenant (the column default's, computed once per
+-- statement rather than per row), and their seq, the claim order, in the
+-- arrays' order. Not COPY: COPY FROM is refused on a table under row level
+-- security for a role the policies bind.
+INSERT INTO outbox (id, queue, message_type, body, tenant_id)
+SELECT batch.id, batch.queue, batch.message_type, batch.body, (SELECT toolkit_tenant_or_default())
 FROM
     unnest(:ids::uuid[], :queues::text[], :message_types::text[], :bodies::jsonb[])
     WITH ORDINALITY AS batch (id, queue, message_type, body, position)

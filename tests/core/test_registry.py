@@ -249,6 +249,39 @@ def test_bindings_send_the_variant_and_prepare_only_plain_sql(monkeypatch) -> No
     assert odd.prepare is False  # a null guard stays: planned with its values on every call
 
 
+def test_whether_a_binding_prepares_follows_the_guards_the_registry_parses(monkeypatch) -> None:
+    # A guard split over lines is still a guard: its text is sent whole, never
+    # prepared. Words in a literal or a comment are none: that query prepares.
+    from toolkit.db import bind
+
+    split = (
+        "-- name: things.split :many\n-- Doc.\n-- sort: created_at timestamptz\n"
+        "SELECT id, :kind::text AS asked FROM t\n"
+        "WHERE (:kind::text IS NULL\n        OR kind = :kind)\n"
+        "    AND {keyset}\nORDER BY {order}\nLIMIT :limit;"
+    )
+    quoted = (
+        "-- name: things.quoted :many\n-- Doc.\n-- sort: created_at timestamptz\n"
+        "SELECT id FROM t -- owner IS NULL OR kind = 'a' reads as a guard to a text search\n"
+        "WHERE note <> ' IS NULL OR ' AND {keyset}\nORDER BY {order}\nLIMIT :limit;"
+    )
+    queries = QueryRegistry()
+    queries.load_text(split, "sql/split.sql")
+    queries.load_text(quoted, "sql/quoted.sql")
+    monkeypatch.setattr(bind, "registry", lambda: queries)
+    before = list(bind.BINDINGS)
+    try:
+        split_binding = bind.Many("things.split", str, ("kind", "limit"))
+        quoted_binding = bind.Many("things.quoted", str, ("limit",))
+    finally:
+        bind.BINDINGS[:] = before
+    assert queries["things.split"].optional_filters == ()
+    assert queries["things.split"].null_guards == ("kind",)
+    assert split_binding.prepare is False
+    assert queries["things.quoted"].null_guards == ()
+    assert quoted_binding.prepare is None
+
+
 def test_queries_show_prints_every_variant(capsys) -> None:
     from toolkit.cli import main
 

@@ -110,6 +110,25 @@ def test_bad_input_is_refused_before_anything_is_written(
         assert outbox.stats(conn).pending == 0
 
 
+def test_enqueue_many_computes_the_tenant_once_per_statement(db: Any, mode: Any) -> None:
+    # The tenant_id default is a plpgsql call: the statement names it once
+    # (an InitPlan) rather than letting the default run once per row.
+    with db.transaction() as tx:
+        mode.run(tx.execute("SET LOCAL track_functions = 'pl'"))
+        ids = outbox.enqueue_many(tx, [event(n) for n in range(100)])
+        calls = mode.run(
+            mode.run(
+                tx.execute(
+                    "SELECT coalesce(sum(calls), 0)::int FROM pg_stat_xact_user_functions "
+                    "WHERE funcname = 'toolkit_tenant_or_default'"
+                )
+            ).fetchone()
+        )
+    assert len(ids) == 100 and calls == (1,)
+    with db.connection() as conn:
+        assert outbox.stats(conn).pending == 100
+
+
 def test_one_notify_per_transaction_sent_at_commit(db: Any, database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")

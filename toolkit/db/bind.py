@@ -128,7 +128,7 @@ class Binding:
         # cannot drop an unused filter.
         self.variant_keys = self.query.variant_keys
         guarded = self.query.sortable and not self.query.optional_filters
-        self.prepare = False if guarded and self._has_guards() else prepare
+        self.prepare = False if guarded and self.query.null_guards else prepare
         # Rendered once per (sort, direction, variant): composing costs more than the round trip.
         self._rendered: dict[tuple[str | None, bool], str] = {}
         self._variants: dict[tuple[str | None, bool, tuple[bool, ...]], str] = {}
@@ -161,10 +161,6 @@ class Binding:
             text = _TEXT_PLACEHOLDER.sub(r"\1%(\2)b", self.statement_text())
             self._rendered[_BINARY_KEY] = text
         return text
-
-    def _has_guards(self) -> bool:
-        """Whether the query's text holds a null guard it cannot render variants of."""
-        return " IS NULL OR " in self.query.text.upper()
 
     def statement_for(
         self, values: Mapping[str, Any], sort: str | None = None, descending: bool = False

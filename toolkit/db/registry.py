@@ -157,7 +157,7 @@ class NamedQuery:
             return ()
         code = code_only(self.source)
         found: list[OptionalFilter] = []
-        for match in _NULL_GUARD.finditer(code):
+        for match in self._null_guard_matches:
             end = _closing_parenthesis(code, match.start())
             if end is None:
                 return ()
@@ -172,6 +172,17 @@ class NamedQuery:
             if uses != inside:
                 return ()
         return tuple(found)
+
+    @cached_property
+    def _null_guard_matches(self) -> tuple[re.Match[str], ...]:
+        return tuple(_NULL_GUARD.finditer(code_only(self.source)))
+
+    @property
+    def null_guards(self) -> tuple[str, ...]:
+        """The parameter of every null guard in the query's code, in order: those
+        :attr:`optional_filters` renders variants of, and those it cannot (a guarded
+        parameter used outside its guard). Literals and comments are not code."""
+        return tuple(match.group("name") for match in self._null_guard_matches)
 
     @property
     def variant_keys(self) -> tuple[str, ...]:

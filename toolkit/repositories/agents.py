@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from typing import Unpack
+from typing import Any, Unpack
 from uuid import UUID
 
 from toolkit.db.bind import Exec
 from toolkit.db.database import Connection
-from toolkit.db.patterns import DEFAULT_LIMIT, Entity, insert_rows, validate
+from toolkit.db.patterns import DEFAULT_LIMIT, Entity, insert_columns, validate
 from toolkit.errors import InvalidInput, bounded_repr
 from toolkit.repositories.records import Agent, AgentCreate, AgentFilter, AgentUpdate
 
@@ -33,7 +33,7 @@ def create_many(conn: Connection, agents: Iterable[AgentCreate]) -> int:
     Each input is an AgentCreate or a mapping like :func:`create` takes; all
     are validated before anything is written, so bad input writes nothing.
     An InvalidReference part-way (an owner that is not a user of this
-    tenant) leaves nothing behind either (see :func:`insert_rows`).
+    tenant) leaves nothing behind either (see :func:`insert_columns`).
     """
     if not isinstance(agents, Iterable) or isinstance(agents, str | bytes | Mapping):
         raise InvalidInput(
@@ -42,14 +42,19 @@ def create_many(conn: Connection, agents: Iterable[AgentCreate]) -> int:
             value=agents,
         )
     checked = [validate(AgentCreate, a) for a in agents]
-    return insert_rows(
-        conn,
-        _create_many,
-        [
-            (a.owner_id, a.name, a.type, a.description, a.config.model_dump_json(), a.is_active)
-            for a in checked
-        ],
-    )
+
+    def arrays(start: int, stop: int) -> dict[str, builtins.list[Any]]:
+        batch = checked[start:stop]
+        return {
+            "owner_ids": [a.owner_id for a in batch],
+            "names": [a.name for a in batch],
+            "types": [a.type for a in batch],
+            "descriptions": [a.description for a in batch],
+            "configs": [a.config.model_dump_json() for a in batch],
+            "is_active": [a.is_active for a in batch],
+        }
+
+    return insert_columns(conn, _create_many, len(checked), arrays)
 
 
 def by_type(

@@ -15,7 +15,8 @@
   which names the statement; this layer knows no audit log.
 * Bulk writes: :func:`insert_rows` runs an ``INSERT ... SELECT FROM unnest(...)``
   binding over many rows, arrays in binary, statements pipelined (COPY is
-  refused under row level security).
+  refused under row level security); :func:`insert_columns` does the same
+  from a function building each statement's column arrays from the inputs.
 * :class:`Entity`: create/get/list/count/search/update/delete of one table.
 
 Every error is a toolkit error whose message shows the offending value
@@ -86,6 +87,7 @@ __all__ = [
     "delete_row",
     "encode_cursor",
     "guarded_update",
+    "insert_columns",
     "insert_rows",
     "jsonb",
     "list_page",
@@ -170,26 +172,40 @@ async def insert_rows(conn: AsyncConnection, query: Exec, rows: Sequence[Sequenc
     order; the arrays go in binary format (psycopg's text format quotes and
     escapes every element). Not COPY, which row level security refuses for
     a role the policies bind. Up to :data:`INSERT_ROWS_PER_STATEMENT` rows
-    go in one statement; more go in several, pipelined (:func:`run_many`:
-    the client builds the next while the server inserts the last), inside
-    the caller's transaction or (on a bare connection) one of their own
-    (:func:`atomic`), so a failure part-way writes nothing either way.
+    go in one statement; more go in several, as :func:`insert_columns` sends them.
     """
-    if not rows:
+
+    def arrays(start: int, stop: int) -> dict[str, builtins.list[Any]]:
+        columns = map(builtins.list, zip(*rows[start:stop], strict=True))
+        return dict(zip(query.params, columns, strict=True))
+
+    return await insert_columns(conn, query, len(rows), arrays)
+
+
+async def insert_columns(
+    conn: AsyncConnection,
+    query: Exec,
+    count: int,
+    arrays: Callable[[int, int], Mapping[str, Sequence[Any]]],
+) -> int:
+    """Write ``count`` rows with ``query`` (as :func:`insert_rows`); how many it wrote.
+
+    ``arrays(start, stop)`` gives the parameters of the statement writing rows
+    ``start`` to ``stop``: one array per column, by parameter name. It is
+    called as the pipeline asks for the next statement (:func:`run_many`:
+    the client builds it while the server inserts the last), so the server
+    starts on the first statement before the later ones are built, and no
+    object per row is made (building the column lists straight from the
+    inputs spares the tuples and the garbage collections they draw). Inside
+    the caller's transaction or (on a bare connection, for more than one
+    statement) one of their own (:func:`atomic`), so a failure part-way
+    writes nothing either way: check every input before calling it.
+    """
+    if count <= 0:
         return 0
     size = INSERT_ROWS_PER_STATEMENT
-    # One mapping of column arrays per statement, built as the pipeline asks for it.
-    statements = (
-        dict(
-            zip(
-                query.params,
-                map(builtins.list, zip(*rows[start : start + size], strict=True)),
-                strict=True,
-            )
-        )
-        for start in range(0, len(rows), size)
-    )
-    async with atomic(conn) if len(rows) > size else nullcontext():
+    statements = (arrays(start, min(start + size, count)) for start in range(0, count, size))
+    async with atomic(conn) if count > size else nullcontext():
         return await run_many(conn, query, statements)
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from typing import Unpack
+from typing import Any, Unpack
 from uuid import UUID
 
 from toolkit.aio.db.database import AsyncConnection
-from toolkit.aio.db.patterns import DEFAULT_LIMIT, Entity, insert_rows, validate
+from toolkit.aio.db.patterns import DEFAULT_LIMIT, Entity, insert_columns, validate
 from toolkit.db.bind import Exec
 from toolkit.errors import InvalidInput, bounded_repr
 from toolkit.repositories.records import Agent, AgentCreate, AgentFilter, AgentUpdate
@@ -31,7 +31,7 @@ async def create_many(conn: AsyncConnection, agents: Iterable[AgentCreate]) -> i
     Each input is an AgentCreate or a mapping like :func:`create` takes; all
     are validated before anything is written, so bad input writes nothing.
     An InvalidReference part-way (an owner that is not a user of this
-    tenant) leaves nothing behind either (see :func:`insert_rows`).
+    tenant) leaves nothing behind either (see :func:`insert_columns`).
     """
     if not isinstance(agents, Iterable) or isinstance(agents, str | bytes | Mapping):
         raise InvalidInput(
@@ -40,14 +40,19 @@ async def create_many(conn: AsyncConnection, agents: Iterable[AgentCreate]) -> i
             value=agents,
         )
     checked = [validate(AgentCreate, a) for a in agents]
-    return await insert_rows(
-        conn,
-        _create_many,
-        [
-            (a.owner_id, a.name, a.type, a.description, a.config.model_dump_json(), a.is_active)
-            for a in checked
-        ],
-    )
+
+    def arrays(start: int, stop: int) -> dict[str, builtins.list[Any]]:
+        batch = checked[start:stop]
+        return {
+            "owner_ids": [a.owner_id for a in batch],
+            "names": [a.name for a in batch],
+            "types": [a.type for a in batch],
+            "descriptions": [a.description for a in batch],
+            "configs": [a.config.model_dump_json() for a in batch],
+            "is_active": [a.is_active for a in batch],
+        }
+
+    return await insert_columns(conn, _create_many, len(checked), arrays)
 
 
 async def by_type(
