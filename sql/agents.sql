@@ -16,7 +16,7 @@ RETURNING
 INSERT INTO agents (owner_id, name, type, description, config, is_active, tenant_id)
 SELECT
     batch.owner_id, batch.name, batch.type, batch.description, batch.config, batch.is_active,
-    (SELECT toolkit_tenant_or_default())
+    (SELECT toolkit_tenant_or_default()) AS tenant_id
 FROM unnest(
     :owner_ids::uuid[], :names::text[], :types::text[], :descriptions::text[],
     :configs::jsonb[], :is_active::boolean[]

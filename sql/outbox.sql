@@ -19,7 +19,9 @@ VALUES (
 -- arrays' order. Not COPY: COPY FROM is refused on a table under row level
 -- security for a role the policies bind.
 INSERT INTO outbox (id, queue, message_type, body, tenant_id)
-SELECT batch.id, batch.queue, batch.message_type, batch.body, (SELECT toolkit_tenant_or_default())
+SELECT
+    batch.id, batch.queue, batch.message_type, batch.body,
+    (SELECT toolkit_tenant_or_default()) AS tenant_id
 FROM
     unnest(:ids::uuid[], :queues::text[], :message_types::text[], :bodies::jsonb[])
     WITH ORDINALITY AS batch (id, queue, message_type, body, position)
