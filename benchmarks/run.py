@@ -69,7 +69,8 @@ def machine() -> str:
         postgres = "PostgreSQL unreachable"
     return (
         f"{os.cpu_count()} x {cpu}, {memory:.0f} GiB, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, {postgres}"
+        f"Python {platform.python_version()}, {postgres}, "
+        f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__} implementation)"
     )
 
 
